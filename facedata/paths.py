@@ -1,0 +1,56 @@
+"""Safe path handling: annotation paths never escape their dataset root; writes are temp + rename."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+
+def normalise_rel_path(raw: str) -> str | None:
+    """Annotation path -> POSIX relative path, or None if it is absolute or climbs out with `..`.
+
+    Backslashes (CUHK lists, AITTSMD files) are treated as separators.
+    """
+    text = raw.strip().replace("\\", "/")
+    if not text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        return None
+    parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def resolve_under(root: str | os.PathLike[str], rel_path: str) -> Path | None:
+    """Join root and a normalised relative path; None if the result (after symlinks) leaves root."""
+    root_path = Path(root).resolve()
+    candidate = (root_path / rel_path).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        return None
+    return candidate
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
+    """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,70 @@
+"""The unified manifest schema: column names, dtypes and the pixel conventions every stage shares.
+
+Box convention: float32 x1, y1, x2, y2 in pixels of the original image, continuous coordinates with
+x2 = x1 + width (the right edge, exclusive). WIDER `x y w h` maps to (x, y, x + w, y + h); the MTCNN
+`wider_face_train.txt` x2 = x + w already is this convention; CUHK `x1 x2 y1 y2` columns are stored as
+given. Samplers that reproduce the MTCNN "+1" area convention apply it themselves, never the manifest.
+
+Landmarks: `points` is a flat float32 list [x0, y0, x1, y1, ...] of 2K values in the same pixel frame,
+`visible` an int8 list of K codes (COCO/Datumaro): 0 absent (no valid coordinate), 1 hidden, 2 visible.
+`scheme` names the landmark layout (see facedata.fusion.schemes).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# Official WIDER Face column order after x y w h (wider_face_split readme; the val data confirms it:
+# only blur and occlusion take the value 2 and `invalid` has 585 ones).
+WIDER_ATTRIBUTES: tuple[str, ...] = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
+WIDER_ATTRIBUTE_CODES: dict[str, dict[int, str]] = {
+    "blur": {0: "clear", 1: "normal blur", 2: "heavy blur"},
+    "expression": {0: "typical expression", 1: "exaggerate expression"},
+    "illumination": {0: "normal illumination", 1: "extreme illumination"},
+    "invalid": {0: "valid", 1: "invalid"},
+    "occlusion": {0: "no occlusion", 1: "partial occlusion", 2: "heavy occlusion"},
+    "pose": {0: "typical pose", 1: "atypical pose"},
+}
+# Attributes stored as int8 with -1 = unknown; `invalid` is stored as a bool flag instead.
+FACE_ATTRIBUTES: tuple[str, ...] = tuple(a for a in WIDER_ATTRIBUTES if a != "invalid")
+UNKNOWN_ATTRIBUTE = -1
+
+VISIBILITY_ABSENT, VISIBILITY_HIDDEN, VISIBILITY_VISIBLE = 0, 1, 2
+
+IMAGE_FIELDS: list[pa.Field] = [
+    pa.field("image_id", pa.string(), nullable=False),  # stable id, unique within a manifest
+    pa.field("root", pa.string(), nullable=False),  # name of the image root (see provenance["roots"])
+    pa.field("rel_path", pa.string(), nullable=False),  # POSIX path relative to that root
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),  # dataset, e.g. wider_face, cuhk_lfw_net
+    pa.field("width", pa.int32()),  # null when unknown
+    pa.field("height", pa.int32()),
+    pa.field("event", pa.string()),  # WIDER event folder, e.g. 0--Parade
+    pa.field("tags", pa.string()),  # JSON object of further per-image tags
+]
+
+FACE_FIELDS: list[pa.Field] = [
+    pa.field("face_id", pa.int64()),
+    pa.field("x1", pa.float32()),
+    pa.field("y1", pa.float32()),
+    pa.field("x2", pa.float32()),
+    pa.field("y2", pa.float32()),
+    pa.field("scheme", pa.string()),
+    pa.field("points", pa.list_(pa.float32())),
+    pa.field("visible", pa.list_(pa.int8())),
+    pa.field("yaw", pa.float32()),
+    pa.field("pitch", pa.float32()),
+    pa.field("roll", pa.float32()),
+    *[pa.field(name, pa.int8()) for name in FACE_ATTRIBUTES],
+    pa.field("invalid", pa.bool_()),
+    pa.field("degenerate", pa.bool_()),  # width or height <= 0
+    pa.field("source_line", pa.int32()),  # 1-based line in the source file, when it has lines
+]
+
+# On disk a manifest is one Parquet table, one row per face plus one row (null face_id) per image
+# without faces, so that zero-face images (pure negatives) survive and `--where` sees both levels.
+MANIFEST_SCHEMA = pa.schema(IMAGE_FIELDS + FACE_FIELDS)
+IMAGE_COLUMNS = [f.name for f in IMAGE_FIELDS]
+FACE_COLUMNS = ["image_id"] + [f.name for f in FACE_FIELDS]
