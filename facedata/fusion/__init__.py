@@ -1,0 +1,1 @@
+"""Landmark schemes and the index maps that fuse corpora annotated with different schemes."""
