@@ -90,7 +90,7 @@ class Manifest:
 
     def image_paths(self, roots: dict[str, str] | None = None) -> pd.Series:
         """Absolute image paths, using `roots` (name -> dir) over provenance["roots"]."""
-        known = {**self.provenance.get("roots", {}), **(roots or {})}
+        known = {name: path for name, path in {**self.provenance.get("roots", {}), **(roots or {})}.items() if path}
         missing = sorted(set(self.images["root"]) - set(known))
         if missing:
             raise FacedataError(f"no directory known for image root(s) {missing}; pass --images")
@@ -170,7 +170,7 @@ class ManifestBuilder:
 
     def add_faces(
         self,
-        image_id: str,
+        image_id: str | np.ndarray,
         boxes: np.ndarray,
         *,
         attributes: dict[str, np.ndarray] | None = None,
@@ -181,13 +181,18 @@ class ManifestBuilder:
         head_pose: np.ndarray | None = None,
         source_lines: np.ndarray | None = None,
     ) -> None:
-        """boxes (N, 4) x1 y1 x2 y2; points (N, K, 2); visible (N, K); head_pose (N, 3) yaw pitch roll."""
+        """boxes (N, 4) x1 y1 x2 y2; points (N, K, 2); visible (N, K); head_pose (N, 3) yaw pitch roll.
+
+        `image_id` is one id for all N faces, or an (N,) array of ids so a parser can add a whole
+        file in one vectorised call.
+        """
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         n = len(boxes)
         if n == 0:
             return
         block: dict[str, Any] = {
-            "image_id": np.full(n, image_id, dtype=object),
+            "image_id": np.full(n, image_id, dtype=object) if isinstance(image_id, str)
+            else np.asarray(image_id, dtype=object),
             "x1": boxes[:, 0],
             "y1": boxes[:, 1],
             "x2": boxes[:, 2],

@@ -1,0 +1,54 @@
+"""Cut the pixels of planned samples from a decoded image (geometry in facedata.samplers.geometry)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from facedata.samplers.geometry import pixel_crop_matrix
+
+_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+
+
+def _cut(image: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
+    """image[y1:y2, x1:x2], zero-padded where the box leaves the image (a view when it does not)."""
+    h, w = image.shape[:2]
+    if x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
+        return image[y1:y2, x1:x2]
+    out = np.zeros((y2 - y1, x2 - x1, image.shape[2]), image.dtype)
+    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+    if sx2 > sx1 and sy2 > sy1:
+        out[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
+    return out
+
+
+def render(image: np.ndarray, records: np.ndarray, size: int, interpolation: str = "linear") -> np.ndarray:
+    """(N, size, size, 3) uint8 crops of `records` (crop, angle, mirror fields) from a BGR HWC image.
+
+    Crop boxes must be whole pixels. Unrotated crops are a slice + cv2.resize; rotated ones are one
+    cv2.warpAffine of just the crop window (bilinear, zero border), then the same resize.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
+    flag = _INTERPOLATION[interpolation]
+    crops = np.asarray(records["crop"], np.float64).reshape(-1, 4)
+    boxes = np.rint(crops).astype(np.int64)
+    if not np.array_equal(boxes, crops):
+        raise ValueError("crop boxes must be whole pixels")
+    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+        raise ValueError("crop boxes must have positive width and height")
+    angles = np.asarray(records["angle"], np.float32)
+    mirror = np.asarray(records["mirror"]) != 0
+    out = np.empty((len(boxes), size, size, 3), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        if angles[i] == 0:
+            patch = _cut(image, x1, y1, x2, y2)
+        else:
+            matrix = pixel_crop_matrix(crops[i], float(angles[i]))
+            patch = cv2.warpAffine(
+                image, matrix, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+            )
+        resized = cv2.resize(patch, (size, size), interpolation=flag)
+        out[i] = resized[:, ::-1] if mirror[i] else resized
+    return out

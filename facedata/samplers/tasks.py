@@ -1,0 +1,126 @@
+"""Per-image work units for the samplers: plain arrays cut from a manifest, small and picklable.
+
+A face is *usable* (may be sampled) when it is valid, not degenerate and its larger side
+(x2 - x1 or y2 - y1, continuous convention) is at least `min_face`. All other faces stay in the task
+as ignore regions: no negative may overlap them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from facedata.errors import FacedataError
+from facedata.manifest import Manifest
+from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
+from facedata.schema import VISIBILITY_ABSENT
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTask:
+    image_index: int  # row in the manifest images table
+    image_id: str
+    path: str  # absolute image path
+    width: int
+    height: int
+    origin: int  # ORIGIN_DETECTIONS or ORIGIN_LANDMARKS
+    boxes: np.ndarray  # (N, 4) float32, all faces of the image
+    face_index: np.ndarray  # (N,) int32 rows in the faces table
+    usable: np.ndarray  # (N,) bool
+    points: np.ndarray | None  # (N, K, 2) float32, NaN where a point is absent; None without points
+
+
+@dataclass(frozen=True, eq=False)
+class FaceArrays:
+    """All faces of a manifest as arrays, grouped by image (shared by image_tasks and verify_labels)."""
+
+    boxes: np.ndarray  # (F, 4) float32, faces-table order
+    usable: np.ndarray  # (F,) bool
+    image_of_face: np.ndarray  # (F,) int64 image row of each face
+    order: np.ndarray  # face rows sorted by image (stable)
+    starts: np.ndarray  # (n_images + 1,) faces of image i are order[starts[i]:starts[i + 1]]
+    points: np.ndarray | None  # (F, K, 2) float32 or None
+
+    def faces_of(self, image_index: int) -> np.ndarray:
+        return self.order[self.starts[image_index] : self.starts[image_index + 1]]
+
+
+def usable_faces(boxes: np.ndarray, invalid: np.ndarray, min_face: float) -> np.ndarray:
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    return ~np.asarray(invalid, bool) & (w > 0) & (h > 0) & (np.maximum(w, h) >= min_face)
+
+
+def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
+    faces = manifest.faces
+    image_ids = pd.Index(manifest.images["image_id"])
+    image_of_face = image_ids.get_indexer(faces["image_id"]).astype(np.int64)
+    if (image_of_face < 0).any():
+        raise FacedataError("manifest has faces of images that are not in its images table")
+    boxes = faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4)
+    usable = usable_faces(boxes, faces["invalid"].to_numpy(bool), min_face)
+    order = np.argsort(image_of_face, kind="stable")
+    starts = np.searchsorted(image_of_face[order], np.arange(len(image_ids) + 1))
+    return FaceArrays(boxes, usable, image_of_face, order, starts, _points(faces))
+
+
+def _points(faces: pd.DataFrame) -> np.ndarray | None:
+    """(F, K, 2) float32 with NaN for faces without points and for absent (visibility 0) points."""
+    if "points" not in faces or len(faces) == 0:
+        return None
+    values = faces["points"].tolist()
+    sizes = {len(v) for v in values if v is not None and not (np.isscalar(v) and pd.isna(v))}
+    if not sizes:
+        return None
+    if len(sizes) > 1:
+        raise FacedataError(
+            f"faces have different numbers of landmark values {sorted(sizes)}; fuse schemes first"
+        )
+    k2 = sizes.pop()
+    out = np.full((len(values), k2 // 2, 2), np.nan, np.float32)
+    for row, (pts, vis) in enumerate(zip(values, faces["visible"].tolist(), strict=True)):
+        if pts is None or (np.isscalar(pts) and pd.isna(pts)):
+            continue
+        out[row] = np.asarray(pts, np.float32).reshape(-1, 2)
+        if vis is not None and not (np.isscalar(vis) and pd.isna(vis)):
+            out[row, np.asarray(vis) == VISIBILITY_ABSENT] = np.nan
+    return out
+
+
+def image_tasks(
+    manifest: Manifest, origin: int, *, min_face: float, roots: dict[str, str] | None = None
+) -> Iterator[ImageTask]:
+    """One ImageTask per manifest image, in manifest order (image_index = row)."""
+    if origin not in (ORIGIN_DETECTIONS, ORIGIN_LANDMARKS):
+        raise ValueError(f"unknown origin {origin}")
+    images = manifest.images
+    unknown = images["width"].isna() | images["height"].isna()
+    if unknown.any():
+        first = images.loc[unknown, "image_id"].iloc[0]
+        raise FacedataError(
+            f"{int(unknown.sum())} image(s) have no known size (e.g. {first!r}); "
+            "ingest with --images so the manifest records image sizes"
+        )
+    paths = [os.path.abspath(p) for p in manifest.image_paths(roots)]
+    widths = images["width"].to_numpy(np.int64)
+    heights = images["height"].to_numpy(np.int64)
+    ids = images["image_id"].tolist()
+    faces = face_arrays(manifest, min_face)
+    for i in range(len(images)):
+        rows = faces.faces_of(i)
+        yield ImageTask(
+            image_index=i,
+            image_id=ids[i],
+            path=paths[i],
+            width=int(widths[i]),
+            height=int(heights[i]),
+            origin=origin,
+            boxes=faces.boxes[rows],
+            face_index=rows.astype(np.int32),
+            usable=faces.usable[rows],
+            points=None if faces.points is None else faces.points[rows],
+        )

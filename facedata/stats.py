@@ -1,0 +1,327 @@
+"""Corpus statistics for a manifest: one JSON-serialisable dict and plain-text / Markdown renderers.
+
+Conventions (also stated in the rendered output):
+- Face size is max(w, h) of the box in original-image pixels, binned in powers of two. Degenerate
+  boxes (w or h <= 0) are counted separately, not binned.
+- The input-resolution survival table resizes each image to fit the detector input keeping its aspect
+  ratio ("fit": scale = min(tw / W, th / H), the image may be scaled up) or stretching it to the input
+  ("stretch": x scaled by tw / W, y by th / H, as Ultra-Light-Fast's cv2.resize to 320x240 does), then
+  counts faces whose shorter side falls under `min_face` px. It needs image width/height; faces of
+  images of unknown size are counted as unknown, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from facedata.errors import FacedataError
+from facedata.manifest import Manifest
+from facedata.schema import FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE, WIDER_ATTRIBUTE_CODES
+
+DEFAULT_INPUTS: tuple[tuple[int, int], ...] = ((320, 240), (480, 360), (640, 480))
+DEFAULT_MIN_FACE = 10.0
+RESIZE_RULES = ("fit", "stretch")
+# Faces per image buckets: (label, low, high) inclusive.
+_PER_IMAGE_BUCKETS: tuple[tuple[str, int, float], ...] = (
+    ("0", 0, 0),
+    ("1", 1, 1),
+    ("2-5", 2, 5),
+    ("6-10", 6, 10),
+    ("11-50", 11, 50),
+    (">50", 51, math.inf),
+)
+# Face size edges (px) for max(w, h): [0, 4), [4, 8), ... [512, 1024), [1024, inf).
+_SIZE_EDGES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_NUMBER = re.compile(r"-?\d+(\.\d+)?%?")
+
+
+def parse_inputs(text: str) -> list[tuple[int, int]]:
+    """'320x240,640x480' -> [(320, 240), (640, 480)]."""
+    out: list[tuple[int, int]] = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        parts = item.split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise FacedataError(
+                f"--inputs: {item!r} is not WIDTHxHEIGHT with positive integers (e.g. 320x240)"
+            )
+        out.append((int(parts[0]), int(parts[1])))
+    if not out:
+        raise FacedataError("--inputs: no input sizes given")
+    return out
+
+
+def compute_stats(
+    manifest: Manifest,
+    inputs: Sequence[tuple[int, int]] = DEFAULT_INPUTS,
+    min_face: float = DEFAULT_MIN_FACE,
+    resize: str = "fit",
+) -> dict[str, Any]:
+    """Everything `facedata stats` shows, as plain ints/floats/strings (json.dumps-able)."""
+    if resize not in RESIZE_RULES:
+        raise FacedataError(f"unknown resize rule {resize!r}; known: {', '.join(RESIZE_RULES)}")
+    images, faces = manifest.images, manifest.faces
+    w = (faces["x2"] - faces["x1"]).to_numpy(np.float64)
+    h = (faces["y2"] - faces["y1"]).to_numpy(np.float64)
+    degenerate = faces["degenerate"].to_numpy(bool)
+    per_image = faces.groupby("image_id", sort=False).size().reindex(images["image_id"], fill_value=0)
+    known_size = images["width"].notna() & images["height"].notna()
+    return {
+        "images": int(len(images)),
+        "faces": int(len(faces)),
+        "images_without_faces": int((per_image == 0).sum()),
+        "images_with_size": int(known_size.sum()),
+        "by_split": _group_counts(images, faces, "split"),
+        "by_source": _group_counts(images, faces, "source"),
+        "faces_per_image": _per_image(per_image.to_numpy()),
+        "face_size": _size_histogram(np.maximum(w, h)[~degenerate]),
+        "flags": {
+            "invalid": int(faces["invalid"].sum()),
+            "degenerate": int(degenerate.sum()),
+            "invalid_or_degenerate": int((faces["invalid"].to_numpy(bool) | degenerate).sum()),
+        },
+        "attributes": _attributes(faces),
+        "landmarks": _landmarks(faces),
+        "survival": _survival(manifest, w, h, inputs, min_face, resize),
+    }
+
+
+def _group_counts(images: pd.DataFrame, faces: pd.DataFrame, column: str) -> dict[str, dict[str, int]]:
+    n_images = images.groupby(column, sort=True).size()
+    face_groups = faces[["image_id"]].merge(images[["image_id", column]], on="image_id", how="left")
+    n_faces = face_groups.groupby(column, sort=True).size()
+    return {
+        str(key): {"images": int(n_images[key]), "faces": int(n_faces.get(key, 0))} for key in n_images.index
+    }
+
+
+def _per_image(counts: np.ndarray) -> dict[str, Any]:
+    buckets = {label: int(((counts >= lo) & (counts <= hi)).sum()) for label, lo, hi in _PER_IMAGE_BUCKETS}
+    return {
+        "buckets": buckets,
+        "max": int(counts.max()) if len(counts) else 0,
+        "mean": round(float(counts.mean()), 4) if len(counts) else 0.0,
+        "median": float(np.median(counts)) if len(counts) else 0.0,
+    }
+
+
+def _size_histogram(sizes: np.ndarray) -> dict[str, Any]:
+    edges = np.array([*_SIZE_EDGES, np.inf])
+    counts, _ = np.histogram(sizes, bins=edges)
+    labels = [f"{lo}-{hi}" for lo, hi in zip(_SIZE_EDGES[:-1], _SIZE_EDGES[1:], strict=True)]
+    labels.append(f">={_SIZE_EDGES[-1]}")
+    return {
+        "measure": "max(w, h) px, bins [lo, hi); degenerate boxes excluded",
+        "buckets": {label: int(c) for label, c in zip(labels, counts, strict=True)},
+        "median": round(float(np.median(sizes)), 2) if len(sizes) else None,
+    }
+
+
+def _attributes(faces: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Counts per code name for each WIDER attribute; faces without the attribute count as unknown."""
+    out: dict[str, dict[str, int]] = {}
+    for name in (*FACE_ATTRIBUTES, "invalid"):
+        codes = WIDER_ATTRIBUTE_CODES[name]
+        values = faces[name].astype("int64") if name == "invalid" else faces[name]
+        counts = values.value_counts()
+        table = {label: int(counts.get(code, 0)) for code, label in codes.items()}
+        other = {
+            int(c): int(n) for c, n in counts.items() if int(c) not in codes and int(c) != UNKNOWN_ATTRIBUTE
+        }
+        table.update({f"code {c}": n for c, n in sorted(other.items())})
+        table["unknown"] = int(counts.get(UNKNOWN_ATTRIBUTE, 0))
+        out[name] = table
+    # `invalid` is a flag, always known; drop its (always zero) unknown row for clarity.
+    out["invalid"].pop("unknown")
+    return out
+
+
+def _landmarks(faces: pd.DataFrame) -> dict[str, Any]:
+    has = faces["scheme"].notna()
+    schemes: dict[str, dict[str, int]] = {}
+    for scheme, group in faces.loc[has].groupby("scheme", sort=True):
+        n_points = group["points"].map(len).to_numpy() // 2
+        visible = group["visible"].map(lambda v: int((np.asarray(v) > 0).sum()))
+        schemes[str(scheme)] = {
+            "faces": int(len(group)),
+            "points_per_face": int(n_points.max()) if len(n_points) else 0,
+            "points_with_coordinates": int(visible.sum()),
+        }
+    return {
+        "faces_with_landmarks": int(has.sum()),
+        "faces_without_landmarks": int((~has).sum()),
+        "schemes": schemes,
+    }
+
+
+def _survival(
+    manifest: Manifest,
+    w: np.ndarray,
+    h: np.ndarray,
+    inputs: Sequence[tuple[int, int]],
+    min_face: float,
+    resize: str,
+) -> dict[str, Any]:
+    sizes = manifest.images.set_index("image_id")[["width", "height"]]
+    joined = sizes.reindex(manifest.faces["image_id"])
+    img_w = joined["width"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+    img_h = joined["height"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+    known = np.isfinite(img_w) & np.isfinite(img_h) & (img_w > 0) & (img_h > 0)
+    n_known = int(known.sum())
+    fw, fh, iw, ih = w[known], h[known], img_w[known], img_h[known]
+    rows = [_survival_row("native", 1.0, 1.0, fw, fh, min_face, n_known)]
+    for tw, th in inputs:
+        sx, sy = tw / iw, th / ih
+        if resize == "fit":
+            sx = sy = np.minimum(sx, sy)
+        rows.append(_survival_row(f"{tw}x{th}", sx, sy, fw, fh, min_face, n_known))
+    note = None
+    if n_known < len(manifest.faces):
+        note = (
+            f"image size unknown for {len(manifest.faces) - n_known} of {len(manifest.faces)} faces"
+            " (ingest with --images to probe sizes); those faces are not in the table"
+        )
+    return {
+        "min_face": min_face,
+        "resize": resize,
+        "rule": "fit: scale = min(tw/W, th/H) (aspect kept)"
+        if resize == "fit"
+        else "stretch: x*tw/W, y*th/H",
+        "measure": f"shorter side of the resized box < {min_face:g} px",
+        "faces_with_image_size": n_known,
+        "faces_unknown_size": int(len(manifest.faces) - n_known),
+        "note": note,
+        "rows": rows,
+    }
+
+
+def _survival_row(
+    label: str, sx: Any, sy: Any, fw: np.ndarray, fh: np.ndarray, min_face: float, n_known: int
+) -> dict[str, Any]:
+    under = int((np.minimum(fw * sx, fh * sy) < min_face).sum())
+    return {
+        "input": label,
+        "faces": n_known,
+        "under": under,
+        "share_under": round(under / n_known, 6) if n_known else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------- renderers
+
+
+def render_json(stats: dict[str, Any]) -> str:
+    return json.dumps(stats, indent=2, sort_keys=False)
+
+
+def render_text(stats: dict[str, Any], title: str | None = None) -> str:
+    """Plain-text tables for the terminal."""
+    return "\n".join(_render(stats, title, markdown=False)) + "\n"
+
+
+def render_markdown(stats: dict[str, Any], title: str | None = None) -> str:
+    return "\n".join(_render(stats, title, markdown=True)) + "\n"
+
+
+def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[str]:
+    out: list[str] = []
+
+    def heading(text: str) -> None:
+        out.append("")
+        out.append(f"## {text}" if markdown else f"{text}\n{'-' * len(text)}")
+
+    def table(header: list[str], rows: list[list[Any]]) -> None:
+        out.extend(_table(header, [[_cell(v) for v in row] for row in rows], markdown))
+
+    if title:
+        out.append(f"# {title}" if markdown else title)
+    out.append(
+        f"{stats['images']} images, {stats['faces']} faces,"
+        f" {stats['images_without_faces']} images without faces,"
+        f" {stats['images_with_size']} images with known size"
+    )
+    for key, label in (("by_split", "split"), ("by_source", "source")):
+        heading(f"By {label}")
+        table([label, "images", "faces"], [[k, v["images"], v["faces"]] for k, v in stats[key].items()])
+    per = stats["faces_per_image"]
+    heading("Faces per image")
+    table(["faces", "images"], [[k, v] for k, v in per["buckets"].items()])
+    out.append(f"max {per['max']}, mean {per['mean']:.2f}, median {per['median']:g}")
+    size = stats["face_size"]
+    heading("Face size")
+    table(["max(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
+    out.append(f"{size['measure']}; median {size['median']}")
+    flags = stats["flags"]
+    heading("Flags")
+    table(["flag", "faces"], [[k, v] for k, v in flags.items()])
+    heading("Attributes")
+    rows = []
+    for name, counts in stats["attributes"].items():
+        total = sum(counts.values()) or 1
+        if counts.get("unknown", 0) == total:
+            continue  # no face carries this attribute (e.g. a landmark set): nothing to show
+        for label, n in counts.items():
+            if n or label != "unknown":
+                rows.append([name, label, n, f"{100 * n / total:.1f}%"])
+    table(["attribute", "value", "faces", "share"], rows)
+    lm = stats["landmarks"]
+    heading("Landmarks")
+    table(
+        ["scheme", "faces", "points/face", "points with coords"],
+        [
+            [k, v["faces"], v["points_per_face"], v["points_with_coordinates"]]
+            for k, v in lm["schemes"].items()
+        ]
+        + [["(none)", lm["faces_without_landmarks"], 0, 0]],
+    )
+    surv = stats["survival"]
+    heading(f"Input-resolution survival (faces under {surv['min_face']:g} px)")
+    table(
+        ["input", "faces", "under", "share"],
+        [
+            [
+                r["input"],
+                r["faces"],
+                r["under"],
+                "n/a" if r["share_under"] is None else f"{100 * r['share_under']:.2f}%",
+            ]
+            for r in surv["rows"]
+        ],
+    )
+    out.append(f"resize {surv['rule']}; {surv['measure']}")
+    if surv["note"]:
+        out.append(f"note: {surv['note']}")
+    return out
+
+
+def _numeric(text: str) -> bool:
+    return text == "n/a" or bool(_NUMBER.fullmatch(text))
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        lines = ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return [*lines, ""]
+    columns = list(zip(header, *rows, strict=True))
+    widths = [max(len(c) for c in col) for col in columns]
+    right = [bool(rows) and all(_numeric(c) for c in col[1:]) for col in columns]
+
+    def fmt(row: list[str]) -> str:
+        cells = [c.rjust(wd) if r else c.ljust(wd) for c, wd, r in zip(row, widths, right, strict=True)]
+        return "  ".join(cells).rstrip()
+
+    return [fmt(header), fmt(["-" * wd for wd in widths]), *(fmt(r) for r in rows)]

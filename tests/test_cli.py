@@ -1,0 +1,189 @@
+"""The ingest / formats / filter / stats commands, through click's runner and one real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from facedata.cli import main
+from facedata.manifest import Manifest
+
+BAD_WIDER = (
+    "0--Parade/0_Parade_a.jpg\n2\n10 10 20 20 0 0 0 0 0 0 \n10 10 abc 20 0 0 0 0 0 0 \n"
+    "1--Handshaking/1_Handshaking_b.jpg\n1\n5 5 30 30 0 0 0 0 0 0 \n"
+)
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def val_file(realdata: Path) -> Path:
+    return realdata / "wider_face" / "wider_face_val_bbx_gt.txt"
+
+
+@pytest.fixture(scope="module")
+def val_manifest(val_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "val.parquet"
+    result = run("ingest", val_file, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "no --images" in result.stderr and "no items skipped" in result.stderr
+    assert not out.with_name(out.name + ".rejects.csv").exists()
+    return out
+
+
+def test_formats_lists_every_registered_format() -> None:
+    from facedata.parsers import FORMATS
+
+    result = run("formats")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(FORMATS.names()) >= 5
+    for (name, fmt), line in zip(FORMATS, lines, strict=True):
+        assert line.split()[0] == name and fmt.description in line
+
+
+def test_ingest_real_val_then_stats_json(val_manifest: Path) -> None:
+    result = run("stats", val_manifest, "--json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)  # stdout is nothing but the JSON
+    assert stats["images"] == 3226 and stats["faces"] == 39704
+    assert isinstance(stats["images"], int) and isinstance(stats["faces"], int)
+
+
+def test_stats_text_and_markdown(val_manifest: Path) -> None:
+    text = run("stats", val_manifest, "--inputs", "320x240,1280x960")
+    assert text.exit_code == 0
+    assert "1280x960" in text.stdout and "480x360" not in text.stdout
+    assert "image size unknown for 39704" in text.stdout
+    md = run("stats", val_manifest, "--markdown")
+    assert md.exit_code == 0 and "| input | faces | under | share |" in md.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--inputs", "320by240"], "--inputs"), (["--json", "--markdown"], "exclusive")],
+)
+def test_stats_bad_options(val_manifest: Path, args: list[str], needle: str) -> None:
+    result = run("stats", val_manifest, *args)
+    assert result.exit_code == 2 and needle in result.stderr
+
+
+def test_filter_prints_per_rule_counts(val_manifest: Path, val_file: Path, tmp_path: Path) -> None:
+    small = 0
+    for line in val_file.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 10:
+            w, h = int(fields[2]), int(fields[3])
+            small += (w < 10 or h < 10) and (fields[:4] != ["0", "0", "0", "0"])
+    out = tmp_path / "min10.parquet"
+    result = run(
+        "filter", val_manifest, "-o", out, "--min-size", "10", "--where", "blur < 2", "--drop-empty-images"
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(
+        line.startswith("min_size 10") and f"removed {small} faces, 0 images" in line for line in lines
+    )
+    assert any(line.startswith("where blur < 2") for line in lines)
+    assert any(line.startswith("drop_empty_images") for line in lines)
+    filtered = Manifest.read(out)
+    assert filtered.provenance["filters"][0]["steps"][0]["faces_removed"] == small
+    assert (filtered.faces["blur"] < 2).all()
+
+
+def test_filter_quiet_prints_nothing(val_manifest: Path, tmp_path: Path) -> None:
+    result = run("filter", val_manifest, "-o", tmp_path / "o.parquet", "--drop-invalid", "--quiet")
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_bad_where_is_one_line_exit_2(val_manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never.parquet"
+    result = run("filter", val_manifest, "-o", out, "--where", "blurr < 2")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: --where 'blurr < 2'") and "blurr" in result.stderr
+    assert not out.exists()
+
+
+def test_filter_without_rules_is_an_error(val_manifest: Path, tmp_path: Path) -> None:
+    result = run("filter", val_manifest, "-o", tmp_path / "o.parquet")
+    assert result.exit_code == 2 and "no filter rule" in result.stderr
+
+
+def test_ingest_bad_line_writes_rejects_report(tmp_path: Path) -> None:
+    source = tmp_path / "wider_face_train_bbx_gt.txt"
+    source.write_text(BAD_WIDER)
+    out = tmp_path / "m.parquet"
+    result = run("ingest", source, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 item" in result.stderr
+    report = out.with_name("m.parquet.rejects.csv")
+    rows = list(csv.DictReader(report.open()))
+    assert len(rows) == 1 and rows[0]["line"] == "4" and "abc" in rows[0]["reason"]
+    manifest = Manifest.read(out)
+    assert 5 <= len(manifest.faces) + 4 <= 6  # the good faces survive (the bad image may go whole)
+
+    custom = tmp_path / "custom.csv"
+    result = run("ingest", source, "-o", out, "--rejects", custom, "--quiet")
+    assert result.exit_code == 0 and custom.exists()
+    assert "no --images" not in result.stderr
+
+
+def test_ingest_strict_stops_with_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "wider_face_train_bbx_gt.txt"
+    source.write_text(BAD_WIDER)
+    out = tmp_path / "m.parquet"
+    result = run("ingest", source, "-o", out, "--strict")
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{source}:4: w:" in errors[0] and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_ingest_with_images_probes_sizes_and_reports_missing(tmp_path: Path) -> None:
+    source = tmp_path / "wider_face_val_bbx_gt.txt"
+    source.write_text(BAD_WIDER.replace("abc", "25"))
+    root = tmp_path / "images"
+    (root / "0--Parade").mkdir(parents=True)
+    cv2.imwrite(str(root / "0--Parade" / "0_Parade_a.jpg"), np.zeros((120, 200, 3), np.uint8))
+    out = tmp_path / "m.parquet"
+    result = run("ingest", source, "--images", root, "--split", "custom", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "no --images" not in result.stderr and "skipped 1 item" in result.stderr
+    rows = list(csv.DictReader(out.with_name("m.parquet.rejects.csv").open()))
+    assert "1_Handshaking_b.jpg" in rows[0]["reason"]
+    manifest = Manifest.read(out)
+    assert manifest.images[["width", "height", "split"]].values.tolist() == [[200, 120, "custom"]]
+
+
+def test_unknown_format_is_a_clean_error(tmp_path: Path) -> None:
+    source = tmp_path / "x.txt"
+    source.write_text(BAD_WIDER)
+    result = run("ingest", source, "--format", "no_such_format", "-o", tmp_path / "m.parquet")
+    assert result.exit_code == 2 and "no_such_format" in result.stderr
+
+
+def test_console_script_subprocess(val_manifest: Path) -> None:
+    script = Path(sys.executable).with_name("facedata")
+    if not script.exists():
+        pytest.skip("console script not installed (pip install -e .)")
+    proc = subprocess.run(
+        [str(script), "stats", str(val_manifest), "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    assert (stats["images"], stats["faces"]) == (3226, 39704)
+    bad = subprocess.run(
+        [str(script), "stats", str(val_manifest), "--inputs", "x"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --inputs") and "Traceback" not in bad.stderr
