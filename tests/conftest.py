@@ -15,6 +15,6 @@ def realdata() -> Path:
     path = realdata_dir()
     if path is None:
         if os.environ.get("FACEDATA_REQUIRE_REALDATA"):
-            pytest.fail("real-data folder missing (FACEDATA_REALDATA / ../shared/realdata) but CI requires it")
+            pytest.fail("real-data folder missing (FACEDATA_REALDATA, ../shared/realdata) but CI requires it")
         pytest.skip("real-data folder not found: set FACEDATA_REALDATA or place ../shared/realdata")
     return path

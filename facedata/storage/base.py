@@ -1,0 +1,77 @@
+"""What a storage backend provides: a sink that writes one shard and a source that reads it back.
+
+Shards are cut into fixed-size *units* (an LMDB block value, a Parquet row group); readers fetch and
+cache whole units, and the reader order shuffles at unit granularity, so no per-sample lookups happen.
+Adding a backend is one module that registers a `Backend` subclass in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from facedata.registry import Registry
+
+
+@dataclass(frozen=True)
+class ShardSchema:
+    """The fixed layout every shard of a dataset shares."""
+
+    image_shape: tuple[int, int, int]
+    record_dtype: np.dtype
+    block_samples: int
+    unit_samples: int
+    samples_per_shard: int
+
+    @property
+    def image_bytes(self) -> int:
+        h, w, c = self.image_shape
+        return h * w * c
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return self.image_bytes + self.record_dtype.itemsize
+
+
+class ShardSink(Protocol):
+    def write(self, pixels: np.ndarray, records: np.ndarray) -> None:
+        """Append one unit (exactly `unit_samples` rows, except a shard's last call)."""
+
+    def finish(self) -> None:
+        """Write the complete shard file at the sink's target path."""
+
+    def abort(self) -> None:
+        """Remove every temporary file; the target is left untouched."""
+
+
+class ShardSource(Protocol):
+    def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (n, H, W, C) uint8 and records (n,) of one unit of this shard."""
+
+    def labels(self) -> np.ndarray:
+        """Every sample's label, in order (for verification)."""
+
+    def close(self) -> None: ...
+
+
+class Backend:
+    """A storage format. `cache_bytes` bounds how much decoded data a reader keeps per process."""
+
+    name: str = ""
+    suffix: str = ""
+    cache_bytes: int = 96 << 20
+
+    def unit_samples(self, samples_per_shard: int, block_samples: int, bytes_per_sample: int) -> int:
+        return block_samples
+
+    def open_sink(self, target: Path, schema: ShardSchema) -> ShardSink:
+        raise NotImplementedError
+
+    def open_source(self, path: Path, schema: ShardSchema, samples: int) -> ShardSource:
+        raise NotImplementedError
+
+
+BACKENDS: Registry[type[Backend]] = Registry("storage backend")

@@ -1,0 +1,141 @@
+"""The dataset index (`index.json`): schema, shard list with hashes and counts, provenance.
+
+Everything a reader needs is plain JSON (the record dtype as `np.dtype.descr`), so no pickle is ever
+involved, and the same description is the resume fingerprint of an interrupted build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facedata.errors import FacedataError
+from facedata.paths import atomic_write
+from facedata.samples import LABEL_NAMES
+
+FORMAT_NAME = "facedata-shards"
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+PARTIAL_INDEX_NAME = "index.partial.json"
+SHARD_NAME = re.compile(r"^shard-(\d{5,})\.([a-z0-9]+)$")
+# Provenance keys that may differ between an interrupted run and its resume without changing any byte.
+VOLATILE_PROVENANCE_KEYS = frozenset({"command_line", "argv", "started_at", "created_at", "hostname"})
+
+
+def shard_file_name(shard: int, suffix: str) -> str:
+    return f"shard-{shard:05d}.{suffix}"
+
+
+def samples_per_shard(shard_bytes: int, bytes_per_sample: int, block_samples: int) -> int:
+    """Whole blocks per shard, at least one: shard k then holds global samples [kM, (k+1)M)."""
+    if shard_bytes <= 0 or block_samples <= 0 or bytes_per_sample <= 0:
+        raise FacedataError("shard_bytes, block_samples and the sample size must be positive")
+    return max(block_samples, (shard_bytes // bytes_per_sample) // block_samples * block_samples)
+
+
+def dtype_to_json(dtype: np.dtype) -> list:
+    """A structured dtype as JSON-able `descr` (lists instead of tuples)."""
+    return json.loads(json.dumps(np.dtype(dtype).descr))
+
+
+def dtype_from_json(descr: list) -> np.dtype:
+    """Inverse of `dtype_to_json`; refuses object fields so a hostile index cannot ask for pickles."""
+    fields = []
+    for item in descr:
+        if not isinstance(item, list) or len(item) not in (2, 3):
+            raise FacedataError(f"bad record dtype entry in index: {item!r}")
+        name, fmt = str(item[0]), str(item[1])
+        if "O" in fmt:
+            raise FacedataError(f"record field {name!r} has an object dtype, which is not allowed")
+        fields.append((name, fmt) if len(item) == 2 else (name, fmt, tuple(int(x) for x in item[2])))
+    return np.dtype(fields)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def fingerprint(layout: dict, provenance: dict) -> str:
+    """sha256 of the layout and the provenance minus volatile keys: equal => the same shard bytes."""
+    stable = {k: v for k, v in provenance.items() if k not in VOLATILE_PROVENANCE_KEYS}
+    return hashlib.sha256(canonical_json({"layout": layout, "provenance": stable}).encode()).hexdigest()
+
+
+def write_json_atomic(path: Path, value: dict) -> None:
+    with atomic_write(path, "w") as fh:
+        json.dump(value, fh, indent=1, sort_keys=False)
+        fh.write("\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except FileNotFoundError:
+        raise FacedataError(f"{path}: not found (is this a facedata shard directory?)") from None
+    except json.JSONDecodeError as exc:
+        raise FacedataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise FacedataError(f"{path}: expected a JSON object")
+    return value
+
+
+def load_index(directory: str | os.PathLike[str]) -> dict:
+    """Read and sanity-check `index.json`: version, known fields, shard names that stay in the dir."""
+    directory = Path(directory)
+    index = read_json(directory / INDEX_NAME)
+    check_index(index, directory / INDEX_NAME)
+    return index
+
+
+def check_index(index: dict, where: Path) -> None:
+    if index.get("format") != FORMAT_NAME:
+        raise FacedataError(f"{where}: not a facedata shard index (format={index.get('format')!r})")
+    if index.get("version") != FORMAT_VERSION:
+        raise FacedataError(f"{where}: index version {index.get('version')!r}, expected {FORMAT_VERSION}")
+    for key in ("backend", "image_shape", "record_dtype", "samples", "samples_per_shard", "unit_samples",
+                "shards"):
+        if key not in index:
+            raise FacedataError(f"{where}: missing {key!r}")
+    for entry in index["shards"]:
+        name = entry.get("file", "")
+        if not isinstance(name, str) or not SHARD_NAME.match(name):
+            raise FacedataError(f"{where}: refusing shard file name {name!r}")
+
+
+def describe(index: dict) -> str:
+    """A human summary of an index: layout, counts per label, shards, bytes, provenance highlights."""
+    samples = int(index["samples"])
+    raw = int(index.get("bytes_per_sample", 0))
+    per_sample = index.get("bytes", 0) / samples if samples else 0.0
+    lines = [
+        f"backend        {index['backend']}  (format {index['format']} v{index['version']})",
+        f"samples        {samples:,}  in {len(index['shards'])} shard(s)"
+        f" of up to {index['samples_per_shard']:,}",
+        f"image          {'x'.join(map(str, index['image_shape']))} uint8; record fields: "
+        + ", ".join(str(item[0]) for item in index["record_dtype"]),
+        f"bytes          {index.get('bytes', 0):,}  ({per_sample:.1f} per sample, raw {raw})",
+        f"read unit      {index['unit_samples']:,} samples (block {index['block_samples']:,})",
+        "labels         "
+        + ", ".join(
+            f"{LABEL_NAMES.get(int(label), label)} {count:,}"
+            for label, count in index.get("label_counts", {}).items()
+        ),
+    ]
+    provenance = index.get("provenance", {})
+    for key in ("facedata_version", "seed", "command_line"):
+        if key in provenance:
+            lines.append(f"{key:<15}{provenance[key]}")
+    for key, value in index.get("summary", {}).items():
+        lines.append(f"summary.{key:<7}{value}")
+    lines.append("shards")
+    for entry in index["shards"]:
+        lines.append(f"  {entry['file']}  {entry['samples']:>9,} samples  {entry['bytes']:>13,} B  "
+                     f"sha256 {entry['sha256'][:16]}")
+    return "\n".join(lines)

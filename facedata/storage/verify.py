@@ -1,0 +1,78 @@
+"""Integrity check of a shard directory: every shard re-hashed and re-counted against index.json."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from facedata.errors import FacedataError
+from facedata.paths import sha256_file
+from facedata.storage.base import BACKENDS, Backend, ShardSchema
+from facedata.storage.index import INDEX_NAME, SHARD_NAME, dtype_from_json, load_index
+
+
+def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
+    """Problems found, each naming its shard (or index.json); [] when the directory is sound."""
+    path = Path(path)
+    try:
+        index = load_index(path)
+        backend = BACKENDS.get(index["backend"])()
+        schema = ShardSchema(tuple(index["image_shape"]), dtype_from_json(index["record_dtype"]),  # type: ignore[arg-type]
+                             int(index["block_samples"]), int(index["unit_samples"]),
+                             int(index["samples_per_shard"]))
+    except FacedataError as exc:
+        return [f"{INDEX_NAME}: {exc}"]
+    problems: list[str] = []
+    total = 0
+    totals: dict[str, int] = {}
+    listed = set()
+    for k, entry in enumerate(index["shards"]):
+        name = entry["file"]
+        listed.add(name)
+        if entry.get("first_index") != total:
+            problems.append(f"{name}: first_index {entry.get('first_index')} but {total} samples precede it")
+        if k < len(index["shards"]) - 1 and entry.get("samples") != schema.samples_per_shard:
+            problems.append(f"{name}: {entry.get('samples')} samples, expected {schema.samples_per_shard}")
+        total += int(entry.get("samples", 0))
+        for label, count in entry.get("label_counts", {}).items():
+            totals[label] = totals.get(label, 0) + count
+        problems.extend(_check_shard(path / name, entry, backend, schema))
+    if total != index["samples"]:
+        problems.append(f"{INDEX_NAME}: shards hold {total} samples but the index says {index['samples']}")
+    if totals != index.get("label_counts", {}):
+        problems.append(f"{INDEX_NAME}: label counts {index.get('label_counts')} != sum over shards {totals}")
+    for file in sorted(path.iterdir()):
+        if SHARD_NAME.match(file.name) and file.name not in listed:
+            problems.append(f"{file.name}: shard file not listed in {INDEX_NAME}")
+    return problems
+
+
+def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema) -> list[str]:
+    name = file.name
+    if not file.is_file():
+        return [f"{name}: missing"]
+    problems = []
+    size = file.stat().st_size
+    if size != entry.get("bytes"):
+        problems.append(f"{name}: {size} bytes, index says {entry.get('bytes')}")
+    if sha256_file(file) != entry.get("sha256"):
+        # Not parsed further: a corrupt LMDB page can crash the reading process, not just raise.
+        return [*problems, f"{name}: sha256 mismatch"]
+    try:
+        source = backend.open_source(file, schema, int(entry["samples"]))
+        try:
+            labels = source.labels()
+        finally:
+            source.close()
+    except Exception as exc:  # a corrupt shard can fail inside LMDB/Arrow in many ways; report, don't crash
+        return [*problems, f"{name}: unreadable ({exc.__class__.__name__}: {exc})"]
+    if len(labels) != entry["samples"]:
+        problems.append(f"{name}: holds {len(labels)} samples, index says {entry['samples']}")
+    values, counts = np.unique(labels, return_counts=True)
+    found = {str(v): c for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
+    expected = {str(k): v for k, v in entry.get("label_counts", {}).items()}
+    if found != expected:
+        problems.append(f"{name}: label counts {found} differ from the index {expected}")
+    return problems

@@ -1,0 +1,258 @@
+"""DatasetWriter: streams fixed-width samples into checksummed shards that roll over deterministically.
+
+Shard k always holds global samples [kM, (k+1)M) with M = samples_per_shard, so shard bytes depend
+only on the sample stream. Each complete shard is written under a temp name, hashed and renamed, then
+listed in `index.partial.json`; a rerun with the same provenance fingerprint keeps the leading shards
+whose hashes verify and tells the producer (`samples_done`) how many samples to skip, so an
+interrupted build ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from facedata.errors import FacedataError
+from facedata.paths import sha256_file
+from facedata.storage.base import BACKENDS, ShardSchema, ShardSink
+from facedata.storage.index import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    PARTIAL_INDEX_NAME,
+    SHARD_NAME,
+    dtype_to_json,
+    fingerprint,
+    read_json,
+    samples_per_shard,
+    shard_file_name,
+    write_json_atomic,
+)
+
+
+class DatasetWriter:
+    """Write (pixels, records) batches of any length; `close()` writes `index.json` and returns it."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        backend: str,
+        image_shape: tuple[int, int, int],
+        record_dtype: np.dtype,
+        provenance: dict,
+        shard_bytes: int = 256 << 20,
+        block_samples: int = 1024,
+        resume: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.backend = BACKENDS.get(backend)()
+        record_dtype = np.dtype(record_dtype)
+        if record_dtype.names is None or "label" not in record_dtype.names:
+            raise FacedataError("record_dtype must be a structured dtype with a 'label' field")
+        if len(image_shape) != 3 or min(image_shape) <= 0:
+            raise FacedataError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape!r}")
+        image_shape = tuple(int(x) for x in image_shape)
+        bytes_per_sample = int(np.prod(image_shape)) + record_dtype.itemsize
+        per_shard = samples_per_shard(shard_bytes, bytes_per_sample, block_samples)
+        unit = self.backend.unit_samples(per_shard, block_samples, bytes_per_sample)
+        self.schema = ShardSchema(image_shape, record_dtype, block_samples, unit, per_shard)  # type: ignore[arg-type]
+        self.provenance = dict(provenance)
+        self.layout = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "backend": backend,
+            "image_shape": list(image_shape),
+            "record_dtype": dtype_to_json(record_dtype),
+            "bytes_per_sample": bytes_per_sample,
+            "block_samples": block_samples,
+            "unit_samples": unit,
+            "samples_per_shard": per_shard,
+        }
+        self.fingerprint = fingerprint(self.layout, self.provenance)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._shards: list[dict] = self._recover() if resume else []
+        if not resume:
+            self._remove_shards(keep=0)
+        self._pixels = np.empty((unit, *image_shape), np.uint8)
+        self._records = np.empty(unit, record_dtype)
+        self._fill = 0  # samples buffered in the current unit
+        self._sink: ShardSink | None = None
+        self._shard_samples = 0
+        self._shard_labels: dict[int, int] = {}
+        self._closed = False
+        self._write_partial()
+
+    @property
+    def samples_done(self) -> int:
+        """Samples durable in complete shards; the producer skips this many leading samples."""
+        return len(self._shards) * self.schema.samples_per_shard
+
+    # -- resume ---------------------------------------------------------------------------------
+    def _recover(self) -> list[dict]:
+        previous = None
+        for name in (PARTIAL_INDEX_NAME, INDEX_NAME):
+            if (self.out_dir / name).exists():
+                previous = read_json(self.out_dir / name)
+                break
+        if previous is None:
+            self._remove_shards(keep=0)
+            return []
+        if previous.get("fingerprint") != self.fingerprint:
+            raise FacedataError(
+                f"{self.out_dir} already holds shards built with different inputs or options; "
+                "use a new output directory (or delete this one)"
+            )
+        kept: list[dict] = []
+        per_shard = self.schema.samples_per_shard
+        for k, entry in enumerate(previous.get("shards", [])):
+            path = self.out_dir / shard_file_name(k, self.backend.suffix)
+            if (
+                entry.get("file") != path.name
+                or entry.get("samples") != per_shard
+                or entry.get("first_index") != k * per_shard
+                or not path.is_file()
+                or path.stat().st_size != entry.get("bytes")
+                or sha256_file(path) != entry.get("sha256")
+            ):
+                break
+            kept.append(entry)
+        self._remove_shards(keep=len(kept))
+        return kept
+
+    def _remove_shards(self, keep: int) -> None:
+        """Delete temp files, stale indexes and every shard file from number `keep` on."""
+        index_path = self.out_dir / INDEX_NAME
+        if index_path.exists():
+            index_path.unlink()
+        for path in self.out_dir.iterdir():
+            match = SHARD_NAME.match(path.name)
+            stale_temp = path.name.startswith(".shard-") and ".tmp" in path.name
+            if (match and int(match.group(1)) >= keep) or stale_temp:
+                path.unlink()
+
+    # -- writing --------------------------------------------------------------------------------
+    def add(self, pixels: np.ndarray, records: np.ndarray) -> None:
+        """Append samples; completes units and shards as they fill."""
+        if self._closed:
+            raise FacedataError("DatasetWriter is closed")
+        pixels = np.asarray(pixels)
+        records = np.asarray(records)
+        if pixels.dtype != np.uint8 or pixels.shape[1:] != self.schema.image_shape:
+            raise FacedataError(
+                f"pixels must be uint8 of shape (N, {', '.join(map(str, self.schema.image_shape))}), "
+                f"got {pixels.dtype} {pixels.shape}"
+            )
+        if records.dtype != self.schema.record_dtype:
+            raise FacedataError(f"records dtype {records.dtype} differs from {self.schema.record_dtype}")
+        if len(pixels) != len(records):
+            raise FacedataError(f"{len(pixels)} images but {len(records)} records")
+        unit = self.schema.unit_samples
+        pos = 0
+        while pos < len(records):
+            take = min(len(records) - pos, unit - self._fill)
+            self._pixels[self._fill : self._fill + take] = pixels[pos : pos + take]
+            self._records[self._fill : self._fill + take] = records[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == unit:
+                self._flush_unit()
+
+    def _flush_unit(self) -> None:
+        if self._fill == 0:
+            return
+        if self._sink is None:
+            self._sink = self.backend.open_sink(self._temp_path(), self.schema)
+        records = self._records[: self._fill]
+        self._sink.write(self._pixels[: self._fill], records)
+        labels, counts = np.unique(records["label"], return_counts=True)
+        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+            self._shard_labels[label] = self._shard_labels.get(label, 0) + count
+        self._shard_samples += self._fill
+        self._fill = 0
+        if self._shard_samples == self.schema.samples_per_shard:
+            self._finish_shard()
+
+    def _temp_path(self) -> Path:
+        name = shard_file_name(len(self._shards), self.backend.suffix)
+        return self.out_dir / f".{name}.tmp-{os.getpid()}"
+
+    def _finish_shard(self) -> None:
+        assert self._sink is not None
+        temp = self._temp_path()
+        self._sink.finish()
+        self._sink = None
+        k = len(self._shards)
+        final = self.out_dir / shard_file_name(k, self.backend.suffix)
+        entry = {
+            "file": final.name,
+            "samples": self._shard_samples,
+            "first_index": k * self.schema.samples_per_shard,
+            "bytes": temp.stat().st_size,
+            "sha256": sha256_file(temp),
+            "label_counts": _label_json(self._shard_labels),
+        }
+        os.replace(temp, final)
+        self._shards.append(entry)
+        self._shard_samples = 0
+        self._shard_labels = {}
+        self._write_partial()
+
+    def _index(self, complete: bool) -> dict:
+        totals: dict[int, int] = {}
+        for entry in self._shards:
+            for label, count in entry["label_counts"].items():
+                totals[int(label)] = totals.get(int(label), 0) + count
+        return {
+            **self.layout,
+            "complete": complete,
+            "samples": sum(entry["samples"] for entry in self._shards),
+            "bytes": sum(entry["bytes"] for entry in self._shards),
+            "label_counts": _label_json(totals),
+            "fingerprint": self.fingerprint,
+            "shards": self._shards,
+            "provenance": self.provenance,
+        }
+
+    def _write_partial(self) -> None:
+        write_json_atomic(self.out_dir / PARTIAL_INDEX_NAME, self._index(complete=False))
+
+    def close(self, summary: dict | None = None) -> dict:
+        """Flush the final partial shard, write `index.json` atomically and return the index."""
+        if self._closed:
+            raise FacedataError("DatasetWriter is already closed")
+        self._flush_unit()
+        if self._sink is not None:
+            self._finish_shard()
+        index = self._index(complete=True)
+        if summary is not None:
+            index["summary"] = summary
+        write_json_atomic(self.out_dir / INDEX_NAME, index)
+        (self.out_dir / PARTIAL_INDEX_NAME).unlink()
+        self._closed = True
+        return index
+
+    def abort(self) -> None:
+        """Drop the shard in progress; complete shards and the partial index stay for resume."""
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
+        self._closed = True
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
+
+
+def _label_json(counts: dict[int, int]) -> dict[str, int]:
+    return {str(label): counts[label] for label in sorted(counts)}

@@ -1,0 +1,93 @@
+"""PyTorch readers through a real DataLoader with two worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shard_fixtures import synthetic, write_dataset
+
+from facedata.readers.order import rank_order
+
+torch = pytest.importorskip("torch")
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler  # noqa: E402
+
+from facedata.readers.torch import ShardIterableDataset, ShardMapDataset  # noqa: E402
+
+N = 3000
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("torch_shards")
+    write_dataset(path, "lmdb", N)
+    return path
+
+
+def collect(loader: DataLoader) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    images, indices, sizes = [], [], []
+    for batch in loader:
+        images.append(batch["image"].numpy())
+        indices.append(batch["image_index"].numpy())
+        sizes.append(len(batch["label"]))
+    return np.concatenate(images), np.concatenate(indices), sizes
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_iterable_dataset_two_workers_gives_the_rank_order(shards: Path, rank: int) -> None:
+    ds = ShardIterableDataset(shards, batch_size=128, seed=7, rank=rank, world_size=2)
+    ds.set_epoch(3)
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    images, indices, sizes = collect(loader)
+    expected = rank_order(N, ds.data.unit_samples, seed=7, epoch=3, rank=rank, world_size=2)
+    assert np.array_equal(indices, expected)
+    assert sizes == [128] * 11 + [92] and len(ds) == 12
+    pixels, _ = synthetic(N)
+    assert images.dtype == np.uint8 and np.array_equal(images, pixels[expected])
+    ds.set_epoch(4)
+    _, other_epoch, _ = collect(DataLoader(ds, batch_size=None, num_workers=2))
+    next_epoch = rank_order(N, ds.data.unit_samples, seed=7, epoch=4, rank=rank, world_size=2)
+    assert np.array_equal(other_epoch, next_epoch)
+    assert not np.array_equal(other_epoch, indices)
+
+
+def test_rank_and_world_from_environment(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    ds = ShardIterableDataset(shards, batch_size=256, seed=1, drop_last=True)
+    assert (ds.rank, ds.world_size) == (2, 3)
+    _, indices, sizes = collect(DataLoader(ds, batch_size=None, num_workers=0))
+    assert sizes == [256] * 3
+    assert np.array_equal(indices, rank_order(N, ds.data.unit_samples, seed=1, rank=2, world_size=3)[:768])
+
+
+def test_float_chw_normalisation(shards: Path) -> None:
+    ds = ShardIterableDataset(shards, batch_size=64, shuffle=False, image_format="float_chw", rank=0,
+                              world_size=1)
+    batch = next(iter(ds))
+    pixels, _ = synthetic(64)
+    assert batch["image"].dtype == torch.float32 and tuple(batch["image"].shape) == (64, 3, 12, 12)
+    expected = (pixels.transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 128
+    assert np.array_equal(batch["image"].numpy(), expected)
+    assert batch["image"].min() >= -1 and batch["image"].max() < 1
+
+
+def test_map_dataset_single_items_and_batch_sampler(shards: Path) -> None:
+    ds = ShardMapDataset(shards)
+    pixels, records = synthetic(N)
+    item = ds[1234]
+    assert np.array_equal(item["image"].numpy(), pixels[1234]) and int(item["image_index"]) == 1234
+    assert np.allclose(item["landmarks"].numpy(), records["landmarks"][1234])
+    assert int(ds[-1]["image_index"]) == N - 1
+    with pytest.raises(IndexError):
+        ds[N]
+    generator = torch.Generator().manual_seed(0)
+    sampler = BatchSampler(RandomSampler(ds, generator=generator), batch_size=200, drop_last=False)
+    loader = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=2)
+    images, indices, sizes = collect(loader)
+    assert sorted(indices.tolist()) == list(range(N)) and sizes == [200] * 15
+    assert np.array_equal(images, pixels[indices])
+    default = DataLoader(ds, batch_size=50, num_workers=2)  # per-sample fetch + default collate
+    images, indices, _ = collect(default)
+    assert np.array_equal(indices, np.arange(N)) and np.array_equal(images, pixels)
