@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shard_fixtures import synthetic, write_dataset
+from shard_fixtures import SHAPE, synthetic, write_dataset
 
 from facedata.readers.order import epoch_order, num_batches, rank_order, worker_order
 from facedata.storage import ShardedDataset
@@ -94,3 +94,27 @@ def test_iter_batches_follow_the_order(tmp_path: Path, backend: str) -> None:
     assert np.array_equal(sequential, np.arange(3000))
     dropped = list(ds.iter_batches(512, drop_last=True))
     assert len(dropped) == 5 and all(len(r) == 512 for _, r in dropped)
+
+
+def test_iter_batches_into_given_buffers_and_private_staging(tmp_path: Path) -> None:
+    write_dataset(tmp_path, "lmdb", 3000)
+    ds = ShardedDataset(tmp_path)
+    pixels, records = synthetic(3000)
+    given: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def out(n: int) -> tuple[np.ndarray, np.ndarray]:
+        given.append((np.empty((n, *SHAPE), np.uint8), np.empty(n, ds.record_dtype)))
+        return given[-1]
+
+    batches = list(ds.iter_batches(700, seed=2, out=out))
+    order = worker_order(3000, ds.unit_samples, batch_size=700, seed=2)
+    assert len(batches) == len(given) == 5
+    assert all(b[0] is g[0] and b[1] is g[1] for b, g in zip(batches, given, strict=True))
+    assert np.array_equal(np.concatenate([b[1] for b in batches]), records[order])
+    # Random reads between batches must not disturb a running iteration's staged window.
+    it = ds.iter_batches(100, seed=4)
+    first = next(it)
+    ds.read(np.arange(2999, 1499, -1))  # dense: restages units 23.. into the shared scratch
+    rest = list(it)
+    got = np.concatenate([first[0], *[p for p, _ in rest]])
+    assert np.array_equal(got, pixels[worker_order(3000, ds.unit_samples, batch_size=100, seed=4)])

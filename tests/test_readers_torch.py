@@ -91,3 +91,29 @@ def test_map_dataset_single_items_and_batch_sampler(shards: Path) -> None:
     default = DataLoader(ds, batch_size=50, num_workers=2)  # per-sample fetch + default collate
     images, indices, _ = collect(default)
     assert np.array_equal(indices, np.arange(N)) and np.array_equal(images, pixels)
+
+
+@pytest.mark.parametrize("image_format", ["uint8_hwc", "float_chw"])
+def test_packed_transfer_matches_unpacked(shards: Path, image_format: str) -> None:
+    from facedata.readers.torch import PackedBatch, make_loader
+
+    options = {"seed": 3, "rank": 0, "world_size": 1, "image_format": image_format}
+    packed = list(make_loader(shards, 256, num_workers=2, **options))
+    plain = list(DataLoader(ShardIterableDataset(shards, 256, packed=False, **options), batch_size=None,
+                            num_workers=2))
+    assert len(packed) == len(plain) == 12
+    for a, b in zip(packed, plain, strict=True):
+        assert isinstance(a, dict) and set(a) == set(b)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and a[name].is_contiguous(), name
+            assert torch.equal(a[name], b[name]), name
+    ds = ShardIterableDataset(shards, 100, **options)
+    in_process = next(iter(ds))  # no worker: plain dicts, never PackedBatch
+    assert isinstance(in_process, dict) and torch.equal(in_process["image"], plain[0]["image"][:100])
+    batch, pixels, records = PackedBatch.allocate(5, (12, 12, 3), ds.data.record_dtype)
+    expected_pixels, expected_records = synthetic(5)
+    pixels[...] = expected_pixels
+    records[...] = expected_records
+    unpacked = batch.unpack()
+    assert np.array_equal(unpacked["image"].numpy(), expected_pixels)
+    assert np.array_equal(unpacked["landmarks"].numpy(), expected_records["landmarks"])

@@ -9,6 +9,13 @@
 
 Samples and batches are dicts: `image` (uint8 HWC, or float32 CHW normalised (x - 127.5) / 128 with
 BGR channel order kept) plus one tensor per record field (`label`, `bbox`, `landmarks`, ...).
+
+Moving a batch from a worker costs one shared-memory segment per tensor, which dominated loading
+(11 tensors per batch). So by default (`packed=True`) a worker yields a `PackedBatch`: the image plus
+the raw record bytes in one uint8 tensor (two tensors for float_chw). Its `__reduce__` makes the
+DataLoader's own inter-process transfer rebuild it, in the main process, into the same dict of tensors
+via `unpack_batch` (record fields are numpy views of the received bytes, made contiguous), so users
+still receive dicts. `make_loader` builds such a DataLoader with a deeper prefetch queue.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from facedata.errors import FacedataError
 from facedata.readers.order import num_batches, rank_size
+from facedata.storage.index import dtype_from_json, dtype_to_json
 from facedata.storage.reader import ShardedDataset
 
 IMAGE_FORMATS = ("uint8_hwc", "float_chw")
@@ -30,11 +38,64 @@ IMAGE_FORMATS = ("uint8_hwc", "float_chw")
 
 def to_tensors(pixels: np.ndarray, records: np.ndarray, image_format: str) -> dict[str, Any]:
     """A numpy batch as a dict of tensors (shared memory with the arrays where possible)."""
+    batch = {"image": _image_tensor(pixels, image_format)}
+    for name in records.dtype.names:
+        batch[name] = torch.from_numpy(np.ascontiguousarray(records[name]))
+    return batch
+
+
+def _image_tensor(pixels: np.ndarray, image_format: str) -> torch.Tensor:
     image = torch.from_numpy(np.ascontiguousarray(pixels))
     if image_format == "float_chw":
         image = image.permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0).contiguous()
+    return image
+
+
+class PackedBatch:
+    """A batch as at most two tensors for the worker -> main process transfer; unpickles as a dict.
+
+    `data` holds the uint8 HWC pixels followed by the raw record bytes, allocated in shared memory up
+    front so the reader writes each batch exactly once and the transfer copies nothing; for float_chw,
+    `data` is the float image and `rows` the record bytes. `unpack()` gives the dict directly.
+    """
+
+    def __init__(self, data: torch.Tensor, rows: torch.Tensor | None, n: int,
+                 image_shape: tuple[int, ...], record_dtype: np.dtype) -> None:
+        self.data, self.rows, self.n, self.image_shape = data, rows, n, image_shape
+        self.record_dtype = dtype_to_json(record_dtype)
+
+    @staticmethod
+    def allocate(n: int, image_shape: tuple[int, ...], record_dtype: np.dtype
+                 ) -> tuple[PackedBatch, np.ndarray, np.ndarray]:
+        """An empty shared uint8 batch and the (pixels, records) numpy views to fill it through."""
+        pixel_bytes = n * int(np.prod(image_shape))
+        data = torch.empty(pixel_bytes + n * record_dtype.itemsize, dtype=torch.uint8).share_memory_()
+        buffer = data.numpy()
+        batch = PackedBatch(data, None, n, image_shape, record_dtype)
+        return batch, buffer[:pixel_bytes].reshape(n, *image_shape), buffer[pixel_bytes:].view(record_dtype)
+
+    def unpack(self) -> dict[str, Any]:
+        return unpack_batch(*self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return unpack_batch, (self.data, self.rows, self.n, self.image_shape, self.record_dtype)
+
+
+def unpack_batch(
+    data: torch.Tensor, rows: torch.Tensor | None, n: int, image_shape: tuple[int, ...] | None,
+    record_dtype: list,
+) -> dict[str, Any]:
+    """The dict of tensors of a `PackedBatch` (the image shares memory with the received tensor)."""
+    dtype = dtype_from_json(record_dtype)
+    if rows is None:
+        pixel_bytes = len(data) - n * dtype.itemsize
+        image = data[:pixel_bytes].view(n, *image_shape)
+        raw = data[pixel_bytes:].numpy()
+    else:
+        image, raw = data, rows.numpy()
+    records = raw.view(dtype)
     batch = {"image": image}
-    for name in records.dtype.names:
+    for name in dtype.names:
         batch[name] = torch.from_numpy(np.ascontiguousarray(records[name]))
     return batch
 
@@ -56,12 +117,16 @@ def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int
 
 
 class ShardIterableDataset(IterableDataset):
-    """Shuffled, rank- and worker-split batches of one epoch; call `set_epoch(e)` before each epoch."""
+    """Shuffled, rank- and worker-split batches of one epoch; call `set_epoch(e)` before each epoch.
+
+    `packed=True`: inside DataLoader workers, yield `PackedBatch`es (received as dicts, see the module
+    doc); a custom `collate_fn` then sees PackedBatch objects (call `.unpack()`), or pass packed=False.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
         image_format: str = "uint8_hwc", rank: int | None = None, world_size: int | None = None,
-        drop_last: bool = False, epoch: int = 0,
+        drop_last: bool = False, epoch: int = 0, packed: bool = True,
     ) -> None:
         _check_format(image_format)
         self.data = ShardedDataset(path)
@@ -72,6 +137,7 @@ class ShardIterableDataset(IterableDataset):
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self.drop_last = drop_last
         self.epoch = epoch
+        self.packed = packed
 
     def set_epoch(self, epoch: int) -> None:
         """Takes effect in workers started afterwards (not with persistent_workers=True)."""
@@ -82,14 +148,44 @@ class ShardIterableDataset(IterableDataset):
         per_rank = rank_size(len(self.data), self.world_size, self.drop_last)
         return num_batches(per_rank, self.batch_size, self.drop_last)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[dict[str, Any] | PackedBatch]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        pack = self.packed and info is not None
+        packed: list[PackedBatch] = []
+        shape, dtype = self.data.image_shape, self.data.record_dtype
+
+        def allocate(n: int) -> tuple[np.ndarray, np.ndarray]:
+            batch, pixels, records = PackedBatch.allocate(n, shape, dtype)
+            packed.append(batch)
+            return pixels, records
+
         for pixels, records in self.data.iter_batches(
             self.batch_size, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, rank=self.rank,
             world_size=self.world_size, worker=worker, num_workers=num_workers, drop_last=self.drop_last,
+            out=allocate if pack and self.image_format == "uint8_hwc" else None,
         ):
-            yield to_tensors(pixels, records, self.image_format)
+            if packed:
+                yield packed.pop()
+            elif pack:  # float_chw: the float image and the record bytes travel as two tensors
+                rows = torch.from_numpy(np.ascontiguousarray(records).view(np.uint8))
+                yield PackedBatch(_image_tensor(pixels, self.image_format), rows, len(records), shape, dtype)
+            else:
+                yield to_tensors(pixels, records, self.image_format)
+
+
+def make_loader(
+    path: str | os.PathLike[str], batch_size: int, *, num_workers: int = 2, prefetch_factor: int = 4,
+    **dataset_options: Any,
+) -> DataLoader:
+    """A DataLoader of dict batches over `ShardIterableDataset(path, batch_size, **dataset_options)`.
+
+    Call `loader.dataset.set_epoch(e)` before each epoch. No pinning: the batches are already one
+    shared-memory tensor each, and pinning would add a copy on CPU-only training.
+    """
+    dataset = ShardIterableDataset(path, batch_size, **dataset_options)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                      prefetch_factor=prefetch_factor if num_workers > 0 else None)
 
 
 class ShardMapDataset(Dataset):

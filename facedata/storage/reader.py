@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from facedata.errors import FacedataError
 from facedata.readers.order import WINDOW_SAMPLES, worker_order
 from facedata.storage.base import BACKENDS, Backend, ShardSchema, ShardSource
 from facedata.storage.index import dtype_from_json, load_index
+
+Allocator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
 class ShardedDataset:
@@ -84,36 +86,21 @@ class ShardedDataset:
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Samples at `indices` (any order, repeats allowed) as contiguous arrays."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        indices = self._check(indices)
         n = len(indices)
         pixels = np.empty((n, *self.image_shape), np.uint8)
         records = np.empty(n, self.record_dtype)
         if n == 0:
             return pixels, records
-        if indices.min() < 0 or indices.max() >= self._n:
-            raise IndexError(f"sample index out of range [0, {self._n})")
-        units = indices // self.unit_samples
-        first, last = int(units.min()), int(units.max())
-        if first == last:
-            self._gather(first, indices - first * self.unit_samples, pixels, records)
-            return pixels, records
-        present = np.zeros(last - first + 1, bool)
-        present[units - first] = True
-        touched = np.flatnonzero(present) + first
-        if n * 2 >= len(touched) * self.unit_samples:
-            # Dense request (a shuffle window): copy the touched units end to end, then one gather.
-            parts = [self._unit(int(u)) for u in touched.tolist()]
-            slot = np.cumsum(present) - 1
-            where = indices + (slot[units - first] * self.unit_samples - units * self.unit_samples)
-            size = sum(len(part[1]) for part in parts)
-            joined_pixels, joined_rows = self._scratch(size)
-            np.concatenate([part[0] for part in parts], out=joined_pixels)
-            np.concatenate([_rows(part[1]) for part in parts], out=joined_rows)
-            np.take(joined_pixels, where, axis=0, out=pixels, mode="clip")
-            np.take(joined_rows, where, out=_rows(records), mode="clip")
+        window = self._window(indices, self._scratch)
+        if window is not None:
+            source_pixels, source_rows, where = window
+            np.take(source_pixels, where, axis=0, out=pixels, mode="clip")
+            np.take(source_rows, where, out=_rows(records), mode="clip")
             return pixels, records
         # Sparse request: gather unit by unit in unit-sorted order, then one take restores request order
         # (np.take is several times faster than fancy-index scatter for these row sizes).
+        units = indices // self.unit_samples
         order = np.argsort(units, kind="stable")
         sorted_units = units[order]
         local = indices[order] - sorted_units * self.unit_samples
@@ -128,12 +115,46 @@ class ShardedDataset:
         np.take(_rows(grouped_records), back, out=_rows(records), mode="clip")
         return pixels, records
 
+    def _check(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self._n):
+            raise IndexError(f"sample index out of range [0, {self._n})")
+        return indices
+
+    def _window(
+        self, indices: np.ndarray, scratch: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(pixels, rows, where): arrays holding every requested sample at rows `where`, or None if sparse.
+
+        One unit is used in place; a dense request (a shuffle window) has its units copied end to end
+        into `scratch` buffers, one sequential pass that leaves the shuffled gather cache-resident.
+        """
+        units = indices // self.unit_samples
+        first, last = int(units.min()), int(units.max())
+        if first == last:
+            unit_pixels, unit_records = self._unit(first)
+            return unit_pixels, _rows(unit_records), indices - first * self.unit_samples
+        present = np.zeros(last - first + 1, bool)
+        present[units - first] = True
+        touched = np.flatnonzero(present) + first
+        if len(indices) * 2 < len(touched) * self.unit_samples:
+            return None
+        parts = [self._unit(int(u)) for u in touched.tolist()]
+        slot = np.cumsum(present) - 1
+        where = indices + (slot[units - first] * self.unit_samples - units * self.unit_samples)
+        joined_pixels, joined_rows = scratch(sum(len(part[1]) for part in parts))
+        np.concatenate([part[0] for part in parts], out=joined_pixels)
+        np.concatenate([_rows(part[1]) for part in parts], out=joined_rows)
+        return joined_pixels, joined_rows, where
+
     def _scratch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Reused join buffers: fresh multi-MB arrays per window would page-fault on every call."""
         if self._scratch_pixels is None or len(self._scratch_pixels) < size:
-            self._scratch_pixels = np.empty((size, *self.image_shape), np.uint8)
-            self._scratch_rows = _rows(np.empty(size, self.record_dtype))
+            self._scratch_pixels, self._scratch_rows = self._new_scratch(size)
         return self._scratch_pixels[:size], self._scratch_rows[:size]
+
+    def _new_scratch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.empty((size, *self.image_shape), np.uint8), _rows(np.empty(size, self.record_dtype))
 
     def _gather(self, unit: int, local: np.ndarray, pixels: np.ndarray, records: np.ndarray) -> None:
         unit_pixels, unit_records = self._unit(unit)
@@ -145,24 +166,64 @@ class ShardedDataset:
         start, stop, _ = slice(start, stop).indices(self._n)
         return self.read(np.arange(start, max(start, stop), dtype=np.int64))
 
-    def iter_order(self, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of consecutive `batch_size` slices of `order`, gathered a window at a time."""
+    def iter_order(
+        self, order: np.ndarray, batch_size: int, out: Allocator | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of consecutive `batch_size` slices of `order`, each a pair of fresh contiguous arrays.
+
+        A window of batches is staged once (its units joined into buffers private to this generator,
+        so other reads cannot clobber them); each batch is then one np.take per array from the stage,
+        into `out(n)` (pixels (n,H,W,C) uint8, records (n,) contiguous) when given, else new arrays.
+        """
+        order = self._check(order)
         per_chunk = batch_size * max(1, WINDOW_SAMPLES // batch_size)
+        buffers: list[np.ndarray] = []
+
+        def scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
+            if not buffers or len(buffers[0]) < size:
+                buffers[:] = self._new_scratch(size)
+            return buffers[0][:size], buffers[1][:size]
+
         for lo in range(0, len(order), per_chunk):
-            pixels, records = self.read(order[lo : lo + per_chunk])
-            for b in range(0, len(records), batch_size):
-                yield pixels[b : b + batch_size], records[b : b + batch_size]
+            chunk = order[lo : lo + per_chunk]
+            window = self._window(chunk, scratch)
+            if window is None:
+                pixels, records = self.read(chunk)
+                for b in range(0, len(records), batch_size):
+                    if out is None:
+                        yield pixels[b : b + batch_size], records[b : b + batch_size]
+                    else:
+                        batch_pixels, batch_records = out(len(records[b : b + batch_size]))
+                        batch_pixels[...] = pixels[b : b + batch_size]
+                        batch_records[...] = records[b : b + batch_size]
+                        yield batch_pixels, batch_records
+                continue
+            source_pixels, source_rows, where = window
+            for b in range(0, len(chunk), batch_size):
+                rows = where[b : b + batch_size]
+                if out is None:
+                    pixels = np.empty((len(rows), *self.image_shape), np.uint8)
+                    records = np.empty(len(rows), self.record_dtype)
+                else:
+                    pixels, records = out(len(rows))
+                np.take(source_rows, rows, out=_rows(records), mode="clip")
+                np.take(source_pixels, rows, axis=0, out=pixels, mode="clip")
+                yield pixels, records
 
     def iter_batches(
         self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True, rank: int = 0,
         world_size: int = 1, worker: int = 0, num_workers: int = 1, drop_last: bool = False,
+        out: Allocator | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """This (rank, worker)'s batches of one epoch, in the shared reader order (readers/order.py)."""
+        """This (rank, worker)'s batches of one epoch, in the shared reader order (readers/order.py).
+
+        `out(n)` may supply each batch's (pixels, records) arrays (e.g. views of one shared buffer).
+        """
         order = worker_order(
             self._n, self.unit_samples, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
             rank=rank, world_size=world_size, worker=worker, num_workers=num_workers, drop_last=drop_last,
         )
-        return self.iter_order(order, batch_size)
+        return self.iter_order(order, batch_size, out)
 
 
 def _rows(records: np.ndarray) -> np.ndarray:

@@ -1,0 +1,836 @@
+"""`facedata build pnet|rnet|onet`: manifests -> sampled, rendered, mixed crops -> sharded dataset.
+
+The build is one deterministic *sample stream*: detection-manifest images in manifest order, then
+landmark-manifest images in manifest order; each image contributes the records its planner (or the
+cascade + `label_detections`) produces, filtered by the class mix, in planner order. Every random draw
+and every mixing decision is a function of (seed, image id), so the stream, and therefore every shard
+byte (the writer rolls shards over at fixed sample counts), is the same for any worker count and any
+chunking.
+
+PNet (two passes over the images, only the second decodes):
+1. plan every image geometry-only in parallel (no decoding) and count the samples per label;
+   `mixing_plan` turns the totals into per-label keep probabilities (3:1:1:2 by default);
+2. per image, plan again (same seed => same records), `select`, decode the image once (cv2.imread,
+   IMREAD_COLOR) and render all kept crops; the parent writes results in image order.
+
+RNet/ONet (single pass for the detection images, the detector runs once per image):
+- per detection image the worker runs the previous stages (PNet for rnet, PNet + RNet for onet; the
+  ONNX sessions are created inside each worker by `detector`, a factory, never pickled), labels the
+  detections with `label_detections` (negatives capped per image) and renders at 24/48 px;
+- mixing as in the PNet build where the stream allows it: mined positives, parts and negatives are
+  not subsampled (the per-image negative cap is their only limit: they are only known after the
+  detector has run, and a second detector pass would double the cost); landmark samples, which come
+  last in the stream, are mixed with `mixing_plan` anchored on the mined positives, i.e. kept at
+  ratio[landmark] / ratio[positive] x positives (pre-counted geometry-only before mining), short
+  classes reported (or repeated with `allow_repeat`). The summary reports the mined class counts and
+  their ratio, and pos/part/neg before and after the negative cap.
+
+Workers are started with forkserver (spawn off Linux): a plain fork of a process whose OpenCV thread
+pool has run can deadlock. As with any spawn-style pool, scripts calling build_dataset with
+workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must be picklable
+(CascadeFactory is; live in-process models need workers=1).
+
+Memory is bounded: workers get image-index ranges (the task list is sent once per worker), at most
+`4 x workers` chunks are in flight (Pool.imap has no back-pressure, so a bounded window of ordered
+futures is used instead) and the parent only holds one chunk's pixels at a time.
+
+Resume: the writer keeps complete shards and reports `samples_done`. A small per-image progress table
+(`build-progress.npy`: status, samples contributed per label, detector counts), saved atomically each
+time a shard completes, lets a rerun jump over whole images without decoding or re-running the
+detector; the few samples of the first image that straddle the boundary are rendered and dropped. If
+the table is missing or behind, the stream is regenerated from where it ends and dropped until
+`samples_done` (correct, just slower). Unreadable or missing images are skipped and named in the
+summary (`strict=True` raises instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from facedata import __version__
+from facedata.errors import FacedataError
+from facedata.manifest import Manifest, command_line, to_table
+from facedata.paths import atomic_write, sha256_file
+from facedata.samplers.crops import CropRecipe, plan_crops
+from facedata.samplers.landmarks import LandmarkRecipe, plan_landmarks
+from facedata.samplers.mined import MiningCounts, MiningRecipe, label_detections
+from facedata.samplers.mixing import DEFAULT_RATIO, MixPlan, mixing_plan, select
+from facedata.samplers.render import render
+from facedata.samplers.tasks import ImageTask, image_tasks
+from facedata.samples import (
+    LABEL_LANDMARK,
+    LABEL_NAMES,
+    LABEL_NEGATIVE,
+    LABEL_PART,
+    LABEL_POSITIVE,
+    ORIGIN_DETECTIONS,
+    ORIGIN_LANDMARKS,
+    sample_dtype,
+)
+from facedata.storage import DatasetWriter
+
+STAGE_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
+# Column order of every per-label count table in this module.
+LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
+PROGRESS_NAME = "build-progress.npy"
+PROGRESS_META_NAME = "build-progress.json"
+
+# Per-image status in the progress table.
+PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE = 0, 1, 2, 3, 4
+_STATUS_REASON = {
+    UNREADABLE: "cannot be decoded (cv2.imread returned nothing)",
+    MISSING: "file not found",
+    WRONG_SIZE: "decoded size differs from the manifest",
+}
+_MINING_FIELDS = tuple(f.name for f in fields(MiningCounts))
+PROGRESS_DTYPE = np.dtype(
+    [
+        ("status", "i1"),
+        ("counts", "<i8", (len(LABEL_ORDER),)),  # samples this image contributes to the stream
+        ("mining", "<i8", (len(_MINING_FIELDS),)),  # MiningCounts of a mined image, in field order
+    ]
+)
+DETECTION_BINS = (0, 1, 2, 6, 11, 51, 101, 501, 1001)  # histogram of detections per image: [a, b)
+
+
+# ---------------------------------------------------------------------------------------- detector
+
+
+@dataclass(frozen=True)
+class CascadeFactory:
+    """Builds the previous cascade stages inside a worker process (sessions are never pickled).
+
+    `pnet`/`rnet` are ONNX paths (or picklable callables with the fork start method). `threads` is the
+    onnxruntime intra-op thread count per worker: 1 when mining with several workers.
+    """
+
+    pnet: Any
+    rnet: Any = None
+    config: Any = None  # facedata.detect.CascadeConfig; None = defaults
+    contract: Any = None  # facedata.detect.ModelContract; None = defaults
+    threads: int = 1
+
+    def __call__(self) -> Any:
+        from facedata.detect import Cascade, CascadeConfig, ModelContract
+
+        return Cascade(
+            self.pnet, self.rnet, None, self.config or CascadeConfig(), self.contract or ModelContract(),
+            threads=self.threads,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: model files with their sha256, and every cascade / contract option."""
+        from facedata.detect import CascadeConfig, ModelContract
+
+        def model(spec: Any) -> Any:
+            if spec is None:
+                return None
+            if isinstance(spec, (str, os.PathLike)):
+                return {"file": Path(spec).name, "sha256": sha256_file(spec)}
+            return {"callable": getattr(spec, "__qualname__", type(spec).__name__)}
+
+        return {
+            "pnet": model(self.pnet),
+            "rnet": model(self.rnet),
+            "config": asdict(self.config or CascadeConfig()),
+            "contract": asdict(self.contract or ModelContract()),
+        }
+
+
+# ------------------------------------------------------------------------------------ worker side
+
+
+@dataclass
+class _Job:
+    """Everything workers need; inherited through fork (or sent once to spawned workers)."""
+
+    stage: str
+    size: int
+    seed: int
+    tasks: list[ImageTask]  # detection images, then landmark images: the stream order
+    n_det: int
+    crop_recipe: CropRecipe
+    landmark_recipe: LandmarkRecipe
+    mining_recipe: MiningRecipe | None
+    detector: Callable[[], Any] | None
+    record_dtype: np.dtype
+
+
+_JOB: _Job | None = None
+_CASCADE: Any = None
+
+
+def _init_worker(job: _Job, limit_threads: bool) -> None:
+    global _JOB, _CASCADE
+    _JOB, _CASCADE = job, None
+    if limit_threads:
+        cv2.setNumThreads(1)  # one process per core already
+
+
+def _cascade() -> Any:
+    global _CASCADE
+    if _CASCADE is None:
+        assert _JOB is not None and _JOB.detector is not None
+        _CASCADE = _JOB.detector()
+    return _CASCADE
+
+
+def _mined(job: _Job, j: int) -> bool:
+    return job.stage != "pnet" and j < job.n_det
+
+
+def _plan(job: _Job, j: int) -> np.ndarray:
+    """Geometry-only records of (non-mined) stream image j, before mixing."""
+    task = job.tasks[j]
+    if j < job.n_det:
+        records = plan_crops(task, job.crop_recipe, job.seed)
+    else:
+        records = plan_landmarks(task, job.landmark_recipe, job.seed)
+    return _as_dtype(records, job.record_dtype)
+
+
+def _as_dtype(records: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Records in the dataset's dtype (crop planners use 5 points; other schemes differ)."""
+    if records.dtype == dtype:
+        return records
+    out = np.zeros(len(records), dtype)
+    for name in dtype.names or ():
+        if name != "landmarks" and name in (records.dtype.names or ()):
+            out[name] = records[name]
+    return out
+
+
+def label_counts(labels: np.ndarray) -> np.ndarray:
+    """Samples per label in LABEL_ORDER."""
+    labels = np.asarray(labels)
+    return np.array([int((labels == lab).sum()) for lab in LABEL_ORDER], np.int64)
+
+
+def _count_chunk(lo: int, hi: int) -> np.ndarray:
+    """Pass 1: (hi - lo, 5) planned samples per label plus a missing-file flag, without decoding."""
+    job = _JOB
+    assert job is not None
+    out = np.zeros((hi - lo, len(LABEL_ORDER) + 1), np.int64)
+    for row, j in enumerate(range(lo, hi)):
+        if not os.path.isfile(job.tasks[j].path):
+            out[row, -1] = 1
+        elif not _mined(job, j):
+            out[row, :-1] = label_counts(_plan(job, j)["label"])
+    return out
+
+
+@dataclass
+class _ChunkResult:
+    pixels: np.ndarray  # (n, size, size, 3) uint8, all images of the chunk in order
+    records: np.ndarray
+    progress: np.ndarray  # (hi - lo,) PROGRESS_DTYPE
+    notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for skipped images
+
+
+def _render_chunk(lo: int, hi: int, mix: MixPlan | None) -> _ChunkResult:
+    """Pass 2: records and pixels of stream images [lo, hi), each image decoded once."""
+    job = _JOB
+    assert job is not None
+    progress = np.zeros(hi - lo, PROGRESS_DTYPE)
+    all_pixels: list[np.ndarray] = []
+    all_records: list[np.ndarray] = []
+    notes: dict[int, str] = {}
+    for row, j in enumerate(range(lo, hi)):
+        task = job.tasks[j]
+        mined = _mined(job, j)
+        records = None
+        if not mined:
+            records = _plan(job, j)
+            if mix is not None:
+                records = select(records, task.image_id, job.seed, mix)
+            if len(records) == 0:  # nothing to cut: no need to decode
+                progress["status"][row] = WRITTEN
+                continue
+        image = cv2.imread(task.path, cv2.IMREAD_COLOR)
+        if image is None:
+            progress["status"][row] = MISSING if not os.path.isfile(task.path) else UNREADABLE
+            continue
+        if image.shape[:2] != (task.height, task.width):
+            progress["status"][row] = WRONG_SIZE
+            notes[j] = f"decoded {image.shape[1]}x{image.shape[0]}, manifest says {task.width}x{task.height}"
+            continue
+        if mined:
+            assert job.mining_recipe is not None
+            detections = _cascade().detect(image)
+            records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
+            records = _as_dtype(records, job.record_dtype)
+            progress["mining"][row] = [getattr(counts, name) for name in _MINING_FIELDS]
+            interpolation = job.crop_recipe.interpolation
+        elif j < job.n_det:
+            interpolation = job.crop_recipe.interpolation
+        else:
+            interpolation = job.landmark_recipe.interpolation
+        assert records is not None
+        if len(records):
+            all_pixels.append(render(image, records, job.size, interpolation))
+            all_records.append(records)
+        progress["status"][row] = WRITTEN
+        progress["counts"][row] = label_counts(records["label"])
+    size = job.size
+    pixels = np.concatenate(all_pixels) if all_pixels else np.zeros((0, size, size, 3), np.uint8)
+    records = np.concatenate(all_records) if all_records else np.zeros(0, job.record_dtype)
+    return _ChunkResult(pixels, records, progress, notes)
+
+
+# ------------------------------------------------------------------------------------ parent side
+
+
+class _Runner:
+    """Ordered results of chunk jobs, in-process (workers=1) or from a process pool, at most
+    `4 x workers` chunks in flight (Pool.imap has no back-pressure: results would pile up in RAM).
+
+    concurrent.futures rather than multiprocessing.Pool: Pool.terminate() can hang forever joining its
+    result thread when a worker dies mid-send; the executor cancels queued chunks and lets running
+    ones finish (bounded by the window) or reports a broken pool.
+    """
+
+    def __init__(self, job: _Job, workers: int) -> None:
+        self.workers = max(1, workers)
+        self.pool: ProcessPoolExecutor | None = None
+        if self.workers > 1:
+            # forkserver, not fork: a forked copy of a process whose OpenCV (or OpenMP, onnxruntime)
+            # thread pool already ran can deadlock; the server imports facedata.build once.
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            ctx = mp.get_context(method)
+            if method == "forkserver":
+                ctx.set_forkserver_preload(["facedata.build"])
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_init_worker, initargs=(job, True)
+            )
+        else:
+            _init_worker(job, False)
+
+    def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
+        if self.pool is None:
+            for args in jobs:
+                yield fn(*args)
+            return
+        window = 4 * self.workers
+        pending: deque = deque()
+        for args in jobs:
+            pending.append(self.pool.submit(fn, *args))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self, ok: bool) -> None:
+        global _JOB, _CASCADE
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=not ok)
+        _JOB, _CASCADE = None, None
+
+
+def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(lo, hi, size):
+        yield a, min(hi, a + size)
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    """Content hash of a manifest (images + faces, Arrow IPC), independent of its provenance."""
+    table = to_table(manifest).replace_schema_metadata(None)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def _manifest_info(manifest: Manifest | None) -> dict[str, Any] | None:
+    if manifest is None:
+        return None
+    return {
+        "sha256": manifest_sha256(manifest),
+        "images": len(manifest.images),
+        "faces": len(manifest.faces),
+        "source_files": manifest.provenance.get("source_files", []),
+    }
+
+
+def _ratio_json(ratio: dict[int, float]) -> dict[str, float]:
+    return {LABEL_NAMES.get(k, str(k)): float(v) for k, v in sorted(ratio.items())}
+
+
+def _save_progress(out_dir: Path, table: np.ndarray, fingerprint: str) -> None:
+    buf = io.BytesIO()
+    np.save(buf, table, allow_pickle=False)
+    with atomic_write(out_dir / PROGRESS_NAME) as fh:
+        fh.write(buf.getvalue())
+    with atomic_write(out_dir / PROGRESS_META_NAME, "w") as fh:
+        json.dump({"fingerprint": fingerprint, "images": len(table)}, fh)
+
+
+def _load_progress(out_dir: Path, fingerprint: str, n: int) -> np.ndarray | None:
+    """The saved progress table if it belongs to this build, else None."""
+    try:
+        with open(out_dir / PROGRESS_META_NAME, encoding="utf-8") as fh:
+            meta = json.load(fh)
+        if meta.get("fingerprint") != fingerprint or meta.get("images") != n:
+            return None
+        table = np.load(out_dir / PROGRESS_NAME, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if table.dtype != PROGRESS_DTYPE or len(table) != n:
+        return None
+    return table
+
+
+def _resume_point(table: np.ndarray | None, done: int) -> tuple[int, int]:
+    """(first stream image to process, samples of the stream before it) for `done` durable samples."""
+    if done == 0 or table is None:
+        return 0, 0
+    known = np.flatnonzero(table["status"] == PENDING)
+    covered = int(known[0]) if len(known) else len(table)
+    ends = np.cumsum(table["counts"][:covered].sum(axis=1))
+    start = int(np.searchsorted(ends, done, side="right"))  # first image whose samples reach past done
+    if start >= covered:
+        start = covered
+    before = int(ends[start - 1]) if start > 0 else 0
+    table[start:] = np.zeros(1, PROGRESS_DTYPE)  # re-derived from here on
+    return start, before
+
+
+def _histogram(values: np.ndarray) -> dict[str, int]:
+    out: dict[str, int] = {}
+    bins = DETECTION_BINS
+    for a, b in zip(bins, (*bins[1:], None), strict=True):
+        n = int(((values >= a) & (values < b)).sum()) if b is not None else int((values >= a).sum())
+        name = str(a) if b == a + 1 else (f"{a}-{b - 1}" if b is not None else f"{a}+")
+        out[name] = n
+    return out
+
+
+def _label_dict(counts: np.ndarray) -> dict[str, int]:
+    return {LABEL_NAMES[lab]: int(c) for lab, c in zip(LABEL_ORDER, counts.tolist(), strict=True)}
+
+
+def _mining_report(table: np.ndarray, n_det: int) -> dict[str, Any]:
+    rows = table[:n_det]
+    mined = rows[rows["status"] == WRITTEN]
+    totals = dict(zip(_MINING_FIELDS, mined["mining"].sum(axis=0).tolist(), strict=True))
+    det = mined["mining"][:, _MINING_FIELDS.index("detections")]
+    pos = max(1, totals["positives"])
+    pos_n, part_n = totals["positives"], totals["parts"]
+    return {
+        "images": len(mined),
+        "detections": totals,
+        "before_cap": {"positive": pos_n, "part": part_n, "negative": totals["negatives"]},
+        "after_cap": {"positive": pos_n, "part": part_n, "negative": totals["negatives_kept"]},
+        "negatives_per_positive": round(totals["negatives_kept"] / pos, 3),
+        "detections_per_image": _histogram(det),
+        "detections_per_image_mean": round(float(det.mean()), 3) if len(det) else 0.0,
+    }
+
+
+def build_dataset(
+    detections: Manifest,
+    landmarks: Manifest | None,
+    out_dir: str | os.PathLike[str],
+    *,
+    stage: str = "pnet",
+    backend: str = "lmdb",
+    crop_recipe: CropRecipe | None = None,
+    landmark_recipe: LandmarkRecipe | None = None,
+    ratio: dict[int, float] | None = None,
+    allow_repeat: bool = False,
+    seed: int = 0,
+    workers: int | None = None,
+    shard_bytes: int = 256 << 20,
+    block_samples: int = 1024,
+    roots: dict[str, str] | None = None,
+    progress: bool = True,
+    detector: Callable[[], Any] | None = None,
+    mining_recipe: MiningRecipe | None = None,
+    strict: bool = False,
+    chunk_images: int | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+    on_write: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Build (or resume) a shard directory for `stage`; returns the summary (also in index.json).
+
+    `detector` (rnet/onet) is a zero-argument factory returning an object with `.detect(image)` (e.g.
+    CascadeFactory); it is called once inside each worker. `on_write(samples_in_stream)` is called
+    after every written chunk (progress hooks; tests use it to interrupt a build).
+    """
+    started = time.perf_counter()
+    if stage not in STAGE_SIZE:
+        raise FacedataError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_SIZE)}")
+    size = STAGE_SIZE[stage]
+    crop_recipe = crop_recipe or CropRecipe(size=size)
+    landmark_recipe = landmark_recipe or LandmarkRecipe(size=size)
+    ratio = dict(DEFAULT_RATIO if ratio is None else ratio)
+    if crop_recipe.size != size or landmark_recipe.size != size:
+        raise FacedataError(
+            f"{stage} samples are {size} px; recipes say {crop_recipe.size}/{landmark_recipe.size}"
+        )
+    if stage != "pnet":
+        if detector is None:
+            raise FacedataError(f"build {stage} needs the previous cascade stage(s) as a detector")
+        mining_recipe = mining_recipe or MiningRecipe(size=size)
+        if mining_recipe.size != size:
+            raise FacedataError(f"{stage} samples are {size} px; the mining recipe says {mining_recipe.size}")
+        # The labelling thresholds are the crop recipe verify_labels re-derives mined labels with.
+        crop_recipe = replace(
+            mining_recipe.crop_recipe(), min_face=crop_recipe.min_face,
+            interpolation=crop_recipe.interpolation,
+        )
+    workers = max(1, os.cpu_count() or 1) if workers is None else max(1, workers)
+    out_dir = Path(out_dir)
+    record_dtype = sample_dtype(len(landmark_recipe.flip_permutation))
+
+    det_tasks = list(image_tasks(detections, ORIGIN_DETECTIONS, min_face=crop_recipe.min_face, roots=roots))
+    lmk_tasks = (
+        [] if landmarks is None
+        else list(image_tasks(landmarks, ORIGIN_LANDMARKS, min_face=landmark_recipe.min_face, roots=roots))
+    )
+    tasks = det_tasks + lmk_tasks
+    n_det, n = len(det_tasks), len(det_tasks) + len(lmk_tasks)
+    job = _Job(
+        stage, size, seed, tasks, n_det, crop_recipe, landmark_recipe, mining_recipe, detector, record_dtype
+    )
+    chunk = chunk_images or max(1, min(32, -(-n // (workers * 16))))
+
+    provenance: dict[str, Any] = {
+        "builder": "facedata.build",
+        "facedata_version": __version__,
+        "stage": stage,
+        "size": size,
+        "backend": backend,
+        "seed": seed,
+        "ratio": _ratio_json(ratio),
+        "allow_repeat": allow_repeat,
+        "crop_recipe": crop_recipe.to_dict(),
+        "landmark_recipe": landmark_recipe.to_dict(),
+        "mining_recipe": None if mining_recipe is None else mining_recipe.to_dict(),
+        "detector": None if detector is None else _describe(detector),
+        "inputs": {"detections": _manifest_info(detections), "landmarks": _manifest_info(landmarks)},
+        "command_line": command_line(),
+        **(extra_provenance or {}),
+    }
+
+    table = np.zeros(n, PROGRESS_DTYPE)
+    runner = _Runner(job, workers)  # fork before any LMDB env exists in this process
+    ok = False
+    try:
+        summary = _run(
+            runner, job, table, out_dir, backend=backend, ratio=ratio, allow_repeat=allow_repeat,
+            shard_bytes=shard_bytes, block_samples=block_samples, provenance=provenance, progress=progress,
+            strict=strict, chunk=chunk, on_write=on_write, started=started,
+        )
+        ok = True
+    finally:
+        runner.close(ok)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["workers"] = workers
+    return summary
+
+
+def _describe(detector: Callable[[], Any]) -> Any:
+    describe = getattr(detector, "describe", None)
+    if callable(describe):
+        return describe()
+    return {"callable": getattr(detector, "__qualname__", type(detector).__name__)}
+
+
+def _run(
+    runner: _Runner, job: _Job, table: np.ndarray, out_dir: Path, *, backend: str, ratio: dict[int, float],
+    allow_repeat: bool, shard_bytes: int, block_samples: int, provenance: dict[str, Any], progress: bool,
+    strict: bool, chunk: int, on_write: Callable[[int], None] | None, started: float,
+) -> dict[str, Any]:
+    n, n_det = len(job.tasks), job.n_det
+    mining = job.stage != "pnet"
+    skipped: list[dict[str, str]] = []
+
+    def skip(j: int, status: int, note: str | None = None) -> None:
+        task = job.tasks[j]
+        reason = _STATUS_REASON[status] + (f" ({note})" if note else "")
+        if strict:
+            raise FacedataError(f"{task.path}: {reason}")
+        skipped.append({"image_id": task.image_id, "path": task.path, "reason": reason})
+
+    # Pass 1: geometry-only counts (PNet: every image; mining: the landmark images only).
+    first = n_det if mining else 0
+    available = np.zeros(len(LABEL_ORDER), np.int64)
+    bar = tqdm(total=n - first, desc="plan", unit="img", disable=not progress)
+    for (lo, hi), counts in zip(
+        _chunks(first, n, chunk), runner.ordered(_count_chunk, _chunks(first, n, chunk)), strict=True
+    ):
+        available += counts[:, :-1].sum(axis=0)  # missing files count 0 (and are skipped in pass 2)
+        bar.update(hi - lo)
+    bar.close()
+    counts_avail = {lab: int(c) for lab, c in zip(LABEL_ORDER, available.tolist(), strict=True)}
+    mix: MixPlan | None = None
+    if not mining:
+        mix = mixing_plan(counts_avail, ratio, allow_repeat)
+
+    writer = DatasetWriter(
+        out_dir, backend=provenance["backend"], image_shape=(job.size, job.size, 3),
+        record_dtype=job.record_dtype, provenance=provenance, shard_bytes=shard_bytes,
+        block_samples=block_samples, resume=True,
+    )
+    with writer:
+        done = writer.samples_done
+        saved = _load_progress(out_dir, writer.fingerprint, n) if done else None
+        if saved is not None:
+            table[:] = saved
+        start, position = _resume_point(table if saved is not None else None, done)
+        for j in np.flatnonzero(table["status"][:start] != WRITTEN).tolist():
+            skip(j, int(table["status"][j]))
+        last_saved = done
+
+        def consume(lo: int, hi: int, result: _ChunkResult) -> None:
+            nonlocal position, last_saved
+            table[lo:hi] = result.progress
+            for j in range(lo, hi):
+                if table["status"][j] != WRITTEN:
+                    skip(j, int(table["status"][j]), result.notes.get(j))
+            k = len(result.records)
+            drop = min(k, max(0, done - position))
+            if drop < k:
+                writer.add(result.pixels[drop:], result.records[drop:])
+            position += k
+            if writer.samples_done > last_saved:
+                _save_progress(out_dir, table, writer.fingerprint)
+                last_saved = writer.samples_done
+            if on_write is not None:
+                on_write(position)
+
+        def render_range(lo: int, hi: int, plan: MixPlan | None, desc: str) -> None:
+            todo = [(a, b) for a, b in _chunks(lo, hi, chunk)]
+            bar = tqdm(total=hi - lo, desc=desc, unit="img", disable=not progress)
+            jobs = ((a, b, plan) for a, b in todo)
+            for (a, b), result in zip(todo, runner.ordered(_render_chunk, jobs), strict=True):
+                # images found missing in pass 1 keep their status; the worker reports them too
+                consume(a, b, result)
+                bar.update(b - a)
+            bar.close()
+
+        shortages: list[str] = []
+        if not mining:
+            assert mix is not None
+            render_range(start, n, mix, "render")
+            shortages = list(mix.shortages)
+            mix_info = mix.to_dict()
+        else:
+            render_range(start, n_det, None, "mine")
+            mined = table["counts"][:n_det].sum(axis=0)
+            mix_counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, mined.tolist(), strict=True)}
+            mix_counts[LABEL_LANDMARK] = counts_avail[LABEL_LANDMARK]
+            lmk_plan: MixPlan | None = None
+            if n > n_det:
+                if mix_counts[LABEL_POSITIVE] == 0:
+                    shortages.append("no mined positives: landmark samples written without subsampling")
+                else:
+                    lmk_plan = _landmark_plan(mix_counts, ratio, allow_repeat)
+                    shortages += [s for s in lmk_plan.shortages if s.startswith(LABEL_NAMES[LABEL_LANDMARK])]
+            render_range(max(start, n_det), n, lmk_plan, "landmarks")
+            mix_info = {
+                "mined": "not subsampled (negatives capped per image)",
+                "landmarks": None if lmk_plan is None else lmk_plan.to_dict(),
+            }
+        summary = _summary(job, table, skipped, shortages, mix_info, done)
+        summary["resumed_from_image"] = start
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        index = writer.close(summary)
+    for name in (PROGRESS_NAME, PROGRESS_META_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    summary.update(
+        samples=int(index["samples"]),
+        shards=len(index["shards"]),
+        bytes=int(index["bytes"]),
+        label_counts={LABEL_NAMES.get(int(k), k): v for k, v in index["label_counts"].items()},
+        out_dir=str(out_dir),
+    )
+    return summary
+
+
+def _landmark_plan(counts: dict[int, int], ratio: dict[int, float], allow_repeat: bool) -> MixPlan:
+    """Mining: keep/repeat only landmark samples, anchored on the mined positives."""
+    plan = mixing_plan(counts, ratio, allow_repeat)
+    keep = {lab: (plan.keep[lab] if lab == LABEL_LANDMARK else 1.0) for lab in plan.keep}
+    repeat = {lab: (plan.repeat[lab] if lab == LABEL_LANDMARK else 1.0) for lab in plan.repeat}
+    return replace(plan, keep=keep, repeat=repeat)
+
+
+def _summary(
+    job: _Job, table: np.ndarray, skipped: list[dict[str, str]], shortages: list[str], mix_info: Any,
+    resumed_from: int,
+) -> dict[str, Any]:
+    n_det = job.n_det
+    per_origin = {
+        "detections": _label_dict(table["counts"][:n_det].sum(axis=0)),
+        "landmarks": _label_dict(table["counts"][n_det:].sum(axis=0)),
+    }
+    summary: dict[str, Any] = {
+        "stage": job.stage,
+        "size": job.size,
+        "images": {"detections": n_det, "landmarks": len(job.tasks) - n_det, "skipped": len(skipped)},
+        "samples_by_origin": per_origin,
+        "shortages": shortages,
+        "mixing": mix_info,
+        "skipped": skipped,
+        "resumed_from_sample": resumed_from,
+    }
+    if job.stage != "pnet":
+        summary["mining"] = _mining_report(table, n_det)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The CLI's final table: samples per label, shards, bytes, seconds, shortages, skipped images."""
+    lines = [f"{summary['stage']} shards ({summary['size']} px) in {summary.get('out_dir', '?')}", ""]
+    lines.append(f"{'label':<10} {'samples':>12}")
+    for name in ("negative", "positive", "part", "landmark"):
+        lines.append(f"{name:<10} {summary['label_counts'].get(name, 0):>12,}")
+    lines.append(f"{'total':<10} {summary['samples']:>12,}")
+    lines.append("")
+    mb = summary["bytes"] / 1e6
+    lines.append(
+        f"shards {summary['shards']}, {mb:,.1f} MB, {summary['seconds']:.1f} s"
+        f" with {summary['workers']} worker(s)"
+    )
+    images = summary["images"]
+    lines.append(f"images: {images['detections']:,} detection, {images['landmarks']:,} landmark, "
+                 f"{images['skipped']:,} skipped")
+    if summary.get("resumed_from_sample"):
+        lines.append(f"resumed after {summary['resumed_from_sample']:,} samples already in complete shards")
+    mining = summary.get("mining")
+    if mining:
+        b, a = mining["before_cap"], mining["after_cap"]
+        lines.append(f"mined: {mining['images']:,} images, {mining['detections']['detections']:,} detections "
+                     f"(mean {mining['detections_per_image_mean']} per image)")
+        lines.append(f"  before cap: pos {b['positive']:,} part {b['part']:,} neg {b['negative']:,}; "
+                     f"after cap: neg {a['negative']:,} ({mining['negatives_per_positive']} per positive)")
+        hist = ", ".join(f"{k}: {v}" for k, v in mining["detections_per_image"].items())
+        lines.append(f"  detections per image: {hist}")
+    for text in summary["shortages"]:
+        lines.append(f"shortage: {text}")
+    for item in summary["skipped"][:20]:
+        lines.append(f"skipped {item['path']}: {item['reason']}")
+    if len(summary["skipped"]) > 20:
+        lines.append(f"... and {len(summary['skipped']) - 20} more skipped images (see index.json summary)")
+    return "\n".join(lines)
+
+
+def recipes_from_index(index: dict[str, Any]) -> tuple[CropRecipe, LandmarkRecipe]:
+    """The recipes a dataset was built with (from its provenance), for `verify --labels`."""
+    prov = index.get("provenance", {})
+    crop, lmk = prov.get("crop_recipe"), prov.get("landmark_recipe")
+    if crop is None or lmk is None:
+        raise FacedataError("index.json has no recipe provenance (not built by facedata build)")
+    try:
+        return CropRecipe(**crop), LandmarkRecipe(**lmk)
+    except TypeError as exc:
+        raise FacedataError(
+            f"index.json recipe provenance does not fit this facedata version ({exc})"
+        ) from None
+
+
+def check_inputs(index: dict[str, Any], detections: Manifest | None, landmarks: Manifest | None) -> list[str]:
+    """Warnings when the manifests given differ from those the dataset was built from."""
+    inputs = index.get("provenance", {}).get("inputs", {})
+    notes = []
+    for key, manifest in (("detections", detections), ("landmarks", landmarks)):
+        recorded = inputs.get(key)
+        if manifest is None or recorded is None:
+            continue
+        if recorded.get("sha256") != manifest_sha256(manifest):
+            notes.append(f"the {key} manifest differs from the one this dataset was built from")
+    return notes
+
+
+def verify_build_labels(
+    path: str | os.PathLike[str],
+    detections: Manifest | None,
+    landmarks: Manifest | None,
+    max_listed: int = 20,
+) -> tuple[Any, list[str]]:
+    """Re-derive every sample's label and targets with the recipes recorded in the index.
+
+    Returns (facedata.labels.LabelReport, warnings about manifests that differ from the build's).
+    """
+    from facedata.labels import verify_labels
+    from facedata.storage import ShardedDataset
+
+    dataset = ShardedDataset(path)
+    crop_recipe, landmark_recipe = recipes_from_index(dataset.index)
+    notes = check_inputs(dataset.index, detections, landmarks)
+    try:
+        report = verify_labels(
+            dataset, detections, landmarks, crop_recipe=crop_recipe, landmark_recipe=landmark_recipe,
+            max_listed=max_listed,
+        )
+    finally:
+        dataset.close()
+    return report, notes
+
+
+# --------------------------------------------------------------------------------- option parsing
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
+          "g": 10**9, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'256MB', '64MiB', '1G', '1000000' -> bytes."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgib")
+    unit = raw[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        raise FacedataError(f"bad size {text!r}; use e.g. 256MB, 64MiB or a byte count") from None
+    if unit not in _UNITS or value <= 0:
+        raise FacedataError(f"bad size {text!r}; use e.g. 256MB, 64MiB or a byte count")
+    return int(value * _UNITS[unit])
+
+
+def parse_ratio(text: str) -> dict[int, float]:
+    """'neg:pos:part:landmark', e.g. '3:1:1:2' -> {0: 3, 1: 1, -1: 1, -2: 2}."""
+    parts = text.split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or any(v < 0 for v in values):
+        raise FacedataError(f"bad ratio {text!r}; expected neg:pos:part:landmark, e.g. 3:1:1:2")
+    return dict(zip(LABEL_ORDER, values, strict=True))
+
+
+def parse_roots(values: Iterable[str], manifests: Iterable[Manifest | None]) -> dict[str, str] | None:
+    """--images NAME=DIR (repeatable); a bare DIR is allowed when the manifests use one root name."""
+    values = list(values)
+    if not values:
+        return None
+    names = sorted({str(r) for m in manifests if m is not None for r in m.images["root"].unique()})
+    roots: dict[str, str] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise FacedataError(
+                    f"--images {value!r}: the manifests use image roots {names}; say which as NAME=DIR"
+                )
+            name, directory = names[0], value
+        roots[name] = str(Path(directory).resolve())
+    return roots
