@@ -425,13 +425,48 @@ def _step_stats(ctx: DemoContext) -> str:
     return f"faces under {MIN_SIZE} px after resize: {shares}; tables in {md}"
 
 
-# Issue 3 appends DemoStep("build pnet shards", ...) reading ctx.manifests["detections"/"landmarks"].
+def _step_build_pnet(ctx: DemoContext) -> str:
+    # The unfiltered manifest: faces under the sampler's min_face become ignore regions, not negatives.
+    from facedata.build import build_dataset
+
+    out = ctx.out_dir / "pnet"
+    summary = build_dataset(
+        Manifest.read(ctx.manifests["wider"]),
+        Manifest.read(ctx.manifests["landmarks"]),
+        out,
+        stage="pnet",
+        seed=ctx.seed,
+        progress=not ctx.quiet,
+    )
+    ctx.outputs["pnet"] = out
+    counts = ", ".join(f"{name} {n}" for name, n in summary["label_counts"].items())
+    return f"{summary['samples']} samples ({counts}) in {summary['shards']} shard(s) at {out}"
+
+
+def _step_verify(ctx: DemoContext) -> str:
+    from facedata.build import verify_build_labels
+    from facedata.storage import verify_dataset
+
+    out = ctx.outputs["pnet"]
+    problems = verify_dataset(out)
+    if problems:
+        raise FacedataError(f"demo shards failed verification: {problems[0]}")
+    report, _ = verify_build_labels(
+        out, Manifest.read(ctx.manifests["wider"]), Manifest.read(ctx.manifests["landmarks"])
+    )
+    if not report.ok:
+        raise FacedataError(f"demo labels failed verification: {report.summary()}")
+    return f"checksums ok; labels: {report.summary()}"
+
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("build demo corpus", _step_corpus),
     DemoStep("ingest WIDER-style detections", _step_ingest_wider),
     DemoStep("ingest CUHK-style landmarks", _step_ingest_cuhk),
     DemoStep(f"filter --min-size {MIN_SIZE}", _step_filter),
     DemoStep("stats", _step_stats),
+    DemoStep("build pnet shards", _step_build_pnet),
+    DemoStep("verify shards and labels", _step_verify),
 ]
 
 

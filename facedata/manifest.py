@@ -20,9 +20,7 @@ from facedata.paths import atomic_write, sha256_file
 from facedata.schema import (
     FACE_ATTRIBUTES,
     FACE_COLUMNS,
-    FACE_FIELDS,
     IMAGE_COLUMNS,
-    IMAGE_FIELDS,
     MANIFEST_SCHEMA,
     SCHEMA_VERSION,
     UNKNOWN_ATTRIBUTE,
@@ -31,7 +29,9 @@ from facedata.schema import (
 _META_KEY = b"facedata"
 
 _PANDAS_DTYPES: dict[str, Any] = {
-    **{name: "str" for name in ("image_id", "root", "rel_path", "split", "source", "event", "tags", "scheme")},
+    **{
+        name: "str" for name in ("image_id", "root", "rel_path", "split", "source", "event", "tags", "scheme")
+    },
     "width": "Int32",
     "height": "Int32",
     "face_id": "int64",
@@ -90,7 +90,9 @@ class Manifest:
 
     def image_paths(self, roots: dict[str, str] | None = None) -> pd.Series:
         """Absolute image paths, using `roots` (name -> dir) over provenance["roots"]."""
-        known = {name: path for name, path in {**self.provenance.get("roots", {}), **(roots or {})}.items() if path}
+        known = {
+            name: path for name, path in {**self.provenance.get("roots", {}), **(roots or {})}.items() if path
+        }
         missing = sorted(set(self.images["root"]) - set(known))
         if missing:
             raise FacedataError(f"no directory known for image root(s) {missing}; pass --images")
@@ -105,7 +107,11 @@ def to_table(manifest: Manifest) -> pa.Table:
         raise FacedataError(f"{len(unknown)} face(s) refer to images not in the manifest")
     long = images.merge(faces, on="image_id", how="left", sort=False)
     long = long.astype({"face_id": "Int64", "source_line": "Int32"})
-    meta = {"schema_version": SCHEMA_VERSION, "facedata_version": __version__, "provenance": manifest.provenance}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "facedata_version": __version__,
+        "provenance": manifest.provenance,
+    }
     table = pa.Table.from_pandas(long, schema=MANIFEST_SCHEMA, preserve_index=False)
     return table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
 
@@ -191,7 +197,8 @@ class ManifestBuilder:
         if n == 0:
             return
         block: dict[str, Any] = {
-            "image_id": np.full(n, image_id, dtype=object) if isinstance(image_id, str)
+            "image_id": np.full(n, image_id, dtype=object)
+            if isinstance(image_id, str)
             else np.asarray(image_id, dtype=object),
             "x1": boxes[:, 0],
             "y1": boxes[:, 1],
@@ -202,12 +209,12 @@ class ManifestBuilder:
         }
         for name in FACE_ATTRIBUTES:
             values = (attributes or {}).get(name)
-            block[name] = np.full(n, UNKNOWN_ATTRIBUTE, np.int8) if values is None else np.asarray(values, np.int8)
+            block[name] = (
+                np.full(n, UNKNOWN_ATTRIBUTE, np.int8) if values is None else np.asarray(values, np.int8)
+            )
         if points is not None:
             pts = np.asarray(points, np.float32).reshape(n, -1, 2)
-            vis = (
-                np.full(pts.shape[:2], 2, np.int8) if visible is None else np.asarray(visible, np.int8)
-            )
+            vis = np.full(pts.shape[:2], 2, np.int8) if visible is None else np.asarray(visible, np.int8)
             block["scheme"] = np.full(n, scheme, dtype=object)
             block["points"] = list(pts.reshape(n, -1))
             block["visible"] = list(vis.reshape(n, -1))
@@ -229,8 +236,12 @@ class ManifestBuilder:
         lines = _concat_optional(self._face_blocks, "source_lines", None)
         columns["source_line"] = pd.array(lines, dtype="Int32")
         pose = np.concatenate(
-            [b["head_pose"] if b["head_pose"] is not None else np.full((len(b["x1"]), 3), np.nan, np.float32)
-             for b in self._face_blocks]
+            [
+                b["head_pose"]
+                if b["head_pose"] is not None
+                else np.full((len(b["x1"]), 3), np.nan, np.float32)
+                for b in self._face_blocks
+            ]
         )
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         columns["degenerate"] = (columns["x2"] <= columns["x1"]) | (columns["y2"] <= columns["y1"])
