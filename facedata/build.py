@@ -81,11 +81,11 @@ from facedata.samples import (
     LABEL_POSITIVE,
     ORIGIN_DETECTIONS,
     ORIGIN_LANDMARKS,
+    STAGE_SIZE,
     sample_dtype,
 )
 from facedata.storage import DatasetWriter
 
-STAGE_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
 # Column order of every per-label count table in this module.
 LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 PROGRESS_NAME = "build-progress.npy"

@@ -371,11 +371,12 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
                   pad_border: bool, neg_iou: float, part_iou: float, pos_iou: float, min_face: float,
                   factor: float, thresholds: str, mean: float, scale: float, channels: str, logits: bool,
                   threads: int, **options) -> None:
-    from facedata.build import STAGE_SIZE, CascadeFactory
+    from facedata.build import CascadeFactory
     from facedata.detect import CascadeConfig, ModelContract
     from facedata.detect.draw import parse_thresholds
     from facedata.samplers import CropRecipe
     from facedata.samplers.mined import MiningRecipe
+    from facedata.samples import STAGE_SIZE
 
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,

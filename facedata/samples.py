@@ -21,6 +21,8 @@ LABEL_NAMES: dict[int, str] = {
 # Which manifest a sample's image_index / face_index refer to.
 ORIGIN_DETECTIONS, ORIGIN_LANDMARKS = 0, 1
 NO_FACE = -1
+# Crop size of each MTCNN cascade stage: the samplers, the detector and the build all use this one map.
+STAGE_SIZE: dict[str, int] = {"pnet": 12, "rnet": 24, "onet": 48}
 
 
 def sample_dtype(n_points: int = 5) -> np.dtype:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wider_raw import COLUMNS, read_raw_wider
 
 from facedata.errors import FacedataError
 from facedata.filters import (
@@ -19,28 +20,12 @@ from facedata.filters import (
 )
 from facedata.manifest import Manifest, ManifestBuilder
 
-COLUMNS = ("x", "y", "w", "h", "blur", "expression", "illumination", "invalid", "occlusion", "pose")
 
-
-def read_raw_wider(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Minimal independent reader: image names and one int column per field (placeholders dropped)."""
-    lines = path.read_text().splitlines()
-    names: list[str] = []
-    rows: list[list[int]] = []
-    owners: list[int] = []
-    i = 0
-    while i < len(lines):
-        names.append(lines[i].strip())
-        count = int(lines[i + 1])
-        for line in lines[i + 2 : i + 2 + max(count, 1)]:
-            values = [int(v) for v in line.split()]
-            if values[:4] != [0, 0, 0, 0]:  # all-zero x y w h = placeholder of a face-less image
-                rows.append(values)
-                owners.append(len(names) - 1)
-        i += 2 + max(count, 1)
-    table = np.array(rows, dtype=np.int64)
+def read_raw_columns(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Image names and one int column per field, plus "image" (owner index per face)."""
+    names, table, owners = read_raw_wider(path)
     columns = {name: table[:, j] for j, name in enumerate(COLUMNS)}
-    columns["image"] = np.array(owners)
+    columns["image"] = owners
     return names, columns
 
 
@@ -51,7 +36,7 @@ def val_file(realdata: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def raw(val_file: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    return read_raw_wider(val_file)
+    return read_raw_columns(val_file)
 
 
 @pytest.fixture(scope="module")

@@ -7,32 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wider_raw import COLUMNS, read_raw_wider
 
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest, ManifestBuilder
 from facedata.schema import WIDER_ATTRIBUTE_CODES
 from facedata.stats import compute_stats, parse_inputs, render_json, render_markdown, render_text
-
-COLUMNS = ("x", "y", "w", "h", "blur", "expression", "illumination", "invalid", "occlusion", "pose")
-
-
-def read_raw_wider(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Independent reader: image names, (faces, 10) int table, owning image index per face."""
-    lines = path.read_text().splitlines()
-    names: list[str] = []
-    rows: list[list[int]] = []
-    owners: list[int] = []
-    i = 0
-    while i < len(lines):
-        names.append(lines[i].strip())
-        count = int(lines[i + 1])
-        for line in lines[i + 2 : i + 2 + max(count, 1)]:
-            values = [int(v) for v in line.split()]
-            if values[:4] != [0, 0, 0, 0]:
-                rows.append(values)
-                owners.append(len(names) - 1)
-        i += 2 + max(count, 1)
-    return names, np.array(rows, dtype=np.int64), np.array(owners)
 
 
 def read_labelv2_sizes(path: Path) -> dict[str, tuple[int, int]]:

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from facedata.detect.models import STAGE_SIZE, ModelContract, StageModel, load_stage
+from facedata.detect.models import ModelContract, StageModel, load_stage
 from facedata.detect.nms import nms
 from facedata.errors import FacedataError
+from facedata.samples import STAGE_SIZE
 
 CELL, STRIDE = 12, 2
 ModelSpec = str | os.PathLike[str] | Callable[[np.ndarray], tuple[np.ndarray, ...]] | StageModel

@@ -26,9 +26,9 @@ from typing import Literal, Protocol
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.samples import STAGE_SIZE
 
 Stage = Literal["pnet", "rnet", "onet"]
-STAGE_SIZE = {"pnet": 12, "rnet": 24, "onet": 48}
 _STAGE_NAME = {"pnet": "PNet", "rnet": "RNet", "onet": "ONet"}
 _EXPECTED = {
     "pnet": "input N×3×H×W float32 with dynamic H, W; outputs prob N×2×h×w and reg N×4×h×w "

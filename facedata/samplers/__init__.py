@@ -28,7 +28,7 @@ from facedata.samplers.landmarks import LandmarkRecipe, plan_landmarks
 from facedata.samplers.mixing import DEFAULT_RATIO, MixPlan, mixing_plan, select
 from facedata.samplers.render import render
 from facedata.samplers.tasks import ImageTask, image_tasks
-from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
+from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS, STAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ RECIPES: Registry[StageRecipes] = Registry("stage recipe")
 
 SAMPLERS.register("crops")(Sampler("crops", ORIGIN_DETECTIONS, CropRecipe, plan_crops))
 SAMPLERS.register("landmarks")(Sampler("landmarks", ORIGIN_LANDMARKS, LandmarkRecipe, plan_landmarks))
-for _stage, _size in (("pnet", 12), ("rnet", 24), ("onet", 48)):
+for _stage, _size in STAGE_SIZE.items():
     RECIPES.register(_stage)(StageRecipes(CropRecipe(size=_size), LandmarkRecipe(size=_size)))
 
 __all__ = [

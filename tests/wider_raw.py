@@ -1,0 +1,28 @@
+"""An independent minimal reader of the WIDER bbx_gt txt, to check the parser, filters and stats against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("x", "y", "w", "h", "blur", "expression", "illumination", "invalid", "occlusion", "pose")
+
+
+def read_raw_wider(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image names, (faces, 10) int table in COLUMNS order, owning image index per face (placeholders dropped)."""
+    lines = path.read_text().splitlines()
+    names: list[str] = []
+    rows: list[list[int]] = []
+    owners: list[int] = []
+    i = 0
+    while i < len(lines):
+        names.append(lines[i].strip())
+        count = int(lines[i + 1])
+        for line in lines[i + 2 : i + 2 + max(count, 1)]:
+            values = [int(v) for v in line.split()]
+            if values[:4] != [0, 0, 0, 0]:  # all-zero x y w h = placeholder of a face-less image
+                rows.append(values)
+                owners.append(len(names) - 1)
+        i += 2 + max(count, 1)
+    return names, np.array(rows, dtype=np.int64), np.array(owners)
