@@ -13,7 +13,7 @@ from onnx_models import crop_net, designed_pnet, draw_faces, mtcnn_onet, mtcnn_p
 
 from facedata.cli import main
 from facedata.detect import Cascade, CascadeConfig, ModelContract, crop_batch, load_stage, nms, square_boxes
-from facedata.detect.nms import overlap_pairs
+from facedata.detect.nms import Lattice, lattice_nms, overlap_pairs
 from facedata.errors import FacedataError
 from facedata.samplers.iou import iou_matrix
 
@@ -253,6 +253,37 @@ def test_nms_dense_grid_like_pnet():
     scores = np.random.default_rng(3).random(len(boxes))
     np.testing.assert_array_equal(nms(boxes, scores, 0.5), _brute_nms(boxes, scores, 0.5, "union"))
 
+
+
+def _random_lattices(rng, factor, n_levels, density):
+    """PNet-like levels of a 300x220 image: cells above a random threshold, true per-axis resize ratios."""
+    levels, s = [], 12 / 20
+    for _ in range(n_levels):
+        lw, lh = int(300 * s), int(220 * s)
+        mh, mw = (lh - 12) // 2 + 1, (lw - 12) // 2 + 1
+        if min(mh, mw) < 1:
+            break
+        rows, cols = np.nonzero(rng.random((mh, mw)) < density)
+        rx, ry = 300 / lw, 220 / lh
+        boxes = np.stack([2 * cols * rx, 2 * rows * ry, (2 * cols + 12) * rx, (2 * rows + 12) * ry], axis=1)
+        scores = rng.integers(0, 20, len(cols)).astype(np.float32) / 20  # many ties
+        levels.append(Lattice(cols, rows, boxes.astype(np.float64), scores, 12, 2))
+        s *= factor
+    return levels
+
+
+@pytest.mark.parametrize("factor", [0.79, 0.95])
+def test_lattice_nms_equals_generic_nms(factor):
+    """Same indices as nms() on the concatenated boxes, within a level and across levels (factor 0.95
+    puts levels close enough in size for cross-level suppression at every threshold tested)."""
+    rng = np.random.default_rng(11)
+    for t in (0.0, 0.3, 0.5, 0.6, 0.7, 0.9):
+        for density in (0.05, 0.4, 1.0):
+            levels = _random_lattices(rng, factor, 6, density)
+            boxes = np.concatenate([lv.boxes for lv in levels])
+            scores = np.concatenate([lv.scores for lv in levels])
+            np.testing.assert_array_equal(lattice_nms(levels, t), nms(boxes, scores, t))
+            np.testing.assert_array_equal(lattice_nms(levels[:1], t), nms(levels[0].boxes, levels[0].scores, t))
 
 # -- CLI ------------------------------------------------------------------------------------------------
 def test_cli_detect_draws_boxes(models, tmp_path):

@@ -8,8 +8,9 @@ Follows the reference detector ([A] Detection/MtcnnDetector.py, spec §3) with t
   the true per-axis resize ratio (int() truncation of the level size included) and are not rounded;
 - the RNet/ONet crops are the squared, rounded boxes, zero-padded outside the image, sampled bilinearly
   in one cv2.remap call per batch (equal to cv2.resize of the padded crop up to edge interpolation);
-- NMS: per scale `nms_per_scale`, merged `nms_merged`, RNet `nms_rnet` (union, before calibration),
-  ONet `nms_onet` after calibration in `onet_nms_mode` ("min", as the reference).
+- NMS: per scale `nms_per_scale`, merged `nms_merged` (both on the PNet lattices, `lattice_nms`), RNet
+  `nms_rnet` (union, before calibration), ONet `nms_onet` after calibration in `onet_nms_mode` ("min",
+  as the reference).
 Nothing is kept between images: memory is bounded by one image's pyramid and `rnet_batch` crops.
 
 Thresholds: the default (0.6, 0.7, 0.7) is the official inference setting ([K], [S]) and [Y]/[M]'s
@@ -27,7 +28,7 @@ import cv2
 import numpy as np
 
 from facedata.detect.models import ModelContract, StageModel, load_stage
-from facedata.detect.nms import nms
+from facedata.detect.nms import Lattice, lattice_nms, nms
 from facedata.errors import FacedataError
 from facedata.samples import STAGE_SIZE
 
@@ -167,7 +168,8 @@ class Cascade:
         image = self._check_image(image)
         h, w = image.shape[:2]
         thr = self.config.thresholds[0]
-        found_boxes, found_scores, found_reg = [], [], []
+        levels: list[Lattice] = []
+        regs: list[np.ndarray] = []
         for s in self.scales(h, w):
             lw, lh = int(w * s), int(h * s)
             level = cv2.resize(image, (lw, lh), interpolation=cv2.INTER_LINEAR)
@@ -181,15 +183,14 @@ class Cascade:
                 [STRIDE * xs * rx, STRIDE * ys * ry, (STRIDE * xs + CELL) * rx, (STRIDE * ys + CELL) * ry],
                 axis=1,
             ).astype(np.float64)
-            scores = face[ys, xs]
-            keep = nms(boxes, scores, self.config.nms_per_scale)
-            found_boxes.append(boxes[keep])
-            found_scores.append(scores[keep])
-            found_reg.append(reg[0][:, ys[keep], xs[keep]].T)
-        if not found_boxes:
+            cells = Lattice(xs, ys, boxes, face[ys, xs], CELL, STRIDE)
+            keep = lattice_nms([cells], self.config.nms_per_scale)
+            levels.append(cells.subset(keep))
+            regs.append(reg[0][:, ys[keep], xs[keep]].T)
+        if not levels:
             return _empty((0,))
-        boxes, scores, reg = (np.concatenate(a) for a in (found_boxes, found_scores, found_reg))
-        keep = nms(boxes, scores, self.config.nms_merged)
+        keep = lattice_nms(levels, self.config.nms_merged)
+        boxes, scores, reg = (np.concatenate(a) for a in ([c.boxes for c in levels], [c.scores for c in levels], regs))
         return self._valid(calibrate(boxes[keep], reg[keep]), scores[keep], None)
 
     def _score_crops(self, model: StageModel, image: np.ndarray, squares: np.ndarray, size: int):
