@@ -1,4 +1,4 @@
-"""`facedata build pnet|rnet|onet`: manifests -> sampled, rendered, mixed crops -> sharded dataset.
+"""`facedata build pnet|rnet|onet`: manifests -> planned, mixed, rendered crops -> sharded dataset.
 
 The build is one deterministic *sample stream*: detection-manifest images in manifest order, then
 landmark-manifest images in manifest order; each image contributes the records its planner (or the
@@ -7,23 +7,18 @@ and every mixing decision is a function of (seed, image id), so the stream, and 
 byte (the writer rolls shards over at fixed sample counts), is the same for any worker count and any
 chunking.
 
-PNet (two passes over the images, only the second decodes):
-1. plan every image geometry-only in parallel (no decoding) and count the samples per label;
-   `mixing_plan` turns the totals into per-label keep probabilities (3:1:1:2 by default);
-2. per image, plan again (same seed => same records), `select`, decode the image once (cv2.imread,
-   IMREAD_COLOR) and render all kept crops; the parent writes results in image order.
-
-RNet/ONet (single pass for the detection images, the detector runs once per image):
-- per detection image the worker runs the previous stages (PNet for rnet, PNet + RNet for onet; the
-  ONNX sessions are created inside each worker by `detector`, a factory, never pickled), labels the
-  detections with `label_detections` (negatives capped per image) and renders at 24/48 px;
-- mixing as in the PNet build where the stream allows it: mined positives, parts and negatives are
-  not subsampled (the per-image negative cap is their only limit: they are only known after the
-  detector has run, and a second detector pass would double the cost); landmark samples, which come
-  last in the stream, are mixed with `mixing_plan` anchored on the mined positives, i.e. kept at
-  ratio[landmark] / ratio[positive] x positives (pre-counted geometry-only before mining), short
-  classes reported (or repeated with `allow_repeat`). The summary reports the mined class counts and
-  their ratio, and pos/part/neg before and after the negative cap.
+Two passes, the same for every stage:
+1. *plan*: every image's full record list, before mixing, appended in stream order to the plan file
+   (facedata.buildplan, on disk beside the shards). Crop and landmark images are planned from geometry
+   alone (no decoding); for RNet/ONet each detection image is decoded and run through the previous
+   stages (PNet for rnet, PNet + RNet for onet; the ONNX sessions are created inside each worker by
+   `detector`, a factory, never pickled), and its detections are labelled (negatives capped per image).
+   The detector runs once per image, however the build is resumed.
+2. *render*: the class totals give per-label keep probabilities (`mixing_plan`, neg:pos:part:landmark
+   3:1:1:2 by default, anchored on the positives, mined or not; short classes reported, repeated only
+   with `allow_repeat`; `mix=False` keeps everything); each worker reads its chunk's records from the
+   plan file, `select`s, decodes each image once (cv2.imread, IMREAD_COLOR) and renders the kept crops;
+   the parent writes results in image order.
 
 Workers are started with forkserver (spawn off Linux): a plain fork of a process whose OpenCV thread
 pool has run can deadlock. As with any spawn-style pool, scripts calling build_dataset with
@@ -32,15 +27,17 @@ workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory
 
 Memory is bounded: workers get image-index ranges (the task list is sent once per worker), at most
 `4 x workers` chunks are in flight (Pool.imap has no back-pressure, so a bounded window of ordered
-futures is used instead) and the parent only holds one chunk's pixels at a time.
+futures is used instead) and the parent holds one chunk's records or pixels at a time plus two small
+per-image tables; the planned records themselves live in the plan file.
 
-Resume: the writer keeps complete shards and reports `samples_done`. A small per-image progress table
-(`build-progress.npy`: status, samples contributed per label, detector counts), saved atomically each
-time a shard completes, lets a rerun jump over whole images without decoding or re-running the
-detector; the few samples of the first image that straddle the boundary are rendered and dropped. If
-the table is missing or behind, the stream is regenerated from where it ends and dropped until
-`samples_done` (correct, just slower). Unreadable or missing images are skipped and named in the
-summary (`strict=True` raises instead).
+Resume: the plan file resumes at image granularity (facedata.buildplan). The writer keeps complete
+shards and reports `samples_done`. A small per-image progress table (`build-progress.npy`: status,
+samples contributed per label), saved atomically each time a shard completes, lets a rerun jump over
+whole images without decoding; the few samples of the first image that straddle the boundary are
+rendered and dropped. If the table is missing or behind, the stream is regenerated from where it ends
+and dropped until `samples_done` (correct, just slower). Unreadable or missing images are skipped and
+named in the summary (`strict=True` raises instead). The plan and progress files are removed when the
+build completes.
 """
 
 from __future__ import annotations
@@ -64,6 +61,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from facedata import __version__
+from facedata.buildplan import RECORDS_NAME, PlanFile, read_records
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest, command_line, to_table
 from facedata.paths import atomic_write, sha256_file
@@ -91,19 +89,27 @@ LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 PROGRESS_NAME = "build-progress.npy"
 PROGRESS_META_NAME = "build-progress.json"
 
-# Per-image status in the progress table.
+# Per-image status in the plan and progress tables.
 PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE = 0, 1, 2, 3, 4
+PLANNED = WRITTEN  # plan table: the image's records are in the plan file
 _STATUS_REASON = {
     UNREADABLE: "cannot be decoded (cv2.imread returned nothing)",
     MISSING: "file not found",
     WRONG_SIZE: "decoded size differs from the manifest",
 }
 _MINING_FIELDS = tuple(f.name for f in fields(MiningCounts))
+PLAN_DTYPE = np.dtype(
+    [
+        ("status", "i1"),
+        ("records", "<i8"),  # planned records in the plan file (before mixing)
+        ("labels", "<i8", (len(LABEL_ORDER),)),  # planned records per label
+        ("mining", "<i8", (len(_MINING_FIELDS),)),  # MiningCounts of a mined image, in field order
+    ]
+)
 PROGRESS_DTYPE = np.dtype(
     [
         ("status", "i1"),
         ("counts", "<i8", (len(LABEL_ORDER),)),  # samples this image contributes to the stream
-        ("mining", "<i8", (len(_MINING_FIELDS),)),  # MiningCounts of a mined image, in field order
     ]
 )
 DETECTION_BINS = (0, 1, 2, 6, 11, 51, 101, 501, 1001)  # histogram of detections per image: [a, b)
@@ -170,6 +176,7 @@ class _Job:
     mining_recipe: MiningRecipe | None
     detector: Callable[[], Any] | None
     record_dtype: np.dtype
+    plan_path: str  # the plan file pass 2 reads its records from
 
 
 _JOB: _Job | None = None
@@ -222,17 +229,57 @@ def label_counts(labels: np.ndarray) -> np.ndarray:
     return np.array([int((labels == lab).sum()) for lab in LABEL_ORDER], np.int64)
 
 
-def _count_chunk(lo: int, hi: int) -> np.ndarray:
-    """Pass 1: (hi - lo, 5) planned samples per label plus a missing-file flag, without decoding."""
+def _read_image(task: ImageTask) -> tuple[np.ndarray | None, int, str | None]:
+    """(decoded BGR image or None, status, note): missing, undecodable and wrong-size images fail."""
+    image = cv2.imread(task.path, cv2.IMREAD_COLOR)
+    if image is None:
+        return None, (MISSING if not os.path.isfile(task.path) else UNREADABLE), None
+    if image.shape[:2] != (task.height, task.width):
+        note = f"decoded {image.shape[1]}x{image.shape[0]}, manifest says {task.width}x{task.height}"
+        return None, WRONG_SIZE, note
+    return image, WRITTEN, None
+
+
+@dataclass
+class _PlanResult:
+    rows: np.ndarray  # (hi - lo,) PLAN_DTYPE
+    records: np.ndarray  # all planned records of the chunk, image after image
+    notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for failed images
+
+
+def _plan_chunk(lo: int, hi: int) -> _PlanResult:
+    """Pass 1: the unmixed records of stream images [lo, hi). Crop and landmark images are planned
+    from geometry alone (no decoding); mined images are decoded, run through the detector and labelled."""
     job = _JOB
     assert job is not None
-    out = np.zeros((hi - lo, len(LABEL_ORDER) + 1), np.int64)
+    rows = np.zeros(hi - lo, PLAN_DTYPE)
+    parts: list[np.ndarray] = []
+    notes: dict[int, str] = {}
     for row, j in enumerate(range(lo, hi)):
-        if not os.path.isfile(job.tasks[j].path):
-            out[row, -1] = 1
-        elif not _mined(job, j):
-            out[row, :-1] = label_counts(_plan(job, j)["label"])
-    return out
+        task = job.tasks[j]
+        if _mined(job, j):
+            assert job.mining_recipe is not None
+            image, status, note = _read_image(task)
+            if image is None:
+                rows["status"][row] = status
+                if note:
+                    notes[j] = note
+                continue
+            detections = _cascade().detect(image)
+            records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
+            records = _as_dtype(records, job.record_dtype)
+            rows["mining"][row] = [getattr(counts, name) for name in _MINING_FIELDS]
+        elif not os.path.isfile(task.path):
+            rows["status"][row] = MISSING
+            continue
+        else:
+            records = _plan(job, j)
+        rows["status"][row] = PLANNED
+        rows["records"][row] = len(records)
+        rows["labels"][row] = label_counts(records["label"])
+        parts.append(records)
+    records = np.concatenate(parts) if parts else np.zeros(0, job.record_dtype)
+    return _PlanResult(rows, records, notes)
 
 
 @dataclass
@@ -243,49 +290,37 @@ class _ChunkResult:
     notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for skipped images
 
 
-def _render_chunk(lo: int, hi: int, mix: MixPlan | None) -> _ChunkResult:
-    """Pass 2: records and pixels of stream images [lo, hi), each image decoded once."""
+def _render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None) -> _ChunkResult:
+    """Pass 2: mix and render stream images [lo, hi), each image decoded once. `plan` holds their
+    PLAN_DTYPE rows, `first` the position of image lo's records in the plan file."""
     job = _JOB
     assert job is not None
     progress = np.zeros(hi - lo, PROGRESS_DTYPE)
+    ends = np.cumsum(plan["records"])
+    planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]) if len(ends) else first)
     all_pixels: list[np.ndarray] = []
     all_records: list[np.ndarray] = []
     notes: dict[int, str] = {}
     for row, j in enumerate(range(lo, hi)):
+        if plan["status"][row] != PLANNED:
+            progress["status"][row] = plan["status"][row]
+            continue
         task = job.tasks[j]
-        mined = _mined(job, j)
-        records = None
-        if not mined:
-            records = _plan(job, j)
-            if mix is not None:
-                records = select(records, task.image_id, job.seed, mix)
-            if len(records) == 0:  # nothing to cut: no need to decode
-                progress["status"][row] = WRITTEN
-                continue
-        image = cv2.imread(task.path, cv2.IMREAD_COLOR)
-        if image is None:
-            progress["status"][row] = MISSING if not os.path.isfile(task.path) else UNREADABLE
-            continue
-        if image.shape[:2] != (task.height, task.width):
-            progress["status"][row] = WRONG_SIZE
-            notes[j] = f"decoded {image.shape[1]}x{image.shape[0]}, manifest says {task.width}x{task.height}"
-            continue
-        if mined:
-            assert job.mining_recipe is not None
-            detections = _cascade().detect(image)
-            records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
-            records = _as_dtype(records, job.record_dtype)
-            progress["mining"][row] = [getattr(counts, name) for name in _MINING_FIELDS]
-            interpolation = job.crop_recipe.interpolation
-        elif j < job.n_det:
-            interpolation = job.crop_recipe.interpolation
-        else:
-            interpolation = job.landmark_recipe.interpolation
-        assert records is not None
-        if len(records):
-            all_pixels.append(render(image, records, job.size, interpolation))
-            all_records.append(records)
+        records = planned[ends[row] - plan["records"][row] : ends[row]]
+        if mix is not None:
+            records = select(records, task.image_id, job.seed, mix)
         progress["status"][row] = WRITTEN
+        if len(records) == 0:  # nothing to cut: no need to decode
+            continue
+        image, status, note = _read_image(task)
+        if image is None:
+            progress["status"][row] = status
+            if note:
+                notes[j] = note
+            continue
+        recipe = job.crop_recipe if j < job.n_det else job.landmark_recipe
+        all_pixels.append(render(image, records, job.size, recipe.interpolation))
+        all_records.append(records)
         progress["counts"][row] = label_counts(records["label"])
     size = job.size
     pixels = np.concatenate(all_pixels) if all_pixels else np.zeros((0, size, size, 3), np.uint8)
@@ -452,6 +487,7 @@ def build_dataset(
     crop_recipe: CropRecipe | None = None,
     landmark_recipe: LandmarkRecipe | None = None,
     ratio: dict[int, float] | None = None,
+    mix: bool = True,
     allow_repeat: bool = False,
     seed: int = 0,
     workers: int | None = None,
@@ -465,12 +501,15 @@ def build_dataset(
     chunk_images: int | None = None,
     extra_provenance: dict[str, Any] | None = None,
     on_write: Callable[[int], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a shard directory for `stage`; returns the summary (also in index.json).
 
+    `ratio` is the neg:pos:part:landmark mix (default 3:1:1:2); `mix=False` writes every planned sample.
     `detector` (rnet/onet) is a zero-argument factory returning an object with `.detect(image)` (e.g.
-    CascadeFactory); it is called once inside each worker. `on_write(samples_in_stream)` is called
-    after every written chunk (progress hooks; tests use it to interrupt a build).
+    CascadeFactory); it is called once inside each worker. Progress hooks (tests use them to interrupt a
+    build): `on_plan(images_planned)` after every planned chunk, `on_write(samples_in_stream)` after
+    every written chunk.
     """
     started = time.perf_counter()
     if stage not in STAGE_SIZE:
@@ -506,7 +545,8 @@ def build_dataset(
     tasks = det_tasks + lmk_tasks
     n_det, n = len(det_tasks), len(det_tasks) + len(lmk_tasks)
     job = _Job(
-        stage, size, seed, tasks, n_det, crop_recipe, landmark_recipe, mining_recipe, detector, record_dtype
+        stage, size, seed, tasks, n_det, crop_recipe, landmark_recipe, mining_recipe, detector, record_dtype,
+        str(out_dir.resolve() / RECORDS_NAME),
     )
     chunk = chunk_images or max(1, min(32, -(-n // (workers * 16))))
 
@@ -517,7 +557,7 @@ def build_dataset(
         "size": size,
         "backend": backend,
         "seed": seed,
-        "ratio": _ratio_json(ratio),
+        "ratio": _ratio_json(ratio) if mix else None,
         "allow_repeat": allow_repeat,
         "crop_recipe": crop_recipe.to_dict(),
         "landmark_recipe": landmark_recipe.to_dict(),
@@ -528,14 +568,13 @@ def build_dataset(
         **(extra_provenance or {}),
     }
 
-    table = np.zeros(n, PROGRESS_DTYPE)
     runner = _Runner(job, workers)  # fork before any LMDB env exists in this process
     ok = False
     try:
         summary = _run(
-            runner, job, table, out_dir, backend=backend, ratio=ratio, allow_repeat=allow_repeat,
+            runner, job, out_dir, backend=backend, ratio=ratio if mix else None, allow_repeat=allow_repeat,
             shard_bytes=shard_bytes, block_samples=block_samples, provenance=provenance, progress=progress,
-            strict=strict, chunk=chunk, on_write=on_write, started=started,
+            strict=strict, chunk=chunk, on_write=on_write, on_plan=on_plan, started=started,
         )
         ok = True
     finally:
@@ -553,12 +592,12 @@ def _describe(detector: Callable[[], Any]) -> Any:
 
 
 def _run(
-    runner: _Runner, job: _Job, table: np.ndarray, out_dir: Path, *, backend: str, ratio: dict[int, float],
+    runner: _Runner, job: _Job, out_dir: Path, *, backend: str, ratio: dict[int, float] | None,
     allow_repeat: bool, shard_bytes: int, block_samples: int, provenance: dict[str, Any], progress: bool,
-    strict: bool, chunk: int, on_write: Callable[[int], None] | None, started: float,
+    strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
+    started: float,
 ) -> dict[str, Any]:
-    n, n_det = len(job.tasks), job.n_det
-    mining = job.stage != "pnet"
+    n = len(job.tasks)
     skipped: list[dict[str, str]] = []
 
     def skip(j: int, status: int, note: str | None = None) -> None:
@@ -568,27 +607,22 @@ def _run(
             raise FacedataError(f"{task.path}: {reason}")
         skipped.append({"image_id": task.image_id, "path": task.path, "reason": reason})
 
-    # Pass 1: geometry-only counts (PNet: every image; mining: the landmark images only).
-    first = n_det if mining else 0
-    available = np.zeros(len(LABEL_ORDER), np.int64)
-    bar = tqdm(total=n - first, desc="plan", unit="img", disable=not progress)
-    for (lo, hi), counts in zip(
-        _chunks(first, n, chunk), runner.ordered(_count_chunk, _chunks(first, n, chunk)), strict=True
-    ):
-        available += counts[:, :-1].sum(axis=0)  # missing files count 0 (and are skipped in pass 2)
-        bar.update(hi - lo)
-    bar.close()
-    counts_avail = {lab: int(c) for lab, c in zip(LABEL_ORDER, available.tolist(), strict=True)}
-    mix: MixPlan | None = None
-    if not mining:
-        mix = mixing_plan(counts_avail, ratio, allow_repeat)
-
     writer = DatasetWriter(
-        out_dir, backend=provenance["backend"], image_shape=(job.size, job.size, 3),
-        record_dtype=job.record_dtype, provenance=provenance, shard_bytes=shard_bytes,
-        block_samples=block_samples, resume=True,
+        out_dir, backend=backend, image_shape=(job.size, job.size, 3), record_dtype=job.record_dtype,
+        provenance=provenance, shard_bytes=shard_bytes, block_samples=block_samples, resume=True,
     )
     with writer:
+        plan = PlanFile(out_dir, writer.fingerprint, PLAN_DTYPE, job.record_dtype, n)
+        try:
+            resumed_plan = plan.planned
+            _plan_pass(runner, job, plan, chunk, progress, strict, skip, on_plan)
+        finally:
+            plan.close()
+        totals = plan.table["labels"][plan.table["status"] == PLANNED].sum(axis=0)
+        counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, totals.tolist(), strict=True)}
+        mix = None if ratio is None else mixing_plan(counts, ratio, allow_repeat)
+
+        table = np.zeros(n, PROGRESS_DTYPE)
         done = writer.samples_done
         saved = _load_progress(out_dir, writer.fingerprint, n) if done else None
         if saved is not None:
@@ -597,9 +631,11 @@ def _run(
         for j in np.flatnonzero(table["status"][:start] != WRITTEN).tolist():
             skip(j, int(table["status"][j]))
         last_saved = done
-
-        def consume(lo: int, hi: int, result: _ChunkResult) -> None:
-            nonlocal position, last_saved
+        offsets = plan.offsets()
+        todo = list(_chunks(start, n, chunk))
+        jobs = ((a, b, plan.table[a:b], int(offsets[a]), mix) for a, b in todo)
+        bar = tqdm(total=n - start, desc="render", unit="img", disable=not progress)
+        for (lo, hi), result in zip(todo, runner.ordered(_render_chunk, jobs), strict=True):
             table[lo:hi] = result.progress
             for j in range(lo, hi):
                 if table["status"][j] != WRITTEN:
@@ -614,44 +650,13 @@ def _run(
                 last_saved = writer.samples_done
             if on_write is not None:
                 on_write(position)
-
-        def render_range(lo: int, hi: int, plan: MixPlan | None, desc: str) -> None:
-            todo = [(a, b) for a, b in _chunks(lo, hi, chunk)]
-            bar = tqdm(total=hi - lo, desc=desc, unit="img", disable=not progress)
-            jobs = ((a, b, plan) for a, b in todo)
-            for (a, b), result in zip(todo, runner.ordered(_render_chunk, jobs), strict=True):
-                # images found missing in pass 1 keep their status; the worker reports them too
-                consume(a, b, result)
-                bar.update(b - a)
-            bar.close()
-
-        shortages: list[str] = []
-        if not mining:
-            assert mix is not None
-            render_range(start, n, mix, "render")
-            shortages = list(mix.shortages)
-            mix_info = mix.to_dict()
-        else:
-            render_range(start, n_det, None, "mine")
-            mined = table["counts"][:n_det].sum(axis=0)
-            mix_counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, mined.tolist(), strict=True)}
-            mix_counts[LABEL_LANDMARK] = counts_avail[LABEL_LANDMARK]
-            lmk_plan: MixPlan | None = None
-            if n > n_det:
-                if mix_counts[LABEL_POSITIVE] == 0:
-                    shortages.append("no mined positives: landmark samples written without subsampling")
-                else:
-                    lmk_plan = _landmark_plan(mix_counts, ratio, allow_repeat)
-                    shortages += [s for s in lmk_plan.shortages if s.startswith(LABEL_NAMES[LABEL_LANDMARK])]
-            render_range(max(start, n_det), n, lmk_plan, "landmarks")
-            mix_info = {
-                "mined": "not subsampled (negatives capped per image)",
-                "landmarks": None if lmk_plan is None else lmk_plan.to_dict(),
-            }
-        summary = _summary(job, table, skipped, shortages, mix_info, done)
-        summary["resumed_from_image"] = start
+            bar.update(hi - lo)
+        bar.close()
+        summary = _summary(job, plan.table, table, skipped, mix)
+        summary.update(resumed_from_sample=done, resumed_from_image=start, resumed_plan_from_image=resumed_plan)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         index = writer.close(summary)
+    plan.remove()
     for name in (PROGRESS_NAME, PROGRESS_META_NAME):
         (out_dir / name).unlink(missing_ok=True)
     summary.update(
@@ -664,19 +669,33 @@ def _run(
     return summary
 
 
-def _landmark_plan(counts: dict[int, int], ratio: dict[int, float], allow_repeat: bool) -> MixPlan:
-    """Mining: keep/repeat only landmark samples, anchored on the mined positives."""
-    plan = mixing_plan(counts, ratio, allow_repeat)
-    keep = {lab: (plan.keep[lab] if lab == LABEL_LANDMARK else 1.0) for lab in plan.keep}
-    repeat = {lab: (plan.repeat[lab] if lab == LABEL_LANDMARK else 1.0) for lab in plan.repeat}
-    return replace(plan, keep=keep, repeat=repeat)
+def _plan_pass(
+    runner: _Runner, job: _Job, plan: PlanFile, chunk: int, progress: bool, strict: bool,
+    skip: Callable[..., None], on_plan: Callable[[int], None] | None,
+) -> None:
+    """Pass 1 from where an earlier run left off: every image's records into the plan file, in order.
+    Failed images are reported in pass 2 (which sees their status); `strict` stops here already."""
+    n = len(job.tasks)
+    mining = job.stage != "pnet"
+    todo = list(_chunks(plan.planned, n, chunk))
+    bar = tqdm(total=n, initial=plan.planned, desc="mine" if mining else "plan", unit="img",
+               disable=not progress)
+    for (lo, hi), result in zip(todo, runner.ordered(_plan_chunk, todo), strict=True):
+        if strict:
+            for row in np.flatnonzero(result.rows["status"] != PLANNED).tolist():
+                skip(lo + row, int(result.rows["status"][row]), result.notes.get(lo + row))
+        plan.append(lo, hi, result.rows, result.records)
+        if on_plan is not None:
+            on_plan(hi)
+        bar.update(hi - lo)
+    bar.close()
 
 
 def _summary(
-    job: _Job, table: np.ndarray, skipped: list[dict[str, str]], shortages: list[str], mix_info: Any,
-    resumed_from: int,
+    job: _Job, plan: np.ndarray, table: np.ndarray, skipped: list[dict[str, str]], mix: MixPlan | None
 ) -> dict[str, Any]:
     n_det = job.n_det
+    ok = plan["status"] == PLANNED
     per_origin = {
         "detections": _label_dict(table["counts"][:n_det].sum(axis=0)),
         "landmarks": _label_dict(table["counts"][n_det:].sum(axis=0)),
@@ -685,14 +704,14 @@ def _summary(
         "stage": job.stage,
         "size": job.size,
         "images": {"detections": n_det, "landmarks": len(job.tasks) - n_det, "skipped": len(skipped)},
+        "planned": _label_dict(plan["labels"][ok].sum(axis=0)),
         "samples_by_origin": per_origin,
-        "shortages": shortages,
-        "mixing": mix_info,
+        "shortages": [] if mix is None else list(mix.shortages),
+        "mixing": "off: every planned sample written" if mix is None else mix.to_dict(),
         "skipped": skipped,
-        "resumed_from_sample": resumed_from,
     }
     if job.stage != "pnet":
-        summary["mining"] = _mining_report(table, n_det)
+        summary["mining"] = _mining_report(plan, n_det)
     return summary
 
 
@@ -703,6 +722,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name in ("negative", "positive", "part", "landmark"):
         lines.append(f"{name:<10} {summary['label_counts'].get(name, 0):>12,}")
     lines.append(f"{'total':<10} {summary['samples']:>12,}")
+    planned = summary.get("planned")
+    if planned:
+        mixing = summary.get("mixing")
+        ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
+        mixed = "mixed at " + ":".join(f"{ratio.get(str(lab), 0):g}" for lab in LABEL_ORDER) if ratio else "no mixing"
+        lines.append("planned before mixing: " + ", ".join(f"{k} {v:,}" for k, v in planned.items()) + f" ({mixed})")
     lines.append("")
     mb = summary["bytes"] / 1e6
     lines.append(
@@ -805,15 +830,17 @@ def parse_size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def parse_ratio(text: str) -> dict[int, float]:
-    """'neg:pos:part:landmark', e.g. '3:1:1:2' -> {0: 3, 1: 1, -1: 1, -2: 2}."""
+def parse_ratio(text: str) -> dict[int, float] | None:
+    """'neg:pos:part:landmark', e.g. '3:1:1:2' -> {0: 3, 1: 1, -1: 1, -2: 2}; 'all' -> None (no mixing)."""
+    if text.strip().lower() == "all":
+        return None
     parts = text.split(":")
     try:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
     if len(values) != 4 or any(v < 0 for v in values):
-        raise FacedataError(f"bad ratio {text!r}; expected neg:pos:part:landmark, e.g. 3:1:1:2")
+        raise FacedataError(f"bad ratio {text!r}; expected neg:pos:part:landmark, e.g. 3:1:1:2, or 'all'")
     return dict(zip(LABEL_ORDER, values, strict=True))
 
 

@@ -286,7 +286,8 @@ def _build_options(func):
         click.option("--shard-size", default="256MB", show_default=True, help="Shard roll-over size."),
         click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
                      help="Image root override (repeatable; NAME is the manifest's root name)."),
-        click.option("--ratio", default="3:1:1:2", show_default=True, help="neg:pos:part:landmark mix."),
+        click.option("--ratio", default="3:1:1:2", show_default=True,
+                     help="neg:pos:part:landmark mix, or 'all' to keep every planned sample."),
         click.option("--allow-repeat", is_flag=True,
                      help="Repeat samples of short classes (counted in the index)."),
         click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
@@ -329,13 +330,14 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
         size=size, shifts_per_face=landmark_shifts, mirror=not no_mirror, max_rotation=max_rotation,
         min_face=landmark_min_face, interpolation=interpolation,
     )
+    mix = parse_ratio(ratio)
     files = {"detections_file": {"name": detections.name, "sha256": sha256_file(detections)}}
     if landmarks:
         files["landmarks_file"] = {"name": landmarks.name, "sha256": sha256_file(landmarks)}
     summary = build_dataset(
         det, lmk, output, stage=stage, backend=backend,
         crop_recipe=replace(crop_recipe, interpolation=interpolation), landmark_recipe=landmark_recipe,
-        ratio=parse_ratio(ratio), allow_repeat=allow_repeat, seed=seed,
+        ratio=mix, mix=mix is not None, allow_repeat=allow_repeat, seed=seed,
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, (det, lmk)),
         progress=not quiet, strict=strict, extra_provenance=files, **extra,
     )

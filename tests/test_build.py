@@ -27,6 +27,7 @@ from facedata.build import (
     parse_size,
     verify_build_labels,
 )
+from facedata.buildplan import PLAN_FILES
 from facedata.cli import main
 from facedata.demo import build_demo_corpus
 from facedata.detect import CascadeConfig
@@ -197,6 +198,7 @@ def test_option_parsers() -> None:
     assert parse_size("256MB") == 256_000_000 and parse_size("64MiB") == 64 << 20
     assert parse_size("1000") == 1000
     assert parse_ratio("3:1:1:2") == {0: 3, 1: 1, -1: 1, -2: 2}
+    assert parse_ratio("all") is None
     for bad in ("3:1:1", "a:b:c:d"):
         with pytest.raises(FacedataError):
             parse_ratio(bad)
@@ -223,7 +225,7 @@ def test_rnet_mining_labels_verify_and_worker_invariance(corpus: dict, models: d
         out = tmp_path / f"rnet{workers}"
         summary = build_dataset(
             corpus["small"], corpus["lmk"], out, stage="rnet", detector=factory, mining_recipe=recipe,
-            workers=workers, progress=False, shard_bytes=128 * 1800, block_samples=128,
+            workers=workers, progress=False, shard_bytes=128 * 1800, block_samples=128, mix=False,
         )
         hashes.append(shard_hashes(out))
     check_dataset(out, corpus["small"], corpus["lmk"])
@@ -234,11 +236,64 @@ def test_rnet_mining_labels_verify_and_worker_invariance(corpus: dict, models: d
     assert sum(mining["detections_per_image"].values()) == mining["images"] == len(corpus["small"].images)
     assert mining["before_cap"]["negative"] >= mining["after_cap"]["negative"] == counts["negative"]
     assert counts["negative"] <= 20 * len(corpus["small"].images)
-    assert counts["positive"] == mining["after_cap"]["positive"]
+    assert counts["positive"] == mining["after_cap"]["positive"] > 0
+    assert counts["landmark"] == summary["planned"]["landmark"]
     index = load_index(out)
     assert index["image_shape"] == [24, 24, 3]
     assert index["provenance"]["detector"]["pnet"]["sha256"]
+    assert index["provenance"]["ratio"] is None
     assert "mined" in format_summary(summary)
+
+
+def test_mined_samples_are_mixed_like_pnet_samples(corpus: dict, models: dict, tmp_path: Path) -> None:
+    """Every class, mined or landmark, is kept at the ratio relative to the mined positives."""
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    ratio = {0: 2, 1: 1, -1: 1, -2: 1}
+    summary = build_dataset(
+        corpus["small"], corpus["lmk"], tmp_path / "mixed", stage="rnet", detector=factory, ratio=ratio,
+        workers=1, progress=False,
+    )
+    planned, counts, plan = summary["planned"], summary["label_counts"], summary["mixing"]
+    assert counts["positive"] == planned["positive"] > 0  # the anchor is kept whole
+    for name, label in (("negative", 0), ("part", -1), ("landmark", -2)):
+        assert counts[name] <= planned[name]
+        wanted = plan["wanted"][str(label)]
+        if wanted < planned[name]:  # subsampled by a per-sample hash: near the wanted count
+            assert abs(counts[name] - wanted) <= 4 * np.sqrt(wanted) + 2
+    assert counts["negative"] < summary["mining"]["after_cap"]["negative"]
+    check_dataset(tmp_path / "mixed", corpus["small"], corpus["lmk"])
+
+
+@pytest.mark.parametrize("phase", ["mining", "rendering"])
+def test_interrupted_mining_build_resumes_byte_identical(
+    corpus: dict, models: dict, tmp_path: Path, phase: str
+) -> None:
+    """Stopped while mining, a rerun runs the detector only on the images not yet mined; stopped while
+    writing, it resumes from the complete shards; both end byte-identical to an uninterrupted build."""
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    options = {"stage": "rnet", "detector": factory, "progress": False, "shard_bytes": 64 * 1800,
+               "block_samples": 64, "mix": False}
+    reference = tmp_path / "reference"
+    build_dataset(corpus["small"], corpus["lmk"], reference, workers=1, **options)
+
+    def stop(count: int) -> None:
+        if count >= (4 if phase == "mining" else 300):
+            raise Interrupt
+
+    out = tmp_path / "resumed"
+    hook = {"on_plan": stop} if phase == "mining" else {"on_write": stop}
+    with pytest.raises(Interrupt):
+        build_dataset(corpus["small"], corpus["lmk"], out, workers=2, chunk_images=2, **hook, **options)
+    summary = build_dataset(corpus["small"], corpus["lmk"], out, workers=2, **options)
+    if phase == "mining":
+        assert summary["resumed_plan_from_image"] == 4 and summary["resumed_from_sample"] == 0
+    else:
+        assert summary["resumed_plan_from_image"] == len(corpus["small"].images) + len(corpus["lmk"].images)
+        assert summary["resumed_from_sample"] > 0
+    assert summary["mining"]["images"] == len(corpus["small"].images)
+    assert shard_hashes(out) == shard_hashes(reference)
+    assert not any((out / name).exists() for name in PLAN_FILES)
+    check_dataset(out, corpus["small"], corpus["lmk"])
 
 
 def test_onet_mining_build_runs_pnet_and_rnet(corpus: dict, models: dict, tmp_path: Path) -> None:
