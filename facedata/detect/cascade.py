@@ -133,12 +133,17 @@ class Cascade:
 
     # -- pixels -------------------------------------------------------------------------------------
     def _normalise(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (..., H, W, 3) BGR → float32 (N, 3, H, W) as the contract says."""
+        """uint8 (..., H, W, 3) BGR → float32 (N, 3, H, W) as the contract says, one plane at a time
+        (no float HWC temporary, no transpose copy)."""
         x = pixels.reshape(-1, *pixels.shape[-3:])
         if self.contract.channels == "rgb":
             x = x[..., ::-1]
-        x = (x.astype(np.float32) - np.float32(self.contract.mean)) * np.float32(self.contract.scale)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        out = np.empty((x.shape[0], 3, *x.shape[1:3]), np.float32)
+        mean = np.float32(self.contract.mean)
+        for c in range(3):
+            np.subtract(x[..., c], mean, out=out[:, c], dtype=np.float32)
+        out *= np.float32(self.contract.scale)
+        return out
 
     @staticmethod
     def _check_image(image: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ def _as_boxes(boxes: np.ndarray) -> np.ndarray:
 def box_areas(boxes: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
     b = _as_boxes(boxes)
     e = 1.0 if plus_one else 0.0
-    return np.clip(b[:, 2] - b[:, 0] + e, 0, None) * np.clip(b[:, 3] - b[:, 1] + e, 0, None)
+    return np.maximum(b[:, 2] - b[:, 0] + e, 0) * np.maximum(b[:, 3] - b[:, 1] + e, 0)
 
 
 def intersection_matrix(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
@@ -27,7 +27,7 @@ def intersection_matrix(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False)
     e = 1.0 if plus_one else 0.0
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + e
     ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + e
-    return np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    return np.maximum(iw, 0) * np.maximum(ih, 0)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
@@ -41,8 +41,8 @@ def iou_pairs(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.nda
     """IoU of a[i] with b[i] (same length), without building the full matrix."""
     a, b = _as_boxes(a), _as_boxes(b)
     e = 1.0 if plus_one else 0.0
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + e, 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + e, 0, None)
+    iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + e, 0)
+    ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + e, 0)
     inter = iw * ih
     union = box_areas(a, plus_one=plus_one) + box_areas(b, plus_one=plus_one) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)

@@ -11,10 +11,8 @@ _INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 
 
 def _cut(image: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
-    """image[y1:y2, x1:x2], zero-padded where the box leaves the image (a view when it does not)."""
+    """image[y1:y2, x1:x2] zero-padded where the box leaves the image."""
     h, w = image.shape[:2]
-    if x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
-        return image[y1:y2, x1:x2]
     out = np.zeros((y2 - y1, x2 - x1, image.shape[2]), image.dtype)
     sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
     if sx2 > sx1 and sy2 > sy1:
@@ -37,18 +35,25 @@ def render(image: np.ndarray, records: np.ndarray, size: int, interpolation: str
         raise ValueError("crop boxes must be whole pixels")
     if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
         raise ValueError("crop boxes must have positive width and height")
-    angles = np.asarray(records["angle"], np.float32)
-    mirror = np.asarray(records["mirror"]) != 0
+    angles = np.asarray(records["angle"], np.float64).tolist()
+    mirror = (np.asarray(records["mirror"]) != 0).tolist()
+    h, w = image.shape[:2]
+    dsize = (size, size)
     out = np.empty((len(boxes), size, size, 3), np.uint8)
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        if angles[i] == 0:
-            patch = _cut(image, x1, y1, x2, y2)
-        else:
-            matrix = pixel_crop_matrix(crops[i], float(angles[i]))
+        if angles[i] != 0:
+            matrix = pixel_crop_matrix(crops[i], angles[i])
             patch = cv2.warpAffine(
                 image, matrix, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
             )
-        resized = cv2.resize(patch, (size, size), interpolation=flag)
-        out[i] = resized[:, ::-1] if mirror[i] else resized
+        elif x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h:
+            patch = image[y1:y2, x1:x2]
+        else:
+            patch = _cut(image, x1, y1, x2, y2)
+        # the hot path (hundreds of crops per image): resize (and flip) straight into the output
+        if mirror[i]:
+            cv2.flip(cv2.resize(patch, dsize, interpolation=flag), 1, dst=out[i])
+        else:
+            cv2.resize(patch, dsize, dst=out[i], interpolation=flag)
     return out
