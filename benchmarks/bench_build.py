@@ -3,8 +3,10 @@ corpus at two sizes, against the floor measured in the same run: decoding every 
 
 Corpus: ~1024 x 700 JPEG (q 90) images with a WIDER-like number of faces (geometric, mean ~12, some
 zero-face images) and sizes (log-uniform 10 to 400 px), plus a CUHK-like landmark set (250 x 250, one
-face, 5 points) of a third as many images. The build runs as a subprocess (the real CLI) and its peak
-RSS is the sum over its process tree (parent + workers), sampled from /proc every 20 ms.
+face, 5 points) of a third as many images. The build runs as a subprocess (the real CLI); its peak memory
+is summed over its process tree (parent, workers, forkserver) as PSS, see benchmarks/measure.py. The
+decode floor is measured before and after the build and the faster run is used (load from other
+processes on the machine only ever slows a run down).
 
 Goal (issue 3): build <= 1.5 x the decode floor per core, i.e. (build wall x workers) / (one-core
 decode time) <= 1.5; peak RSS flat between the sizes and <= 512 MB.
@@ -17,14 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from measure import mb, run_measured
 
 from facedata.manifest import ManifestBuilder, make_provenance
 from facedata.samples import image_rng
@@ -106,63 +107,6 @@ def decode_floor(root: Path) -> tuple[float, int]:
     return time.perf_counter() - start, len(files)
 
 
-def _tree_rss(pid: int) -> tuple[int, int]:
-    """(anonymous, total) resident bytes of pid and all its descendants, from /proc.
-
-    Total includes file-backed pages (e.g. the LMDB shard being written is a memory map, whose dirty
-    pages are page cache, not process heap); anonymous is the memory the build itself allocates.
-    """
-    children: dict[int, list[int]] = {}
-    rss: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/status") as fh:
-                status = dict(line.split(":", 1) for line in fh if ":" in line)
-            anon = int(status["RssAnon"].split()[0]) << 10
-            total = int(status["VmRSS"].split()[0]) << 10
-        except (OSError, IndexError, ValueError, KeyError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = (anon, total)
-    anon_sum = total_sum = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        a, t = rss.get(p, (0, 0))
-        anon_sum, total_sum = anon_sum + a, total_sum + t
-        todo.extend(children.get(p, []))
-    return anon_sum, total_sum
-
-
-def run_build(cmd: list[str]) -> tuple[float, tuple[int, int]]:
-    """(wall seconds, peak process-tree (anonymous, total) RSS bytes) of a command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = (0, 0)
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            anon, total = _tree_rss(proc.pid)
-            peak = (max(peak[0], anon), max(peak[1], total))
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, _ = proc.communicate()
-    wall = time.perf_counter() - start
-    stop.set()
-    thread.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"build failed ({proc.returncode}):\n{out}")
-    return wall, peak
-
-
 def facedata_command() -> list[str]:
     script = Path(sys.executable).with_name("facedata")
     if script.exists():
@@ -183,33 +127,30 @@ def main() -> int:
     rows = []
     for n in sizes:
         root = args.workdir / f"corpus-{n}"
-        t = time.perf_counter()
         det, lmk = make_corpus(root, n)
-        made = time.perf_counter() - t
         floor, files = decode_floor(root)
         out = root / "out"
         shutil.rmtree(out, ignore_errors=True)
         cmd = [*facedata_command(), "build", "pnet", "--detections", str(det), "--landmarks", str(lmk),
                "-o", str(out), "--workers", str(args.workers), "--format", args.format, "--quiet"]
-        wall, peak = run_build(cmd)
+        wall, peak, _ = run_measured(cmd)
+        floor = min(floor, decode_floor(root)[0])
         from facedata.storage.index import load_index
 
-        index = load_index(out)
-        rows.append((n, files, floor, wall, peak, index["samples"], made))
+        rows.append((n, files, floor, wall, peak, load_index(out)["samples"]))
+        shutil.rmtree(out, ignore_errors=True)
     cores = args.workers
     print(f"PNet build, {args.format}, {cores} worker(s) on {os.cpu_count()} core(s); "
           f"corpus ~{WIDTH}x{HEIGHT} JPEG\n")
     print("| images (det + lmk) | samples | decode floor, 1 core | build wall | build x workers / floor | "
-          "samples/s | peak RSS anon (tree) | peak RSS incl. file maps |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, files, floor, wall, peak, samples, _ in rows:
-        print(f"| {n} + {files - n} | {samples:,} | {floor:.2f} s | {wall:.2f} s | "
-              f"{wall * cores / floor:.2f} | {samples / wall:,.0f} | {peak[0] / 2**20:.0f} MB | "
-              f"{peak[1] / 2**20:.0f} MB |")
+          "samples/s | peak memory, tree PSS anon | tree PSS incl. file pages | largest process RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, files, floor, wall, peak, samples in rows:
+        print(f"| {n} + {files - n} | {samples:,} | {floor:.2f} s | {wall:.2f} s | {wall * cores / floor:.2f} | "
+              f"{samples / wall:,.0f} | {mb(peak.anon)} | {mb(peak.total)} | {mb(peak.max_rss)} |")
     if len(rows) >= 2:
-        print(f"\npeak anonymous RSS ratio largest/smallest corpus: {rows[-1][4][0] / rows[0][4][0]:.2f}")
-    print("(corpus generation is not timed in the table; build wall includes process start and the "
-          "geometry-only planning pass)")
+        print(f"\npeak tree PSS (anon) ratio largest/smallest corpus: {rows[-1][4].anon / rows[0][4].anon:.2f}")
+    print("(corpus generation is not timed; build wall includes process start-up and both passes)")
     return 0
 
 

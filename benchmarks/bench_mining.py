@@ -1,65 +1,41 @@
-"""Mining benchmark, detector part: images/s and peak RSS of the cascade's PNet (+ RNet) stage.
+"""Mining benchmark (issue 4): `facedata build rnet` throughput and peak memory at two corpus sizes.
 
-WIDER-shaped images (~1024×700, shapes varying per image) at min-face 20 with MTCNN-sized random-weight
-PNet/RNet ONNX models, single process, one onnxruntime thread, against — in the same run — a baseline
-written like the reference detector ([A] MtcnnDetector: default onnxruntime session, one call per
-pyramid level, per-box Python NMS loop with +1 areas, per-box crop/pad/resize loop for RNet). Each
-variant runs in its own subprocess so peak RSS is its own; two corpus sizes show whether RSS is flat.
+The full build (the real CLI, `--workers` processes, default all cores) on the WIDER-shaped corpus of
+bench_build.py (~1024 x 700 JPEGs, WIDER-like face counts and sizes, GT boxes, plus a third as many
+landmark images) with an MTCNN-sized random-weight PNet (ONNX, its face logit biased by `--prob-bias` to
+set how many cells pass the threshold) at min-face 20, factor 0.79. Baseline, in the same run: the
+reference's single-process per-scale loop ([A] gen_hard_example + save_hard_example: one default
+onnxruntime session call per pyramid level, per-box Python NMS with +1 areas, all detections kept in a
+list, then a per-box square/IoU/crop/resize/JPEG-encode loop with the 60-negative cap). The build
+runs with `--ratio all`, so every mined sample is rendered and written (the default mix keeps ~3
+negatives per mined positive: few, with random weights). Each variant runs as its own process tree;
+memory is the tree's peak PSS (benchmarks/measure.py).
 
-    .venv/bin/python benchmarks/bench_mining.py [--images 40 120] [--threshold 0.6]
+    .venv/bin/python benchmarks/bench_mining.py [--sizes 200,800] [--baseline-images 200] [--workers 2]
 
-`bench_build(build, paths)` times any callable over a list of image paths (for the full `build rnet`).
+Goal: >= 20 images/s on 2 cores, memory flat between the sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
+import os
+import shutil
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_build import facedata_command, make_corpus
+from measure import mb, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from onnx_models import mtcnn_pnet, mtcnn_rnet  # noqa: E402
+from onnx_models import mtcnn_pnet  # noqa: E402
 
-from facedata.detect import Cascade, CascadeConfig  # noqa: E402
-from facedata.realdata import realdata_dir  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def make_corpus(directory: Path, n: int, seed: int = 0) -> list[Path]:
-    """n JPEGs ~1024 wide, 600–800 high, cut and rescaled from the real WIDER images (synthetic if absent)."""
-    rng = np.random.default_rng(seed)
-    real = realdata_dir()
-    sources = sorted((real / "wflw" / "WFLW_images").rglob("*.jpg")) if real else []
-    bases = [cv2.imread(str(p)) for p in sources] or [rng.integers(0, 256, (800, 1100, 3), dtype=np.uint8)]
-    paths = []
-    for i in range(n):
-        base = bases[i % len(bases)]
-        w, h = int(rng.integers(980, 1060)), int(rng.integers(600, 800))
-        scale = max(w / base.shape[1], h / base.shape[0]) * rng.uniform(1.0, 1.3)
-        big = cv2.resize(base, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-        y, x = int(rng.integers(0, big.shape[0] - h + 1)), int(rng.integers(0, big.shape[1] - w + 1))
-        img = big[y : y + h, x : x + w]
-        if rng.random() < 0.5:
-            img = img[:, ::-1]
-        path = directory / f"img{i:04d}.jpg"
-        cv2.imwrite(str(path), img)
-        paths.append(path)
-    return paths
+from facedata.manifest import Manifest  # noqa: E402
 
 
 # -- baseline: the reference's structure ----------------------------------------------------------------
@@ -85,18 +61,15 @@ def _py_nms(dets: np.ndarray, thresh: float) -> list[int]:
 
 
 class ReferenceDetector:
-    """Per level: resize, normalise, run; generate_bbox; py_nms; then per-box RNet crops."""
+    """[A] MtcnnDetector's PNet stage: per level resize, normalise, run; generate_bbox; py_nms."""
 
-    def __init__(
-        self, pnet: Path, rnet: Path, thresholds: Sequence[float], min_face: float = 20, factor=0.79
-    ):
+    def __init__(self, pnet: Path, threshold: float, min_face: float = 20, factor: float = 0.79):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()  # defaults: memory arena and per-shape memory patterns on
         opts.intra_op_num_threads = 1
         self.pnet = ort.InferenceSession(str(pnet), opts, providers=["CPUExecutionProvider"])
-        self.rnet = ort.InferenceSession(str(rnet), opts, providers=["CPUExecutionProvider"])
-        self.thresh, self.min_face, self.factor = thresholds, min_face, factor
+        self.thresh, self.min_face, self.factor = threshold, min_face, factor
 
     @staticmethod
     def _processed(img, scale):
@@ -112,7 +85,7 @@ class ReferenceDetector:
             x = resized.transpose(2, 0, 1)[None].astype(np.float32)
             prob, reg = self.pnet.run(["prob", "reg"], {"input": x})
             cls_map, reg = prob[0, 1], reg[0].transpose(1, 2, 0)
-            t = np.where(cls_map > self.thresh[0])
+            t = np.where(cls_map > self.thresh)
             if t[0].size:
                 boxes = np.vstack(
                     [
@@ -143,145 +116,125 @@ class ReferenceDetector:
             ]
         ).T
 
-    def detect_rnet(self, im, dets):
-        h, w = im.shape[:2]
-        bw, bh = dets[:, 2] - dets[:, 0] + 1, dets[:, 3] - dets[:, 1] + 1
-        side = np.maximum(bw, bh)
-        sq = dets.copy()
-        sq[:, 0] = dets[:, 0] + bw * 0.5 - side * 0.5
-        sq[:, 1] = dets[:, 1] + bh * 0.5 - side * 0.5
-        sq[:, 2], sq[:, 3] = sq[:, 0] + side - 1, sq[:, 1] + side - 1
-        sq[:, :4] = np.round(sq[:, :4])
-        crops = np.zeros((len(sq), 3, 24, 24), np.float32)
-        for i, (x1, y1, x2, y2) in enumerate(sq[:, :4].astype(int)):
-            tmp = np.zeros((y2 - y1 + 1, x2 - x1 + 1, 3), np.uint8)
-            sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, w - 1), min(y2, h - 1)
-            if sx2 >= sx1 and sy2 >= sy1:
-                tmp[sy1 - y1 : sy2 - y1 + 1, sx1 - x1 : sx2 - x1 + 1] = im[sy1 : sy2 + 1, sx1 : sx2 + 1]
-            crops[i] = ((cv2.resize(tmp, (24, 24)) - 127.5) / 128).transpose(2, 0, 1)
-        if not len(crops):
-            return np.zeros((0, 5))
-        prob, reg = self.rnet.run(["prob", "reg"], {"input": crops})
-        keep = np.where(prob[:, 1] > self.thresh[1])[0]
-        boxes = sq[keep]
-        boxes[:, 4] = prob[keep, 1]
-        boxes = boxes[_py_nms(boxes, 0.6)]
-        return boxes
-
-    def detect(self, im):
-        dets = self.detect_pnet(im)
-        return self.detect_rnet(im, dets) if len(dets) else dets
 
 
-# -- measurement -------------------------------------------------------------------------------------------
-def bench_build(build: Callable[[list[Path]], object], paths: list[Path]) -> dict[str, float]:
-    """images/s and this process's peak RSS for `build(paths)` (e.g. a full `build rnet` run)."""
-    start = time.perf_counter()
-    build(paths)
-    seconds = time.perf_counter() - start
-    return {
-        "images": len(paths),
-        "seconds": seconds,
-        "images_per_s": len(paths) / seconds,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+def _square(dets: np.ndarray) -> np.ndarray:
+    """[A] convert_to_square."""
+    sq = dets.copy()
+    h, w = dets[:, 3] - dets[:, 1] + 1, dets[:, 2] - dets[:, 0] + 1
+    side = np.maximum(h, w)
+    sq[:, 0] = dets[:, 0] + w * 0.5 - side * 0.5
+    sq[:, 1] = dets[:, 1] + h * 0.5 - side * 0.5
+    sq[:, 2], sq[:, 3] = sq[:, 0] + side - 1, sq[:, 1] + side - 1
+    return sq
 
 
-def run_variant(variant: str, models: Path, paths: list[Path], threshold: float, threads: int) -> dict:
-    thresholds = (threshold, 0.7, 0.7)
-    counts = {"pnet": 0, "rnet": 0}
-    if variant == "baseline":
-        det = ReferenceDetector(models / "pnet.onnx", models / "rnet.onnx", thresholds)
-
-        def build(ps):
-            for p in ps:
-                im = cv2.imread(str(p))
-                d = det.detect_pnet(im)
-                counts["pnet"] += len(d)
-                counts["rnet"] += len(det.detect_rnet(im, d)) if len(d) else 0
-    else:
-        cascade = Cascade(
-            models / "pnet.onnx",
-            models / "rnet.onnx",
-            config=CascadeConfig(thresholds=thresholds),
-            threads=threads,
-        )
-
-        def build(ps):
-            for p in ps:
-                d = cascade.detect(cv2.imread(str(p)))
-                counts["pnet"] += d.proposals[0]
-                counts["rnet"] += d.proposals[1]
-
-    build(paths[:2])  # warm-up (session initialisation, first allocations)
-    counts.update(pnet=0, rnet=0)
-    result = bench_build(build, paths)
-    result.update(
-        pnet_boxes_per_image=counts["pnet"] / len(paths), rnet_boxes_per_image=counts["rnet"] / len(paths)
-    )
-    return result
+def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """[A] IoU with +1 areas."""
+    area = (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+    areas = (gts[:, 2] - gts[:, 0] + 1) * (gts[:, 3] - gts[:, 1] + 1)
+    w = np.maximum(0, np.minimum(box[2], gts[:, 2]) - np.maximum(box[0], gts[:, 0]) + 1)
+    h = np.maximum(0, np.minimum(box[3], gts[:, 3]) - np.maximum(box[1], gts[:, 1]) + 1)
+    inter = w * h
+    return inter / (area + areas - inter + 1e-10)
 
 
-def main() -> None:
+def reference_mining(manifest_path: Path, pnet: Path, threshold: float) -> dict[str, float]:
+    """The baseline: gen_hard_example (detections of every image kept), then save_hard_example."""
+    manifest = Manifest.read(manifest_path)
+    paths = manifest.image_paths()
+    faces = manifest.faces
+    gts = {iid: g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) for iid, g in faces.groupby("image_id")}
+    ids = manifest.images["image_id"].tolist()
+    detector = ReferenceDetector(pnet, threshold)
+    all_dets = [detector.detect_pnet(cv2.imread(str(p))) for p in paths]
+    counts = {"positive": 0, "part": 0, "negative": 0, "detections": sum(len(d) for d in all_dets)}
+    for path, iid, dets in zip(paths, ids, all_dets, strict=True):
+        if len(dets) == 0:
+            continue
+        img = cv2.imread(str(path))
+        height, width = img.shape[:2]
+        gt = gts.get(iid, np.zeros((0, 4)))
+        dets = _square(dets)
+        dets[:, :4] = np.round(dets[:, :4])
+        neg_num = 0
+        for box in dets:
+            x_left, y_top, x_right, y_bottom = box[:4].astype(int)
+            if x_right - x_left + 1 < 20 or x_left < 0 or y_top < 0 or x_right > width - 1 or y_bottom > height - 1:
+                continue
+            iou = _iou(box, gt) if len(gt) else np.zeros(1)
+            resized = cv2.resize(img[y_top : y_bottom + 1, x_left : x_right + 1], (24, 24))
+            if iou.max() < 0.3 and neg_num < 60:
+                cv2.imencode(".jpg", resized)
+                counts["negative"] += 1
+                neg_num += 1
+            elif iou.max() >= 0.65:
+                cv2.imencode(".jpg", resized)
+                counts["positive"] += 1
+            elif iou.max() >= 0.4:
+                cv2.imencode(".jpg", resized)
+                counts["part"] += 1
+    return counts
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, nargs="+", default=[30, 90], help="corpus sizes")
+    ap.add_argument("--sizes", default="200,800", help="comma-separated corpus sizes (detection images)")
+    ap.add_argument("--baseline-images", type=int, default=200, help="run the baseline at sizes up to this")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--threshold", type=float, default=0.6, help="PNet threshold")
-    ap.add_argument(
-        "--prob-bias",
-        type=float,
-        default=-2.5,
-        help="bias of the random PNet's face logit (sets how many cells pass the threshold)",
-    )
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--dir", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        d = Path(args.dir)
-        paths = sorted((d / "images").glob("*.jpg"))[: args.images[0]]
-        print(json.dumps(run_variant(args.worker, d, paths, args.threshold, args.threads)))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        (d / "images").mkdir()
-        mtcnn_pnet(d / "pnet.onnx", seed=1, prob_bias=args.prob_bias)
-        mtcnn_rnet(d / "rnet.onnx", seed=2, prob_bias=4.0)
-        make_corpus(d / "images", max(args.images))
-        rows = []
-        for n in args.images:
-            for variant in ("baseline", "ours"):
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    variant,
-                    "--dir",
-                    tmp,
-                    "--images",
-                    str(n),
-                    "--threshold",
-                    str(args.threshold),
-                    "--threads",
-                    str(args.threads),
-                ]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                rows.append((n, variant, json.loads(out.strip().splitlines()[-1])))
-    print(
-        f"PNet+RNet stage, ~1024×700 images, min-face 20, factor 0.79, PNet threshold {args.threshold}, "
-        f"{args.threads} onnxruntime thread(s), single process\n"
-    )
-    print("| images | variant | images/s | s/image | PNet boxes/img | RNet boxes/img | peak RSS MB |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    for n, variant, r in rows:
-        print(
-            f"| {n} | {variant} | {r['images_per_s']:.2f} | {r['seconds'] / n:.3f} "
-            f"| {r['pnet_boxes_per_image']:.0f} | {r['rnet_boxes_per_image']:.0f} | {r['peak_rss_mb']:.0f} |"
-        )
-    for n in args.images:
-        base = next(r for m, v, r in rows if m == n and v == "baseline")
-        ours = next(r for m, v, r in rows if m == n and v == "ours")
-        print(f"\n{n} images: speed-up {ours['images_per_s'] / base['images_per_s']:.2f}×")
+    ap.add_argument("--prob-bias", type=float, default=-2.5, help="bias of the random PNet's face logit")
+    ap.add_argument("--workdir", type=Path,
+                    default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-build")
+    ap.add_argument("--baseline", type=Path, help=argparse.SUPPRESS)  # worker mode: a detection manifest
+    ap.add_argument("--pnet", type=Path, help=argparse.SUPPRESS)
+    args, _ = ap.parse_known_args()
+    if args.baseline:
+        print(json.dumps(reference_mining(args.baseline, args.pnet, args.threshold)))
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    pnet = mtcnn_pnet(args.workdir / f"pnet-bias{args.prob_bias:g}.onnx", seed=1, prob_bias=args.prob_bias)
+    rows = []
+    for n in [int(v) for v in args.sizes.split(",")]:
+        det, lmk = make_corpus(args.workdir / f"corpus-{n}", n)
+        out = args.workdir / f"corpus-{n}" / "rnet-out"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [*facedata_command(), "build", "rnet", "--detections", str(det), "--landmarks", str(lmk),
+               "--pnet", str(pnet), "-o", str(out), "--workers", str(args.workers), "--quiet",
+               "--thresholds", f"{args.threshold},0.7,0.7", "--ratio", "all"]
+        wall, peak, _ = run_measured(cmd)
+        summary = json.loads((out / "index.json").read_text())["summary"]
+        shutil.rmtree(out, ignore_errors=True)
+        mining = summary["mining"]
+        rows.append((n, f"facedata, {args.workers} workers", wall, peak, mining["detections_per_image_mean"],
+                     mining["after_cap"]))
+        if n <= args.baseline_images:
+            cmd = [sys.executable, __file__, "--baseline", str(det), "--pnet", str(pnet),
+                   "--threshold", str(args.threshold)]
+            wall, peak, text = run_measured(cmd)
+            counts = json.loads(text.strip().splitlines()[-1])
+            rows.append((n, "reference loop, 1 process", wall, peak, counts["detections"] / n,
+                         {k: counts[k] for k in ("positive", "part", "negative")}))
+    print(f"build rnet: ~1024x700 images, min-face 20, factor 0.79, PNet threshold {args.threshold}, "
+          f"random-weight MTCNN PNet (face bias {args.prob_bias:g}); {os.cpu_count()} cores\n")
+    print("| detection images | variant | wall | images/s | PNet boxes/img | pos / part / neg (after cap) "
+          "| peak tree PSS anon | incl. file pages | largest process RSS |")
+    print("|---:|---|---:|---:|---:|---|---:|---:|---:|")
+    for n, variant, wall, peak, boxes, c in rows:
+        print(f"| {n} | {variant} | {wall:.1f} s | {n / wall:.1f} | {boxes:.0f} | "
+              f"{c['positive']:,} / {c['part']:,} / {c['negative']:,} | {mb(peak.anon)} | {mb(peak.total)} | "
+              f"{mb(peak.max_rss)} |")
+    ours = {r[0]: r for r in rows if r[1].startswith("facedata")}
+    for n, variant, wall, *_ in rows:
+        if variant.startswith("reference"):
+            print(f"\n{n} images: {wall / ours[n][2]:.1f}x faster than the reference loop")
+    ours = list(ours.values())
+    if len(ours) >= 2:
+        print(f"peak tree PSS (anon) ratio largest/smallest corpus: {ours[-1][3].anon / ours[0][3].anon:.2f}")
+    print("(images/s counts the detection images; wall includes process start-up, the landmark images "
+          "and the render pass)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -331,6 +331,22 @@ def _render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan |
 # ------------------------------------------------------------------------------------ parent side
 
 
+def pool_context() -> Any:
+    """The worker start method, with its server started now (its imports overlap the caller's work).
+
+    forkserver, not fork: a forked copy of a process whose OpenCV (or OpenMP, onnxruntime) thread pool
+    already ran can deadlock; the server imports facedata.build once and forks every worker from it.
+    """
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["facedata.build"])
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    return ctx
+
+
 class _Runner:
     """Ordered results of chunk jobs, in-process (workers=1) or from a process pool, at most
     `4 x workers` chunks in flight (Pool.imap has no back-pressure: results would pile up in RAM).
@@ -344,14 +360,8 @@ class _Runner:
         self.workers = max(1, workers)
         self.pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
-            # forkserver, not fork: a forked copy of a process whose OpenCV (or OpenMP, onnxruntime)
-            # thread pool already ran can deadlock; the server imports facedata.build once.
-            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-            ctx = mp.get_context(method)
-            if method == "forkserver":
-                ctx.set_forkserver_preload(["facedata.build"])
             self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=ctx, initializer=_init_worker, initargs=(job, True)
+                self.workers, mp_context=pool_context(), initializer=_init_worker, initargs=(job, True)
             )
         else:
             _init_worker(job, False)
@@ -534,6 +544,8 @@ def build_dataset(
             interpolation=crop_recipe.interpolation,
         )
     workers = max(1, os.cpu_count() or 1) if workers is None else max(1, workers)
+    if workers > 1:
+        pool_context()  # start the worker server while the manifests are turned into tasks
     out_dir = Path(out_dir)
     record_dtype = sample_dtype(len(landmark_recipe.flip_permutation))
 
