@@ -70,7 +70,7 @@ from facedata.samplers.landmarks import LandmarkRecipe, plan_landmarks
 from facedata.samplers.mined import MiningCounts, MiningRecipe, label_detections
 from facedata.samplers.mixing import DEFAULT_RATIO, MixPlan, mixing_plan, select
 from facedata.samplers.render import render
-from facedata.samplers.tasks import ImageTask, image_tasks
+from facedata.samplers.tasks import ImageTask, TaskTable, task_table
 from facedata.samples import (
     LABEL_LANDMARK,
     LABEL_NAMES,
@@ -164,19 +164,34 @@ class CascadeFactory:
 
 @dataclass
 class _Job:
-    """Everything workers need; inherited through fork (or sent once to spawned workers)."""
+    """Everything workers need; sent once to each worker. The stream: detection images, then landmark
+    images; stream image j is `task(j)`."""
 
     stage: str
     size: int
     seed: int
-    tasks: list[ImageTask]  # detection images, then landmark images: the stream order
-    n_det: int
+    detection_tasks: TaskTable
+    landmark_tasks: TaskTable | None
     crop_recipe: CropRecipe
     landmark_recipe: LandmarkRecipe
     mining_recipe: MiningRecipe | None
     detector: Callable[[], Any] | None
     record_dtype: np.dtype
     plan_path: str  # the plan file pass 2 reads its records from
+
+    @property
+    def n_det(self) -> int:
+        return len(self.detection_tasks)
+
+    @property
+    def n(self) -> int:
+        return self.n_det + (0 if self.landmark_tasks is None else len(self.landmark_tasks))
+
+    def task(self, j: int) -> ImageTask:
+        if j < self.n_det:
+            return self.detection_tasks[j]
+        assert self.landmark_tasks is not None
+        return self.landmark_tasks[j - self.n_det]
 
 
 _JOB: _Job | None = None
@@ -204,7 +219,7 @@ def _mined(job: _Job, j: int) -> bool:
 
 def _plan(job: _Job, j: int) -> np.ndarray:
     """Geometry-only records of (non-mined) stream image j, before mixing."""
-    task = job.tasks[j]
+    task = job.task(j)
     if j < job.n_det:
         records = plan_crops(task, job.crop_recipe, job.seed)
     else:
@@ -256,7 +271,7 @@ def _plan_chunk(lo: int, hi: int) -> _PlanResult:
     parts: list[np.ndarray] = []
     notes: dict[int, str] = {}
     for row, j in enumerate(range(lo, hi)):
-        task = job.tasks[j]
+        task = job.task(j)
         if _mined(job, j):
             assert job.mining_recipe is not None
             image, status, note = _read_image(task)
@@ -305,7 +320,7 @@ def _render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan |
         if plan["status"][row] != PLANNED:
             progress["status"][row] = plan["status"][row]
             continue
-        task = job.tasks[j]
+        task = job.task(j)
         records = planned[ends[row] - plan["records"][row] : ends[row]]
         if mix is not None:
             records = select(records, task.image_id, job.seed, mix)
@@ -395,15 +410,37 @@ def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
 def manifest_sha256(manifest: Manifest) -> str:
     """Content hash of a manifest (images + faces, Arrow IPC), independent of its provenance."""
     table = to_table(manifest).replace_schema_metadata(None)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    digest = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(digest, mode="w"), table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 16)  # streamed into the hash, no IPC copy in RAM
+    return digest.sha.hexdigest()
 
 
-def _manifest_info(manifest: Manifest | None) -> dict[str, Any] | None:
-    if manifest is None:
-        return None
+class _HashSink(io.RawIOBase):
+    """A write-only file that hashes what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sha = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        return len(memoryview(data))
+
+
+def _load_tasks(
+    manifest: ManifestInput, origin: int, min_face: float, roots: dict[str, str] | None
+) -> tuple[TaskTable, dict[str, Any]]:
+    """A manifest's task table and provenance entry (a manifest given as a path is read and dropped)."""
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.read(manifest)
+    return task_table(manifest, origin, min_face=min_face, roots=roots), _manifest_info(manifest)
+
+
+def _manifest_info(manifest: Manifest) -> dict[str, Any]:
     return {
         "sha256": manifest_sha256(manifest),
         "images": len(manifest.images),
@@ -487,9 +524,12 @@ def _mining_report(table: np.ndarray, n_det: int) -> dict[str, Any]:
     }
 
 
+ManifestInput = Manifest | str | os.PathLike[str]
+
+
 def build_dataset(
-    detections: Manifest,
-    landmarks: Manifest | None,
+    detections: ManifestInput,
+    landmarks: ManifestInput | None,
     out_dir: str | os.PathLike[str],
     *,
     stage: str = "pnet",
@@ -515,11 +555,12 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Build (or resume) a shard directory for `stage`; returns the summary (also in index.json).
 
-    `ratio` is the neg:pos:part:landmark mix (default 3:1:1:2); `mix=False` writes every planned sample.
-    `detector` (rnet/onet) is a zero-argument factory returning an object with `.detect(image)` (e.g.
-    CascadeFactory); it is called once inside each worker. Progress hooks (tests use them to interrupt a
-    build): `on_plan(images_planned)` after every planned chunk, `on_write(samples_in_stream)` after
-    every written chunk.
+    The manifests may be given as paths: the build then holds only their compact task tables, not the
+    tables themselves, for its whole run. `ratio` is the neg:pos:part:landmark mix (default 3:1:1:2);
+    `mix=False` writes every planned sample. `detector` (rnet/onet) is a zero-argument factory returning
+    an object with `.detect(image)` (e.g. CascadeFactory); it is called once inside each worker.
+    Progress hooks (tests use them to interrupt a build): `on_plan(images_planned)` after every planned
+    chunk, `on_write(samples_in_stream)` after every written chunk.
     """
     started = time.perf_counter()
     if stage not in STAGE_SIZE:
@@ -549,17 +590,16 @@ def build_dataset(
     out_dir = Path(out_dir)
     record_dtype = sample_dtype(len(landmark_recipe.flip_permutation))
 
-    det_tasks = list(image_tasks(detections, ORIGIN_DETECTIONS, min_face=crop_recipe.min_face, roots=roots))
-    lmk_tasks = (
-        [] if landmarks is None
-        else list(image_tasks(landmarks, ORIGIN_LANDMARKS, min_face=landmark_recipe.min_face, roots=roots))
+    det_tasks, det_info = _load_tasks(detections, ORIGIN_DETECTIONS, crop_recipe.min_face, roots)
+    lmk_tasks, lmk_info = (None, None) if landmarks is None else _load_tasks(
+        landmarks, ORIGIN_LANDMARKS, landmark_recipe.min_face, roots
     )
-    tasks = det_tasks + lmk_tasks
-    n_det, n = len(det_tasks), len(det_tasks) + len(lmk_tasks)
+    pa.default_memory_pool().release_unused()  # pyarrow's allocator keeps the freed manifest tables' pages
     job = _Job(
-        stage, size, seed, tasks, n_det, crop_recipe, landmark_recipe, mining_recipe, detector, record_dtype,
-        str(out_dir.resolve() / RECORDS_NAME),
+        stage, size, seed, det_tasks, lmk_tasks, crop_recipe, landmark_recipe, mining_recipe, detector,
+        record_dtype, str(out_dir.resolve() / RECORDS_NAME),
     )
+    n = job.n
     chunk = chunk_images or max(1, min(32, -(-n // (workers * 16))))
 
     provenance: dict[str, Any] = {
@@ -575,7 +615,7 @@ def build_dataset(
         "landmark_recipe": landmark_recipe.to_dict(),
         "mining_recipe": None if mining_recipe is None else mining_recipe.to_dict(),
         "detector": None if detector is None else _describe(detector),
-        "inputs": {"detections": _manifest_info(detections), "landmarks": _manifest_info(landmarks)},
+        "inputs": {"detections": det_info, "landmarks": lmk_info},
         "command_line": command_line(),
         **(extra_provenance or {}),
     }
@@ -609,11 +649,11 @@ def _run(
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
     started: float,
 ) -> dict[str, Any]:
-    n = len(job.tasks)
+    n = job.n
     skipped: list[dict[str, str]] = []
 
     def skip(j: int, status: int, note: str | None = None) -> None:
-        task = job.tasks[j]
+        task = job.task(j)
         reason = _STATUS_REASON[status] + (f" ({note})" if note else "")
         if strict:
             raise FacedataError(f"{task.path}: {reason}")
@@ -687,7 +727,7 @@ def _plan_pass(
 ) -> None:
     """Pass 1 from where an earlier run left off: every image's records into the plan file, in order.
     Failed images are reported in pass 2 (which sees their status); `strict` stops here already."""
-    n = len(job.tasks)
+    n = job.n
     mining = job.stage != "pnet"
     todo = list(_chunks(plan.planned, n, chunk))
     bar = tqdm(total=n, initial=plan.planned, desc="mine" if mining else "plan", unit="img",
@@ -715,7 +755,7 @@ def _summary(
     summary: dict[str, Any] = {
         "stage": job.stage,
         "size": job.size,
-        "images": {"detections": n_det, "landmarks": len(job.tasks) - n_det, "skipped": len(skipped)},
+        "images": {"detections": n_det, "landmarks": job.n - n_det, "skipped": len(skipped)},
         "planned": _label_dict(plan["labels"][ok].sum(axis=0)),
         "samples_by_origin": per_origin,
         "shortages": [] if mix is None else list(mix.shortages),
@@ -856,12 +896,13 @@ def parse_ratio(text: str) -> dict[int, float] | None:
     return dict(zip(LABEL_ORDER, values, strict=True))
 
 
-def parse_roots(values: Iterable[str], manifests: Iterable[Manifest | None]) -> dict[str, str] | None:
-    """--images NAME=DIR (repeatable); a bare DIR is allowed when the manifests use one root name."""
+def parse_roots(values: Iterable[str], names: Iterable[str]) -> dict[str, str] | None:
+    """--images NAME=DIR (repeatable); a bare DIR is allowed when the manifests use one root name
+    (`names`: the root names they use, e.g. from Manifest.root_names)."""
     values = list(values)
     if not values:
         return None
-    names = sorted({str(r) for m in manifests if m is not None for r in m.images["root"].unique()})
+    names = sorted(set(names))
     roots: dict[str, str] = {}
     for value in values:
         name, sep, directory = value.partition("=")

@@ -323,8 +323,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     from facedata.paths import sha256_file
     from facedata.samplers import LandmarkRecipe
 
-    det = Manifest.read(detections)
-    lmk = Manifest.read(landmarks) if landmarks else None
+    root_names = Manifest.root_names(detections) + (Manifest.root_names(landmarks) if landmarks else [])
     size = crop_recipe.size
     landmark_recipe = LandmarkRecipe(
         size=size, shifts_per_face=landmark_shifts, mirror=not no_mirror, max_rotation=max_rotation,
@@ -334,11 +333,11 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     files = {"detections_file": {"name": detections.name, "sha256": sha256_file(detections)}}
     if landmarks:
         files["landmarks_file"] = {"name": landmarks.name, "sha256": sha256_file(landmarks)}
-    summary = build_dataset(
-        det, lmk, output, stage=stage, backend=backend,
+    summary = build_dataset(  # paths, not manifests: the build drops the tables once it has its tasks
+        detections, landmarks, output, stage=stage, backend=backend,
         crop_recipe=replace(crop_recipe, interpolation=interpolation), landmark_recipe=landmark_recipe,
         ratio=mix, mix=mix is not None, allow_repeat=allow_repeat, seed=seed,
-        workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, (det, lmk)),
+        workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, root_names),
         progress=not quiet, strict=strict, extra_provenance=files, **extra,
     )
     click.echo(format_summary(summary))

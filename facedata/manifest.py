@@ -88,6 +88,15 @@ class Manifest:
             )
         return from_table(table, info.get("provenance", {}))
 
+    @staticmethod
+    def root_names(path: str | os.PathLike[str]) -> list[str]:
+        """The image root names a manifest file uses, reading only that column."""
+        try:
+            column = pq.read_table(path, columns=["root"]).column("root")
+        except (OSError, pa.ArrowException) as exc:
+            raise FacedataError(f"{path}: not a readable facedata manifest ({exc})") from None
+        return sorted({str(r) for r in column.unique().to_pylist() if r is not None})
+
     def image_paths(self, roots: dict[str, str] | None = None) -> pd.Series:
         """Absolute image paths, using `roots` (name -> dir) over provenance["roots"]."""
         known = {

@@ -91,10 +91,45 @@ def _points(faces: pd.DataFrame) -> np.ndarray | None:
     return out
 
 
-def image_tasks(
+@dataclass(frozen=True, eq=False)
+class TaskTable:
+    """Every image of a manifest as plain arrays (a few bytes per face), ImageTasks made on demand.
+
+    What a build sends to each worker: one Python object per image would cost kilobytes each, in the
+    parent and in every worker.
+    """
+
+    origin: int
+    ids: list[str]
+    paths: list[str]  # absolute
+    widths: np.ndarray
+    heights: np.ndarray
+    faces: FaceArrays
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> ImageTask:
+        rows = self.faces.faces_of(i)
+        points = self.faces.points
+        return ImageTask(
+            image_index=i,
+            image_id=self.ids[i],
+            path=self.paths[i],
+            width=int(self.widths[i]),
+            height=int(self.heights[i]),
+            origin=self.origin,
+            boxes=self.faces.boxes[rows],
+            face_index=rows.astype(np.int32),
+            usable=self.faces.usable[rows],
+            points=None if points is None else points[rows],
+        )
+
+
+def task_table(
     manifest: Manifest, origin: int, *, min_face: float, roots: dict[str, str] | None = None
-) -> Iterator[ImageTask]:
-    """One ImageTask per manifest image, in manifest order (image_index = row)."""
+) -> TaskTable:
+    """The TaskTable of a manifest (image_index = row of the images table)."""
     if origin not in (ORIGIN_DETECTIONS, ORIGIN_LANDMARKS):
         raise ValueError(f"unknown origin {origin}")
     images = manifest.images
@@ -105,22 +140,20 @@ def image_tasks(
             f"{int(unknown.sum())} image(s) have no known size (e.g. {first!r}); "
             "ingest with --images so the manifest records image sizes"
         )
-    paths = [os.path.abspath(p) for p in manifest.image_paths(roots)]
-    widths = images["width"].to_numpy(np.int64)
-    heights = images["height"].to_numpy(np.int64)
-    ids = images["image_id"].tolist()
-    faces = face_arrays(manifest, min_face)
-    for i in range(len(images)):
-        rows = faces.faces_of(i)
-        yield ImageTask(
-            image_index=i,
-            image_id=ids[i],
-            path=paths[i],
-            width=int(widths[i]),
-            height=int(heights[i]),
-            origin=origin,
-            boxes=faces.boxes[rows],
-            face_index=rows.astype(np.int32),
-            usable=faces.usable[rows],
-            points=None if faces.points is None else faces.points[rows],
-        )
+    return TaskTable(
+        origin=origin,
+        ids=images["image_id"].tolist(),
+        paths=[os.path.abspath(p) for p in manifest.image_paths(roots)],
+        widths=images["width"].to_numpy(np.int64),
+        heights=images["height"].to_numpy(np.int64),
+        faces=face_arrays(manifest, min_face),
+    )
+
+
+def image_tasks(
+    manifest: Manifest, origin: int, *, min_face: float, roots: dict[str, str] | None = None
+) -> Iterator[ImageTask]:
+    """One ImageTask per manifest image, in manifest order (image_index = row)."""
+    table = task_table(manifest, origin, min_face=min_face, roots=roots)
+    for i in range(len(table)):
+        yield table[i]

@@ -22,7 +22,7 @@ from facedata.storage.base import BACKENDS, Backend, ShardSchema
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _META_KEY = b"schema"
-_COMMIT_BYTES = 64 << 20  # bounds the write txn's dirty pages (RAM) independently of shard size
+_COMMIT_BYTES = 16 << 20  # bounds the write txn's dirty pages (RAM) independently of shard size
 
 
 def block_key(block: int) -> bytes:
