@@ -256,15 +256,15 @@ def test_nms_dense_grid_like_pnet():
 
 
 def _random_lattices(rng, factor, n_levels, density):
-    """PNet-like levels of a 300x220 image: cells above a random threshold, true per-axis resize ratios."""
+    """PNet-like levels of a 200x150 image: cells above a random threshold, true per-axis resize ratios."""
     levels, s = [], 12 / 20
     for _ in range(n_levels):
-        lw, lh = int(300 * s), int(220 * s)
+        lw, lh = int(200 * s), int(150 * s)
         mh, mw = (lh - 12) // 2 + 1, (lw - 12) // 2 + 1
         if min(mh, mw) < 1:
             break
         rows, cols = np.nonzero(rng.random((mh, mw)) < density)
-        rx, ry = 300 / lw, 220 / lh
+        rx, ry = 200 / lw, 150 / lh
         boxes = np.stack([2 * cols * rx, 2 * rows * ry, (2 * cols + 12) * rx, (2 * rows + 12) * ry], axis=1)
         scores = rng.integers(0, 20, len(cols)).astype(np.float32) / 20  # many ties
         levels.append(Lattice(cols, rows, boxes.astype(np.float64), scores, 12, 2))
@@ -278,8 +278,8 @@ def test_lattice_nms_equals_generic_nms(factor):
     puts levels close enough in size for cross-level suppression at every threshold tested)."""
     rng = np.random.default_rng(11)
     for t in (0.0, 0.3, 0.5, 0.6, 0.7, 0.9):
-        for density in (0.05, 0.4, 1.0):
-            levels = _random_lattices(rng, factor, 6, density)
+        for density in (0.05, 0.4, 1.0) if t > 0 else (0.05,):  # t = 0: every touching pair overlaps
+            levels = _random_lattices(rng, factor, 4, density)
             boxes = np.concatenate([lv.boxes for lv in levels])
             scores = np.concatenate([lv.scores for lv in levels])
             np.testing.assert_array_equal(lattice_nms(levels, t), nms(boxes, scores, t))

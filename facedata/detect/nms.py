@@ -21,6 +21,7 @@ there the overlapping pairs are a fixed stencil of cell offsets, found by shifti
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -156,7 +157,8 @@ class Lattice:
         return Lattice(self.cols[idx], self.rows[idx], self.boxes[idx], self.scores[idx], self.cell, self.stride)
 
 
-def _stencil(cell: int, stride: int, threshold: float) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=64)
+def _stencil(cell: int, stride: int, threshold: float) -> tuple[tuple[int, int], ...]:
     """Cell offsets (dc, dr), half plane, at which two boxes of a lattice can overlap by > threshold.
 
     IoU is invariant under per-axis scaling, so it is computed in level cells; a small slack keeps the
@@ -170,7 +172,7 @@ def _stencil(cell: int, stride: int, threshold: float) -> list[tuple[int, int]]:
             inter = max(0, cell - stride * abs(dc)) * max(0, cell - stride * abs(dr))
             if inter / (2 * cell * cell - inter) > threshold - 1e-6:
                 out.append((dc, dr))
-    return out
+    return tuple(out)
 
 
 def _lattice_pairs(level: Lattice, threshold: float) -> tuple[np.ndarray, np.ndarray]:
