@@ -57,6 +57,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -88,6 +89,7 @@ from facedata.storage import DatasetWriter
 LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 PROGRESS_NAME = "build-progress.npy"
 PROGRESS_META_NAME = "build-progress.json"
+MINING_REPORT_NAME = "mining-report.csv"  # per detection image: detections and labels (rnet/onet)
 
 # Per-image status in the plan and progress tables.
 PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE = 0, 1, 2, 3, 4
@@ -506,6 +508,19 @@ def _label_dict(counts: np.ndarray) -> dict[str, int]:
     return {LABEL_NAMES[lab]: int(c) for lab, c in zip(LABEL_ORDER, counts.tolist(), strict=True)}
 
 
+def _write_mining_report(path: Path, job: _Job, plan: np.ndarray) -> None:
+    """Per detection image: what the detector found and how it was labelled (CSV, atomic)."""
+    rows = plan[: job.n_det]
+    tasks = job.detection_tasks
+    status = {PLANNED: "mined", **{k: v.split(" (")[0] for k, v in _STATUS_REASON.items()}}
+    frame = pd.DataFrame({"image_id": tasks.ids, "path": tasks.paths,
+                          "status": [status.get(int(v), "pending") for v in rows["status"]]})
+    for k, name in enumerate(_MINING_FIELDS):
+        frame[name] = rows["mining"][:, k]
+    with atomic_write(path, "w") as fh:
+        frame.to_csv(fh, index=False, lineterminator="\n")
+
+
 def _mining_report(table: np.ndarray, n_det: int) -> dict[str, Any]:
     rows = table[:n_det]
     mined = rows[rows["status"] == WRITTEN]
@@ -670,6 +685,8 @@ def _run(
             _plan_pass(runner, job, plan, chunk, progress, strict, skip, on_plan)
         finally:
             plan.close()
+        if job.stage != "pnet":
+            _write_mining_report(out_dir / MINING_REPORT_NAME, job, plan.table)
         totals = plan.table["labels"][plan.table["status"] == PLANNED].sum(axis=0)
         counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, totals.tolist(), strict=True)}
         mix = None if ratio is None else mixing_plan(counts, ratio, allow_repeat)
@@ -764,6 +781,7 @@ def _summary(
     }
     if job.stage != "pnet":
         summary["mining"] = _mining_report(plan, n_det)
+        summary["mining"]["per_image_report"] = MINING_REPORT_NAME
     return summary
 
 
@@ -799,7 +817,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  before cap: pos {b['positive']:,} part {b['part']:,} neg {b['negative']:,}; "
                      f"after cap: neg {a['negative']:,} ({mining['negatives_per_positive']} per positive)")
         hist = ", ".join(f"{k}: {v}" for k, v in mining["detections_per_image"].items())
-        lines.append(f"  detections per image: {hist}")
+        lines.append(f"  detections per image: {hist} (each image: {mining['per_image_report']})")
     for text in summary["shortages"]:
         lines.append(f"shortage: {text}")
     for item in summary["skipped"][:20]:

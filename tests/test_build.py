@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from onnx_models import mtcnn_pnet, mtcnn_rnet
@@ -238,6 +239,10 @@ def test_rnet_mining_labels_verify_and_worker_invariance(corpus: dict, models: d
     assert counts["negative"] <= 20 * len(corpus["small"].images)
     assert counts["positive"] == mining["after_cap"]["positive"] > 0
     assert counts["landmark"] == summary["planned"]["landmark"]
+    report = pd.read_csv(out / summary["mining"]["per_image_report"])
+    assert len(report) == len(corpus["small"].images) and (report["status"] == "mined").all()
+    assert report["detections"].sum() == mining["detections"]["detections"]
+    assert report["negatives_kept"].sum() == counts["negative"]
     index = load_index(out)
     assert index["image_shape"] == [24, 24, 3]
     assert index["provenance"]["detector"]["pnet"]["sha256"]
