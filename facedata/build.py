@@ -51,33 +51,42 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
 from facedata import __version__
-from facedata.buildplan import RECORDS_NAME, PlanFile, read_records
+from facedata.buildplan import RECORDS_NAME, PlanFile
+from facedata.buildworker import (
+    LABEL_ORDER,
+    MINING_FIELDS,
+    PENDING,
+    PLAN_DTYPE,
+    PLANNED,
+    PROGRESS_DTYPE,
+    STATUS_REASON,
+    WRITTEN,
+    CascadeFactory,
+    Job,
+    init_worker,
+    plan_chunk,
+    render_chunk,
+)
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest, command_line, to_table
-from facedata.paths import atomic_write, sha256_file
-from facedata.samplers.crops import CropRecipe, plan_crops
-from facedata.samplers.landmarks import LandmarkRecipe, plan_landmarks
-from facedata.samplers.mined import MiningCounts, MiningRecipe, label_detections
-from facedata.samplers.mixing import DEFAULT_RATIO, MixPlan, mixing_plan, select
-from facedata.samplers.render import render
-from facedata.samplers.tasks import ImageTask, TaskTable, task_table
+from facedata.paths import atomic_write
+from facedata.samplers.crops import CropRecipe
+from facedata.samplers.landmarks import LandmarkRecipe
+from facedata.samplers.mined import MiningRecipe
+from facedata.samplers.mixing import DEFAULT_RATIO, MixPlan, mixing_plan
+from facedata.samplers.tasks import TaskTable, task_table
 from facedata.samples import (
-    LABEL_LANDMARK,
     LABEL_NAMES,
-    LABEL_NEGATIVE,
-    LABEL_PART,
-    LABEL_POSITIVE,
     ORIGIN_DETECTIONS,
     ORIGIN_LANDMARKS,
     STAGE_SIZE,
@@ -85,264 +94,16 @@ from facedata.samples import (
 )
 from facedata.storage import DatasetWriter
 
-# Column order of every per-label count table in this module.
-LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
+__all__ = [
+    "MINING_REPORT_NAME", "PROGRESS_NAME", "CascadeFactory", "build_dataset", "check_inputs", "format_summary",
+    "manifest_sha256", "parse_ratio", "parse_roots", "parse_size", "pool_context", "recipes_from_index",
+    "verify_build_labels",
+]
+
 PROGRESS_NAME = "build-progress.npy"
 PROGRESS_META_NAME = "build-progress.json"
 MINING_REPORT_NAME = "mining-report.csv"  # per detection image: detections and labels (rnet/onet)
-
-# Per-image status in the plan and progress tables.
-PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE = 0, 1, 2, 3, 4
-PLANNED = WRITTEN  # plan table: the image's records are in the plan file
-_STATUS_REASON = {
-    UNREADABLE: "cannot be decoded (cv2.imread returned nothing)",
-    MISSING: "file not found",
-    WRONG_SIZE: "decoded size differs from the manifest",
-}
-_MINING_FIELDS = tuple(f.name for f in fields(MiningCounts))
-PLAN_DTYPE = np.dtype(
-    [
-        ("status", "i1"),
-        ("records", "<i8"),  # planned records in the plan file (before mixing)
-        ("labels", "<i8", (len(LABEL_ORDER),)),  # planned records per label
-        ("mining", "<i8", (len(_MINING_FIELDS),)),  # MiningCounts of a mined image, in field order
-    ]
-)
-PROGRESS_DTYPE = np.dtype(
-    [
-        ("status", "i1"),
-        ("counts", "<i8", (len(LABEL_ORDER),)),  # samples this image contributes to the stream
-    ]
-)
 DETECTION_BINS = (0, 1, 2, 6, 11, 51, 101, 501, 1001)  # histogram of detections per image: [a, b)
-
-
-# ---------------------------------------------------------------------------------------- detector
-
-
-@dataclass(frozen=True)
-class CascadeFactory:
-    """Builds the previous cascade stages inside a worker process (sessions are never pickled).
-
-    `pnet`/`rnet` are ONNX paths (or picklable callables with the fork start method). `threads` is the
-    onnxruntime intra-op thread count per worker: 1 when mining with several workers.
-    """
-
-    pnet: Any
-    rnet: Any = None
-    config: Any = None  # facedata.detect.CascadeConfig; None = defaults
-    contract: Any = None  # facedata.detect.ModelContract; None = defaults
-    threads: int = 1
-
-    def __call__(self) -> Any:
-        from facedata.detect import Cascade, CascadeConfig, ModelContract
-
-        return Cascade(
-            self.pnet, self.rnet, None, self.config or CascadeConfig(), self.contract or ModelContract(),
-            threads=self.threads,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """Provenance: model files with their sha256, and every cascade / contract option."""
-        from facedata.detect import CascadeConfig, ModelContract
-
-        def model(spec: Any) -> Any:
-            if spec is None:
-                return None
-            if isinstance(spec, (str, os.PathLike)):
-                return {"file": Path(spec).name, "sha256": sha256_file(spec)}
-            return {"callable": getattr(spec, "__qualname__", type(spec).__name__)}
-
-        return {
-            "pnet": model(self.pnet),
-            "rnet": model(self.rnet),
-            "config": asdict(self.config or CascadeConfig()),
-            "contract": asdict(self.contract or ModelContract()),
-        }
-
-
-# ------------------------------------------------------------------------------------ worker side
-
-
-@dataclass
-class _Job:
-    """Everything workers need; sent once to each worker. The stream: detection images, then landmark
-    images; stream image j is `task(j)`."""
-
-    stage: str
-    size: int
-    seed: int
-    detection_tasks: TaskTable
-    landmark_tasks: TaskTable | None
-    crop_recipe: CropRecipe
-    landmark_recipe: LandmarkRecipe
-    mining_recipe: MiningRecipe | None
-    detector: Callable[[], Any] | None
-    record_dtype: np.dtype
-    plan_path: str  # the plan file pass 2 reads its records from
-
-    @property
-    def n_det(self) -> int:
-        return len(self.detection_tasks)
-
-    @property
-    def n(self) -> int:
-        return self.n_det + (0 if self.landmark_tasks is None else len(self.landmark_tasks))
-
-    def task(self, j: int) -> ImageTask:
-        if j < self.n_det:
-            return self.detection_tasks[j]
-        assert self.landmark_tasks is not None
-        return self.landmark_tasks[j - self.n_det]
-
-
-_JOB: _Job | None = None
-_CASCADE: Any = None
-
-
-def _init_worker(job: _Job, limit_threads: bool) -> None:
-    global _JOB, _CASCADE
-    _JOB, _CASCADE = job, None
-    if limit_threads:
-        cv2.setNumThreads(1)  # one process per core already
-
-
-def _cascade() -> Any:
-    global _CASCADE
-    if _CASCADE is None:
-        assert _JOB is not None and _JOB.detector is not None
-        _CASCADE = _JOB.detector()
-    return _CASCADE
-
-
-def _mined(job: _Job, j: int) -> bool:
-    return job.stage != "pnet" and j < job.n_det
-
-
-def _plan(job: _Job, j: int) -> np.ndarray:
-    """Geometry-only records of (non-mined) stream image j, before mixing."""
-    task = job.task(j)
-    if j < job.n_det:
-        records = plan_crops(task, job.crop_recipe, job.seed)
-    else:
-        records = plan_landmarks(task, job.landmark_recipe, job.seed)
-    return _as_dtype(records, job.record_dtype)
-
-
-def _as_dtype(records: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Records in the dataset's dtype (crop planners use 5 points; other schemes differ)."""
-    if records.dtype == dtype:
-        return records
-    out = np.zeros(len(records), dtype)
-    for name in dtype.names or ():
-        if name != "landmarks" and name in (records.dtype.names or ()):
-            out[name] = records[name]
-    return out
-
-
-def label_counts(labels: np.ndarray) -> np.ndarray:
-    """Samples per label in LABEL_ORDER."""
-    labels = np.asarray(labels)
-    return np.array([int((labels == lab).sum()) for lab in LABEL_ORDER], np.int64)
-
-
-def _read_image(task: ImageTask) -> tuple[np.ndarray | None, int, str | None]:
-    """(decoded BGR image or None, status, note): missing, undecodable and wrong-size images fail."""
-    image = cv2.imread(task.path, cv2.IMREAD_COLOR)
-    if image is None:
-        return None, (MISSING if not os.path.isfile(task.path) else UNREADABLE), None
-    if image.shape[:2] != (task.height, task.width):
-        note = f"decoded {image.shape[1]}x{image.shape[0]}, manifest says {task.width}x{task.height}"
-        return None, WRONG_SIZE, note
-    return image, WRITTEN, None
-
-
-@dataclass
-class _PlanResult:
-    rows: np.ndarray  # (hi - lo,) PLAN_DTYPE
-    records: np.ndarray  # all planned records of the chunk, image after image
-    notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for failed images
-
-
-def _plan_chunk(lo: int, hi: int) -> _PlanResult:
-    """Pass 1: the unmixed records of stream images [lo, hi). Crop and landmark images are planned
-    from geometry alone (no decoding); mined images are decoded, run through the detector and labelled."""
-    job = _JOB
-    assert job is not None
-    rows = np.zeros(hi - lo, PLAN_DTYPE)
-    parts: list[np.ndarray] = []
-    notes: dict[int, str] = {}
-    for row, j in enumerate(range(lo, hi)):
-        task = job.task(j)
-        if _mined(job, j):
-            assert job.mining_recipe is not None
-            image, status, note = _read_image(task)
-            if image is None:
-                rows["status"][row] = status
-                if note:
-                    notes[j] = note
-                continue
-            detections = _cascade().detect(image)
-            records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
-            records = _as_dtype(records, job.record_dtype)
-            rows["mining"][row] = [getattr(counts, name) for name in _MINING_FIELDS]
-        elif not os.path.isfile(task.path):
-            rows["status"][row] = MISSING
-            continue
-        else:
-            records = _plan(job, j)
-        rows["status"][row] = PLANNED
-        rows["records"][row] = len(records)
-        rows["labels"][row] = label_counts(records["label"])
-        parts.append(records)
-    records = np.concatenate(parts) if parts else np.zeros(0, job.record_dtype)
-    return _PlanResult(rows, records, notes)
-
-
-@dataclass
-class _ChunkResult:
-    pixels: np.ndarray  # (n, size, size, 3) uint8, all images of the chunk in order
-    records: np.ndarray
-    progress: np.ndarray  # (hi - lo,) PROGRESS_DTYPE
-    notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for skipped images
-
-
-def _render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None) -> _ChunkResult:
-    """Pass 2: mix and render stream images [lo, hi), each image decoded once. `plan` holds their
-    PLAN_DTYPE rows, `first` the position of image lo's records in the plan file."""
-    job = _JOB
-    assert job is not None
-    progress = np.zeros(hi - lo, PROGRESS_DTYPE)
-    ends = np.cumsum(plan["records"])
-    planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]) if len(ends) else first)
-    all_pixels: list[np.ndarray] = []
-    all_records: list[np.ndarray] = []
-    notes: dict[int, str] = {}
-    for row, j in enumerate(range(lo, hi)):
-        if plan["status"][row] != PLANNED:
-            progress["status"][row] = plan["status"][row]
-            continue
-        task = job.task(j)
-        records = planned[ends[row] - plan["records"][row] : ends[row]]
-        if mix is not None:
-            records = select(records, task.image_id, job.seed, mix)
-        progress["status"][row] = WRITTEN
-        if len(records) == 0:  # nothing to cut: no need to decode
-            continue
-        image, status, note = _read_image(task)
-        if image is None:
-            progress["status"][row] = status
-            if note:
-                notes[j] = note
-            continue
-        recipe = job.crop_recipe if j < job.n_det else job.landmark_recipe
-        all_pixels.append(render(image, records, job.size, recipe.interpolation))
-        all_records.append(records)
-        progress["counts"][row] = label_counts(records["label"])
-    size = job.size
-    pixels = np.concatenate(all_pixels) if all_pixels else np.zeros((0, size, size, 3), np.uint8)
-    records = np.concatenate(all_records) if all_records else np.zeros(0, job.record_dtype)
-    return _ChunkResult(pixels, records, progress, notes)
 
 
 # ------------------------------------------------------------------------------------ parent side
@@ -352,12 +113,13 @@ def pool_context() -> Any:
     """The worker start method, with its server started now (its imports overlap the caller's work).
 
     forkserver, not fork: a forked copy of a process whose OpenCV (or OpenMP, onnxruntime) thread pool
-    already ran can deadlock; the server imports facedata.build once and forks every worker from it.
+    already ran can deadlock; the server imports facedata.buildworker once and forks every worker
+    from it.
     """
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(["facedata.build"])
+        ctx.set_forkserver_preload(["facedata.buildworker"])
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
@@ -373,15 +135,15 @@ class _Runner:
     ones finish (bounded by the window) or reports a broken pool.
     """
 
-    def __init__(self, job: _Job, workers: int) -> None:
+    def __init__(self, job: Job, workers: int) -> None:
         self.workers = max(1, workers)
         self.pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
             self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=pool_context(), initializer=_init_worker, initargs=(job, True)
+                self.workers, mp_context=pool_context(), initializer=init_worker, initargs=(job, True)
             )
         else:
-            _init_worker(job, False)
+            init_worker(job, False)
 
     def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
         if self.pool is None:
@@ -508,14 +270,14 @@ def _label_dict(counts: np.ndarray) -> dict[str, int]:
     return {LABEL_NAMES[lab]: int(c) for lab, c in zip(LABEL_ORDER, counts.tolist(), strict=True)}
 
 
-def _write_mining_report(path: Path, job: _Job, plan: np.ndarray) -> None:
+def _write_mining_report(path: Path, job: Job, plan: np.ndarray) -> None:
     """Per detection image: what the detector found and how it was labelled (CSV, atomic)."""
     rows = plan[: job.n_det]
     tasks = job.detection_tasks
-    status = {PLANNED: "mined", **{k: v.split(" (")[0] for k, v in _STATUS_REASON.items()}}
+    status = {PLANNED: "mined", **{k: v.split(" (")[0] for k, v in STATUS_REASON.items()}}
     frame = pd.DataFrame({"image_id": tasks.ids, "path": tasks.paths,
                           "status": [status.get(int(v), "pending") for v in rows["status"]]})
-    for k, name in enumerate(_MINING_FIELDS):
+    for k, name in enumerate(MINING_FIELDS):
         frame[name] = rows["mining"][:, k]
     with atomic_write(path, "w") as fh:
         frame.to_csv(fh, index=False, lineterminator="\n")
@@ -524,8 +286,8 @@ def _write_mining_report(path: Path, job: _Job, plan: np.ndarray) -> None:
 def _mining_report(table: np.ndarray, n_det: int) -> dict[str, Any]:
     rows = table[:n_det]
     mined = rows[rows["status"] == WRITTEN]
-    totals = dict(zip(_MINING_FIELDS, mined["mining"].sum(axis=0).tolist(), strict=True))
-    det = mined["mining"][:, _MINING_FIELDS.index("detections")]
+    totals = dict(zip(MINING_FIELDS, mined["mining"].sum(axis=0).tolist(), strict=True))
+    det = mined["mining"][:, MINING_FIELDS.index("detections")]
     pos = max(1, totals["positives"])
     pos_n, part_n = totals["positives"], totals["parts"]
     return {
@@ -610,7 +372,7 @@ def build_dataset(
         landmarks, ORIGIN_LANDMARKS, landmark_recipe.min_face, roots
     )
     pa.default_memory_pool().release_unused()  # pyarrow's allocator keeps the freed manifest tables' pages
-    job = _Job(
+    job = Job(
         stage, size, seed, det_tasks, lmk_tasks, crop_recipe, landmark_recipe, mining_recipe, detector,
         record_dtype, str(out_dir.resolve() / RECORDS_NAME),
     )
@@ -659,7 +421,7 @@ def _describe(detector: Callable[[], Any]) -> Any:
 
 
 def _run(
-    runner: _Runner, job: _Job, out_dir: Path, *, backend: str, ratio: dict[int, float] | None,
+    runner: _Runner, job: Job, out_dir: Path, *, backend: str, ratio: dict[int, float] | None,
     allow_repeat: bool, shard_bytes: int, block_samples: int, provenance: dict[str, Any], progress: bool,
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
     started: float,
@@ -669,7 +431,7 @@ def _run(
 
     def skip(j: int, status: int, note: str | None = None) -> None:
         task = job.task(j)
-        reason = _STATUS_REASON[status] + (f" ({note})" if note else "")
+        reason = STATUS_REASON[status] + (f" ({note})" if note else "")
         if strict:
             raise FacedataError(f"{task.path}: {reason}")
         skipped.append({"image_id": task.image_id, "path": task.path, "reason": reason})
@@ -704,7 +466,7 @@ def _run(
         todo = list(_chunks(start, n, chunk))
         jobs = ((a, b, plan.table[a:b], int(offsets[a]), mix) for a, b in todo)
         bar = tqdm(total=n - start, desc="render", unit="img", disable=not progress)
-        for (lo, hi), result in zip(todo, runner.ordered(_render_chunk, jobs), strict=True):
+        for (lo, hi), result in zip(todo, runner.ordered(render_chunk, jobs), strict=True):
             table[lo:hi] = result.progress
             for j in range(lo, hi):
                 if table["status"][j] != WRITTEN:
@@ -739,7 +501,7 @@ def _run(
 
 
 def _plan_pass(
-    runner: _Runner, job: _Job, plan: PlanFile, chunk: int, progress: bool, strict: bool,
+    runner: _Runner, job: Job, plan: PlanFile, chunk: int, progress: bool, strict: bool,
     skip: Callable[..., None], on_plan: Callable[[int], None] | None,
 ) -> None:
     """Pass 1 from where an earlier run left off: every image's records into the plan file, in order.
@@ -749,7 +511,7 @@ def _plan_pass(
     todo = list(_chunks(plan.planned, n, chunk))
     bar = tqdm(total=n, initial=plan.planned, desc="mine" if mining else "plan", unit="img",
                disable=not progress)
-    for (lo, hi), result in zip(todo, runner.ordered(_plan_chunk, todo), strict=True):
+    for (lo, hi), result in zip(todo, runner.ordered(plan_chunk, todo), strict=True):
         if strict:
             for row in np.flatnonzero(result.rows["status"] != PLANNED).tolist():
                 skip(lo + row, int(result.rows["status"][row]), result.notes.get(lo + row))
@@ -761,7 +523,7 @@ def _plan_pass(
 
 
 def _summary(
-    job: _Job, plan: np.ndarray, table: np.ndarray, skipped: list[dict[str, str]], mix: MixPlan | None
+    job: Job, plan: np.ndarray, table: np.ndarray, skipped: list[dict[str, str]], mix: MixPlan | None
 ) -> dict[str, Any]:
     n_det = job.n_det
     ok = plan["status"] == PLANNED

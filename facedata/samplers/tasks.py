@@ -3,6 +3,9 @@
 A face is *usable* (may be sampled) when it is valid, not degenerate and its larger side
 (x2 - x1 or y2 - y1, continuous convention) is at least `min_face`. All other faces stay in the task
 as ignore regions: no negative may overlap them.
+
+pandas and the manifest schema are imported only where a manifest is read: build workers unpickle task
+tables without them (see facedata.buildworker).
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from facedata.errors import FacedataError
-from facedata.manifest import Manifest
 from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
-from facedata.schema import VISIBILITY_ABSENT
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from facedata.manifest import Manifest
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +62,8 @@ def usable_faces(boxes: np.ndarray, invalid: np.ndarray, min_face: float) -> np.
 
 
 def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
+    import pandas as pd
+
     faces = manifest.faces
     image_ids = pd.Index(manifest.images["image_id"])
     image_of_face = image_ids.get_indexer(faces["image_id"]).astype(np.int64)
@@ -70,6 +78,10 @@ def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
 
 def _points(faces: pd.DataFrame) -> np.ndarray | None:
     """(F, K, 2) float32 with NaN for faces without points and for absent (visibility 0) points."""
+    import pandas as pd
+
+    from facedata.schema import VISIBILITY_ABSENT
+
     if "points" not in faces or len(faces) == 0:
         return None
     values = faces["points"].tolist()
