@@ -8,6 +8,8 @@ Builds synthetic shards with both backends, then measures in one run:
   - bytes per sample on disk vs the raw crop + record.
 Prints a markdown table for benchmarks/RESULTS.md. Usage:
     python benchmarks/bench_reader.py [--samples 1000000] [--jpegs 20000] [--batch 4096] [--dir DIR]
+Quick reruns: `--dir DIR --reuse` keeps and reuses the shards of an earlier run with the same sample
+count, `--jpegs 0` skips the JPEG baseline, `--backends lmdb` measures one layout.
 """
 
 from __future__ import annotations
@@ -75,12 +77,17 @@ def numpy_rate(path: Path, batch: int, epochs: int) -> tuple[float, float]:
     return rates[0], float(np.median(rates[1:]))
 
 
-def torch_rate(path: Path, batch: int) -> float:
+def torch_rate(path: Path, batch: int, epochs: int) -> float:
+    """Median over epochs; each epoch starts fresh workers (persistent_workers=False), as in training."""
     loader = make_loader(path, batch, num_workers=2, seed=1, rank=0, world_size=1)
-    started, seen = time.perf_counter(), 0
-    for item in loader:
-        seen += len(item["label"])
-    return seen / (time.perf_counter() - started)
+    rates = []
+    for epoch in range(epochs):
+        loader.dataset.set_epoch(epoch)
+        started, seen = time.perf_counter(), 0
+        for item in loader:
+            seen += len(item["label"])
+        rates.append(seen / (time.perf_counter() - started))
+    return float(np.median(rates))
 
 
 class JpegList(Dataset):
@@ -121,42 +128,63 @@ def jpeg_baseline(root: Path, n: int, batch: int) -> tuple[float, float, float]:
     return size, single, seen / (time.perf_counter() - started)
 
 
+def built(out: Path, backend: str, n: int) -> float | None:
+    """Seconds to write the shards, or None when `out` already holds a complete build of n samples."""
+    index = out / "index.json"
+    if index.exists() and ShardedDataset(out).index["samples"] == n:
+        return None
+    return build(out, backend, n)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="quick reruns: --dir DIR --reuse --jpegs 0 [--backends lmdb]")
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--jpegs", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=3, help="numpy epochs after the first (median)")
+    parser.add_argument("--loader-epochs", type=int, default=3, help="DataLoader epochs (median)")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir, removed after)")
+    parser.add_argument("--reuse", action="store_true", help="reuse shards already built in --dir")
+    parser.add_argument("--backends", default="lmdb,parquet", help="comma-separated layouts to measure")
     args = parser.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_reader_"))
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     try:
-        jpeg_size, jpeg_single, jpeg_loader = jpeg_baseline(work / "jpeg", args.jpegs, args.batch)
+        jpeg = jpeg_baseline(work / "jpeg", args.jpegs, args.batch) if args.jpegs else None
         rows = []
-        for backend in ("lmdb", "parquet"):
+        for backend in args.backends.split(","):
             out = work / backend
-            write_s = build(out, backend, args.samples)
+            write_s = built(out, backend, args.samples) if args.reuse else build(out, backend, args.samples)
             index = ShardedDataset(out).index
-            rows.append((backend, args.samples / write_s, index["bytes"] / args.samples,
-                         numpy_rate(out, args.batch, args.epochs), torch_rate(out, args.batch)))
+            rows.append((backend, write_s and args.samples / write_s, index["bytes"] / args.samples,
+                         numpy_rate(out, args.batch, args.epochs), torch_rate(out, args.batch, args.loader_epochs)))
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
+    print_table(args, rows, jpeg)
 
+
+def print_table(args: argparse.Namespace, rows: list[tuple], jpeg: tuple[float, float, float] | None) -> None:
     print(f"\n### Reader benchmark: {args.samples:,} samples of 12x12x3 + {SAMPLE_DTYPE.itemsize}-byte "
           f"record, batch {args.batch}, {os.cpu_count()} CPUs\n")
     print(f"| layout | write samples/s | bytes/sample (raw = {RAW}) | vs raw | numpy shuffled samples/s "
           "(first epoch) | vs JPEG | DataLoader 2 workers samples/s | vs JPEG loader |")
     print("|---|---|---|---|---|---|---|---|")
+    jpeg_size, jpeg_single, jpeg_loader = jpeg or (0.0, 0.0, 0.0)
+
+    def versus(rate: float, baseline: float) -> str:
+        return f"{rate / baseline:.0f}x" if baseline else "-"
+
     for backend, write_rate, size, (np_first, np_rate), pt_rate in rows:
-        print(f"| {backend} | {write_rate:,.0f} | {size:.1f} | {size / RAW:.3f}x | {np_rate:,.0f} "
-              f"({np_first:,.0f}) | {np_rate / jpeg_single:.0f}x | {pt_rate:,.0f} | "
-              f"{pt_rate / jpeg_loader:.0f}x |")
-    print(f"| JPEG per sample + list ({args.jpegs:,} files) | - | {jpeg_size:.1f} (crop only) | "
-          f"{jpeg_size / 432:.3f}x of the crop | {jpeg_single:,.0f} (cv2.imread loop) | 1x | "
-          f"{jpeg_loader:,.0f} | 1x |")
+        write = f"{write_rate:,.0f}" if write_rate else "- (reused)"
+        print(f"| {backend} | {write} | {size:.1f} | {size / RAW:.3f}x | {np_rate:,.0f} ({np_first:,.0f}) | "
+              f"{versus(np_rate, jpeg_single)} | {pt_rate:,.0f} | {versus(pt_rate, jpeg_loader)} |")
+    if jpeg:
+        print(f"| JPEG per sample + list ({args.jpegs:,} files) | - | {jpeg_size:.1f} (crop only) | "
+              f"{jpeg_size / 432:.3f}x of the crop | {jpeg_single:,.0f} (cv2.imread loop) | 1x | "
+              f"{jpeg_loader:,.0f} | 1x |")
     print("\nGoals: numpy >= 5,000,000/s; DataLoader >= 1,000,000/s; bytes <= 1.1x raw.")
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from shard_fixtures import SHAPE, synthetic, write_dataset
 
+from facedata.errors import FacedataError
 from facedata.readers.order import epoch_order, num_batches, rank_order, worker_order
 from facedata.storage import ShardedDataset
 
@@ -118,3 +120,22 @@ def test_iter_batches_into_given_buffers_and_private_staging(tmp_path: Path) -> 
     rest = list(it)
     got = np.concatenate([first[0], *[p for p, _ in rest]])
     assert np.array_equal(got, pixels[worker_order(3000, ds.unit_samples, batch_size=100, seed=4)])
+
+
+@pytest.mark.parametrize(("backend", "block"), [("lmdb", 20480), ("parquet", 1024)])
+def test_units_larger_than_the_shuffle_window(tmp_path: Path, backend: str, block: int) -> None:
+    """Large units (Parquet row groups of ~86k rows) are gathered in place, straddling batches unit by unit."""
+    n = 50_000
+    write_dataset(tmp_path, backend, n, shard_samples=40960, block_samples=block, chunk=10_000)
+    ds = ShardedDataset(tmp_path)
+    assert ds.unit_samples in (20480, 40960)
+    pixels, records = synthetic(n)
+    order = worker_order(n, ds.unit_samples, batch_size=3000, seed=6)
+    got = list(ds.iter_batches(3000, seed=6))  # Parquet: row groups decoded ahead in a helper thread
+    assert np.array_equal(np.concatenate([r for _, r in got]), records[order])
+    assert np.array_equal(np.concatenate([p for p, _ in got]), pixels[order])
+    if backend == "parquet":  # a failure in the helper thread surfaces in the reading thread
+        shard = tmp_path / "shard-00000.parquet"  # seed 6 reads shard 1 first, so shard 0 is prefetched
+        pq.write_table(pq.read_table(shard), shard, compression="zstd")
+        with pytest.raises(FacedataError, match="shard-00000.parquet: row group 0 is not a facedata layout"):
+            list(ShardedDataset(tmp_path).iter_batches(3000, seed=6))

@@ -117,3 +117,40 @@ def test_packed_transfer_matches_unpacked(shards: Path, image_format: str) -> No
     unpacked = batch.unpack()
     assert np.array_equal(unpacked["image"].numpy(), expected_pixels)
     assert np.array_equal(unpacked["landmarks"].numpy(), expected_records["landmarks"])
+
+
+def test_ring_slots_are_reused_and_never_overwritten_while_held(shards: Path) -> None:
+    options = {"seed": 8, "rank": 0, "world_size": 1}
+    expected = rank_order(N, ShardIterableDataset(shards, 32, **options).data.unit_samples, seed=8)
+    pixels, _ = synthetic(N)
+    from facedata.readers.torch import make_loader
+
+    streamed = 0
+    for i, batch in enumerate(make_loader(shards, 32, num_workers=2, **options)):  # 47 batches per worker
+        assert np.array_equal(batch["image"].numpy(), pixels[expected[i * 32 : (i + 1) * 32]])
+        streamed += len(batch["label"])
+    assert streamed == N
+    held = list(make_loader(shards, 32, num_workers=2, **options))  # more batches than ring slots
+    assert np.array_equal(np.concatenate([b["image"].numpy() for b in held]), pixels[expected])
+    assert np.array_equal(np.concatenate([b["image_index"].numpy() for b in held]), expected)
+
+
+def test_ring_slot_is_freed_when_its_last_view_dies(shards: Path) -> None:
+    from facedata.readers.torch import RING_SLOTS, _Ring
+
+    ds = ShardIterableDataset(shards, 16)
+    ring = _Ring(16, ds.data.image_shape, ds.data.record_dtype)
+    claims = [ring.claim(16) for _ in range(RING_SLOTS)]
+    assert all(claims) and ring.claim(16) is None  # all slots held: the worker falls back
+    batch, pixels, records = claims[0]
+    expected_pixels, expected_records = synthetic(16)
+    pixels[...] = expected_pixels
+    records[...] = expected_records
+    unpacked = batch.unpack()
+    view = unpacked.pop("image")[2:5]
+    assert np.array_equal(unpacked["bbox"].numpy(), expected_records["bbox"])
+    del unpacked
+    assert ring.flags[0] == 1  # a slice of the image still views the slot
+    assert np.array_equal(view.numpy(), expected_pixels[2:5])
+    del view
+    assert ring.flags[0] == 0 and ring.claim(16) is not None

@@ -207,6 +207,38 @@ def test_parquet_layout(tmp_path: Path) -> None:
     assert file.metadata.row_group(0).column(1).statistics is not None  # label
 
 
+def test_parquet_column_chunks_are_one_plain_page(tmp_path: Path) -> None:
+    write_dataset(tmp_path, "parquet", 1100, shard_samples=4096, block_samples=64)
+    row_group = pq.ParquetFile(tmp_path / "shard-00000.parquet").metadata.row_group(0)
+    image = row_group.column(0)
+    assert image.compression == "UNCOMPRESSED" and image.dictionary_page_offset is None
+    assert image.total_compressed_size - row_group.num_rows * 432 < 64  # the values behind one page header
+
+
+@pytest.mark.parametrize("options", [{"data_page_size": 4096}, {"data_page_size": 4096, "data_page_version": "2.0"}])
+def test_parquet_raw_reader_reads_other_page_layouts(tmp_path: Path, options: dict) -> None:
+    """Shards rewritten by pyarrow with many small pages (v1 or v2 headers) read back the same."""
+    index = write_dataset(tmp_path, "parquet", N)
+    for entry in index["shards"]:
+        path = tmp_path / entry["file"]
+        table = pq.read_table(path)
+        pq.write_table(table, path, row_group_size=index["unit_samples"], compression="none", use_dictionary=False,
+                       **options)
+    pixels, records = synthetic(N)
+    got_pixels, got_records = ShardedDataset(tmp_path).read_range(0, N)
+    assert np.array_equal(got_pixels, pixels) and np.array_equal(got_records, records)
+
+
+def test_parquet_raw_reader_rejects_compressed_pages(tmp_path: Path) -> None:
+    write_dataset(tmp_path, "parquet", N)
+    path = tmp_path / "shard-00001.parquet"
+    pq.write_table(pq.read_table(path), path, compression="zstd")
+    ds = ShardedDataset(tmp_path)
+    assert ds.read(np.array([5]))[1]["image_index"].tolist() == [5]
+    with pytest.raises(FacedataError, match="shard-00001.parquet: row group 0 is not a facedata layout"):
+        ds.read(np.array([1500]))
+
+
 def _read_in_child(path: str) -> list[int]:
     return ShardedDataset(path).read(np.arange(0, 3000, 97))[1]["image_index"].tolist()
 

@@ -16,11 +16,20 @@ the raw record bytes in one uint8 tensor (two tensors for float_chw). Its `__red
 DataLoader's own inter-process transfer rebuild it, in the main process, into the same dict of tensors
 via `unpack_batch` (record fields are numpy views of the received bytes, made contiguous), so users
 still receive dicts. `make_loader` builds such a DataLoader with a deeper prefetch queue.
+
+Even one fresh segment per batch cost more than reading it (page faults, mmap and munmap in both
+processes), so on x86-64 a uint8 worker gathers batches into a `_Ring` of reused shared slots instead:
+the main process hands out each batch's image as a view of its slot and marks the slot free (a flag in
+the ring) once the last tensor viewing it dies; x86's ordered stores (TSO) make every read of the slot
+complete before the worker can see the flag. A worker whose next slot is still held falls back to a
+fresh segment, so it never waits and never overwrites a batch in use.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +43,8 @@ from facedata.storage.index import dtype_from_json, dtype_to_json
 from facedata.storage.reader import ShardedDataset
 
 IMAGE_FORMATS = ("uint8_hwc", "float_chw")
+RING_SLOTS = 8  # per worker: covers make_loader's prefetch (4 per worker) with room to spare
+_RING_ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def to_tensors(pixels: np.ndarray, records: np.ndarray, image_format: str) -> dict[str, Any]:
@@ -100,6 +111,63 @@ def unpack_batch(
     return batch
 
 
+class _Ring:
+    """A worker's shared slots, each holding one packed batch; an int64 flag per slot says who holds it."""
+
+    def __init__(self, batch_size: int, image_shape: tuple[int, ...], record_dtype: np.dtype) -> None:
+        self.image_shape, self.record_dtype = image_shape, record_dtype
+        self.slot_bytes = batch_size * (int(np.prod(image_shape)) + record_dtype.itemsize)
+        self.header = 8 * RING_SLOTS
+        self.tensor = torch.empty(self.header + RING_SLOTS * self.slot_bytes, dtype=torch.uint8).share_memory_()
+        self.flags = self.tensor[: self.header].numpy().view(np.int64)
+        self.flags[:] = 0
+        self.next = 0
+
+    def claim(self, n: int) -> tuple[RingBatch, np.ndarray, np.ndarray] | None:
+        """The next slot as (batch, pixels, records) to fill, or None while the main process still holds it."""
+        slot = self.next
+        if self.flags[slot]:
+            return None
+        self.flags[slot] = 1
+        self.next = (slot + 1) % RING_SLOTS
+        offset = self.header + slot * self.slot_bytes
+        pixel_bytes = n * int(np.prod(self.image_shape))
+        buffer = self.tensor.numpy()[offset : offset + pixel_bytes + n * self.record_dtype.itemsize]
+        batch = RingBatch(self, slot, offset, n)
+        return batch, buffer[:pixel_bytes].reshape(n, *self.image_shape), buffer[pixel_bytes:].view(self.record_dtype)
+
+
+class RingBatch:
+    """A batch in a `_Ring` slot; unpickles (in the main process) as a dict whose image views the slot."""
+
+    def __init__(self, ring: _Ring, slot: int, offset: int, n: int) -> None:
+        self.ring, self.slot, self.offset, self.n = ring, slot, offset, n
+
+    def unpack(self) -> dict[str, Any]:
+        return unpack_slot(*self.__reduce__()[1])
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        ring = self.ring
+        return unpack_slot, (ring.tensor, self.slot, self.offset, self.n, ring.image_shape,
+                             dtype_to_json(ring.record_dtype))
+
+
+def unpack_slot(
+    ring: torch.Tensor, slot: int, offset: int, n: int, image_shape: tuple[int, ...], record_dtype: list
+) -> dict[str, Any]:
+    """The batch in ring slot `slot`: the image is the slot itself, which is freed for the worker when the
+    last tensor viewing it dies (the record fields are copies)."""
+    pixels_end = offset + n * int(np.prod(image_shape))
+    pixels = ring.numpy()[offset:pixels_end].reshape(n, *image_shape)  # its own object: the lease's anchor
+    weakref.finalize(pixels, _free_slot, ring[: 8 * RING_SLOTS].numpy().view(np.int64), slot)
+    rows = ring[pixels_end : pixels_end + n * dtype_from_json(record_dtype).itemsize]
+    return unpack_batch(torch.from_numpy(pixels), rows, n, None, record_dtype)
+
+
+def _free_slot(flags: np.ndarray, slot: int) -> None:
+    flags[slot] = 0
+
+
 def _check_format(image_format: str) -> None:
     if image_format not in IMAGE_FORMATS:
         raise FacedataError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
@@ -119,8 +187,9 @@ def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int
 class ShardIterableDataset(IterableDataset):
     """Shuffled, rank- and worker-split batches of one epoch; call `set_epoch(e)` before each epoch.
 
-    `packed=True`: inside DataLoader workers, yield `PackedBatch`es (received as dicts, see the module
-    doc); a custom `collate_fn` then sees PackedBatch objects (call `.unpack()`), or pass packed=False.
+    `packed=True`: inside DataLoader workers, yield `PackedBatch`es or `RingBatch`es (received as dicts,
+    see the module doc); a custom `collate_fn` then sees those objects (call `.unpack()`), or pass
+    packed=False.
     """
 
     def __init__(
@@ -148,22 +217,24 @@ class ShardIterableDataset(IterableDataset):
         per_rank = rank_size(len(self.data), self.world_size, self.drop_last)
         return num_batches(per_rank, self.batch_size, self.drop_last)
 
-    def __iter__(self) -> Iterator[dict[str, Any] | PackedBatch]:
+    def __iter__(self) -> Iterator[dict[str, Any] | PackedBatch | RingBatch]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         pack = self.packed and info is not None
-        packed: list[PackedBatch] = []
+        packed: list[PackedBatch | RingBatch] = []
         shape, dtype = self.data.image_shape, self.data.record_dtype
+        into_shared = pack and self.image_format == "uint8_hwc"
+        ring = _Ring(self.batch_size, shape, dtype) if into_shared and _RING_ORDERED_STORES else None
 
         def allocate(n: int) -> tuple[np.ndarray, np.ndarray]:
-            batch, pixels, records = PackedBatch.allocate(n, shape, dtype)
+            batch, pixels, records = (ring and ring.claim(n)) or PackedBatch.allocate(n, shape, dtype)
             packed.append(batch)
             return pixels, records
 
         for pixels, records in self.data.iter_batches(
             self.batch_size, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, rank=self.rank,
             world_size=self.world_size, worker=worker, num_workers=num_workers, drop_last=self.drop_last,
-            out=allocate if pack and self.image_format == "uint8_hwc" else None,
+            out=allocate if into_shared else None,
         ):
             if packed:
                 yield packed.pop()

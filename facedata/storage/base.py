@@ -58,11 +58,13 @@ class ShardSource(Protocol):
 
 
 class Backend:
-    """A storage format. `cache_bytes` bounds how much decoded data a reader keeps per process."""
+    """A storage format. `cache_bytes` bounds how much decoded data a reader keeps per process;
+    `prefetch_units`: reading a unit is real work and its source's `read_unit` may run in a helper thread."""
 
     name: str = ""
     suffix: str = ""
     cache_bytes: int = 96 << 20
+    prefetch_units: bool = False
 
     def unit_samples(self, samples_per_shard: int, block_samples: int, bytes_per_sample: int) -> int:
         return block_samples

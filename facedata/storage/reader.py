@@ -2,7 +2,8 @@
 
 Shard handles are opened lazily and re-opened whenever the process id changes, so an instance created
 before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are grouped by unit
-(block / row group): each unit is fetched once, then numpy fancy indexing gathers the rows.
+(block / row group): each batch is one np.take per array, from its unit when it has only one, else from
+a stage that holds the small units of the current shuffle windows, else unit by unit.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from facedata.storage.base import BACKENDS, Backend, ShardSchema, ShardSource
 from facedata.storage.index import dtype_from_json, load_index
 
 Allocator = Callable[[int], tuple[np.ndarray, np.ndarray]]
+PREFETCH_SAMPLES = 2 * WINDOW_SAMPLES  # how far ahead in the order the helper thread decodes
 
 
 class ShardedDataset:
@@ -38,14 +43,17 @@ class ShardedDataset:
         self._n = int(self.index["samples"])
         unit_bytes = self.unit_samples * self.schema.bytes_per_sample
         self._cache_units = max(4, min(4096, self.backend.cache_bytes // unit_bytes))
+        # Stage slots for two shuffle windows plus stragglers, when units are small enough to share one.
+        small = self.unit_samples < WINDOW_SAMPLES
+        self._stage_slots = 2 * (WINDOW_SAMPLES // self.unit_samples) + 2 if small else 0
         self._reset()
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._sources: dict[int, ShardSource] = {}
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._scratch_pixels: np.ndarray | None = None
-        self._scratch_rows: np.ndarray | None = None
+        self._stage: _Stage | None = None
+        self._pending: dict[int, Future[tuple[np.ndarray, np.ndarray]]] = {}  # units decoding in a helper
 
     def __getstate__(self) -> dict:
         """Only the path travels to spawned workers; handles are reopened there."""
@@ -64,12 +72,19 @@ class ShardedDataset:
         self._reset()
 
     def _unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._pid != os.getpid():  # forked: never touch the parent's handles
-            self._reset()
         cached = self._cache.get(unit)
         if cached is not None:
             self._cache.move_to_end(unit)
             return cached
+        pending = self._pending.pop(unit, None)
+        data = pending.result() if pending is not None else self._read_unit(unit)()
+        self._cache[unit] = data
+        if len(self._cache) > self._cache_units:
+            self._cache.popitem(last=False)
+        return data
+
+    def _read_unit(self, unit: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """A call that reads `unit` from its shard (opened here, in the calling thread)."""
         shard, local = divmod(unit, self._units_per_shard)
         source = self._sources.get(shard)
         if source is None:
@@ -78,42 +93,23 @@ class ShardedDataset:
             entry = self.index["shards"][shard]
             source = self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]))
             self._sources[shard] = source
-        data = source.read_unit(local)
-        self._cache[unit] = data
-        if len(self._cache) > self._cache_units:
-            self._cache.popitem(last=False)
-        return data
+        return partial(source.read_unit, local)
+
+    def _prefetch(self, pool: ThreadPoolExecutor, unit: int) -> None:
+        """Start decoding `unit` in the helper thread unless it is cached or already on its way."""
+        if unit not in self._cache and unit not in self._pending:
+            self._pending[unit] = pool.submit(self._read_unit(unit))
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Samples at `indices` (any order, repeats allowed) as contiguous arrays."""
         indices = self._check(indices)
-        n = len(indices)
-        pixels = np.empty((n, *self.image_shape), np.uint8)
-        records = np.empty(n, self.record_dtype)
-        if n == 0:
-            return pixels, records
-        window = self._window(indices, self._scratch)
-        if window is not None:
-            source_pixels, source_rows, where = window
-            np.take(source_pixels, where, axis=0, out=pixels, mode="clip")
-            np.take(source_rows, where, out=_rows(records), mode="clip")
-            return pixels, records
-        # Sparse request: gather unit by unit in unit-sorted order, then one take restores request order
-        # (np.take is several times faster than fancy-index scatter for these row sizes).
-        units = indices // self.unit_samples
-        order = np.argsort(units, kind="stable")
-        sorted_units = units[order]
-        local = indices[order] - sorted_units * self.unit_samples
-        cuts = np.flatnonzero(sorted_units[1:] != sorted_units[:-1]) + 1
-        grouped_pixels = np.empty_like(pixels)
-        grouped_records = np.empty_like(records)
-        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, n].tolist(), strict=True):
-            self._gather(int(sorted_units[lo]), local[lo:hi], grouped_pixels[lo:hi], grouped_records[lo:hi])
-        back = np.empty(n, np.int64)
-        back[order] = np.arange(n, dtype=np.int64)
-        np.take(grouped_pixels, back, axis=0, out=pixels, mode="clip")
-        np.take(_rows(grouped_records), back, out=_rows(records), mode="clip")
+        pixels, records = self._empty(len(indices))
+        if len(indices):
+            self._fill(indices, pixels, records)
         return pixels, records
+
+    def _empty(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.empty((n, *self.image_shape), np.uint8), np.empty(n, self.record_dtype)
 
     def _check(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -121,45 +117,50 @@ class ShardedDataset:
             raise IndexError(f"sample index out of range [0, {self._n})")
         return indices
 
-    def _window(
-        self, indices: np.ndarray, scratch: Callable[[int], tuple[np.ndarray, np.ndarray]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(pixels, rows, where): arrays holding every requested sample at rows `where`, or None if sparse.
+    def _fill(self, indices: np.ndarray, pixels: np.ndarray, records: np.ndarray) -> None:
+        """Gather the samples at `indices` into `pixels` and `records` with one np.take per array.
 
-        One unit is used in place; a dense request (a shuffle window) has its units copied end to end
-        into `scratch` buffers, one sequential pass that leaves the shuffled gather cache-resident.
+        The source is the unit itself when all samples share one (nearly every batch of Parquet's large
+        row groups, mapped zero-copy), else the stage when the units fit (the small LMDB blocks of a
+        shuffle window, copied in once for all its batches), else each unit in turn (sparse requests).
         """
+        if self._pid != os.getpid():  # forked: never touch the parent's handles
+            self._reset()
         units = indices // self.unit_samples
         first, last = int(units.min()), int(units.max())
         if first == last:
             unit_pixels, unit_records = self._unit(first)
-            return unit_pixels, _rows(unit_records), indices - first * self.unit_samples
+            _take(unit_pixels, _rows(unit_records), indices - first * self.unit_samples, pixels, records)
+            return
         present = np.zeros(last - first + 1, bool)
         present[units - first] = True
-        touched = np.flatnonzero(present) + first
-        if len(indices) * 2 < len(touched) * self.unit_samples:
-            return None
-        parts = [self._unit(int(u)) for u in touched.tolist()]
-        slot = np.cumsum(present) - 1
-        where = indices + (slot[units - first] * self.unit_samples - units * self.unit_samples)
-        joined_pixels, joined_rows = scratch(sum(len(part[1]) for part in parts))
-        np.concatenate([part[0] for part in parts], out=joined_pixels)
-        np.concatenate([_rows(part[1]) for part in parts], out=joined_rows)
-        return joined_pixels, joined_rows, where
+        needed = np.flatnonzero(present) + first
+        if len(needed) > self._stage_slots:
+            self._fill_by_unit(indices, units, pixels, records)
+            return
+        if self._stage is None:
+            self._stage = _Stage(self._stage_slots, self.unit_samples, self.image_shape, self.record_dtype)
+        slot = np.zeros(last - first + 1, np.int64)
+        slot[needed - first] = self._stage.place(needed.tolist(), self._unit)
+        where = (slot[units - first] - units) * self.unit_samples + indices
+        _take(self._stage.pixels, self._stage.rows, where, pixels, records)
 
-    def _scratch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Reused join buffers: fresh multi-MB arrays per window would page-fault on every call."""
-        if self._scratch_pixels is None or len(self._scratch_pixels) < size:
-            self._scratch_pixels, self._scratch_rows = self._new_scratch(size)
-        return self._scratch_pixels[:size], self._scratch_rows[:size]
-
-    def _new_scratch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.empty((size, *self.image_shape), np.uint8), _rows(np.empty(size, self.record_dtype))
-
-    def _gather(self, unit: int, local: np.ndarray, pixels: np.ndarray, records: np.ndarray) -> None:
-        unit_pixels, unit_records = self._unit(unit)
-        np.take(unit_pixels, local, axis=0, out=pixels, mode="clip")
-        np.take(_rows(unit_records), local, out=_rows(records), mode="clip")
+    def _fill_by_unit(self, indices: np.ndarray, units: np.ndarray, pixels: np.ndarray, records: np.ndarray
+                      ) -> None:
+        """Sparse requests: gather unit by unit in unit-sorted order, then one take restores request order
+        (np.take is several times faster than fancy-index scatter for these row sizes)."""
+        n = len(indices)
+        order = np.argsort(units, kind="stable")
+        sorted_units = units[order]
+        local = indices[order] - sorted_units * self.unit_samples
+        cuts = np.flatnonzero(sorted_units[1:] != sorted_units[:-1]) + 1
+        grouped_pixels, grouped_records = self._empty(n)
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, n].tolist(), strict=True):
+            unit_pixels, unit_records = self._unit(int(sorted_units[lo]))
+            _take(unit_pixels, _rows(unit_records), local[lo:hi], grouped_pixels[lo:hi], grouped_records[lo:hi])
+        back = np.empty(n, np.int64)
+        back[order] = np.arange(n, dtype=np.int64)
+        _take(grouped_pixels, _rows(grouped_records), back, pixels, records)
 
     def read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Samples [start, stop) in stored order."""
@@ -169,46 +170,24 @@ class ShardedDataset:
     def iter_order(
         self, order: np.ndarray, batch_size: int, out: Allocator | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Batches of consecutive `batch_size` slices of `order`, each a pair of fresh contiguous arrays.
+        """Batches of consecutive `batch_size` slices of `order`, each gathered into `out(n)` (pixels
+        (n,H,W,C) uint8, records (n,) contiguous) when given, else into new arrays.
 
-        A window of batches is staged once (its units joined into buffers private to this generator,
-        so other reads cannot clobber them); each batch is then one np.take per array from the stage,
-        into `out(n)` (pixels (n,H,W,C) uint8, records (n,) contiguous) when given, else new arrays.
+        For backends whose units take real decoding (Parquet row groups), a helper thread decodes the
+        unit found PREFETCH_SAMPLES ahead in the order while this thread gathers the current batches.
         """
         order = self._check(order)
-        per_chunk = batch_size * max(1, WINDOW_SAMPLES // batch_size)
-        buffers: list[np.ndarray] = []
-
-        def scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
-            if not buffers or len(buffers[0]) < size:
-                buffers[:] = self._new_scratch(size)
-            return buffers[0][:size], buffers[1][:size]
-
-        for lo in range(0, len(order), per_chunk):
-            chunk = order[lo : lo + per_chunk]
-            window = self._window(chunk, scratch)
-            if window is None:
-                pixels, records = self.read(chunk)
-                for b in range(0, len(records), batch_size):
-                    if out is None:
-                        yield pixels[b : b + batch_size], records[b : b + batch_size]
-                    else:
-                        batch_pixels, batch_records = out(len(records[b : b + batch_size]))
-                        batch_pixels[...] = pixels[b : b + batch_size]
-                        batch_records[...] = records[b : b + batch_size]
-                        yield batch_pixels, batch_records
-                continue
-            source_pixels, source_rows, where = window
-            for b in range(0, len(chunk), batch_size):
-                rows = where[b : b + batch_size]
-                if out is None:
-                    pixels = np.empty((len(rows), *self.image_shape), np.uint8)
-                    records = np.empty(len(rows), self.record_dtype)
-                else:
-                    pixels, records = out(len(rows))
-                np.take(source_rows, rows, out=_rows(records), mode="clip")
-                np.take(source_pixels, rows, axis=0, out=pixels, mode="clip")
-                yield pixels, records
+        with ThreadPoolExecutor(1) if self.backend.prefetch_units else nullcontext() as pool:
+            try:
+                for lo in range(0, len(order), batch_size):
+                    if pool is not None and lo + PREFETCH_SAMPLES < len(order):
+                        self._prefetch(pool, int(order[lo + PREFETCH_SAMPLES]) // self.unit_samples)
+                    rows = order[lo : lo + batch_size]
+                    pixels, records = self._empty(len(rows)) if out is None else out(len(rows))
+                    self._fill(rows, pixels, records)
+                    yield pixels, records
+            finally:
+                self._pending.clear()
 
     def iter_batches(
         self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True, rank: int = 0,
@@ -226,6 +205,56 @@ class ShardedDataset:
         return self.iter_order(order, batch_size, out)
 
 
+class _Stage:
+    """Reusable slots of whole units: the small units of a shuffle window are copied in once, then
+    every batch of the window is one gather from this cache-friendly buffer (the blocks themselves
+    are scattered over the memory map). Least recently used slots are refilled first."""
+
+    def __init__(self, slots: int, unit_samples: int, image_shape: tuple[int, int, int], record_dtype: np.dtype
+                 ) -> None:
+        self.unit_samples = unit_samples
+        self.pixels = np.empty((slots * unit_samples, *image_shape), np.uint8)
+        self.rows = _rows(np.empty(slots * unit_samples, record_dtype))
+        self.held = [-1] * slots  # the unit in each slot
+        self.used = [0] * slots  # when each slot was last wanted
+        self.slot_of: dict[int, int] = {}
+        self.clock = 0
+
+    def place(self, units: list[int], load: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> list[int]:
+        """The slot of each of `units` (at most as many as there are slots), loading the missing ones."""
+        self.clock += 1
+        wanted = set(units)
+        for unit in units:
+            if unit not in self.slot_of:
+                self._load(unit, wanted, load)
+            self.used[self.slot_of[unit]] = self.clock
+        return [self.slot_of[unit] for unit in units]
+
+    def _load(self, unit: int, wanted: set[int], load: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> None:
+        free = [slot for slot, held in enumerate(self.held) if held not in wanted]
+        slot = min(free, key=self.used.__getitem__)
+        self.slot_of.pop(self.held[slot], None)
+        pixels, records = load(unit)
+        lo = slot * self.unit_samples
+        self.pixels[lo : lo + len(records)] = pixels
+        self.rows[lo : lo + len(records)] = _rows(records)
+        self.held[slot] = unit
+        self.slot_of[unit] = slot
+
+
+def _take(source_pixels: np.ndarray, source_rows: np.ndarray, where: np.ndarray, pixels: np.ndarray,
+          records: np.ndarray) -> None:
+    np.take(source_rows, where, out=_rows(records), mode="clip")
+    np.take(source_pixels, where, axis=0, out=pixels, mode="clip")
+
+
+_ROW_DTYPES: dict[int, np.dtype] = {}
+
+
 def _rows(records: np.ndarray) -> np.ndarray:
     """Structured records as opaque fixed-size rows: gathers become plain memcpy (about 20x faster)."""
-    return records.view(np.dtype((np.void, records.dtype.itemsize)))
+    size = records.dtype.itemsize
+    row = _ROW_DTYPES.get(size)
+    if row is None:
+        row = _ROW_DTYPES[size] = np.dtype((np.void, size))
+    return records.view(row)
