@@ -19,6 +19,10 @@ Two passes, the same for every stage:
    with `allow_repeat`; `mix=False` keeps everything); each worker reads its chunk's records from the
    plan file, `select`s, decodes each image once (cv2.imread, IMREAD_COLOR) and renders the kept crops;
    the parent writes results in image order.
+Without mixing (`mix=False`, CLI `--ratio all`) every planned sample is written, so both passes are one:
+each worker renders what it has just planned, from the image it has just decoded (mined images are
+decoded once, not twice) and the samples go straight to the writer; the plan file is still kept for
+resuming and for the mining report.
 
 Workers are started with forkserver (spawn off Linux): a plain fork of a process whose OpenCV thread
 pool has run can deadlock. As with any spawn-style pool, scripts calling build_dataset with
@@ -72,6 +76,7 @@ from facedata.buildworker import (
     STATUS_REASON,
     WRITTEN,
     CascadeFactory,
+    ChunkResult,
     Job,
     init_worker,
     plan_chunk,
@@ -426,6 +431,8 @@ def _run(
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
     started: float,
 ) -> dict[str, Any]:
+    """Plan, then render (two passes); without mixing (`ratio` None) both in one pass, since every
+    planned sample is written: each image is decoded once and its samples go straight to the writer."""
     n = job.n
     skipped: list[dict[str, str]] = []
 
@@ -442,49 +449,28 @@ def _run(
     )
     with writer:
         plan = PlanFile(out_dir, writer.fingerprint, PLAN_DTYPE, job.record_dtype, n)
+        resumed_plan = plan.planned
+        output = _Output(writer, out_dir, n, skip, on_write)
+        single_pass = ratio is None
         try:
-            resumed_plan = plan.planned
-            _plan_pass(runner, job, plan, chunk, progress, strict, skip, on_plan)
+            if single_pass:
+                output.rewind(min(output.start, plan.planned))  # planned images are re-rendered from the plan
+                _render_pass(runner, job, plan, output, output.start, plan.planned, None, chunk, progress)
+            resumed_from = output.start
+            _plan_pass(runner, job, plan, output if single_pass else None, chunk, progress, strict, skip, on_plan)
         finally:
             plan.close()
         if job.stage != "pnet":
             _write_mining_report(out_dir / MINING_REPORT_NAME, job, plan.table)
-        totals = plan.table["labels"][plan.table["status"] == PLANNED].sum(axis=0)
-        counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, totals.tolist(), strict=True)}
-        mix = None if ratio is None else mixing_plan(counts, ratio, allow_repeat)
-
-        table = np.zeros(n, PROGRESS_DTYPE)
-        done = writer.samples_done
-        saved = _load_progress(out_dir, writer.fingerprint, n) if done else None
-        if saved is not None:
-            table[:] = saved
-        start, position = _resume_point(table if saved is not None else None, done)
-        for j in np.flatnonzero(table["status"][:start] != WRITTEN).tolist():
-            skip(j, int(table["status"][j]))
-        last_saved = done
-        offsets = plan.offsets()
-        todo = list(_chunks(start, n, chunk))
-        jobs = ((a, b, plan.table[a:b], int(offsets[a]), mix) for a, b in todo)
-        bar = tqdm(total=n - start, desc="render", unit="img", disable=not progress)
-        for (lo, hi), result in zip(todo, runner.ordered(render_chunk, jobs), strict=True):
-            table[lo:hi] = result.progress
-            for j in range(lo, hi):
-                if table["status"][j] != WRITTEN:
-                    skip(j, int(table["status"][j]), result.notes.get(j))
-            k = len(result.records)
-            drop = min(k, max(0, done - position))
-            if drop < k:
-                writer.add(result.pixels[drop:], result.records[drop:])
-            position += k
-            if writer.samples_done > last_saved:
-                _save_progress(out_dir, table, writer.fingerprint)
-                last_saved = writer.samples_done
-            if on_write is not None:
-                on_write(position)
-            bar.update(hi - lo)
-        bar.close()
-        summary = _summary(job, plan.table, table, skipped, mix)
-        summary.update(resumed_from_sample=done, resumed_from_image=start, resumed_plan_from_image=resumed_plan)
+        mix = None
+        if not single_pass:
+            totals = plan.table["labels"][plan.table["status"] == PLANNED].sum(axis=0)
+            counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, totals.tolist(), strict=True)}
+            mix = mixing_plan(counts, ratio, allow_repeat)
+            _render_pass(runner, job, plan, output, output.start, n, mix, chunk, progress)
+        summary = _summary(job, plan.table, output.table, skipped, mix)
+        summary.update(resumed_from_sample=output.done, resumed_from_image=resumed_from,
+                       resumed_plan_from_image=resumed_plan)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         index = writer.close(summary)
     plan.remove()
@@ -500,22 +486,83 @@ def _run(
     return summary
 
 
-def _plan_pass(
-    runner: _Runner, job: Job, plan: PlanFile, chunk: int, progress: bool, strict: bool,
-    skip: Callable[..., None], on_plan: Callable[[int], None] | None,
+class _Output:
+    """The sample stream into the writer: per-image progress, resume point, dropping what is durable."""
+
+    def __init__(
+        self, writer: DatasetWriter, out_dir: Path, n: int, skip: Callable[..., None],
+        on_write: Callable[[int], None] | None,
+    ) -> None:
+        self.writer, self.out_dir, self.skip, self.on_write = writer, out_dir, skip, on_write
+        self.table = np.zeros(n, PROGRESS_DTYPE)
+        self.done = self.last_saved = writer.samples_done
+        saved = _load_progress(out_dir, writer.fingerprint, n) if self.done else None
+        if saved is not None:
+            self.table[:] = saved
+        self.start, self.position = _resume_point(self.table if saved is not None else None, self.done)
+        for j in np.flatnonzero(self.table["status"][: self.start] != WRITTEN).tolist():
+            skip(j, int(self.table["status"][j]))
+
+    def rewind(self, start: int) -> None:
+        """Regenerate the stream from image `start` (at most the resume point) on."""
+        self.start = start
+        self.position = int(self.table["counts"][:start].sum())
+        self.table[start:] = np.zeros(1, PROGRESS_DTYPE)
+
+    def consume(self, lo: int, hi: int, result: ChunkResult) -> None:
+        self.table[lo:hi] = result.progress
+        for j in range(lo, hi):
+            if self.table["status"][j] != WRITTEN:
+                self.skip(j, int(self.table["status"][j]), result.notes.get(j))
+        k = len(result.records)
+        drop = min(k, max(0, self.done - self.position))
+        if drop < k:
+            self.writer.add(result.pixels[drop:], result.records[drop:])
+        self.position += k
+        if self.writer.samples_done > self.last_saved:
+            _save_progress(self.out_dir, self.table, self.writer.fingerprint)
+            self.last_saved = self.writer.samples_done
+        if self.on_write is not None:
+            self.on_write(self.position)
+
+
+def _render_pass(
+    runner: _Runner, job: Job, plan: PlanFile, output: _Output, lo: int, hi: int, mix: MixPlan | None,
+    chunk: int, progress: bool,
 ) -> None:
-    """Pass 1 from where an earlier run left off: every image's records into the plan file, in order.
-    Failed images are reported in pass 2 (which sees their status); `strict` stops here already."""
+    """Pass 2 over planned images [lo, hi): mix, decode, render, write."""
+    if hi <= lo:
+        return
+    offsets = plan.offsets()
+    todo = list(_chunks(lo, hi, chunk))
+    jobs = ((a, b, plan.table[a:b], int(offsets[a]), mix) for a, b in todo)
+    bar = tqdm(total=hi - lo, desc="render", unit="img", disable=not progress)
+    for (a, b), result in zip(todo, runner.ordered(render_chunk, jobs), strict=True):
+        output.consume(a, b, result)
+        bar.update(b - a)
+    bar.close()
+
+
+def _plan_pass(
+    runner: _Runner, job: Job, plan: PlanFile, output: _Output | None, chunk: int, progress: bool,
+    strict: bool, skip: Callable[..., None], on_plan: Callable[[int], None] | None,
+) -> None:
+    """Pass 1 from where an earlier run left off: every image's records into the plan file, in order;
+    with `output` (single pass) rendered and written too. In two passes failed images are reported by
+    pass 2 (which sees their status); `strict` stops here already."""
     n = job.n
-    mining = job.stage != "pnet"
     todo = list(_chunks(plan.planned, n, chunk))
-    bar = tqdm(total=n, initial=plan.planned, desc="mine" if mining else "plan", unit="img",
-               disable=not progress)
-    for (lo, hi), result in zip(todo, runner.ordered(plan_chunk, todo), strict=True):
-        if strict:
+    desc = "mine" if job.stage != "pnet" else "plan"
+    bar = tqdm(total=n, initial=plan.planned, desc=desc, unit="img", disable=not progress)
+    jobs = ((a, b, output is not None) for a, b in todo)
+    for (lo, hi), result in zip(todo, runner.ordered(plan_chunk, jobs), strict=True):
+        if strict and output is None:
             for row in np.flatnonzero(result.rows["status"] != PLANNED).tolist():
                 skip(lo + row, int(result.rows["status"][row]), result.notes.get(lo + row))
         plan.append(lo, hi, result.rows, result.records)
+        if output is not None:
+            assert result.rendered is not None
+            output.consume(lo, hi, result.rendered)
         if on_plan is not None:
             on_plan(hi)
         bar.update(hi - lo)

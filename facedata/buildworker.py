@@ -192,53 +192,108 @@ def _read_image(task: ImageTask) -> tuple[np.ndarray | None, int, str | None]:
 
 
 @dataclass
+class ChunkResult:
+    """Samples of a chunk of stream images ready for the writer, in order."""
+
+    pixels: np.ndarray  # (n, size, size, 3) uint8
+    records: np.ndarray
+    progress: np.ndarray  # (hi - lo,) PROGRESS_DTYPE
+    notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for skipped images
+
+
+@dataclass
 class PlanResult:
     rows: np.ndarray  # (hi - lo,) PLAN_DTYPE
     records: np.ndarray  # all planned records of the chunk, image after image
     notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for failed images
+    rendered: ChunkResult | None = None  # single pass: the same records with their pixels
 
 
-def plan_chunk(lo: int, hi: int) -> PlanResult:
-    """Pass 1: the unmixed records of stream images [lo, hi). Crop and landmark images are planned
-    from geometry alone (no decoding); mined images are decoded, run through the detector and labelled."""
+class _Samples:
+    """Accumulates one chunk's rendered samples and per-image progress."""
+
+    def __init__(self, job: Job, lo: int, hi: int) -> None:
+        self.job, self.lo = job, lo
+        self.progress = np.zeros(hi - lo, PROGRESS_DTYPE)
+        self.pixels: list[np.ndarray] = []
+        self.records: list[np.ndarray] = []
+        self.notes: dict[int, str] = {}
+
+    def add(self, j: int, records: np.ndarray, image: np.ndarray | None) -> None:
+        """Render image j's kept records (decoding it unless `image` is given; not at all if none kept)."""
+        row, job = j - self.lo, self.job
+        self.progress["status"][row] = WRITTEN
+        if len(records) == 0:
+            return
+        if image is None:
+            image, status, note = _read_image(job.task(j))
+            if image is None:
+                self.fail(j, status, note)
+                return
+        recipe = job.crop_recipe if j < job.n_det else job.landmark_recipe
+        self.pixels.append(render(image, records, job.size, recipe.interpolation))
+        self.records.append(records)
+        self.progress["counts"][row] = label_counts(records["label"])
+
+    def fail(self, j: int, status: int, note: str | None) -> None:
+        self.progress["status"][j - self.lo] = status
+        if note:
+            self.notes[j] = note
+
+    def result(self) -> ChunkResult:
+        size, job = self.job.size, self.job
+        pixels = np.concatenate(self.pixels) if self.pixels else np.zeros((0, size, size, 3), np.uint8)
+        records = np.concatenate(self.records) if self.records else np.zeros(0, job.record_dtype)
+        return ChunkResult(pixels, records, self.progress, self.notes)
+
+
+def _plan_image(job: Job, j: int) -> tuple[np.ndarray | None, int, str | None, np.ndarray | None, Any]:
+    """(records or None, status, note, the decoded image if planning needed it, MiningCounts or None).
+
+    Crop and landmark images are planned from geometry alone (only their file's existence is checked);
+    mined images are decoded, run through the detector and labelled.
+    """
+    task = job.task(j)
+    if not _mined(job, j):
+        if not os.path.isfile(task.path):
+            return None, MISSING, None, None, None
+        return _plan(job, j), PLANNED, None, None, None
+    assert job.mining_recipe is not None
+    image, status, note = _read_image(task)
+    if image is None:
+        return None, status, note, None, None
+    detections = _cascade().detect(image)
+    records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
+    return _as_dtype(records, job.record_dtype), PLANNED, None, image, counts
+
+
+def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
+    """Pass 1: the unmixed records of stream images [lo, hi). With `single_pass` (no mixing: every
+    planned sample is written) they are rendered at once too, each image decoded at most once."""
     job = _JOB
     assert job is not None
     rows = np.zeros(hi - lo, PLAN_DTYPE)
     parts: list[np.ndarray] = []
     notes: dict[int, str] = {}
+    samples = _Samples(job, lo, hi) if single_pass else None
     for row, j in enumerate(range(lo, hi)):
-        task = job.task(j)
-        if _mined(job, j):
-            assert job.mining_recipe is not None
-            image, status, note = _read_image(task)
-            if image is None:
-                rows["status"][row] = status
-                if note:
-                    notes[j] = note
-                continue
-            detections = _cascade().detect(image)
-            records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
-            records = _as_dtype(records, job.record_dtype)
-            rows["mining"][row] = [getattr(counts, name) for name in MINING_FIELDS]
-        elif not os.path.isfile(task.path):
-            rows["status"][row] = MISSING
+        records, status, note, image, counts = _plan_image(job, j)
+        rows["status"][row] = status
+        if records is None:
+            if note:
+                notes[j] = note
+            if samples is not None:
+                samples.fail(j, status, note)
             continue
-        else:
-            records = _plan(job, j)
-        rows["status"][row] = PLANNED
+        if counts is not None:
+            rows["mining"][row] = [getattr(counts, name) for name in MINING_FIELDS]
         rows["records"][row] = len(records)
         rows["labels"][row] = label_counts(records["label"])
         parts.append(records)
+        if samples is not None:
+            samples.add(j, records, image)
     records = np.concatenate(parts) if parts else np.zeros(0, job.record_dtype)
-    return PlanResult(rows, records, notes)
-
-
-@dataclass
-class ChunkResult:
-    pixels: np.ndarray  # (n, size, size, 3) uint8, all images of the chunk in order
-    records: np.ndarray
-    progress: np.ndarray  # (hi - lo,) PROGRESS_DTYPE
-    notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for skipped images
+    return PlanResult(rows, records, notes, None if samples is None else samples.result())
 
 
 def render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None) -> ChunkResult:
@@ -246,34 +301,15 @@ def render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | 
     PLAN_DTYPE rows, `first` the position of image lo's records in the plan file."""
     job = _JOB
     assert job is not None
-    progress = np.zeros(hi - lo, PROGRESS_DTYPE)
     ends = np.cumsum(plan["records"])
     planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]) if len(ends) else first)
-    all_pixels: list[np.ndarray] = []
-    all_records: list[np.ndarray] = []
-    notes: dict[int, str] = {}
+    samples = _Samples(job, lo, hi)
     for row, j in enumerate(range(lo, hi)):
         if plan["status"][row] != PLANNED:
-            progress["status"][row] = plan["status"][row]
+            samples.fail(j, int(plan["status"][row]), None)
             continue
-        task = job.task(j)
         records = planned[ends[row] - plan["records"][row] : ends[row]]
         if mix is not None:
-            records = select(records, task.image_id, job.seed, mix)
-        progress["status"][row] = WRITTEN
-        if len(records) == 0:  # nothing to cut: no need to decode
-            continue
-        image, status, note = _read_image(task)
-        if image is None:
-            progress["status"][row] = status
-            if note:
-                notes[j] = note
-            continue
-        recipe = job.crop_recipe if j < job.n_det else job.landmark_recipe
-        all_pixels.append(render(image, records, job.size, recipe.interpolation))
-        all_records.append(records)
-        progress["counts"][row] = label_counts(records["label"])
-    size = job.size
-    pixels = np.concatenate(all_pixels) if all_pixels else np.zeros((0, size, size, 3), np.uint8)
-    records = np.concatenate(all_records) if all_records else np.zeros(0, job.record_dtype)
-    return ChunkResult(pixels, records, progress, notes)
+            records = select(records, job.task(j).image_id, job.seed, mix)
+        samples.add(j, records, None)
+    return samples.result()

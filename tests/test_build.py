@@ -128,6 +128,19 @@ def test_worker_count_and_chunking_do_not_change_a_byte(corpus: dict, tmp_path: 
     assert shard_hashes(other) != hashes[0]
 
 
+def test_pnet_without_mixing_writes_every_planned_sample_in_one_pass(corpus: dict, tmp_path: Path) -> None:
+    hashes = []
+    for workers in (1, 2):
+        out = tmp_path / f"all{workers}"
+        summary = build_dataset(corpus["det"], corpus["lmk"], out, workers=workers, mix=False, progress=False,
+                                **SMALL)
+        hashes.append(shard_hashes(out))
+    assert hashes[0] == hashes[1]
+    assert summary["label_counts"] == summary["planned"] and summary["shortages"] == []
+    assert load_index(out)["provenance"]["ratio"] is None
+    check_dataset(out, corpus["det"], corpus["lmk"])
+
+
 @pytest.mark.parametrize("keep_progress", [True, False])
 def test_interrupted_build_resumes_byte_identical(corpus: dict, tmp_path: Path, keep_progress: bool) -> None:
     reference = tmp_path / "reference"
@@ -269,20 +282,22 @@ def test_mined_samples_are_mixed_like_pnet_samples(corpus: dict, models: dict, t
     check_dataset(tmp_path / "mixed", corpus["small"], corpus["lmk"])
 
 
-@pytest.mark.parametrize("phase", ["mining", "rendering"])
+@pytest.mark.parametrize(("mix", "phase"), [(True, "mining"), (True, "rendering"), (False, "single pass")])
 def test_interrupted_mining_build_resumes_byte_identical(
-    corpus: dict, models: dict, tmp_path: Path, phase: str
+    corpus: dict, models: dict, tmp_path: Path, mix: bool, phase: str
 ) -> None:
     """Stopped while mining, a rerun runs the detector only on the images not yet mined; stopped while
-    writing, it resumes from the complete shards; both end byte-identical to an uninterrupted build."""
+    writing, it resumes from the complete shards; without mixing (one pass) it does both. Every case ends
+    byte-identical to an uninterrupted build."""
     factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
-    options = {"stage": "rnet", "detector": factory, "progress": False, "shard_bytes": 64 * 1800,
-               "block_samples": 64, "mix": False}
+    options = {"stage": "rnet", "detector": factory, "progress": False, "shard_bytes": 16 * 1800,
+               "block_samples": 16, "mix": mix, "ratio": {0: 40, 1: 1, -1: 1, -2: 1}}
     reference = tmp_path / "reference"
-    build_dataset(corpus["small"], corpus["lmk"], reference, workers=1, **options)
+    total = build_dataset(corpus["small"], corpus["lmk"], reference, workers=1, **options)["samples"]
+    images = len(corpus["small"].images) + len(corpus["lmk"].images)
 
     def stop(count: int) -> None:
-        if count >= (4 if phase == "mining" else 300):
+        if count >= (4 if phase == "mining" else total // 2):
             raise Interrupt
 
     out = tmp_path / "resumed"
@@ -292,10 +307,12 @@ def test_interrupted_mining_build_resumes_byte_identical(
     summary = build_dataset(corpus["small"], corpus["lmk"], out, workers=2, **options)
     if phase == "mining":
         assert summary["resumed_plan_from_image"] == 4 and summary["resumed_from_sample"] == 0
+    elif phase == "rendering":
+        assert summary["resumed_plan_from_image"] == images and summary["resumed_from_sample"] > 0
     else:
-        assert summary["resumed_plan_from_image"] == len(corpus["small"].images) + len(corpus["lmk"].images)
-        assert summary["resumed_from_sample"] > 0
+        assert 0 < summary["resumed_plan_from_image"] < images and summary["resumed_from_sample"] > 0
     assert summary["mining"]["images"] == len(corpus["small"].images)
+    assert total > 4 * 16 and summary["samples"] == total
     assert shard_hashes(out) == shard_hashes(reference)
     assert not any((out / name).exists() for name in PLAN_FILES)
     check_dataset(out, corpus["small"], corpus["lmk"])
