@@ -284,6 +284,13 @@ def test_lattice_nms_equals_generic_nms(factor):
             scores = np.concatenate([lv.scores for lv in levels])
             np.testing.assert_array_equal(lattice_nms(levels, t), nms(boxes, scores, t))
             np.testing.assert_array_equal(lattice_nms(levels[:1], t), nms(levels[0].boxes, levels[0].scores, t))
+            # the cascade's merged NMS over levels already NMS-ed at t: within-level pairs are skipped
+            kept = [lv.subset(lattice_nms([lv], t)) for lv in levels]
+            merged = min(1.0, t + 0.2)
+            np.testing.assert_array_equal(
+                lattice_nms(kept, merged, levels_nms=t),
+                nms(np.concatenate([lv.boxes for lv in kept]), np.concatenate([lv.scores for lv in kept]), merged),
+            )
 
 # -- CLI ------------------------------------------------------------------------------------------------
 def test_cli_detect_draws_boxes(models, tmp_path):

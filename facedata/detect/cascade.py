@@ -134,14 +134,18 @@ class Cascade:
     # -- pixels -------------------------------------------------------------------------------------
     def _normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (..., H, W, 3) BGR → float32 (N, 3, H, W) as the contract says, one plane at a time
-        (no float HWC temporary, no transpose copy)."""
+        (no float HWC temporary, no transpose copy; one image is split into planes by OpenCV first)."""
         x = pixels.reshape(-1, *pixels.shape[-3:])
         if self.contract.channels == "rgb":
             x = x[..., ::-1]
         out = np.empty((x.shape[0], 3, *x.shape[1:3]), np.float32)
         mean = np.float32(self.contract.mean)
-        for c in range(3):
-            np.subtract(x[..., c], mean, out=out[:, c], dtype=np.float32)
+        if len(x) == 1:  # a pyramid level: contiguous planes are faster to convert
+            planes = [plane[None] for plane in cv2.split(np.ascontiguousarray(x[0]))]
+        else:
+            planes = [x[..., c] for c in range(3)]
+        for c, plane in enumerate(planes):
+            np.subtract(plane, mean, out=out[:, c], dtype=np.float32)
         out *= np.float32(self.contract.scale)
         return out
 
@@ -194,7 +198,7 @@ class Cascade:
             regs.append(reg[0][:, ys[keep], xs[keep]].T)
         if not levels:
             return _empty((0,))
-        keep = lattice_nms(levels, self.config.nms_merged)
+        keep = lattice_nms(levels, self.config.nms_merged, levels_nms=self.config.nms_per_scale)
         boxes, scores, reg = (np.concatenate(a) for a in ([c.boxes for c in levels], [c.scores for c in levels], regs))
         return self._valid(calibrate(boxes[keep], reg[keep]), scores[keep], None)
 
