@@ -180,20 +180,14 @@ def _lattice_pairs(level: Lattice, threshold: float) -> tuple[np.ndarray, np.nda
     stencil = _stencil(level.cell, level.stride, threshold)
     if len(level.cols) < 2 or not stencil:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    c0, r0 = int(level.cols.min()), int(level.rows.min())
-    cols, rows = level.cols - c0, level.rows - r0
-    grid = np.full((int(rows.max()) + 1, int(cols.max()) + 1), -1, np.int64)
+    offsets = np.array(stencil, np.int64)  # (k, 2) as (dc, dr)
+    pad = int(np.abs(offsets).max())  # a margin so that every shifted cell indexes the grid
+    cols, rows = level.cols - int(level.cols.min()) + pad, level.rows - int(level.rows.min()) + pad
+    grid = np.full((int(rows.max()) + pad + 1, int(cols.max()) + pad + 1), -1, np.int64)
     grid[rows, cols] = np.arange(len(cols))
-    first, second = [], []
-    for dc, dr in stencil:
-        r, c = rows + dr, cols + dc
-        inside = (r < grid.shape[0]) & (c >= 0) & (c < grid.shape[1])
-        i = np.flatnonzero(inside)
-        j = grid[r[i], c[i]]
-        hit = j >= 0
-        first.append(i[hit])
-        second.append(j[hit])
-    i, j = np.concatenate(first), np.concatenate(second)
+    j = grid[rows[:, None] + offsets[None, :, 1], cols[:, None] + offsets[None, :, 0]]  # (n, k) neighbours
+    i, k = np.nonzero(j >= 0)
+    j = j[i, k]
     hit = overlap_pairs(level.boxes[i], level.boxes[j]) > threshold
     return i[hit], j[hit]
 
