@@ -5,8 +5,9 @@ Corpus: ~1024 x 700 JPEG (q 90) images with a WIDER-like number of faces (geomet
 zero-face images) and sizes (log-uniform 10 to 400 px), plus a CUHK-like landmark set (250 x 250, one
 face, 5 points) of a third as many images. The build runs as a subprocess (the real CLI); its peak memory
 is summed over its process tree (parent, workers, forkserver) as PSS, see benchmarks/measure.py. The
-decode floor is measured before and after the build and the faster run is used (load from other
-processes on the machine only ever slows a run down).
+decode floor is measured right before and right after the build and the ratio uses their mean: this
+machine's speed drifts by tens of percent over minutes, and bracketing the build cancels most of it
+(both floors are printed).
 
 Goal (issue 3): build <= 1.5 x the decode floor per core, i.e. (build wall x workers) / (one-core
 decode time) <= 1.5; peak RSS flat between the sizes and <= 512 MB.
@@ -134,7 +135,7 @@ def main() -> int:
         cmd = [*facedata_command(), "build", "pnet", "--detections", str(det), "--landmarks", str(lmk),
                "-o", str(out), "--workers", str(args.workers), "--format", args.format, "--quiet"]
         wall, peak, _ = run_measured(cmd)
-        floor = min(floor, decode_floor(root)[0])
+        floor = (floor, decode_floor(root)[0])
         from facedata.storage.index import load_index
 
         rows.append((n, files, floor, wall, peak, load_index(out)["samples"]))
@@ -142,11 +143,14 @@ def main() -> int:
     cores = args.workers
     print(f"PNet build, {args.format}, {cores} worker(s) on {os.cpu_count()} core(s); "
           f"corpus ~{WIDTH}x{HEIGHT} JPEG\n")
-    print("| images (det + lmk) | samples | decode floor, 1 core | build wall | build x workers / floor | "
+    print("| images (det + lmk) | samples | decode floor, 1 core (before / after) | build wall | "
+          "build x workers / mean floor | "
           "samples/s | peak memory, tree PSS anon | tree PSS incl. file pages | largest process RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n, files, floor, wall, peak, samples in rows:
-        print(f"| {n} + {files - n} | {samples:,} | {floor:.2f} s | {wall:.2f} s | {wall * cores / floor:.2f} | "
+        mean = sum(floor) / 2
+        print(f"| {n} + {files - n} | {samples:,} | {floor[0]:.2f} / {floor[1]:.2f} s | {wall:.2f} s | "
+              f"{wall * cores / mean:.2f} | "
               f"{samples / wall:,.0f} | {mb(peak.anon)} | {mb(peak.total)} | {mb(peak.max_rss)} |")
     if len(rows) >= 2:
         print(f"\npeak tree PSS (anon) ratio largest/smallest corpus: {rows[-1][4].anon / rows[0][4].anon:.2f}")
