@@ -382,7 +382,9 @@ def build_dataset(
         record_dtype, str(out_dir.resolve() / RECORDS_NAME),
     )
     n = job.n
-    chunk = chunk_images or max(1, min(32, -(-n // (workers * 16))))
+    # Mining an image takes ~40x planning + rendering one: smaller chunks keep the workers evenly busy to
+    # the last image (and the plan resumable at a finer grain).
+    chunk = chunk_images or max(1, min(4 if stage != "pnet" else 32, -(-n // (workers * 16))))
 
     provenance: dict[str, Any] = {
         "builder": "facedata.build",
