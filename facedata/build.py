@@ -618,6 +618,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     images = summary["images"]
     lines.append(f"images: {images['detections']:,} detection, {images['landmarks']:,} landmark, "
                  f"{images['skipped']:,} skipped")
+    if summary.get("resumed_plan_from_image"):
+        done = "mined" if summary["stage"] != "pnet" else "planned"
+        lines.append(f"resumed: {summary['resumed_plan_from_image']:,} images already {done} were not redone")
     if summary.get("resumed_from_sample"):
         lines.append(f"resumed after {summary['resumed_from_sample']:,} samples already in complete shards")
     mining = summary.get("mining")
