@@ -181,7 +181,8 @@ def test_flipped_byte_is_reported_with_the_shard_name(corpus: dict, tmp_path: Pa
     assert problems and all(shard.name in p for p in problems)
 
 
-def test_unreadable_and_missing_images_are_skipped_and_named(corpus: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mix", [True, False])  # two passes, and one
+def test_unreadable_and_missing_images_are_skipped_and_named(corpus: dict, tmp_path: Path, mix: bool) -> None:
     det: Manifest = corpus["det"]
     images = tmp_path / "images"
     shutil.copytree(corpus["corpus"].wider_images, images)
@@ -189,13 +190,14 @@ def test_unreadable_and_missing_images_are_skipped_and_named(corpus: dict, tmp_p
     (images / rel[5]).write_bytes(b"not a jpeg")
     (images / rel[7]).unlink()
     roots = {str(det.images["root"].iloc[0]): str(images)}
-    summary = build_dataset(det, None, tmp_path / "out", workers=2, roots=roots, progress=False, **SMALL)
+    summary = build_dataset(det, None, tmp_path / "out", workers=2, roots=roots, progress=False, mix=mix,
+                            **SMALL)
     skipped = {Path(item["path"]).name: item["reason"] for item in summary["skipped"]}
     assert set(skipped) == {Path(rel[5]).name, Path(rel[7]).name}
     assert "decoded" in skipped[Path(rel[5]).name] and "not found" in skipped[Path(rel[7]).name]
     check_dataset(tmp_path / "out", det, None)
     with pytest.raises(FacedataError, match="not found|cannot be decoded"):
-        build_dataset(det, None, tmp_path / "strict", workers=1, roots=roots, progress=False, strict=True)
+        build_dataset(det, None, tmp_path / "strict", workers=1, roots=roots, progress=False, strict=True, mix=mix)
 
 
 def test_verify_labels_warns_on_other_manifests_and_finds_mismatches(corpus: dict, tmp_path: Path) -> None:
