@@ -63,3 +63,28 @@ def test_models_without_prelu_come_back_unchanged(tmp_path: Path) -> None:
             node.op_type, node.input[:] = "Relu", node.input[:1]
     data = model.SerializeToString()
     assert fast_prelu(data) is data
+
+
+def test_a_rewrite_onnxruntime_rejects_falls_back_to_the_model_as_given(tmp_path: Path) -> None:
+    """PRelu over a 5-D tensor with per-"channel" slopes (C, 1, 1): the 1x1 Conv of the rewrite is not valid
+    there, so the stage loads the original graph (and still computes PReLU)."""
+    from onnx import TensorProto, helper
+
+    from facedata.detect.models import ModelContract, OnnxStage
+
+    slope = numpy_helper.from_array(np.array([0.1, 0.2, 0.3, 0.4], np.float32).reshape(4, 1, 1), "slope")
+    graph = helper.make_graph(
+        [helper.make_node("PRelu", ["input", "slope"], ["out"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 4, 5, 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 5, 6])], [slope],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    assert "PRelu" not in _ops(fast_prelu(data))  # rewritten, into a graph onnxruntime rejects
+    stage = object.__new__(OnnxStage)
+    stage.path, stage.stage, stage.contract = tmp_path / "odd.onnx", "pnet", ModelContract()
+    session = stage._load(data, ort.SessionOptions())
+    x = np.random.default_rng(0).normal(0, 1, (1, 2, 4, 5, 6)).astype(np.float32)
+    expected = np.where(x >= 0, x, x * np.array([0.1, 0.2, 0.3, 0.4], np.float32).reshape(4, 1, 1))
+    np.testing.assert_array_equal(session.run(None, {"input": x})[0], expected)
