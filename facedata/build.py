@@ -49,7 +49,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing as mp
 import os
 import time
 from collections import deque
@@ -98,10 +97,11 @@ from facedata.samples import (
     sample_dtype,
 )
 from facedata.storage import DatasetWriter
+from facedata.workerpool import pool_context
 
 __all__ = [
     "MINING_REPORT_NAME", "PROGRESS_NAME", "CascadeFactory", "build_dataset", "check_inputs", "format_summary",
-    "manifest_sha256", "parse_ratio", "parse_roots", "parse_size", "pool_context", "recipes_from_index",
+    "manifest_sha256", "parse_ratio", "parse_roots", "parse_size", "recipes_from_index",
     "verify_build_labels",
 ]
 
@@ -112,23 +112,6 @@ DETECTION_BINS = (0, 1, 2, 6, 11, 51, 101, 501, 1001)  # histogram of detections
 
 
 # ------------------------------------------------------------------------------------ parent side
-
-
-def pool_context() -> Any:
-    """The worker start method, with its server started now (its imports overlap the caller's work).
-
-    forkserver, not fork: a forked copy of a process whose OpenCV (or OpenMP, onnxruntime) thread pool
-    already ran can deadlock; the server imports facedata.buildworker once and forks every worker
-    from it.
-    """
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["facedata.buildworker"])
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-    return ctx
 
 
 class _Runner:

@@ -316,8 +316,13 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
                allow_repeat: bool, interpolation: str, landmark_shifts: int, landmark_min_face: float,
                max_rotation: float, no_mirror: bool, quiet: bool, strict: bool, crop_recipe,
                **extra) -> None:
+    import os
     from dataclasses import replace
 
+    from facedata.workerpool import pool_context
+
+    if (workers or os.cpu_count() or 1) > 1:
+        pool_context()  # the worker server starts importing while this process imports the build
     from facedata.build import build_dataset, format_summary, parse_ratio, parse_roots, parse_size
     from facedata.manifest import Manifest
     from facedata.paths import sha256_file
