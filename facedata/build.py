@@ -72,6 +72,7 @@ from facedata.buildworker import (
     PLAN_DTYPE,
     PLANNED,
     PROGRESS_DTYPE,
+    STATUS_NAME,
     STATUS_REASON,
     WRITTEN,
     CascadeFactory,
@@ -262,9 +263,8 @@ def _write_mining_report(path: Path, job: Job, plan: np.ndarray) -> None:
     """Per detection image: what the detector found and how it was labelled (CSV, atomic)."""
     rows = plan[: job.n_det]
     tasks = job.detection_tasks
-    status = {PLANNED: "mined", **{k: v.split(" (")[0] for k, v in STATUS_REASON.items()}}
     frame = pd.DataFrame({"image_id": tasks.ids, "path": tasks.paths,
-                          "status": [status.get(int(v), "pending") for v in rows["status"]]})
+                          "status": [STATUS_NAME[int(v)] for v in rows["status"]]})
     for k, name in enumerate(MINING_FIELDS):
         frame[name] = rows["mining"][:, k]
     with atomic_write(path, "w") as fh:
@@ -273,7 +273,7 @@ def _write_mining_report(path: Path, job: Job, plan: np.ndarray) -> None:
 
 def _mining_report(table: np.ndarray, n_det: int) -> dict[str, Any]:
     rows = table[:n_det]
-    mined = rows[rows["status"] == WRITTEN]
+    mined = rows[rows["status"] == PLANNED]
     totals = dict(zip(MINING_FIELDS, mined["mining"].sum(axis=0).tolist(), strict=True))
     det = mined["mining"][:, MINING_FIELDS.index("detections")]
     pos = max(1, totals["positives"])
@@ -391,7 +391,7 @@ def build_dataset(
     ok = False
     try:
         summary = _run(
-            runner, job, out_dir, backend=backend, ratio=ratio if mix else None, allow_repeat=allow_repeat,
+            runner, job, out_dir, backend=backend, mix_ratio=ratio if mix else None, allow_repeat=allow_repeat,
             shard_bytes=shard_bytes, block_samples=block_samples, provenance=provenance, progress=progress,
             strict=strict, chunk=chunk, on_write=on_write, on_plan=on_plan, started=started,
         )
@@ -411,12 +411,12 @@ def _describe(detector: Callable[[], Any]) -> Any:
 
 
 def _run(
-    runner: _Runner, job: Job, out_dir: Path, *, backend: str, ratio: dict[int, float] | None,
+    runner: _Runner, job: Job, out_dir: Path, *, backend: str, mix_ratio: dict[int, float] | None,
     allow_repeat: bool, shard_bytes: int, block_samples: int, provenance: dict[str, Any], progress: bool,
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
     started: float,
 ) -> dict[str, Any]:
-    """Plan, then render (two passes); without mixing (`ratio` None) both in one pass, since every
+    """Plan, then render (two passes); without mixing (`mix_ratio` None) both in one pass, since every
     planned sample is written: each image is decoded once and its samples go straight to the writer."""
     n = job.n
     skipped: list[dict[str, str]] = []
@@ -436,13 +436,13 @@ def _run(
         plan = PlanFile(out_dir, writer.fingerprint, PLAN_DTYPE, job.record_dtype, n)
         resumed_plan = plan.planned
         output = _Output(writer, out_dir, n, skip, on_write)
-        single_pass = ratio is None
+        single_pass = mix_ratio is None
+        output.begin(plan.planned if single_pass else n)
+        resumed_from = output.start
         try:
-            if single_pass:
-                output.rewind(min(output.start, plan.planned))  # planned images are re-rendered from the plan
+            if single_pass:  # images planned by an earlier run are rendered from the plan file
                 _render_pass(runner, job, plan, output, output.start, plan.planned, None, chunk, progress)
-            resumed_from = output.start
-            _plan_pass(runner, job, plan, output if single_pass else None, chunk, progress, strict, skip, on_plan)
+            _plan_pass(runner, job, plan, output, single_pass, chunk, progress, strict, skip, on_plan)
         finally:
             plan.close()
         if job.stage != "pnet":
@@ -451,7 +451,7 @@ def _run(
         if not single_pass:
             totals = plan.table["labels"][plan.table["status"] == PLANNED].sum(axis=0)
             counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, totals.tolist(), strict=True)}
-            mix = mixing_plan(counts, ratio, allow_repeat)
+            mix = mixing_plan(counts, mix_ratio, allow_repeat)
             _render_pass(runner, job, plan, output, output.start, n, mix, chunk, progress)
         summary = _summary(job, plan.table, output.table, skipped, mix)
         summary.update(resumed_from_sample=output.done, resumed_from_image=resumed_from,
@@ -485,20 +485,23 @@ class _Output:
         if saved is not None:
             self.table[:] = saved
         self.start, self.position = _resume_point(self.table if saved is not None else None, self.done)
-        for j in np.flatnonzero(self.table["status"][: self.start] != WRITTEN).tolist():
-            skip(j, int(self.table["status"][j]))
+        self.notes: dict[int, str] = {}  # details of images that failed while planning (two passes)
 
-    def rewind(self, start: int) -> None:
-        """Regenerate the stream from image `start` (at most the resume point) on."""
-        self.start = start
-        self.position = int(self.table["counts"][:start].sum())
-        self.table[start:] = np.zeros(1, PROGRESS_DTYPE)
+    def begin(self, limit: int) -> None:
+        """Regenerate the stream from the resume point, or from image `limit` if that is earlier (images
+        to re-render from the plan file); the images skipped before it are reported now, once."""
+        if limit < self.start:
+            self.start = limit
+            self.position = int(self.table["counts"][:limit].sum())
+            self.table[limit:] = np.zeros(1, PROGRESS_DTYPE)
+        for j in np.flatnonzero(self.table["status"][: self.start] != WRITTEN).tolist():
+            self.skip(j, int(self.table["status"][j]))
 
     def consume(self, lo: int, hi: int, result: ChunkResult) -> None:
         self.table[lo:hi] = result.progress
         for j in range(lo, hi):
             if self.table["status"][j] != WRITTEN:
-                self.skip(j, int(self.table["status"][j]), result.notes.get(j))
+                self.skip(j, int(self.table["status"][j]), result.notes.get(j, self.notes.get(j)))
         k = len(result.records)
         drop = min(k, max(0, self.done - self.position))
         if drop < k:
@@ -529,25 +532,27 @@ def _render_pass(
 
 
 def _plan_pass(
-    runner: _Runner, job: Job, plan: PlanFile, output: _Output | None, chunk: int, progress: bool,
+    runner: _Runner, job: Job, plan: PlanFile, output: _Output, single_pass: bool, chunk: int, progress: bool,
     strict: bool, skip: Callable[..., None], on_plan: Callable[[int], None] | None,
 ) -> None:
     """Pass 1 from where an earlier run left off: every image's records into the plan file, in order;
-    with `output` (single pass) rendered and written too. In two passes failed images are reported by
-    pass 2 (which sees their status); `strict` stops here already."""
+    with `single_pass` rendered and written too. In two passes failed images are reported by pass 2
+    (which sees their status; their details wait in `output.notes`); `strict` stops here already."""
     n = job.n
     todo = list(_chunks(plan.planned, n, chunk))
     desc = "mine" if job.stage != "pnet" else "plan"
     bar = tqdm(total=n, initial=plan.planned, desc=desc, unit="img", disable=not progress)
-    jobs = ((a, b, output is not None) for a, b in todo)
+    jobs = ((a, b, single_pass) for a, b in todo)
     for (lo, hi), result in zip(todo, runner.ordered(plan_chunk, jobs), strict=True):
-        if strict and output is None:
-            for row in np.flatnonzero(result.rows["status"] != PLANNED).tolist():
-                skip(lo + row, int(result.rows["status"][row]), result.notes.get(lo + row))
         plan.append(lo, hi, result.rows, result.records)
-        if output is not None:
+        if single_pass:
             assert result.rendered is not None
             output.consume(lo, hi, result.rendered)
+        else:
+            if strict:
+                for row in np.flatnonzero(result.rows["status"] != PLANNED).tolist():
+                    skip(lo + row, int(result.rows["status"][row]), result.notes.get(lo + row))
+            output.notes.update(result.notes)
         if on_plan is not None:
             on_plan(hi)
         bar.update(hi - lo)

@@ -32,6 +32,8 @@ LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 # Per-image status in the plan and progress tables.
 PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE = 0, 1, 2, 3, 4
 PLANNED = WRITTEN  # plan table: the image's records are in the plan file
+STATUS_NAME = {PENDING: "pending", PLANNED: "mined", UNREADABLE: "unreadable", MISSING: "missing",
+               WRONG_SIZE: "wrong size"}  # in the mining report
 STATUS_REASON = {
     UNREADABLE: "cannot be decoded (cv2.imread returned nothing)",
     MISSING: "file not found",
@@ -302,7 +304,7 @@ def render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | 
     job = _JOB
     assert job is not None
     ends = np.cumsum(plan["records"])
-    planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]) if len(ends) else first)
+    planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]))
     samples = _Samples(job, lo, hi)
     for row, j in enumerate(range(lo, hi)):
         if plan["status"][row] != PLANNED:

@@ -334,14 +334,14 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
         size=size, shifts_per_face=landmark_shifts, mirror=not no_mirror, max_rotation=max_rotation,
         min_face=landmark_min_face, interpolation=interpolation,
     )
-    mix = parse_ratio(ratio)
+    ratio_map = parse_ratio(ratio)  # None: 'all', no mixing
     files = {"detections_file": {"name": detections.name, "sha256": sha256_file(detections)}}
     if landmarks:
         files["landmarks_file"] = {"name": landmarks.name, "sha256": sha256_file(landmarks)}
     summary = build_dataset(  # paths, not manifests: the build drops the tables once it has its tasks
         detections, landmarks, output, stage=stage, backend=backend,
         crop_recipe=replace(crop_recipe, interpolation=interpolation), landmark_recipe=landmark_recipe,
-        ratio=mix, mix=mix is not None, allow_repeat=allow_repeat, seed=seed,
+        ratio=ratio_map, mix=ratio_map is not None, allow_repeat=allow_repeat, seed=seed,
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, root_names),
         progress=not quiet, strict=strict, extra_provenance=files, **extra,
     )

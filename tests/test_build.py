@@ -200,6 +200,33 @@ def test_unreadable_and_missing_images_are_skipped_and_named(corpus: dict, tmp_p
         build_dataset(det, None, tmp_path / "strict", workers=1, roots=roots, progress=False, strict=True, mix=mix)
 
 
+def test_resume_with_the_plan_behind_the_shards_names_each_skipped_image_once(corpus: dict, tmp_path: Path) -> None:
+    """One pass, interrupted after shards completed, plan files lost: the rerun re-plans from image 0 and
+    re-renders images whose samples are already durable; a skipped image among them is named once."""
+    det: Manifest = corpus["det"]
+    images = tmp_path / "images"
+    shutil.copytree(corpus["corpus"].wider_images, images)
+    rel = det.images["rel_path"].tolist()
+    (images / rel[1]).unlink()
+    roots = {str(det.images["root"].iloc[0]): str(images)}
+    options = {"roots": roots, "progress": False, "mix": False, **SMALL}
+    reference = build_dataset(det, None, tmp_path / "reference", workers=1, **options)
+
+    def stop(position: int) -> None:
+        if position > reference["samples"] // 2:
+            raise Interrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        build_dataset(det, None, out, workers=1, chunk_images=2, on_write=stop, **options)
+    for name in PLAN_FILES:
+        (out / name).unlink()
+    summary = build_dataset(det, None, out, workers=1, **options)
+    assert summary["resumed_from_sample"] > 0 and summary["resumed_plan_from_image"] == 0
+    assert [Path(item["path"]).name for item in summary["skipped"]] == [Path(rel[1]).name]
+    assert shard_hashes(out) == shard_hashes(tmp_path / "reference")
+
+
 def test_verify_labels_warns_on_other_manifests_and_finds_mismatches(corpus: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
     build_dataset(corpus["det"], corpus["lmk"], out, workers=1, progress=False, **SMALL)
@@ -318,6 +345,19 @@ def test_interrupted_mining_build_resumes_byte_identical(
     assert shard_hashes(out) == shard_hashes(reference)
     assert not any((out / name).exists() for name in PLAN_FILES)
     check_dataset(out, corpus["small"], corpus["lmk"])
+
+
+def test_mined_image_of_the_wrong_size_is_skipped_with_its_detail(corpus: dict, models: dict, tmp_path: Path) -> None:
+    small: Manifest = corpus["small"]
+    images = small.images.copy()
+    images.loc[0, "width"] += 7
+    wrong = Manifest(images, small.faces, small.provenance)
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    summary = build_dataset(wrong, None, tmp_path / "out", stage="rnet", detector=factory, workers=1,
+                            progress=False, ratio={0: 40, 1: 1, -1: 1, -2: 1})
+    (item,) = summary["skipped"]
+    assert item["image_id"] == images.loc[0, "image_id"]
+    assert "decoded size differs" in item["reason"] and "manifest says" in item["reason"]
 
 
 def test_onet_mining_build_runs_pnet_and_rnet(corpus: dict, models: dict, tmp_path: Path) -> None:

@@ -216,19 +216,17 @@ def lattice_nms(levels: list[Lattice], threshold: float, levels_nms: float | Non
     rank[order] = np.arange(n)
     starts = np.cumsum([0, *sizes])
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    for k, level in enumerate(levels):
-        if levels_nms is not None and levels_nms <= threshold:
-            break
-        i, j = _lattice_pairs(level, threshold)
-        ri, rj = rank[i + starts[k]], rank[j + starts[k]]
-        pairs.append((np.minimum(ri, rj), np.maximum(ri, rj)))
+    if levels_nms is None or levels_nms > threshold:
+        for k, level in enumerate(levels):
+            i, j = _lattice_pairs(level, threshold)
+            ri, rj = rank[i + starts[k]], rank[j + starts[k]]
+            pairs.append((np.minimum(ri, rj), np.maximum(ri, rj)))
     area = [float(_areas(level.boxes[:1])[0]) if len(level.cols) else 0.0 for level in levels]
-    ordered = np.concatenate([level.boxes for level in levels]).astype(np.float64)[order]
-    for a in range(len(levels)):
-        for b in range(a + 1, len(levels)):
-            small, large = sorted((area[a], area[b]))
-            if small > 0 and small / large > threshold - 1e-6:
-                pa = rank[starts[a] : starts[a + 1]]
-                pb = rank[starts[b] : starts[b + 1]]
-                pairs += _grid_pairs(ordered, pa, pb, False, threshold, "union")
+    close = [(a, b) for a in range(len(levels)) for b in range(a + 1, len(levels))
+             if min(area[a], area[b]) > 0 and min(area[a], area[b]) / max(area[a], area[b]) > threshold - 1e-6]
+    if close:
+        ordered = np.concatenate([level.boxes for level in levels]).astype(np.float64)[order]
+        for a, b in close:
+            pa, pb = rank[starts[a] : starts[a + 1]], rank[starts[b] : starts[b + 1]]
+            pairs += _grid_pairs(ordered, pa, pb, False, threshold, "union")
     return order[_greedy(n, pairs)].astype(np.int64)
