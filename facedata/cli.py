@@ -92,21 +92,27 @@ def ingest(
 @main.command(name="filter")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--min-size", type=float, metavar="N", help="Drop faces whose width or height is < N px.")
-@click.option("--drop-invalid", is_flag=True, help="Drop faces flagged invalid or degenerate.")
-@click.option("--where", multiple=True, metavar="QUERY",
-              help="Keep rows matching a pandas query, e.g. \"blur < 2 and occlusion == 0\" (repeatable).")
-@click.option("--drop-empty-images", is_flag=True, help="Drop images left without faces (the negatives).")
+@click.option("--min-size", type=float, metavar="N", help="Remove faces whose width or height is < N px.")
+@click.option("--drop-invalid", is_flag=True, help="Remove faces flagged invalid or degenerate.")
+@click.option("--where", multiple=True, metavar="EXPR",
+              help="Keep faces (or, naming image columns only, images) matching EXPR, e.g. "
+                   "\"blur < 2 and occlusion == 0\": columns, literals, comparisons, in [...], and/or/not, "
+                   "+ - * / (repeatable).")
+@click.option("--removed", type=click.Choice(["ignore", "drop"]), default="ignore", show_default=True,
+              help="Removed faces: ignore = kept, flagged as ignore regions (no negative crop is cut over them, "
+                   "their image is not a pure negative); drop = deleted.")
+@click.option("--drop-empty-images", is_flag=True,
+              help="Drop images left without (non-ignored) faces (the negatives).")
 @_quiet_option
 def filter_command(
     source: Path, output: Path, min_size: float | None, drop_invalid: bool, where: tuple[str, ...],
-    drop_empty_images: bool, quiet: bool,
+    removed: str, drop_empty_images: bool, quiet: bool,
 ) -> None:
     """Filter a manifest; rules run as min-size, drop-invalid, where..., drop-empty-images."""
     from facedata.filters import apply_filters, rules_from_options
     from facedata.manifest import Manifest
 
-    rules = rules_from_options(min_size, drop_invalid, where, drop_empty_images)
+    rules = rules_from_options(min_size, drop_invalid, where, drop_empty_images, removed)
     if not rules:
         raise FacedataError("no filter rule given (--min-size, --drop-invalid, --where, --drop-empty-images)")
     result, report = apply_filters(Manifest.read(source), rules)

@@ -1,26 +1,36 @@
 """Composable manifest filters: each rule maps a Manifest to a smaller one and says what it removed.
 
-Rules run in the order given. Rules that drop faces keep the faces' images: an image left with no
-faces is a pure negative, which detector training wants. Only `DropEmptyImages` (or a `Where` query
-that uses image columns only) removes images. Every run is appended to provenance["filters"], so a
+Rules run in the order given. Rules that remove faces keep the faces' images. By default a removed face
+stays in the manifest flagged `ignore`: the samplers treat it as an ignore region (like an invalid face),
+so a face too small to learn from is neither cut as a negative nor turns its image into a pure negative.
+With `removed="drop"` its row is deleted. Only `DropEmptyImages` (or a `Where` expression that uses image
+columns only) removes images. Every run is appended to provenance["filters"], so a
 filtered manifest says how it was derived from its input.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest, command_line
-from facedata.schema import IMAGE_COLUMNS
+from facedata.query import Query, QueryError, evaluate, parse_query
+from facedata.schema import FACE_ATTRIBUTES, FACE_COLUMNS, FACE_FIELDS, IMAGE_COLUMNS, UNKNOWN_ATTRIBUTE
 
+# What happens to the faces a rule removes: flagged `ignore` (kept as ignore regions, so no negative crop
+# is cut over them and their images do not become pure negatives by mistake) or deleted.
+IGNORE, DROP = "ignore", "drop"
+REMOVED_MODES = (IGNORE, DROP)
 # Derived columns a --where query may use besides the manifest's face and image columns.
 DERIVED_COLUMNS = {"box_w": "face width x2 - x1 (px)", "box_h": "face height y2 - y1 (px)"}
+_LIST_COLUMNS = frozenset(f.name for f in FACE_FIELDS if pa.types.is_list(f.type))
 
 
 class Rule(Protocol):
@@ -34,9 +44,10 @@ class Rule(Protocol):
 
 @dataclass(frozen=True)
 class MinSize:
-    """Drop faces whose width or height is below `pixels` (the Ultra-Light-Fast recipe uses 10)."""
+    """Remove faces whose width or height is below `pixels` (the Ultra-Light-Fast recipe uses 10)."""
 
     pixels: float
+    removed: str = IGNORE
 
     @property
     def name(self) -> str:
@@ -44,13 +55,15 @@ class MinSize:
 
     def apply(self, manifest: Manifest) -> Manifest:
         faces = manifest.faces
-        keep = ((faces["x2"] - faces["x1"]) >= self.pixels) & ((faces["y2"] - faces["y1"]) >= self.pixels)
-        return _with_faces(manifest, keep.to_numpy(bool))
+        small = ((faces["x2"] - faces["x1"]) < self.pixels) | ((faces["y2"] - faces["y1"]) < self.pixels)
+        return remove_faces(manifest, small.to_numpy(bool), self.removed)
 
 
 @dataclass(frozen=True)
 class DropInvalid:
-    """Drop faces flagged invalid (WIDER `invalid` = 1) or degenerate (zero or negative width/height)."""
+    """Remove faces flagged invalid (WIDER `invalid` = 1) or degenerate (zero or negative width/height)."""
+
+    removed: str = IGNORE
 
     @property
     def name(self) -> str:
@@ -58,63 +71,68 @@ class DropInvalid:
 
     def apply(self, manifest: Manifest) -> Manifest:
         faces = manifest.faces
-        return _with_faces(manifest, ~(faces["invalid"].to_numpy(bool) | faces["degenerate"].to_numpy(bool)))
+        bad = faces["invalid"].to_numpy(bool) | faces["degenerate"].to_numpy(bool)
+        return remove_faces(manifest, bad, self.removed)
 
 
 @dataclass(frozen=True)
 class Where:
-    """Keep rows matching a pandas query (DataFrame.eval syntax), e.g. `blur < 2 and occlusion == 0`.
+    """Keep rows matching an expression of the `--where` language (facedata.query), e.g.
+    `blur < 2 and occlusion == 0`.
 
-    If the query names image columns only (e.g. `split == 'train'`, `width >= 400`) it selects images,
+    If the expression names image columns only (e.g. `split == 'train'`, `width >= 400`) it selects images,
     and the faces of dropped images go with them. Otherwise it is evaluated on faces joined with their
-    image's columns (plus box_w, box_h) and selects faces, keeping their images. A comparison with an
-    unknown value (null width, for instance) does not match.
+    image's columns (plus box_w, box_h) and removes the faces that do not match, keeping their images.
+    A comparison with an unknown value (null width, attribute -1) does not match; a column unknown for
+    every row is an error, since the result would say nothing about the data.
     """
 
     query: str
+    removed: str = IGNORE
 
     @property
     def name(self) -> str:
         return f"where {self.query}"
 
     def apply(self, manifest: Manifest) -> Manifest:
-        images = manifest.images
+        face_columns = [*IMAGE_COLUMNS, *(c for c in FACE_COLUMNS if c != "image_id"), *DERIVED_COLUMNS]
         try:
-            mask = _evaluate(images, self.query)
-        except _QueryError:
-            mask = None
-        if mask is not None:
-            kept = images.loc[mask].reset_index(drop=True)
-            faces = manifest.faces
-            faces = faces.loc[faces["image_id"].isin(kept["image_id"])].reset_index(drop=True)
-            return Manifest(kept, faces, manifest.provenance)
-        joined = face_table(manifest)
-        try:
-            mask = _evaluate(joined, self.query)
-        except _QueryError as exc:
+            query = parse_query(self.query, face_columns)
+            if query.names <= set(IMAGE_COLUMNS):
+                images = manifest.images
+                kept = images.loc[_evaluate(query, images)].reset_index(drop=True)
+                faces = manifest.faces
+                faces = faces.loc[faces["image_id"].isin(kept["image_id"])].reset_index(drop=True)
+                return Manifest(kept, faces, manifest.provenance)
+            keep = _evaluate(query, face_table(manifest))
+        except QueryError as exc:
             raise FacedataError(f"--where {self.query!r}: {exc}") from None
-        return _with_faces(manifest, mask)
+        return remove_faces(manifest, ~keep, self.removed)
 
 
 @dataclass(frozen=True)
 class DropEmptyImages:
-    """Drop images that have no faces left (removes the pure negatives)."""
+    """Drop images with no face left (ignored faces do not count): removes the pure negatives."""
 
     @property
     def name(self) -> str:
         return "drop_empty_images"
 
     def apply(self, manifest: Manifest) -> Manifest:
-        keep = manifest.images["image_id"].isin(manifest.faces["image_id"])
-        return Manifest(manifest.images.loc[keep].reset_index(drop=True), manifest.faces, manifest.provenance)
+        keep = manifest.images["image_id"].isin(_active(manifest.faces)["image_id"])
+        images = manifest.images.loc[keep].reset_index(drop=True)
+        faces = manifest.faces.loc[manifest.faces["image_id"].isin(images["image_id"])].reset_index(drop=True)
+        return Manifest(images, faces, manifest.provenance)
 
 
 @dataclass(frozen=True)
 class StepResult:
     rule: str
-    faces_removed: int
+    faces_removed: int  # faces dropped or newly ignored
     images_removed: int
-    faces_left: int
+    images_emptied: int  # images that had a face before this step and have none after it (still kept)
+    faces_left: int  # faces not ignored
+    faces_ignored: int  # ignore regions in the result
     images_left: int
 
 
@@ -124,22 +142,27 @@ class FilterReport:
 
     faces_in: int
     images_in: int
+    removed: str
     steps: list[StepResult]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "faces_in": self.faces_in,
             "images_in": self.images_in,
+            "removed": self.removed,
             "steps": [asdict(s) for s in self.steps],
         }
 
     def lines(self) -> list[str]:
-        out = [f"input: {self.images_in} images, {self.faces_in} faces"]
+        how = {IGNORE: "; removed faces kept as ignore regions", DROP: "; removed faces dropped"}.get(self.removed, "")
+        out = [f"input: {self.images_in} images, {self.faces_in} faces{how}"]
         width = max((len(s.rule) for s in self.steps), default=0)
         for s in self.steps:
+            ignored = f" (+{s.faces_ignored} ignored)" if s.faces_ignored else ""
             out.append(
-                f"{s.rule:<{width}}  removed {s.faces_removed} faces, {s.images_removed} images"
-                f"  -> {s.images_left} images, {s.faces_left} faces"
+                f"{s.rule:<{width}}  removed {s.faces_removed} faces, {s.images_removed} images;"
+                f" {s.images_emptied} images lost all their faces"
+                f"  -> {s.images_left} images, {s.faces_left} faces{ignored}"
             )
         return out
 
@@ -149,17 +172,20 @@ def rules_from_options(
     drop_invalid: bool = False,
     where: list[str] | tuple[str, ...] | str | None = None,
     drop_empty_images: bool = False,
+    removed: str = IGNORE,
 ) -> list[Rule]:
     """The CLI's fixed rule order: min_size, drop_invalid, each where query, drop_empty_images."""
+    if removed not in REMOVED_MODES:
+        raise FacedataError(f"--removed must be one of {', '.join(REMOVED_MODES)}, got {removed!r}")
     rules: list[Rule] = []
     if min_size is not None:
-        if min_size < 0:
-            raise FacedataError(f"--min-size must be >= 0, got {min_size:g}")
-        rules.append(MinSize(min_size))
+        if not math.isfinite(min_size) or min_size < 0:
+            raise FacedataError(f"--min-size must be a finite number >= 0, got {min_size:g}")
+        rules.append(MinSize(min_size, removed))
     if drop_invalid:
-        rules.append(DropInvalid())
+        rules.append(DropInvalid(removed))
     queries = [where] if isinstance(where, str) else list(where or [])
-    rules.extend(Where(q) for q in queries)
+    rules.extend(Where(q, removed) for q in queries)
     if drop_empty_images:
         rules.append(DropEmptyImages())
     return rules
@@ -167,16 +193,22 @@ def rules_from_options(
 
 def apply_filters(manifest: Manifest, rules: list[Rule]) -> tuple[Manifest, FilterReport]:
     """Run the rules in order; the result's provenance is the input's plus this run's steps."""
-    report = FilterReport(len(manifest.faces), len(manifest.images), [])
+    modes = sorted({rule.removed for rule in rules if hasattr(rule, "removed")})
+    report = FilterReport(len(manifest.faces), len(manifest.images), "/".join(modes) or "none", [])
     current = manifest
     for rule in rules:
         result = rule.apply(current)
+        before, after = _active(current.faces), _active(result.faces)
+        had_faces = set(before["image_id"])
+        emptied = result.images["image_id"].isin(had_faces) & ~result.images["image_id"].isin(after["image_id"])
         report.steps.append(
             StepResult(
                 rule=rule.name,
-                faces_removed=len(current.faces) - len(result.faces),
+                faces_removed=len(before) - len(after),
                 images_removed=len(current.images) - len(result.images),
-                faces_left=len(result.faces),
+                images_emptied=int(emptied.sum()),
+                faces_left=len(after),
+                faces_ignored=len(result.faces) - len(after),
                 images_left=len(result.images),
             )
         )
@@ -194,34 +226,35 @@ def face_table(manifest: Manifest) -> pd.DataFrame:
     return joined
 
 
-class _QueryError(Exception):
-    pass
+def remove_faces(manifest: Manifest, remove: np.ndarray, removed: str) -> Manifest:
+    """Drop the faces where `remove`, or flag them `ignore` (kept as ignore regions). Every image stays:
+    an image left without faces is a negative, and its ignored faces keep negatives off them."""
+    faces = manifest.faces
+    if removed == DROP:
+        faces = faces.loc[~remove].reset_index(drop=True)
+    else:
+        faces = faces.assign(ignore=faces["ignore"].to_numpy(bool) | remove)
+    return Manifest(manifest.images, faces, manifest.provenance)
 
 
-def _evaluate(frame: pd.DataFrame, query: str) -> np.ndarray:
-    """Boolean mask of `query` on `frame`; nulls count as False."""
-    if not query.strip():
-        raise _QueryError("empty query")
-    try:
-        result = frame.eval(query, engine="python")
-    except pd.errors.UndefinedVariableError as exc:
-        known = ", ".join([*frame.columns, *(c for c in DERIVED_COLUMNS if c not in frame.columns)])
-        raise _QueryError(f"{exc}; columns: {known}") from None
-    except SyntaxError as exc:
-        raise _QueryError(f"invalid syntax ({exc.msg})") from None
-    except (TypeError, ValueError, KeyError, AttributeError, NotImplementedError) as exc:
-        raise _QueryError(f"{type(exc).__name__}: {exc}") from None
-    if np.isscalar(result) and isinstance(result, bool | np.bool_):
-        return np.full(len(frame), bool(result))
-    if not isinstance(result, pd.Series) or len(result) != len(frame):
-        raise _QueryError("the query must be a condition (true/false per row), not a value or an assignment")
-    if not (pd.api.types.is_bool_dtype(result.dtype)):
-        raise _QueryError(
-            f"the query must be a condition (true/false per row), it gives {result.dtype} values"
-        )
-    return result.fillna(False).to_numpy(bool)
+def _active(faces: pd.DataFrame) -> pd.DataFrame:
+    """The faces not flagged `ignore`."""
+    return faces.loc[~faces["ignore"].to_numpy(bool)]
 
 
-def _with_faces(manifest: Manifest, keep: np.ndarray) -> Manifest:
-    """Keep the faces where `keep`; every image stays (a face-less image is a negative)."""
-    return Manifest(manifest.images, manifest.faces.loc[keep].reset_index(drop=True), manifest.provenance)
+def _evaluate(query: Query, frame: pd.DataFrame) -> np.ndarray:
+    """The query's mask on `frame`. WIDER attributes' -1 counts as unknown, like a null; a column
+    unknown for every row is an error."""
+
+    def column(name: str) -> pd.Series:
+        if name in _LIST_COLUMNS:
+            raise QueryError(f"column {name!r} holds lists and cannot be compared")
+        values = frame[name]
+        if name in FACE_ATTRIBUTES:
+            values = values.astype("Int16").mask(values == UNKNOWN_ATTRIBUTE)
+        if len(values) and values.isna().all():
+            hint = " (ingest with --images to record image sizes)" if name in ("width", "height") else ""
+            raise QueryError(f"column {name!r} is unknown for every row{hint}")
+        return values
+
+    return evaluate(query, column, len(frame))

@@ -22,6 +22,7 @@ from facedata.schema import (
     FACE_COLUMNS,
     IMAGE_COLUMNS,
     MANIFEST_SCHEMA,
+    SCHEMA_UPGRADES,
     SCHEMA_VERSION,
     UNKNOWN_ATTRIBUTE,
 )
@@ -45,6 +46,7 @@ _PANDAS_DTYPES: dict[str, Any] = {
     **{name: "int8" for name in FACE_ATTRIBUTES},
     "invalid": "bool",
     "degenerate": "bool",
+    "ignore": "bool",
     "source_line": "Int32",
 }
 
@@ -82,10 +84,13 @@ class Manifest:
         if meta is None:
             raise FacedataError(f"{path}: Parquet file has no facedata manifest metadata")
         info = json.loads(meta)
-        if info.get("schema_version") != SCHEMA_VERSION:
+        version = info.get("schema_version")
+        if version not in SCHEMA_UPGRADES:
             raise FacedataError(
-                f"{path}: manifest schema version {info.get('schema_version')}, expected {SCHEMA_VERSION}"
+                f"{path}: manifest schema version {version}, expected one of {sorted(SCHEMA_UPGRADES)}"
             )
+        for name, default in SCHEMA_UPGRADES[version].items():
+            table = table.append_column(name, pa.array([default] * len(table), MANIFEST_SCHEMA.field(name).type))
         return from_table(table, info.get("provenance", {}))
 
     @staticmethod
@@ -254,6 +259,7 @@ class ManifestBuilder:
         )
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         columns["degenerate"] = (columns["x2"] <= columns["x1"]) | (columns["y2"] <= columns["y1"])
+        columns["ignore"] = np.zeros(total, bool)
         faces = _typed(pd.DataFrame(columns)[FACE_COLUMNS])
         return Manifest(images, faces, provenance)
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# Version history: 1 (issue 2); 2 adds the face flag `ignore`. A reader accepts every version listed in
+# SCHEMA_UPGRADES and fills the columns added since with their defaults; writers write SCHEMA_VERSION.
+SCHEMA_VERSION = 2
+SCHEMA_UPGRADES: dict[int, dict[str, bool]] = {1: {"ignore": False}, 2: {}}
 
 # Official WIDER Face column order after x y w h (wider_face_split readme; the val data confirms it:
 # only blur and occlusion take the value 2 and `invalid` has 585 ones).
@@ -60,6 +63,7 @@ FACE_FIELDS: list[pa.Field] = [
     *[pa.field(name, pa.int8()) for name in FACE_ATTRIBUTES],
     pa.field("invalid", pa.bool_()),
     pa.field("degenerate", pa.bool_()),  # width or height <= 0
+    pa.field("ignore", pa.bool_()),  # removed by `filter` but kept as an ignore region (see facedata.filters)
     pa.field("source_line", pa.int32()),  # 1-based line in the source file, when it has lines
 ]
 

@@ -1,7 +1,7 @@
 """Per-image work units for the samplers: plain arrays cut from a manifest, small and picklable.
 
-A face is *usable* (may be sampled) when it is valid, not degenerate and its larger side
-(x2 - x1 or y2 - y1, continuous convention) is at least `min_face`. All other faces stay in the task
+A face is *usable* (may be sampled) when it is valid, not flagged `ignore` by `filter`, not degenerate
+and its larger side (x2 - x1 or y2 - y1, continuous convention) is at least `min_face`. All other faces stay in the task
 as ignore regions: no negative may overlap them.
 
 pandas and the manifest schema are imported only where a manifest is read: build workers unpickle task
@@ -70,7 +70,8 @@ def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
     if (image_of_face < 0).any():
         raise FacedataError("manifest has faces of images that are not in its images table")
     boxes = faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4)
-    usable = usable_faces(boxes, faces["invalid"].to_numpy(bool), min_face)
+    ignored = faces["invalid"].to_numpy(bool) | faces["ignore"].to_numpy(bool)  # both are ignore regions
+    usable = usable_faces(boxes, ignored, min_face)
     order = np.argsort(image_of_face, kind="stable")
     starts = np.searchsorted(image_of_face[order], np.arange(len(image_ids) + 1))
     return FaceArrays(boxes, usable, image_of_face, order, starts, _points(faces))
