@@ -1,6 +1,8 @@
 """Corpus statistics for a manifest: one JSON-serialisable dict and plain-text / Markdown renderers.
 
 Conventions (also stated in the rendered output):
+- Faces flagged `ignore` (removed by `filter`, kept as ignore regions) are counted apart, in
+  `ignored_faces`, and nowhere else: every other figure is about the faces left for training.
 - Face size is max(w, h) of the box in original-image pixels, binned in powers of two. Degenerate
   boxes (w or h <= 0) are counted separately, not binned.
 - The input-resolution survival table resizes each image to fit the detector input keeping its aspect
@@ -70,6 +72,9 @@ def compute_stats(
     if resize not in RESIZE_RULES:
         raise FacedataError(f"unknown resize rule {resize!r}; known: {', '.join(RESIZE_RULES)}")
     images, faces = manifest.images, manifest.faces
+    ignored = faces["ignore"].to_numpy(bool)
+    faces = faces.loc[~ignored]
+    manifest = Manifest(images, faces, manifest.provenance)
     w = (faces["x2"] - faces["x1"]).to_numpy(np.float64)
     h = (faces["y2"] - faces["y1"]).to_numpy(np.float64)
     degenerate = faces["degenerate"].to_numpy(bool)
@@ -78,6 +83,7 @@ def compute_stats(
     return {
         "images": int(len(images)),
         "faces": int(len(faces)),
+        "ignored_faces": int(ignored.sum()),
         "images_without_faces": int((per_image == 0).sum()),
         "images_with_size": int(known_size.sum()),
         "by_split": _group_counts(images, faces, "split"),
@@ -244,8 +250,9 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
 
     if title:
         out.append(f"# {title}" if markdown else title)
+    ignored = f" (+{stats['ignored_faces']} ignored)" if stats["ignored_faces"] else ""
     out.append(
-        f"{stats['images']} images, {stats['faces']} faces,"
+        f"{stats['images']} images, {stats['faces']} faces{ignored},"
         f" {stats['images_without_faces']} images without faces,"
         f" {stats['images_with_size']} images with known size"
     )

@@ -190,3 +190,20 @@ def test_parse_inputs() -> None:
     for bad in ("320", "320x", "0x10", "axb", ""):
         with pytest.raises(FacedataError, match="--inputs"):
             parse_inputs(bad)
+
+
+def test_ignored_faces_are_counted_apart(val: Manifest, raw) -> None:
+    """After `filter --min-size 10` (removed faces kept as ignore regions) every figure is about the faces
+    left; the ignored ones are counted once, apart. Checked against the raw txt."""
+    from facedata.filters import MinSize, apply_filters
+
+    names, table, owners = raw
+    w, h = table[:, COLUMNS.index("w")], table[:, COLUMNS.index("h")]
+    big = (w >= 10) & (h >= 10)
+    filtered, _ = apply_filters(val, [MinSize(10)])
+    stats = compute_stats(filtered)
+    assert stats["faces"] == int(big.sum()) and stats["ignored_faces"] == int((~big).sum())
+    assert stats["images_without_faces"] == len(names) - len(np.unique(owners[big]))
+    assert sum(stats["face_size"]["buckets"].values()) == int((big & (w > 0) & (h > 0)).sum())
+    assert f"{int(big.sum())} faces (+{int((~big).sum())} ignored)" in render_text(stats)
+    assert compute_stats(val)["ignored_faces"] == 0
