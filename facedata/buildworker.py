@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from facedata import imageio
 from facedata.buildplan import read_records
 from facedata.paths import sha256_file
 from facedata.samplers.crops import CropRecipe, plan_crops
@@ -30,15 +31,17 @@ from facedata.samples import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_P
 LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 
 # Per-image status in the plan and progress tables.
-PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE = 0, 1, 2, 3, 4
+PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE, TRUNCATED = 0, 1, 2, 3, 4, 5
 PLANNED = WRITTEN  # plan table: the image's records are in the plan file
 STATUS_NAME = {PENDING: "pending", PLANNED: "mined", UNREADABLE: "unreadable", MISSING: "missing",
-               WRONG_SIZE: "wrong size"}  # in the mining report
+               WRONG_SIZE: "wrong size", TRUNCATED: "truncated"}  # in the mining report
 STATUS_REASON = {
-    UNREADABLE: "cannot be decoded (cv2.imread returned nothing)",
+    UNREADABLE: "cannot be decoded",
     MISSING: "file not found",
     WRONG_SIZE: "decoded size differs from the manifest",
+    TRUNCATED: "truncated file (not rendered)",
 }
+_IMAGE_ERROR_STATUS = {imageio.MISSING: MISSING, imageio.UNREADABLE: UNREADABLE, imageio.TRUNCATED: TRUNCATED}
 MINING_FIELDS = tuple(f.name for f in fields(MiningCounts))
 PLAN_DTYPE = np.dtype(
     [
@@ -183,10 +186,11 @@ def label_counts(labels: np.ndarray) -> np.ndarray:
 
 
 def _read_image(task: ImageTask) -> tuple[np.ndarray | None, int, str | None]:
-    """(decoded BGR image or None, status, note): missing, undecodable and wrong-size images fail."""
-    image = cv2.imread(task.path, cv2.IMREAD_COLOR)
-    if image is None:
-        return None, (MISSING if not os.path.isfile(task.path) else UNREADABLE), None
+    """(decoded BGR image or None, status, note): missing, undecodable, truncated and wrong-size images fail."""
+    try:
+        image = imageio.read_image(task.path)
+    except imageio.ImageError as exc:
+        return None, _IMAGE_ERROR_STATUS[exc.kind], None if exc.kind == imageio.MISSING else exc.detail
     if image.shape[:2] != (task.height, task.width):
         note = f"decoded {image.shape[1]}x{image.shape[0]}, manifest says {task.width}x{task.height}"
         return None, WRONG_SIZE, note

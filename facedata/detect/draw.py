@@ -10,6 +10,7 @@ import numpy as np
 
 from facedata.detect.cascade import Cascade, Detections
 from facedata.errors import FacedataError
+from facedata.imageio import read_image
 from facedata.paths import atomic_write
 
 
@@ -48,9 +49,7 @@ def detect_file(
     image_path: str | os.PathLike[str], output: str | os.PathLike[str] | None, cascade: Cascade
 ) -> Detections:
     """Run the cascade on one image file and (atomically) write the drawing to `output` if given."""
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FacedataError(f"cannot read image {image_path}")
+    image = read_image(image_path)
     dets = cascade.detect(image)
     if output is not None:
         out = Path(output)

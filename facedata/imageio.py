@@ -1,0 +1,112 @@
+"""Decoding source photos: one function, so that build, detect and every other reader see the same pixels.
+
+Orientation convention: annotations index the *stored* pixel array, as the WIDER Face and COCO tools
+read them (and as `facedata.imageprobe` probes the size at ingest). EXIF orientation is therefore
+ignored everywhere (`cv2.IMREAD_IGNORE_ORIENTATION`): a JPEG tagged "rotate 90" is decoded as stored,
+so a box still covers the pixels it was drawn on.
+
+Truncated files: libjpeg decodes a cut-off JPEG by filling the rest with grey and only prints
+"Premature end of JPEG file" to stderr; a cut-off PNG may also decode partly. Before decoding, the
+file's own structure is checked, cheaply, on the bytes already read: a JPEG must have an end-of-image
+marker (FF D9) after the start of its image data (trailing bytes after it are allowed), a PNG must have
+every chunk whole up to IEND. Other formats are left to the decoder.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import cv2
+import numpy as np
+
+from facedata.errors import FacedataError
+
+DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+MISSING, UNREADABLE, TRUNCATED = "missing", "unreadable", "truncated"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length field
+
+
+class ImageError(FacedataError):
+    """A source image that cannot be used: `kind` is MISSING, UNREADABLE or TRUNCATED."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, detail: str) -> None:
+        self.path, self.kind, self.detail = str(path), kind, detail
+        super().__init__(f"{path}: {kind}: {detail}")
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """The stored pixel array of an image file as BGR uint8 (H, W, 3), EXIF orientation ignored.
+
+    Raises ImageError for a missing, truncated or undecodable file.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise ImageError(path, MISSING, "file not found") from None
+    except OSError as exc:
+        raise ImageError(path, UNREADABLE, f"cannot read the file ({exc.strerror or exc})") from None
+    problem = truncation(data)
+    if problem is not None:
+        raise ImageError(path, TRUNCATED, problem)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS)
+    if image is None:
+        raise ImageError(path, UNREADABLE, "OpenCV cannot decode it (not an image, or corrupt)")
+    return image
+
+
+def truncation(data: bytes) -> str | None:
+    """Why `data` (a whole image file) is cut off, or None if it looks complete or is not JPEG/PNG."""
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_truncation(data)
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_truncation(data)
+    return None
+
+
+def _jpeg_truncation(data: bytes) -> str | None:
+    """Walk the marker segments to the first start-of-scan (APPn payloads such as an EXIF thumbnail,
+    which holds its own FF D9, are skipped by length), then look for the end-of-image marker."""
+    pos = 2
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return "file ends before the image data (no start-of-scan marker)"
+        code = data[pos + 1]
+        if code == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if code in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if code == 0xD9:
+            return "end-of-image marker before any image data"
+        if pos + 4 > len(data):
+            return "file ends inside a marker segment"
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if code == 0xDA:
+            break
+        pos += 2 + length
+    if data.find(b"\xff\xd9", pos + 2 + length) < 0:
+        return f"file ends inside the image data after {len(data):,} bytes (no end-of-image marker FF D9)"
+    return None
+
+
+def _png_truncation(data: bytes) -> str | None:
+    """Every chunk (length, type, data, CRC) must be whole, up to IEND."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            name = kind.decode("latin-1")
+            return f"file ends inside the {name} chunk after {len(data):,} bytes (needs {end:,})"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return f"file ends after {len(data):,} bytes without an IEND chunk"
