@@ -96,9 +96,16 @@ def test_filter_prints_per_rule_counts(val_manifest: Path, val_file: Path, tmp_p
     )
     assert any(line.startswith("where blur < 2") for line in lines)
     assert any(line.startswith("drop_empty_images") for line in lines)
+    assert any("removed faces kept as ignore regions" in line for line in lines)
+    assert any(line.startswith("min_size 10") and "3 images lost all their faces" in line for line in lines)
     filtered = Manifest.read(out)
     assert filtered.provenance["filters"][0]["steps"][0]["faces_removed"] == small
-    assert (filtered.faces["blur"] < 2).all()
+    kept = filtered.faces.loc[~filtered.faces["ignore"]]
+    assert (kept["blur"] < 2).all() and filtered.faces["ignore"].any()
+    dropped = tmp_path / "dropped.parquet"
+    result = run("filter", val_manifest, "-o", dropped, "--min-size", "10", "--where", "blur < 2", "--removed", "drop")
+    assert result.exit_code == 0, result.output
+    assert Manifest.read(dropped).faces["ignore"].sum() == 0 and len(Manifest.read(dropped).faces) == len(kept)
 
 
 def test_filter_quiet_prints_nothing(val_manifest: Path, tmp_path: Path) -> None:
