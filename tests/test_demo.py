@@ -67,7 +67,9 @@ def test_ingest_counts_match_what_the_demo_wrote(demo: DemoContext) -> None:
     assert probed == {k: v for k, v in corpus.sizes.items() if k in probed}
 
     detections = Manifest.read(demo.manifests["detections"])
-    assert len(detections.faces) == corpus.wider_faces - corpus.wider_small_faces
+    ignored = detections.faces["ignore"].to_numpy(bool)  # removed faces stay as ignore regions
+    assert int((~ignored).sum()) == corpus.wider_faces - corpus.wider_small_faces
+    assert int(ignored.sum()) == corpus.wider_small_faces
     assert len(detections.images) == corpus.wider_images_count
     assert detections.provenance["filters"][0]["steps"][0]["rule"] == f"min_size {MIN_SIZE}"
 
