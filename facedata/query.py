@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 MAX_LENGTH = 4096
+MAX_DEPTH = 100  # nesting of the syntax tree (keeps checking and evaluation far from the recursion limit)
 
 _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
@@ -107,7 +108,7 @@ def parse_query(text: str, columns: Collection[str]) -> Query:
     except (RecursionError, MemoryError, ValueError):
         raise QueryError("expression too deeply nested") from None
     names: set[str] = set()
-    _check(tree.body, names)
+    _check(tree.body, names, 0)
     unknown = sorted(names - set(columns))
     if unknown:
         raise QueryError(f"unknown column {unknown[0]!r}; columns: {', '.join(columns)}")
@@ -133,8 +134,10 @@ def _has_at_sign(text: str) -> bool:
         return "@" in text
 
 
-def _check(node: ast.AST, names: set[str]) -> None:
+def _check(node: ast.AST, names: set[str], depth: int) -> None:
     """Refuse any node outside the language; collect the column names used."""
+    if depth > MAX_DEPTH:
+        raise QueryError(f"expression nested more than {MAX_DEPTH} levels deep")
     refused = _REFUSED.get(type(node))
     if refused is None and isinstance(node, ast.BinOp | ast.UnaryOp):
         refused = _REFUSED.get(type(node.op))
@@ -148,12 +151,12 @@ def _check(node: ast.AST, names: set[str]) -> None:
         if not isinstance(node.value, bool | int | float | str):
             raise QueryError(f"literal {node.value!r} not allowed (numbers, 'text', True, False only)")
     elif isinstance(node, ast.Compare):
-        _check(node.left, names)
+        _check(node.left, names, depth + 1)
         for op, right in zip(node.ops, node.comparators, strict=True):
             if isinstance(op, ast.In | ast.NotIn):
                 _literal_list(right)
             elif type(op) in _COMPARE:
-                _check(right, names)
+                _check(right, names, depth + 1)
             else:
                 raise QueryError(f"{_REFUSED.get(type(op), type(op).__name__)} not allowed; {_ALLOWED}")
     elif isinstance(node, ast.BoolOp | ast.BinOp | ast.UnaryOp):
@@ -161,7 +164,7 @@ def _check(node: ast.AST, names: set[str]) -> None:
             raise QueryError(f"operator {type(node.op).__name__} not allowed; {_ALLOWED}")
         for child in ast.iter_child_nodes(node):
             if not isinstance(child, ast.operator | ast.unaryop | ast.boolop):
-                _check(child, names)
+                _check(child, names, depth + 1)
     else:
         raise QueryError(f"{type(node).__name__} expressions not allowed; {_ALLOWED}")
 
@@ -190,7 +193,8 @@ class _Evaluator:
 
     def value(self, node: ast.AST) -> tuple[str, Any]:
         if isinstance(node, ast.Constant):
-            return _literal_kind(node.value), node.value
+            kind = _literal_kind(node.value)
+            return kind, np.float64(node.value) if kind == NUM else node.value  # 1 / 0 is inf, not an exception
         if isinstance(node, ast.Name):
             return _column_value(node.id, self.column(node.id))
         if isinstance(node, ast.BoolOp):
@@ -224,7 +228,7 @@ class _Evaluator:
         (lk, left), (rk, right) = self.value(node.left), self.value(node.right)
         if lk != NUM or rk != NUM:
             raise QueryError(f"arithmetic on {lk if lk != NUM else rk} values")
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(all="ignore"):
             return NUM, _ARITHMETIC[type(node.op)](left, right)
 
     def _compare(self, node: ast.Compare) -> tuple[str, Any]:

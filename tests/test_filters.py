@@ -245,6 +245,8 @@ def _small_manifest() -> Manifest:
         ("(y := 1) == 1", "assignments"),
         ("f'{blur}' == '1'", "f-strings"),
         ("blur is None", "'is'"),
+        ("not " * 150 + "blur == 0", "nested"),
+        ("blur == " + "9" * 5000, "longer than"),
     ],
 )
 def test_where_refuses_everything_but_the_language(tmp_path: Path, monkeypatch, query: str, problem: str) -> None:
@@ -287,6 +289,14 @@ def test_where_language_on_real_wider_val(val: Manifest, raw) -> None:
     for query, expected in cases.items():
         out, _ = apply_filters(val, [Where(query, DROP)])
         assert len(out.faces) == int(expected.sum()), query
+
+
+def test_where_arithmetic_edge_cases_do_not_crash() -> None:
+    manifest = _small_manifest()  # box widths 5, 50, 30
+    out, _ = apply_filters(manifest, [Where("1 / 0 > 1 and box_w / (box_w - 50) < 0", DROP)])
+    assert out.faces["face_id"].tolist() == [0, 2]  # 50 / 0 = inf is not < 0
+    out, _ = apply_filters(manifest, [Where("box_w * 1e308 * 10 > 0", DROP)])
+    assert len(out.faces) == 3
 
 
 def test_where_in_list_selects_images_by_event(val: Manifest, raw) -> None:
