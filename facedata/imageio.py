@@ -91,7 +91,7 @@ def _jpeg_truncation(data: bytes) -> str | None:
         if code == 0xDA:
             break
         pos += 2 + length
-    if data.find(b"\xff\xd9", pos + 2 + length) < 0:
+    if data.rfind(b"\xff\xd9", pos + 2 + length) < 0:  # from the end: usually found at once
         return f"file ends inside the image data after {len(data):,} bytes (no end-of-image marker FF D9)"
     return None
 
