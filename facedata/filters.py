@@ -99,11 +99,7 @@ class Where:
         try:
             query = parse_query(self.query, face_columns)
             if query.names <= set(IMAGE_COLUMNS):
-                images = manifest.images
-                kept = images.loc[_evaluate(query, images)].reset_index(drop=True)
-                faces = manifest.faces
-                faces = faces.loc[faces["image_id"].isin(kept["image_id"])].reset_index(drop=True)
-                return Manifest(kept, faces, manifest.provenance)
+                return _with_images(manifest, _evaluate(query, manifest.images))
             keep = _evaluate(query, face_table(manifest))
         except QueryError as exc:
             raise FacedataError(f"--where {self.query!r}: {exc}") from None
@@ -120,9 +116,7 @@ class DropEmptyImages:
 
     def apply(self, manifest: Manifest) -> Manifest:
         keep = manifest.images["image_id"].isin(_active(manifest.faces)["image_id"])
-        images = manifest.images.loc[keep].reset_index(drop=True)
-        faces = manifest.faces.loc[manifest.faces["image_id"].isin(images["image_id"])].reset_index(drop=True)
-        return Manifest(images, faces, manifest.provenance)
+        return _with_images(manifest, keep.to_numpy(bool))
 
 
 @dataclass(frozen=True)
@@ -235,6 +229,13 @@ def remove_faces(manifest: Manifest, remove: np.ndarray, removed: str) -> Manife
     else:
         faces = faces.assign(ignore=faces["ignore"].to_numpy(bool) | remove)
     return Manifest(manifest.images, faces, manifest.provenance)
+
+
+def _with_images(manifest: Manifest, keep: np.ndarray) -> Manifest:
+    """Keep the images where `keep`, with all their faces (ignored ones included)."""
+    images = manifest.images.loc[keep].reset_index(drop=True)
+    faces = manifest.faces.loc[manifest.faces["image_id"].isin(images["image_id"])].reset_index(drop=True)
+    return Manifest(images, faces, manifest.provenance)
 
 
 def _active(faces: pd.DataFrame) -> pd.DataFrame:
