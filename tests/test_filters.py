@@ -194,9 +194,12 @@ def test_face_table_has_image_columns_and_box_size() -> None:
     assert table["box_w"].tolist() == [5.0, 50.0, 30.0]
 
 
-def test_negative_min_size_rejected() -> None:
-    with pytest.raises(FacedataError, match="min-size"):
-        rules_from_options(min_size=-1)
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_bad_min_size_rejected(value: float) -> None:
+    with pytest.raises(FacedataError, match="--min-size"):
+        rules_from_options(min_size=value)
+    with pytest.raises(FacedataError, match="--removed"):
+        rules_from_options(min_size=10, removed="keep")
 
 
 def test_drop_empty_images_keeps_images_with_faces() -> None:
