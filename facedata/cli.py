@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from facedata import __version__
+from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
 
 
@@ -170,9 +171,7 @@ def _thresholds_text(values: tuple[float, ...]) -> str:
 
 def cascade_options(use: str):
     """Model contract and cascade options shared by `detect` ("detect") and the hard-example builds
-    ("mining"), which differ only in their default thresholds (facedata.detect.cascade)."""
-    from facedata.detect.cascade import DETECTION_THRESHOLDS, MINING_THRESHOLDS
-
+    ("mining"), which differ only in their default thresholds (facedata.detect.cascade says why)."""
     thresholds = DETECTION_THRESHOLDS if use == "detect" else MINING_THRESHOLDS
     options = [
         click.option("--min-face", default=20.0, show_default=True,
@@ -198,15 +197,13 @@ def cascade_options(use: str):
     return decorate
 
 
-def _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits, landmark_layout="xyxy"):
-    """CascadeConfig and ModelContract from `cascade_options` values."""
+def _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits, **layout):
+    """CascadeConfig and ModelContract from `cascade_options` values (and `detect`'s landmark layout)."""
     from facedata.detect import CascadeConfig, ModelContract
     from facedata.detect.draw import parse_thresholds
 
     config = CascadeConfig(min_face=min_face, factor=factor, thresholds=parse_thresholds(thresholds))
-    contract = ModelContract(mean=mean, scale=scale, channels=channels, logits=logits,
-                             landmark_layout=landmark_layout)
-    return config, contract
+    return config, ModelContract(mean=mean, scale=scale, channels=channels, logits=logits, **layout)
 
 
 def make_cascade(pnet, rnet, onet, threads, **options):
@@ -224,7 +221,7 @@ def make_cascade(pnet, rnet, onet, threads, **options):
 @click.option("--rnet", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="RNet ONNX model.")
 @click.option("--onet", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="ONet ONNX model.")
 @cascade_options("detect")
-@click.option("--landmark-layout", type=click.Choice(["xyxy", "xxyy"]), default="xyxy", show_default=True,
+@click.option("--landmark-layout", type=click.Choice(LANDMARK_LAYOUTS), default="xyxy", show_default=True,
               help="Order of the ONet's 10 landmark outputs: xyxy = x1 y1 ... x5 y5 (models trained on "
               "facedata or the reference's data); xxyy = x1..x5 y1..y5 (the original Caffe MTCNN and most "
               "converted models, e.g. facenet-pytorch's).")

@@ -15,7 +15,7 @@ from onnx_models import crop_net, designed_pnet, draw_faces, mtcnn_pnet
 
 from facedata.cli import main
 from facedata.detect import Cascade, CascadeConfig, ModelContract
-from facedata.detect.cascade import DETECTION_THRESHOLDS, MINING_THRESHOLDS
+from facedata.detect.settings import DETECTION_THRESHOLDS, MINING_THRESHOLDS
 from facedata.manifest import ManifestBuilder
 from facedata.storage.index import load_index
 

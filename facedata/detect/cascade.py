@@ -34,12 +34,11 @@ import numpy as np
 
 from facedata.detect.models import ModelContract, StageModel, load_stage
 from facedata.detect.nms import Lattice, lattice_nms, nms
+from facedata.detect.settings import DETECTION_THRESHOLDS
 from facedata.errors import FacedataError
 from facedata.samples import STAGE_SIZE
 
 CELL, STRIDE = 12, 2
-DETECTION_THRESHOLDS = (0.6, 0.7, 0.7)
-MINING_THRESHOLDS = (0.3, 0.1, 0.7)
 ModelSpec = str | os.PathLike[str] | Callable[[np.ndarray], tuple[np.ndarray, ...]] | StageModel
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from facedata.detect.optimize import fast_prelu
+from facedata.detect.settings import LANDMARK_LAYOUTS
 from facedata.errors import FacedataError
 from facedata.samples import STAGE_SIZE
 
@@ -39,7 +40,6 @@ _EXPECTED = {
     "rnet": "input N×3×24×24 float32; outputs prob N×2 and reg N×4",
     "onet": "input N×3×48×48 float32; outputs prob N×2, reg N×4 and landmarks N×10",
 }
-LANDMARK_LAYOUTS = ("xyxy", "xxyy")
 # Probe input for PNet: 24×30 must give a 7×10 map.
 _PROBE_HW = (24, 30)
 
