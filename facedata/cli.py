@@ -233,7 +233,8 @@ def detect(
     image: Path, pnet: Path, rnet: Path | None, onet: Path | None, as_json: bool, output: Path | None,
     **options,
 ) -> None:
-    """Run the cascade on one image and draw what it finds (check a model before a long run)."""
+    """Run the cascade on one image: list what it finds (--json for scripts) and optionally draw it
+    (check a model and its contract options before a long mining run)."""
     from facedata.detect.draw import detect_file, detections_json
 
     dets = detect_file(image, output, make_cascade(pnet, rnet, onet, **options))

@@ -73,4 +73,4 @@ def detections_json(image_path: str | os.PathLike[str], dets: Detections) -> str
             face["landmarks"] = [[float(x), float(y)] for x, y in dets.landmarks[i]]
         faces.append(face)
     doc = {"image": str(image_path), "boxes_after_each_stage": list(dets.proposals), "faces": faces}
-    return json.dumps(doc, indent=1)
+    return json.dumps(doc)
