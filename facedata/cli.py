@@ -155,18 +155,20 @@ def demo(output: Path, seed: int, quiet: bool) -> None:
     run_demo(output, seed=seed, quiet=quiet)
 
 
+def _thresholds_text(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 _THRESHOLD_HELP = {
-    "detect": "PNet,RNet,ONet score thresholds: the usual inference setting (reference mining: 0.3,0.1,0.7).",
+    "detect": "PNet,RNet,ONet score thresholds: the usual inference setting "
+    f"(reference mining: {_thresholds_text(MINING_THRESHOLDS)}).",
     "mining": "PNet,RNet,ONet score thresholds of the mining cascade (build rnet uses the PNet one, build "
     "onet the first two). Default: the reference's mining setting, for recall: a face the previous stage "
     "misses never becomes a positive or part sample. With the pretrained MTCNN on real photos, PNet at 0.3 "
     "proposes ~3x the boxes of 0.6 for about the same CPU time (the pyramid pass dominates), and PNet+RNet "
-    "at 0.3,0.1 keep ~13x the boxes of 0.6,0.7 for ~1.6x the time. 0.6,0.7,0.7 is the detection setting.",
+    "at 0.3,0.1 keep ~13x the boxes of 0.6,0.7 for ~1.6x the time. "
+    f"{_thresholds_text(DETECTION_THRESHOLDS)} is the detection setting.",
 }
-
-
-def _thresholds_text(values: tuple[float, ...]) -> str:
-    return ",".join(f"{v:g}" for v in values)
 
 
 def cascade_options(use: str):
