@@ -1,19 +1,24 @@
-"""Mining benchmark (issue 4): `facedata build rnet` throughput and peak memory at two corpus sizes.
+"""Mining benchmark (issue 8): `facedata build rnet` per core against the reference's mining loop, with the
+real pretrained MTCNN on real photos, at the detection and the mining PNet thresholds.
 
-The full build (the real CLI, `--workers` processes, default all cores) on the WIDER-shaped corpus of
-bench_build.py (~1024 x 700 JPEGs, WIDER-like face counts and sizes, GT boxes, plus a third as many
-landmark images) with an MTCNN-sized random-weight PNet (ONNX, its face logit biased by `--prob-bias` to
-set how many cells pass the threshold) at min-face 20, factor 0.79. Baseline, in the same run: the
-reference's single-process per-scale loop ([A] gen_hard_example + save_hard_example: one default
-onnxruntime session call per pyramid level, per-box Python NMS with +1 areas, all detections kept in a
-list, then a per-box square/IoU/crop/resize/JPEG-encode loop with the 60-negative cap). The build
-runs with `--ratio all`, so every mined sample is rendered and written (the default mix keeps ~3
-negatives per mined positive: few, with random weights). Each variant runs as its own process tree;
-memory is the tree's peak PSS (benchmarks/measure.py).
+Detector: facenet-pytorch's PNet (the original MTCNN weights, MIT; the `bench` extra, installed with
+`pip install --no-deps facenet-pytorch`), exported to ONNX by tests/onnx_models.facenet_mtcnn and run with
+its contract (RGB, (x - 127.5) / 128; tests/test_detect_pretrained.py checks that it finds dlib's annotated
+faces). Photos (realdata): the 79 COCO val2017 photos of coco_mini (~640 x 480; face boxes approximated from
+the persons' head keypoints, nose/eyes/ears, so only the labels depend on that guess) and dlib's 9 PASCAL
+photos with their 43 face boxes; `--repeat K` lists them K times (to see memory stay flat). min-face 20,
+factor 0.79, `--ratio all` (every mined sample rendered and written), no landmark set (the baseline has none).
 
-    .venv/bin/python benchmarks/bench_mining.py [--sizes 200,800] [--baseline-images 200] [--workers 2]
+Baseline, in the same run and on the same photos: the reference's single-process per-scale loop ([A]
+gen_hard_example + save_hard_example: one default onnxruntime session call per pyramid level, per-box
+Python NMS with +1 areas, all detections kept in a list, then a per-box square/IoU/crop/resize/JPEG-encode
+loop with the 60-negative cap). Per core: facedata runs with `--workers` processes (default 1, the same as
+the baseline) and its images/s is also divided by that count; CPU seconds are user + system time of the
+whole process tree, pool workers and forkserver included (this process is their subreaper and reaps
+them). Memory: the tree's peak PSS (all pages, and the anonymous part) and the largest single-process RSS
+(benchmarks/measure.py).
 
-Goal: >= 20 images/s on 2 cores, memory flat between the sizes.
+    .venv/bin/python benchmarks/bench_mining.py [--thresholds 0.6,0.3] [--repeat 1] [--workers 1]
 """
 
 from __future__ import annotations
@@ -21,21 +26,80 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from bench_build import facedata_command, make_corpus
-from measure import mb, run_measured
+from bench_build import facedata_command
+from measure import Peak, mb, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from onnx_models import mtcnn_pnet  # noqa: E402
+from onnx_models import FACENET_CONTRACT, facenet_mtcnn, facenet_weights_dir  # noqa: E402
 
-from facedata.manifest import Manifest  # noqa: E402
+from facedata.manifest import Manifest, ManifestBuilder, make_provenance  # noqa: E402
+from facedata.realdata import realdata_dir  # noqa: E402
+
+
+# -- the corpus: real photos with face boxes -------------------------------------------------------------
+def _coco_face(keypoints: list[float]) -> list[float] | None:
+    """An approximate face box from a COCO person's head keypoints (nose, eyes, ears; None if < 2 seen):
+    side from the ear span (~ face width) or the eye span (~ 0.4 face width), centred below the eyes."""
+    kp = np.array(keypoints[:15], np.float64).reshape(5, 3)
+    seen = kp[:, 2] > 0
+    if seen.sum() < 2:
+        return None
+    pts = kp[seen, :2]
+    eyes = kp[1:3, :2][kp[1:3, 2] > 0]
+    ears = kp[3:5, :2][kp[3:5, 2] > 0]
+    spans = [1.5 * np.ptp(pts, axis=0).max(), 8.0]
+    if len(ears) == 2:
+        spans.append(1.1 * abs(ears[1, 0] - ears[0, 0]))
+    if len(eyes) == 2:
+        spans.append(2.5 * abs(eyes[1, 0] - eyes[0, 0]))
+    side = max(spans)
+    cx = pts[:, 0].mean()
+    cy = (eyes[:, 1].mean() if len(eyes) else pts[:, 1].mean()) + 0.15 * side
+    return [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+
+
+def real_corpus(out: Path, repeat: int) -> tuple[Path, int]:
+    """A detection manifest of the COCO and dlib photos (each listed `repeat` times), and its image count."""
+    data = realdata_dir()
+    if data is None:
+        raise SystemExit("bench_mining needs the real-data folder (FACEDATA_REALDATA or ../shared/realdata)")
+    coco = data / "coco_val2017" / "coco_mini"
+    doc = json.loads((coco / "annotations" / "person_keypoints_val2017.json").read_text())
+    photos: list[tuple[str, int, int, list[list[float]]]] = []  # path under realdata, width, height, boxes
+    faces: dict[int, list[list[float]]] = {}
+    for ann in doc["annotations"]:
+        box = _coco_face(ann["keypoints"])
+        if box is not None:
+            faces.setdefault(ann["image_id"], []).append(box)
+    for img in doc["images"]:
+        rel = f"coco_val2017/coco_mini/val2017/{img['file_name']}"
+        photos.append((rel, img["width"], img["height"], faces.get(img["id"], [])))
+    for xml in ("training.xml", "testing.xml"):
+        for img in ET.parse(data / "dlib_faces" / xml).getroot().iter("image"):
+            boxes = [[float(b.get("left")), float(b.get("top")), float(b.get("left")) + float(b.get("width")),
+                      float(b.get("top")) + float(b.get("height"))] for b in img.iter("box")]
+            photos.append((f"dlib_faces/{img.get('file')}", int(img.get("width")), int(img.get("height")), boxes))
+    builder = ManifestBuilder("bench_real", "val", "realdata")
+    for k in range(repeat):
+        for rel, width, height, boxes in photos:
+            builder.add_image(f"{k}/{rel}", rel, width=width, height=height)
+            if boxes:
+                builder.add_faces(f"{k}/{rel}", np.array(boxes, np.float32))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"real-x{repeat}.parquet"
+    builder.build(make_provenance("bench", [], {"realdata": str(data)})).write(path)
+    return path, len(photos) * repeat
 
 
 # -- baseline: the reference's structure ----------------------------------------------------------------
@@ -63,13 +127,13 @@ def _py_nms(dets: np.ndarray, thresh: float) -> list[int]:
 class ReferenceDetector:
     """[A] MtcnnDetector's PNet stage: per level resize, normalise, run; generate_bbox; py_nms."""
 
-    def __init__(self, pnet: Path, threshold: float, min_face: float = 20, factor: float = 0.79):
+    def __init__(self, pnet: Path, threshold: float, rgb: bool, min_face: float = 20, factor: float = 0.79):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()  # defaults: memory arena and per-shape memory patterns on
         opts.intra_op_num_threads = 1
         self.pnet = ort.InferenceSession(str(pnet), opts, providers=["CPUExecutionProvider"])
-        self.thresh, self.min_face, self.factor = threshold, min_face, factor
+        self.thresh, self.min_face, self.factor, self.rgb = threshold, min_face, factor, rgb
 
     @staticmethod
     def _processed(img, scale):
@@ -78,6 +142,8 @@ class ReferenceDetector:
         return (resized - 127.5) / 128
 
     def detect_pnet(self, im):
+        if self.rgb:  # the model's channel order ([A]'s own models take cv2's BGR)
+            im = im[..., ::-1]
         scale = 12.0 / self.min_face
         resized = self._processed(im, scale)
         all_boxes = []
@@ -117,7 +183,6 @@ class ReferenceDetector:
         ).T
 
 
-
 def _square(dets: np.ndarray) -> np.ndarray:
     """[A] convert_to_square."""
     sq = dets.copy()
@@ -139,14 +204,14 @@ def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
     return inter / (area + areas - inter + 1e-10)
 
 
-def reference_mining(manifest_path: Path, pnet: Path, threshold: float) -> dict[str, float]:
+def reference_mining(manifest_path: Path, pnet: Path, threshold: float, rgb: bool) -> dict[str, float]:
     """The baseline: gen_hard_example (detections of every image kept), then save_hard_example."""
     manifest = Manifest.read(manifest_path)
     paths = manifest.image_paths()
     faces = manifest.faces
     gts = {iid: g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64) for iid, g in faces.groupby("image_id")}
     ids = manifest.images["image_id"].tolist()
-    detector = ReferenceDetector(pnet, threshold)
+    detector = ReferenceDetector(pnet, threshold, rgb)
     all_dets = [detector.detect_pnet(cv2.imread(str(p))) for p in paths]
     counts = {"positive": 0, "part": 0, "negative": 0, "detections": sum(len(d) for d in all_dets)}
     for path, iid, dets in zip(paths, ids, all_dets, strict=True):
@@ -177,62 +242,132 @@ def reference_mining(manifest_path: Path, pnet: Path, threshold: float) -> dict[
     return counts
 
 
+@dataclass
+class Row:
+    images: int
+    threshold: float
+    variant: str
+    processes: int
+    wall: float
+    cpu: float
+    peak: Peak
+    boxes_per_image: float
+    counts: dict[str, int]
+
+    @property
+    def ours(self) -> bool:
+        return self.variant.startswith("facedata")
+
+    def line(self) -> str:
+        n, c, peak = self.images, self.counts, self.peak
+        return (f"| {n} | {self.threshold:g} | {self.variant} | {self.wall:.1f} s | {n / self.wall:.1f} | "
+                f"{n / self.wall / self.processes:.1f} | {self.cpu:.1f} | {n / self.cpu:.1f} | "
+                f"{self.boxes_per_image:.0f} | {c['positive']:,} / {c['part']:,} / {c['negative']:,} | "
+                f"{mb(peak.total)} | {mb(peak.anon)} | {mb(peak.max_rss)} |")
+
+
+def _adopt_orphans() -> None:
+    """Make this process the subreaper of its descendants: a pool worker or forkserver left behind by its
+    parent is re-parented here, so the waits below reap it and its CPU time reaches RUSAGE_CHILDREN."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise SystemExit("prctl(PR_SET_CHILD_SUBREAPER) failed: CPU seconds of the pool would be lost")
+
+
+def measured(cmd: list[str]) -> tuple[float, float, Peak, str]:
+    """(wall s, CPU s of the whole process tree, peak memory, output) of a command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, peak, out = run_measured(cmd)
+    while True:  # reap every descendant re-parented here (see _adopt_orphans)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, peak, out
+
+
+def run_facedata(det: Path, n: int, pnet: Path, threshold: float, workers: int, workdir: Path) -> Row:
+    out = workdir / "rnet-out"
+    shutil.rmtree(out, ignore_errors=True)
+    contract = [f"--{k}={v}" for k, v in FACENET_CONTRACT.items() if k in ("channels", "mean", "scale")]
+    cmd = [*facedata_command(), "build", "rnet", "--detections", str(det), "--pnet", str(pnet), "-o", str(out),
+           "--workers", str(workers), "--quiet", *contract, "--thresholds", f"{threshold},0.1,0.7", "--ratio", "all"]
+    wall, cpu, peak, _ = measured(cmd)
+    mining = json.loads((out / "index.json").read_text())["summary"]["mining"]
+    shutil.rmtree(out, ignore_errors=True)
+    return Row(n, threshold, f"facedata, {workers} worker(s)", workers, wall, cpu, peak,
+               mining["detections_per_image_mean"], mining["after_cap"])
+
+
+def run_reference(det: Path, n: int, pnet: Path, threshold: float) -> Row:
+    cmd = [sys.executable, __file__, "--baseline", str(det), "--pnet", str(pnet), "--threshold", str(threshold)]
+    wall, cpu, peak, text = measured(cmd)
+    counts = json.loads(text.strip().splitlines()[-1])
+    return Row(n, threshold, "reference loop, 1 process", 1, wall, cpu, peak, counts["detections"] / n,
+               {k: counts[k] for k in ("positive", "part", "negative")})
+
+
+def report(rows: list[Row]) -> None:
+    print(f"build rnet on real photos (79 COCO val2017 + 9 dlib), real pretrained MTCNN PNet (facenet-pytorch), "
+          f"min-face 20, factor 0.79, --ratio all; {os.cpu_count()} cores\n")
+    print("| images | PNet thr. | variant | wall | images/s | images/s per process | CPU s | images per CPU s "
+          "| PNet boxes/img | pos / part / neg (after cap) | peak tree PSS | PSS anon | largest RSS |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for row in rows:
+        print(row.line())
+    print()
+    ours = [r for r in rows if r.ours]
+    for ref in (r for r in rows if not r.ours):
+        mine = next(r for r in ours if (r.images, r.threshold) == (ref.images, ref.threshold))
+        per_process = (mine.images / mine.wall / mine.processes) / (ref.images / ref.wall)
+        print(f"{ref.images} images, threshold {ref.threshold:g}: facedata uses {ref.cpu / mine.cpu:.1f}x less CPU "
+              f"and runs {per_process:.1f}x the images/s per process of the reference loop")
+    thresholds = sorted({r.threshold for r in ours}, reverse=True)
+    for thr in thresholds:
+        same = [r for r in ours if r.threshold == thr]
+        if len(same) >= 2:
+            print(f"threshold {thr:g}: peak tree PSS, largest / smallest corpus: "
+                  f"{same[-1].peak.total / same[0].peak.total:.2f}")
+    if len(thresholds) >= 2:
+        hi, lo = (next(r for r in ours if r.threshold == t) for t in thresholds[:2])
+        print(f"threshold {lo.threshold:g} against {hi.threshold:g}: {lo.boxes_per_image / hi.boxes_per_image:.1f}x "
+              f"the PNet boxes per image, {lo.cpu / hi.cpu:.1f}x the CPU seconds (facedata)")
+    print("(wall includes process start-up and the render pass; timings on a shared machine are indicative)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="200,800", help="comma-separated corpus sizes (detection images)")
-    ap.add_argument("--baseline-images", type=int, default=200, help="run the baseline at sizes up to this")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--threshold", type=float, default=0.6, help="PNet threshold")
-    ap.add_argument("--prob-bias", type=float, default=-2.5, help="bias of the random PNet's face logit")
+    ap.add_argument("--thresholds", default="0.6,0.3", help="PNet thresholds to compare (detection, mining)")
+    ap.add_argument("--repeat", default="1", help="comma-separated: times the 88 photos are listed")
+    ap.add_argument("--workers", type=int, default=1, help="facedata worker processes (the baseline has 1)")
+    ap.add_argument("--no-baseline", action="store_true", help="facedata only")
     ap.add_argument("--workdir", type=Path,
-                    default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-build")
+                    default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-mining")
     ap.add_argument("--baseline", type=Path, help=argparse.SUPPRESS)  # worker mode: a detection manifest
     ap.add_argument("--pnet", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--threshold", type=float, help=argparse.SUPPRESS)
     args, _ = ap.parse_known_args()
     if args.baseline:
-        print(json.dumps(reference_mining(args.baseline, args.pnet, args.threshold)))
+        rgb = FACENET_CONTRACT["channels"] == "rgb"
+        print(json.dumps(reference_mining(args.baseline, args.pnet, args.threshold, rgb)))
         return 0
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    pnet = mtcnn_pnet(args.workdir / f"pnet-bias{args.prob_bias:g}.onnx", seed=1, prob_bias=args.prob_bias)
+    if facenet_weights_dir() is None:
+        raise SystemExit("bench_mining needs the pretrained MTCNN: pip install --no-deps facenet-pytorch "
+                         "(the `bench` extra; torch from the `torch` extra exports it)")
+    pnet = facenet_mtcnn(args.workdir / "models")["pnet"]
+    _adopt_orphans()
     rows = []
-    for n in [int(v) for v in args.sizes.split(",")]:
-        det, lmk = make_corpus(args.workdir / f"corpus-{n}", n)
-        out = args.workdir / f"corpus-{n}" / "rnet-out"
-        shutil.rmtree(out, ignore_errors=True)
-        cmd = [*facedata_command(), "build", "rnet", "--detections", str(det), "--landmarks", str(lmk),
-               "--pnet", str(pnet), "-o", str(out), "--workers", str(args.workers), "--quiet",
-               "--thresholds", f"{args.threshold},0.7,0.7", "--ratio", "all"]
-        wall, peak, _ = run_measured(cmd)
-        summary = json.loads((out / "index.json").read_text())["summary"]
-        shutil.rmtree(out, ignore_errors=True)
-        mining = summary["mining"]
-        rows.append((n, f"facedata, {args.workers} workers", wall, peak, mining["detections_per_image_mean"],
-                     mining["after_cap"]))
-        if n <= args.baseline_images:
-            cmd = [sys.executable, __file__, "--baseline", str(det), "--pnet", str(pnet),
-                   "--threshold", str(args.threshold)]
-            wall, peak, text = run_measured(cmd)
-            counts = json.loads(text.strip().splitlines()[-1])
-            rows.append((n, "reference loop, 1 process", wall, peak, counts["detections"] / n,
-                         {k: counts[k] for k in ("positive", "part", "negative")}))
-    print(f"build rnet: ~1024x700 images, min-face 20, factor 0.79, PNet threshold {args.threshold}, "
-          f"random-weight MTCNN PNet (face bias {args.prob_bias:g}); {os.cpu_count()} cores\n")
-    print("| detection images | variant | wall | images/s | PNet boxes/img | pos / part / neg (after cap) "
-          "| peak tree PSS anon | incl. file pages | largest process RSS |")
-    print("|---:|---|---:|---:|---:|---|---:|---:|---:|")
-    for n, variant, wall, peak, boxes, c in rows:
-        print(f"| {n} | {variant} | {wall:.1f} s | {n / wall:.1f} | {boxes:.0f} | "
-              f"{c['positive']:,} / {c['part']:,} / {c['negative']:,} | {mb(peak.anon)} | {mb(peak.total)} | "
-              f"{mb(peak.max_rss)} |")
-    ours = {r[0]: r for r in rows if r[1].startswith("facedata")}
-    for n, variant, wall, *_ in rows:
-        if variant.startswith("reference"):
-            print(f"\n{n} images: {wall / ours[n][2]:.1f}x faster than the reference loop")
-    ours = list(ours.values())
-    if len(ours) >= 2:
-        print(f"peak tree PSS (anon) ratio largest/smallest corpus: {ours[-1][3].anon / ours[0][3].anon:.2f}")
-    print("(images/s counts the detection images; wall includes process start-up, the landmark images "
-          "and the render pass)")
+    for repeat in [int(v) for v in args.repeat.split(",")]:
+        det, n = real_corpus(args.workdir, repeat)
+        for threshold in [float(v) for v in args.thresholds.split(",")]:
+            rows.append(run_facedata(det, n, pnet, threshold, args.workers, args.workdir))
+            if not args.no_baseline:
+                rows.append(run_reference(det, n, pnet, threshold))
+    report(rows)
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from facedata import __version__
+from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
 
 
@@ -160,14 +161,32 @@ def demo(output: Path, seed: int, quiet: bool) -> None:
     run_demo(output, seed=seed, quiet=quiet)
 
 
-def cascade_options(func):
-    """Model contract and cascade options shared by `detect` and the hard-example builds."""
+def _thresholds_text(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+_THRESHOLD_HELP = {
+    "detect": "PNet,RNet,ONet score thresholds: the usual inference setting "
+    f"(reference mining: {_thresholds_text(MINING_THRESHOLDS)}).",
+    "mining": "PNet,RNet,ONet score thresholds of the mining cascade (build rnet uses the PNet one, build "
+    "onet the first two). Default: the reference's mining setting, for recall: a face the previous stage "
+    "misses never becomes a positive or part sample. With the pretrained MTCNN on real photos, PNet at 0.3 "
+    "proposes ~3x the boxes of 0.6 for about the same CPU time (the pyramid pass dominates), and PNet+RNet "
+    "at 0.3,0.1 keep ~13x the boxes of 0.6,0.7 for ~1.6x the time. "
+    f"{_thresholds_text(DETECTION_THRESHOLDS)} is the detection setting.",
+}
+
+
+def cascade_options(use: str):
+    """Model contract and cascade options shared by `detect` ("detect") and the hard-example builds
+    ("mining"), which differ only in their default thresholds (facedata.detect.cascade says why)."""
+    thresholds = DETECTION_THRESHOLDS if use == "detect" else MINING_THRESHOLDS
     options = [
         click.option("--min-face", default=20.0, show_default=True,
                      help="Smallest face (px) the pyramid looks for."),
         click.option("--factor", default=0.79, show_default=True, help="Pyramid scale step (paper: 0.709)."),
-        click.option("--thresholds", default="0.6,0.7,0.7", show_default=True,
-                     help="PNet,RNet,ONet score thresholds (reference mining: 0.3,0.1,0.7)."),
+        click.option("--thresholds", default=_thresholds_text(thresholds), show_default=True,
+                     help=_THRESHOLD_HELP[use]),
         click.option("--mean", default=127.5, show_default=True,
                      help="Pixel normalisation: (x - mean) * scale."),
         click.option("--scale", default=0.0078125, show_default=True,
@@ -177,18 +196,29 @@ def cascade_options(func):
         click.option("--logits", is_flag=True, help="Models output logits: apply the softmax here."),
         click.option("--threads", default=1, show_default=True, help="onnxruntime threads per process."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
-def make_cascade(pnet, rnet, onet, min_face, factor, thresholds, mean, scale, channels, logits, threads):
-    """A Cascade from `cascade_options` values."""
-    from facedata.detect import Cascade, CascadeConfig, ModelContract
+def _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits, **layout):
+    """CascadeConfig and ModelContract from `cascade_options` values (and `detect`'s landmark layout)."""
+    from facedata.detect import CascadeConfig, ModelContract
     from facedata.detect.draw import parse_thresholds
 
     config = CascadeConfig(min_face=min_face, factor=factor, thresholds=parse_thresholds(thresholds))
-    contract = ModelContract(mean=mean, scale=scale, channels=channels, logits=logits)
+    return config, ModelContract(mean=mean, scale=scale, channels=channels, logits=logits, **layout)
+
+
+def make_cascade(pnet, rnet, onet, threads, **options):
+    """A Cascade from `cascade_options` values (and `--landmark-layout`)."""
+    from facedata.detect import Cascade
+
+    config, contract = _cascade_parts(**options)
     return Cascade(pnet, rnet, onet, config=config, contract=contract, threads=threads)
 
 
@@ -198,22 +228,33 @@ def make_cascade(pnet, rnet, onet, min_face, factor, thresholds, mean, scale, ch
               help="PNet ONNX model (dynamic height/width).")
 @click.option("--rnet", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="RNet ONNX model.")
 @click.option("--onet", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="ONet ONNX model.")
-@cascade_options
+@cascade_options("detect")
+@click.option("--landmark-layout", type=click.Choice(LANDMARK_LAYOUTS), default="xyxy", show_default=True,
+              help="Order of the ONet's 10 landmark outputs: xyxy = x1 y1 ... x5 y5 (models trained on "
+              "facedata or the reference's data); xxyy = x1..x5 y1..y5 (the original Caffe MTCNN and most "
+              "converted models, e.g. facenet-pytorch's).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the detections as JSON on stdout (boxes, scores, 5 points per face).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image with boxes (and landmarks) drawn on it.")
 def detect(
-    image: Path, pnet: Path, rnet: Path | None, onet: Path | None, output: Path | None, **options
+    image: Path, pnet: Path, rnet: Path | None, onet: Path | None, as_json: bool, output: Path | None,
+    **options,
 ) -> None:
-    """Run the cascade on one image and draw what it finds (check a model before a long run)."""
-    from facedata.detect.draw import detect_file
+    """Run the cascade on one image: list what it finds (--json for scripts) and optionally draw it
+    (check a model and its contract options before a long mining run)."""
+    from facedata.detect.draw import detect_file, detections_json
 
     dets = detect_file(image, output, make_cascade(pnet, rnet, onet, **options))
-    stages = "/".join(str(n) for n in dets.proposals)
-    click.echo(f"{len(dets)} face(s) in {image.name} (boxes after each stage: {stages})")
-    for box, score in zip(dets.boxes, dets.scores, strict=True):
-        click.echo(f"  {score:.3f}  " + " ".join(f"{v:.1f}" for v in box))
+    if as_json:
+        click.echo(detections_json(image, dets))
+    else:
+        stages = "/".join(str(n) for n in dets.proposals)
+        click.echo(f"{len(dets)} face(s) in {image.name} (boxes after each stage: {stages})")
+        for box, score in zip(dets.boxes, dets.scores, strict=True):
+            click.echo(f"  {score:.3f}  " + " ".join(f"{v:.1f}" for v in box))
     if output is not None:
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {output}", err=as_json)
 
 
 # --- issue 3: shard store (verify, inspect) ----------------------------------------------------------
@@ -384,8 +425,6 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
                   factor: float, thresholds: str, mean: float, scale: float, channels: str, logits: bool,
                   threads: int, **options) -> None:
     from facedata.build import CascadeFactory
-    from facedata.detect import CascadeConfig, ModelContract
-    from facedata.detect.draw import parse_thresholds
     from facedata.samplers import CropRecipe
     from facedata.samplers.mined import MiningRecipe
     from facedata.samples import STAGE_SIZE
@@ -393,11 +432,8 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,
                           max_negatives_per_image=max_neg_per_image, pad_border=pad_border)
-    factory = CascadeFactory(
-        str(pnet), None if rnet is None else str(rnet),
-        CascadeConfig(min_face=min_face, factor=factor, thresholds=parse_thresholds(thresholds)),
-        ModelContract(mean=mean, scale=scale, channels=channels, logits=logits), threads=threads,
-    )
+    config, contract = _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits)
+    factory = CascadeFactory(str(pnet), None if rnet is None else str(rnet), config, contract, threads=threads)
     _run_build(stage, crop_recipe=CropRecipe(size=size, min_face=gt_min_face), detector=factory,
                mining_recipe=mining, **options)
 
@@ -420,7 +456,7 @@ def _mining_options(func):
 @click.option("--pnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trained PNet (ONNX).")
 @_mining_options
-@cascade_options
+@cascade_options("mining")
 def build_rnet(**options) -> None:
     """RNet (24 px): hard examples mined with PNet + landmark samples, in shards."""
     _mining_build("rnet", rnet=None, **options)
@@ -433,7 +469,7 @@ def build_rnet(**options) -> None:
 @click.option("--rnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trained RNet (ONNX).")
 @_mining_options
-@cascade_options
+@cascade_options("mining")
 def build_onet(**options) -> None:
     """ONet (48 px): hard examples mined with PNet + RNet + landmark samples, in shards."""
     _mining_build("onet", **options)

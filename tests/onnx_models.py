@@ -11,6 +11,7 @@ Every builder has knobs to break the contract on purpose (channels, fixed sizes,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -242,3 +243,100 @@ def crop_net(
         )
         outputs.append("landmarks")
     return g.save(path, ["N", in_channels, insize, insize], outputs)
+
+
+# -- the real pretrained MTCNN (facenet-pytorch's weights), exported to ONNX ------------------------------
+FACENET_CONTRACT = {"channels": "rgb", "mean": 127.5, "scale": 0.0078125, "landmark_layout": "xxyy"}
+"""How facenet-pytorch feeds its nets (models/utils/detect_face.py): RGB, (x − 127.5) · 0.0078125, NCHW
+in the image's own H × W order (its weights were converted so no transposition is needed; the W/H swap of
+the MATLAB-trained original is inside the nets, as the permute before the dense layers), landmarks
+x1..x5 y1..y5."""
+
+
+def facenet_weights_dir() -> Path | None:
+    """facenet-pytorch's `data/` folder (pnet.pt, rnet.pt, onet.pt) if it is installed, without importing
+    the package (its __init__ needs requests and torchvision)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return data if all((data / f"{n}.pt").is_file() for n in ("pnet", "rnet", "onet")) else None
+
+
+def _facenet_modules():
+    """PNet, RNet, ONet of the MTCNN paper, with facenet-pytorch's layer names (its state dict keys)."""
+    from torch import nn
+
+    def conv(name: str, cin: int, cout: int, k: int) -> list:
+        return [(f"conv{name}", nn.Conv2d(cin, cout, k)), (f"prelu{name}", nn.PReLU(cout))]
+
+    def pool(name: str, k: int) -> list:
+        return [(f"pool{name}", nn.MaxPool2d(k, 2, ceil_mode=True))]
+
+    def dense(name: str, cin: int, cout: int, prelu: bool = True) -> list:
+        return [(f"dense{name}", nn.Linear(cin, cout))] + ([(f"prelu{name}", nn.PReLU(cout))] if prelu else [])
+
+    class Net(nn.Module):
+        """`trunk` in order, then the heads (first head: face probability, softmaxed)."""
+
+        def __init__(self, trunk: list, flatten_after: str | None, heads: list) -> None:
+            super().__init__()
+            self.trunk, self.flatten_after, self.heads = [n for n, _ in trunk], flatten_after, [n for n, _ in heads]
+            for name, layer in trunk + heads:
+                setattr(self, name, layer)
+
+        def forward(self, x):
+            for name in self.trunk:
+                x = getattr(self, name)(x)
+                if name == self.flatten_after:  # the original's W, H, C order before the dense layers
+                    x = x.permute(0, 3, 2, 1).flatten(1)
+            outs = [getattr(self, name)(x) for name in self.heads]
+            return (outs[0].softmax(dim=1), *outs[1:])
+
+    return {
+        "pnet": lambda: Net(conv("1", 3, 10, 3) + pool("1", 2) + conv("2", 10, 16, 3) + conv("3", 16, 32, 3), None,
+                            [("conv4_1", nn.Conv2d(32, 2, 1)), ("conv4_2", nn.Conv2d(32, 4, 1))]),
+        "rnet": lambda: Net(conv("1", 3, 28, 3) + pool("1", 3) + conv("2", 28, 48, 3) + pool("2", 3)
+                            + conv("3", 48, 64, 2) + dense("4", 576, 128), "prelu3",
+                            dense("5_1", 128, 2, False) + dense("5_2", 128, 4, False)),
+        "onet": lambda: Net(conv("1", 3, 32, 3) + pool("1", 3) + conv("2", 32, 64, 3) + pool("2", 3)
+                            + conv("3", 64, 64, 3) + [("pool3", nn.MaxPool2d(2, 2, ceil_mode=True))]
+                            + conv("4", 64, 128, 2) + dense("5", 1152, 256), "prelu4",
+                            dense("6_1", 256, 2, False) + dense("6_2", 256, 4, False) + dense("6_3", 256, 10, False)),
+    }
+
+
+def facenet_mtcnn(out_dir: str | Path) -> dict[str, Path]:
+    """Export facenet-pytorch's pretrained PNet/RNet/ONet (MIT) to ONNX in `out_dir` (cached by name).
+
+    The state dicts are loaded with `torch.load(weights_only=True)` (tensors only, no unpickling of
+    code) into the modules above, which raise if a key or shape differs. Outputs are named prob, reg
+    (and landmarks, in the xxyy layout); run them with `FACENET_CONTRACT`.
+    """
+    import torch
+
+    weights = facenet_weights_dir()
+    if weights is None:
+        raise FileNotFoundError("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for stage, make in _facenet_modules().items():
+        path = paths[stage] = out_dir / f"facenet-{stage}.onnx"
+        if path.is_file():
+            continue
+        net = make().eval()
+        net.load_state_dict(torch.load(weights / f"{stage}.pt", weights_only=True))
+        size = {"pnet": 12, "rnet": 24, "onet": 48}[stage]
+        outputs = ["prob", "reg", "landmarks"] if stage == "onet" else ["prob", "reg"]
+        axes = {"input": {0: "N", 2: "H", 3: "W"} if stage == "pnet" else {0: "N"}}
+        axes.update({name: {0: "N", 2: "h", 3: "w"} if stage == "pnet" else {0: "N"} for name in outputs})
+        tmp = path.with_suffix(".tmp")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(net, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["input"],
+                              output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        tmp.replace(path)
+    return paths

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from onnx_models import crop_net, designed_pnet, draw_faces, mtcnn_onet, mtcnn_pnet, mtcnn_rnet
 
 from facedata.cli import main
-from facedata.detect import Cascade, CascadeConfig, ModelContract, crop_batch, load_stage, nms, square_boxes
-from facedata.detect.nms import Lattice, lattice_nms, overlap_pairs
+from facedata.detect import Cascade, CascadeConfig, ModelContract, crop_batch, load_stage, square_boxes
+from facedata.detect.nms import Lattice, lattice_nms, nms, overlap_pairs
 from facedata.errors import FacedataError
 from facedata.samplers.iou import iou_matrix
 

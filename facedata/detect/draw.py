@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,3 +60,16 @@ def detect_file(
         with atomic_write(out, "wb") as fh:
             fh.write(data.tobytes())
     return dets
+
+
+def detections_json(image_path: str | os.PathLike[str], dets: Detections) -> str:
+    """The detections as one JSON document: per face its box (x1, y1, x2, y2 image pixels, continuous),
+    score and, when ONet ran, its 5 points as [x, y] (mtcnn5 order); best score first."""
+    faces = []
+    for i, (box, score) in enumerate(zip(dets.boxes, dets.scores, strict=True)):
+        face: dict = {"box": [float(v) for v in box], "score": float(score)}
+        if dets.landmarks is not None:
+            face["landmarks"] = [[float(x), float(y)] for x, y in dets.landmarks[i]]
+        faces.append(face)
+    doc = {"image": str(image_path), "boxes_after_each_stage": list(dets.proposals), "faces": faces}
+    return json.dumps(doc)

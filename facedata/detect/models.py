@@ -10,8 +10,10 @@ Contract (what `load_stage` checks and what the cascade feeds):
   (N×C×1×1 outputs of convolutional heads are accepted too);
 - probabilities are expected after softmax; with `logits=True` the loader applies the softmax (sigmoid
   for a single channel); regression is (dx1, dy1, dx2, dy2) as fractions of the box width/height;
-  landmarks are (x, y) pairs as fractions of the box ("xy", the reference's training layout) or
-  five x then five y ("xxyy", the original Caffe/MATLAB layout).
+  landmarks are fractions of the box, as (x, y) pairs ("xyxy": x1 y1 … x5 y5, the layout of the
+  reference's training data and of facedata's shards, so of models trained on them) or five x then five
+  y ("xxyy": x1 … x5 y1 … y5, what the original Caffe/MATLAB MTCNN and most converted models emit, e.g.
+  facenet-pytorch's). Nothing in the outputs tells the two apart: the layout is part of the contract.
 Outputs are found by name when the contract names them, else by shape from one probe forward pass.
 """
 
@@ -26,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from facedata.detect.optimize import fast_prelu
+from facedata.detect.settings import LANDMARK_LAYOUTS
 from facedata.errors import FacedataError
 from facedata.samples import STAGE_SIZE
 
@@ -52,14 +55,14 @@ class ModelContract:
     prob_output: str | None = None
     reg_output: str | None = None
     landmark_output: str | None = None
-    landmark_layout: str = "xy"
+    landmark_layout: str = "xyxy"
 
     def __post_init__(self) -> None:
         if self.channels not in ("bgr", "rgb"):
             raise FacedataError(f"model contract: channels must be 'bgr' or 'rgb', not {self.channels!r}")
-        if self.landmark_layout not in ("xy", "xxyy"):
+        if self.landmark_layout not in LANDMARK_LAYOUTS:
             raise FacedataError(
-                f"model contract: landmark_layout must be 'xy' or 'xxyy', not {self.landmark_layout!r}"
+                f"model contract: landmark_layout must be 'xyxy' or 'xxyy', not {self.landmark_layout!r}"
             )
 
     def output_names(self, stage: Stage) -> list[str | None]:
