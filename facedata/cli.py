@@ -61,7 +61,8 @@ def formats() -> None:
 @click.option("--split", help="Split name (default: from the file name, e.g. train/val/test).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad item instead of skipping it.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Rejects report (CSV; default OUT.rejects.csv, written only when items were skipped).")
+              help="Rejects report (CSV; default OUT.rejects.csv, written when items were skipped, "
+                   "a stale one removed otherwise).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Manifest to write (.parquet).")
 @_quiet_option
@@ -72,6 +73,10 @@ def ingest(
     """Parse an annotation file into a manifest."""
     from facedata.parsers import ingest as ingest_file
 
+    report = rejects_path or output.with_name(output.name + ".rejects.csv")
+    _refuse_same_file(source, output, "-o/--output")
+    _refuse_same_file(source, report, "--rejects")
+    _refuse_same_file(output, report, "--rejects")
     if images is None:
         _note(quiet, "notice: no --images given: image files are not checked and image sizes stay unknown")
     manifest, rejects = ingest_file(source, format=format_name, images=images, strict=strict, split=split)
@@ -82,11 +87,20 @@ def ingest(
     counts = f"{len(manifest.images)} images, {len(manifest.faces)} faces"
     _note(quiet, f"format {fmt}{how}: wrote {counts} to {output}")
     if len(rejects) or not quiet:
-        click.echo(rejects.summary(), err=True)
-    if len(rejects):
-        target = rejects_path or output.with_name(output.name + ".rejects.csv")
-        rejects.write_csv(target)
-        click.echo(f"rejects report: {target}", err=True)
+        click.echo("\n".join(rejects.summary_lines()), err=True)
+    if len(rejects) or rejects_path is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        rejects.write_csv(report)  # replaces the report of an earlier run
+        if len(rejects) or not quiet:
+            click.echo(f"rejects report: {report}", err=True)
+    else:
+        report.unlink(missing_ok=True)  # an earlier run's report would describe another manifest
+
+
+def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
+    """An output that is (after resolving links) the input file or another output would overwrite it."""
+    if keep.resolve() == target.resolve() or (target.exists() and keep.exists() and keep.samefile(target)):
+        raise FacedataError(f"{option} {target} is the same file as {keep}: choose another path")
 
 
 @main.command(name="filter")
