@@ -359,7 +359,7 @@ def check_images_and_faces(
     keep_image = np.array([ok for ok, _, _ in sizes], bool)
     width = np.array([np.nan if w is None else w for _, w, _ in sizes], np.float64)
     height = np.array([np.nan if h is None else h for _, _, h in sizes], np.float64)
-    face = np.flatnonzero(keep_face & keep_image[owner]) if len(owner) else np.zeros(0, np.int64)
+    face = np.flatnonzero(keep_face & keep_image[owner])
     names = [*BOX_NAMES, *point_names]
     coords = (
         boxes[face] if points is None else np.column_stack([boxes[face], points[face].reshape(len(face), -1)])
@@ -367,11 +367,12 @@ def check_images_and_faces(
     for i, column, value, excess, tolerance in _outside(coords, width[owner[face]], height[owner[face]]):
         f = int(face[i])
         image = int(owner[f])
+        which = "" if lines is not None else f"face {_rank(owner, f)}: "  # a .mat has no lines
         rejects.reject(
             path,
             None if lines is None else int(lines[f]),
             names[column],
-            f"{value:g} lies {excess:g} px outside the {width[image]:g}x{height[image]:g} image "
+            f"{which}{value:g} lies {excess:g} px outside the {width[image]:g}x{height[image]:g} image "
             f"(tolerance {tolerance:g} px; image {images[image][0]!r} dropped)",
             kind="outside image",
         )
@@ -380,7 +381,7 @@ def check_images_and_faces(
         keep_image,
         [s[1] for s in sizes],
         [s[2] for s in sizes],
-        keep_face & keep_image[owner] if len(owner) else keep_face,
+        keep_face & keep_image[owner],
         int(repeat.sum()),
     )
 
@@ -397,8 +398,9 @@ def _reject_repeats(
     repeat = np.zeros(len(owner), bool)
     if len(owner) < 2:
         return repeat
-    keyed = np.column_stack([owner, same])
-    _, first, inverse = np.unique(keyed, axis=0, return_index=True, return_inverse=True)
+    keyed = np.ascontiguousarray(np.column_stack([owner, same]), np.float64)
+    rows = keyed.view(np.dtype((np.void, keyed.itemsize * keyed.shape[1]))).ravel()  # ~3x faster than axis=0
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)  # first: earliest occurrence
     first_of = first[inverse.ravel()]
     repeat = first_of != np.arange(len(owner))
     for i in np.flatnonzero(repeat):
@@ -406,9 +408,8 @@ def _reject_repeats(
         rel = images[int(owner[i])][0]
         if lines is not None:
             which = f"identical to the face at line {int(lines[j])}"
-        else:  # a .mat: faces are named by their rank in the image
-            rank = np.cumsum(owner == owner[i])
-            which = f"face {rank[i]} is identical to face {rank[j]}"
+        else:  # a .mat has no lines
+            which = f"face {_rank(owner, i)} is identical to face {_rank(owner, j)}"
         rejects.reject(
             path,
             None if lines is None else int(lines[i]),
@@ -417,6 +418,11 @@ def _reject_repeats(
             kind="duplicate face",
         )
     return repeat
+
+
+def _rank(owner: np.ndarray, face: int) -> int:
+    """1-based rank of a face among the faces of its image (names a face of a file without lines)."""
+    return int(np.count_nonzero(owner[: face + 1] == owner[face]))
 
 
 def _outside(
@@ -512,8 +518,9 @@ def ingest(
 ) -> tuple[Manifest, Rejects]:
     """Parse one annotation file into a Manifest; with `images`, check and probe every image.
 
-    Without `images` the manifest is annotations only: sizes stay unknown and the root's
-    directory is recorded as "" in provenance["roots"].
+    Without `images` the manifest is annotations only: sizes stay unknown (faces are not checked against
+    them) and the root's directory is recorded as "" in provenance["roots"]. An `images` root that holds
+    none of the annotated images is a FacedataError (a wrong root, not a dataset without images).
     """
     path = Path(source)
     if not path.is_file():
