@@ -57,7 +57,7 @@ def formats() -> None:
 @click.option("--format", "format_name", metavar="NAME",
               help="Annotation format (default: sniffed; see `formats`).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
-              help="Image root: check and probe images.")
+              help="Image root: check and probe images, and check faces against the image size.")
 @click.option("--split", help="Split name (default: from the file name, e.g. train/val/test).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad item instead of skipping it.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -70,7 +70,12 @@ def ingest(
     source: Path, format_name: str | None, images: Path | None, split: str | None, strict: bool,
     rejects_path: Path | None, output: Path, quiet: bool,
 ) -> None:
-    """Parse an annotation file into a manifest."""
+    """Parse an annotation file into a manifest.
+
+    Bad items are skipped and listed in the rejects report (--strict stops at the first): malformed lines,
+    face counts that disagree with the face lines, repeated identical face lines (kept once), and with
+    --images missing images and faces lying outside their image (the image is dropped).
+    """
     from facedata.parsers import ingest as ingest_file
 
     report = rejects_path or output.with_name(output.name + ".rejects.csv")
@@ -98,8 +103,10 @@ def ingest(
 
 
 def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
-    """An output that is (after resolving links) the input file or another output would overwrite it."""
-    if keep.resolve() == target.resolve() or (target.exists() and keep.exists() and keep.samefile(target)):
+    """Writing `target` must not overwrite `keep` (the input, or another output)."""
+    from facedata.paths import same_file
+
+    if same_file(keep, target):
         raise FacedataError(f"{option} {target} is the same file as {keep}: choose another path")
 
 
