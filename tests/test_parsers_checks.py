@@ -79,6 +79,41 @@ def test_counts_that_match_including_blank_lines_and_the_zero_dummy(tmp_path: Pa
     assert list(manifest.images["image_id"]) == ["a/1", "a/2", "a/3"]
 
 
+def test_mat_label_lists_that_disagree_with_the_box_count_drop_the_image(tmp_path: Path) -> None:
+    """The .mat has no count line: each image's box array sets it, and every label list must match it."""
+    import scipy.io
+
+    def cells(arrays: list) -> np.ndarray:
+        out = np.empty((len(arrays), 1), dtype=object)
+        for i, a in enumerate(arrays):
+            out[i, 0] = a
+        return out
+
+    boxes = [np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int32), np.array([[1, 2, 3, 4]], np.int32)]
+    labels = {
+        f"{name}_label_list": cells([cells([np.zeros((2, 1), np.uint8), np.zeros((1, 1), np.uint8)])[:, 0]])
+        for name in ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
+    }
+    labels["pose_label_list"] = cells([cells([np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8)])[:, 0]])
+    path = tmp_path / "wider_face_val.mat"
+    scipy.io.savemat(
+        path,
+        {
+            "event_list": cells([np.array(["0--Ev"])]),
+            "file_list": cells([cells([np.array(["one"]), np.array(["two"])])]),
+            "face_bbx_list": cells([cells(boxes)]),
+            **labels,
+        },
+    )
+    manifest, rejects = ingest(path)
+    assert [(r.line, r.field, r.reason) for r in rejects.items] == [
+        (None, "pose_label_list", "0--Ev/one: expected 2 numeric labels")
+    ]
+    assert list(manifest.images["image_id"]) == ["0--Ev/two"] and len(manifest.faces) == 1
+    with pytest.raises(InputError, match=r"wider_face_val.mat: pose_label_list: 0--Ev/one: expected 2"):
+        ingest(path, strict=True)
+
+
 # --- repeated face lines ---------------------------------------------------------------------------
 
 
