@@ -83,7 +83,8 @@ def ingest(
     _refuse_same_file(source, report, "--rejects")
     _refuse_same_file(output, report, "--rejects")
     if images is None:
-        _note(quiet, "notice: no --images given: image files are not checked and image sizes stay unknown")
+        _note(quiet, "notice: no --images given: image files are not checked, image sizes stay unknown "
+                     "and faces are not checked against them")
     manifest, rejects = ingest_file(source, format=format_name, images=images, strict=strict, split=split)
     output.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(output)

@@ -46,7 +46,6 @@ from facedata.schema import FACE_ATTRIBUTES, WIDER_ATTRIBUTE_CODES, WIDER_ATTRIB
 
 WIDER_COLUMNS: tuple[str, ...] = ("x", "y", "w", "h", *WIDER_ATTRIBUTES)
 SOURCE = "wider_face"
-WRONG_COUNT = "wrong face count"
 
 
 @dataclass
@@ -234,7 +233,7 @@ class WiderTxt:
             if len(block) != declared and not (
                 declared == 0 and len(block) == 1 and _is_zero_record(lines[block[0]])
             ):
-                # too few lines would drop the image's last faces (background), too many shift the next block
+                # kept, a count too small would leave the extra faces unlabelled (background for the samplers)
                 where = (
                     "the end of the file" if following == n else f"the next image path (line {following + 1})"
                 )
@@ -243,7 +242,7 @@ class WiderTxt:
                     i + 2,
                     "count",
                     f"wrong face count: {text!r} declares {declared} face line(s), found {len(block)} before {where}",
-                    kind=WRONG_COUNT,
+                    kind="wrong face count",
                 )
                 i = following
                 continue
