@@ -310,14 +310,15 @@ class ImageChecker:
 
 
 # A box corner or landmark may lie outside the image by at most OUTSIDE_PX + the face's longer side (|w| or |h|, at
-# most the image's longer side): a face must overlap or touch its image. Beyond that the annotation does not belong
-# to this image (a resized or wrong file, a typo) and the image is rejected. Measured on the real files in realdata:
-# WIDER val boxes against the image sizes of the libfacedetection labelv2 list, and WIDER train x against 1,024 (the
-# width of every WIDER image): the only boxes outside are degenerate ones drawn backwards past the border - val
-# 39_Ice_Skating_iceskiing_39_583 (x = 1026, w = -2: 2 px out), train 54_Rescue_rescuepeople_54_29 (x = 1050,
-# w = -26, h = 50: 26 px out) and 7_Cheering_Cheering_7_17 (x = 0, w = -11, h = 5: 11 px out, touching the image);
-# CUHK boxes and points (13,466 faces; LFW 250x250, net_7876 400x400) stay at least 11 px inside; the points of
-# WFLW test faces cut by the border (1,966 faces, 98 points on WIDER images) reach 0.42 x the face size outside.
+# most the image's longer side): a face must overlap or touch its image. Beyond that the
+# annotation does not belong to this image (a resized or wrong file, a typo) and the image is rejected. Measured on
+# the real files in realdata: WIDER val boxes against the image sizes of the libfacedetection labelv2 list, and
+# WIDER train x against 1,024 (the width of every WIDER image): the only boxes outside are degenerate ones drawn
+# backwards past the border - val 39_Ice_Skating_iceskiing_39_583 (x = 1026, w = -2: 2 px out), train
+# 54_Rescue_rescuepeople_54_29 (x = 1050, w = -26, h = 50: 26 px out) and 7_Cheering_Cheering_7_17 (x = 0, w = -11,
+# h = 5: 11 px out, touching the image); CUHK boxes and points (13,466 faces; LFW 250x250, net_7876 400x400) stay
+# at least 11 px inside; the points of WFLW test faces cut by the border (1,966 faces, 98 points on WIDER images)
+# reach 0.42 x the face size outside.
 OUTSIDE_PX = 2.0  # integer boxes and the +1 pixel convention put a right/bottom edge at W or W + 1
 BOX_NAMES = ("x1", "y1", "x2", "y2")
 
