@@ -58,11 +58,12 @@ def formats() -> None:
 @click.option("--format", "format_name", metavar="NAME",
               help="Annotation format (default: sniffed; see `formats`).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
-              help="Image root: check and probe images.")
+              help="Image root: check and probe images, and check faces against the image size.")
 @click.option("--split", help="Split name (default: from the file name, e.g. train/val/test).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad item instead of skipping it.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Rejects report (CSV; default OUT.rejects.csv, written only when items were skipped).")
+              help="Rejects report (CSV; default OUT.rejects.csv, written when items were skipped, "
+                   "a stale one removed otherwise).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Manifest to write (.parquet).")
 @_quiet_option
@@ -70,11 +71,21 @@ def ingest(
     source: Path, format_name: str | None, images: Path | None, split: str | None, strict: bool,
     rejects_path: Path | None, output: Path, quiet: bool,
 ) -> None:
-    """Parse an annotation file into a manifest."""
+    """Parse an annotation file into a manifest.
+
+    Bad items are skipped and listed in the rejects report (--strict stops at the first): malformed lines,
+    face counts that disagree with the face lines, repeated identical face lines (kept once), and with
+    --images missing images and faces lying outside their image (the image is dropped).
+    """
     from facedata.parsers import ingest as ingest_file
 
+    report = rejects_path or output.with_name(output.name + ".rejects.csv")
+    _refuse_same_file(source, output, "-o/--output")
+    _refuse_same_file(source, report, "--rejects")
+    _refuse_same_file(output, report, "--rejects")
     if images is None:
-        _note(quiet, "notice: no --images given: image files are not checked and image sizes stay unknown")
+        _note(quiet, "notice: no --images given: image files are not checked, image sizes stay unknown "
+                     "and faces are not checked against them")
     manifest, rejects = ingest_file(source, format=format_name, images=images, strict=strict, split=split)
     output.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(output)
@@ -83,11 +94,22 @@ def ingest(
     counts = f"{len(manifest.images)} images, {len(manifest.faces)} faces"
     _note(quiet, f"format {fmt}{how}: wrote {counts} to {output}")
     if len(rejects) or not quiet:
-        click.echo(rejects.summary(), err=True)
-    if len(rejects):
-        target = rejects_path or output.with_name(output.name + ".rejects.csv")
-        rejects.write_csv(target)
-        click.echo(f"rejects report: {target}", err=True)
+        click.echo("\n".join(rejects.summary_lines()), err=True)
+    if len(rejects) or rejects_path is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        rejects.write_csv(report)  # replaces the report of an earlier run
+        if len(rejects) or not quiet:
+            click.echo(f"rejects report: {report}", err=True)
+    else:
+        report.unlink(missing_ok=True)  # an earlier run's report would describe another manifest
+
+
+def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
+    """Writing `target` must not overwrite `keep` (the input, or another output)."""
+    from facedata.paths import same_file
+
+    if same_file(keep, target):
+        raise FacedataError(f"{option} {target} is the same file as {keep}: choose another path")
 
 
 @main.command(name="filter")

@@ -30,6 +30,10 @@ class Reject:
     line: int | None
     field: str
     reason: str
+    kind: str  # what went wrong, for the summary (e.g. "missing image"); the field when not given
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
 
 
 @dataclass
@@ -39,30 +43,49 @@ class Rejects:
     strict: bool = False
     items: list[Reject] = field(default_factory=list)
 
-    def reject(self, file: str | os.PathLike[str], line: int | None, field: str, reason: str) -> None:
+    def reject(
+        self, file: str | os.PathLike[str], line: int | None, field: str, reason: str, kind: str = ""
+    ) -> None:
         if self.strict:
             raise InputError(file, line, field, reason)
-        self.items.append(Reject(str(file), line, field, reason))
+        self.items.append(Reject(str(file), line, field, reason, kind or field))
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def count(self, kind: str) -> int:
+        return sum(1 for item in self.items if item.kind == kind)
+
+    def by_kind(self) -> dict[str, list[Reject]]:
+        """Skipped items grouped by kind, kinds in first-seen order."""
+        groups: dict[str, list[Reject]] = {}
+        for item in self.items:
+            groups.setdefault(item.kind, []).append(item)
+        return groups
+
     def summary(self) -> str:
+        """One line: the total and the count of each kind of skip."""
         if not self.items:
             return "no items skipped"
-        by_field: dict[str, int] = {}
-        for item in self.items:
-            by_field[item.field] = by_field.get(item.field, 0) + 1
-        detail = ", ".join(f"{n} {name}" for name, n in sorted(by_field.items()))
+        detail = ", ".join(f"{len(items)} {kind}" for kind, items in self.by_kind().items())
         return f"skipped {len(self.items)} item(s) ({detail})"
 
+    def summary_lines(self) -> list[str]:
+        """The summary, then per kind of skip its count and first example (file:line: field: reason)."""
+        lines = [self.summary()]
+        for kind, items in self.by_kind().items():
+            first = items[0]
+            lines.append(f"  {len(items)} {kind}, first {first.where()}: {first.field}: {first.reason}")
+        return lines
+
     def write_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write every skipped item as file,line,field,reason (atomically)."""
+        """Write every skipped item as file,line,field,reason,kind (atomically)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["file", "line", "field", "reason"])
+            writer.writerow(["file", "line", "field", "reason", "kind"])
             for item in self.items:
-                writer.writerow([item.file, "" if item.line is None else item.line, item.field, item.reason])
+                line = "" if item.line is None else item.line
+                writer.writerow([item.file, line, item.field, item.reason, item.kind])
         os.replace(tmp, path)

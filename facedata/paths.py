@@ -32,6 +32,12 @@ def resolve_under(root: str | os.PathLike[str], rel_path: str) -> Path | None:
     return candidate
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True if two paths name one file (after links, or as hard links): writing one would overwrite the other."""
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from wider_raw import read_raw_wider
 
 from facedata.cli import main
 from facedata.manifest import Manifest
@@ -36,8 +37,9 @@ def val_manifest(val_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("cli") / "val.parquet"
     result = run("ingest", val_file, "-o", out)
     assert result.exit_code == 0, result.output
-    assert "no --images" in result.stderr and "no items skipped" in result.stderr
-    assert not out.with_name(out.name + ".rejects.csv").exists()
+    assert "no --images" in result.stderr and "skipped 1 item(s) (1 duplicate face)" in result.stderr
+    rows = list(csv.DictReader(out.with_name(out.name + ".rejects.csv").open()))
+    assert [(row["line"], row["kind"]) for row in rows] == [("24001", "duplicate face")]
     return out
 
 
@@ -56,7 +58,7 @@ def test_ingest_real_val_then_stats_json(val_manifest: Path) -> None:
     result = run("stats", val_manifest, "--json")
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)  # stdout is nothing but the JSON
-    assert stats["images"] == 3226 and stats["faces"] == 39704
+    assert stats["images"] == 3226 and stats["faces"] == 39703
     assert isinstance(stats["images"], int) and isinstance(stats["faces"], int)
 
 
@@ -64,7 +66,7 @@ def test_stats_text_and_markdown(val_manifest: Path) -> None:
     text = run("stats", val_manifest, "--inputs", "320x240,1280x960")
     assert text.exit_code == 0
     assert "1280x960" in text.stdout and "480x360" not in text.stdout
-    assert "image size unknown for 39704" in text.stdout
+    assert "image size unknown for 39703" in text.stdout
     md = run("stats", val_manifest, "--markdown")
     assert md.exit_code == 0 and "| input | faces | under | share |" in md.stdout
 
@@ -79,12 +81,8 @@ def test_stats_bad_options(val_manifest: Path, args: list[str], needle: str) -> 
 
 
 def test_filter_prints_per_rule_counts(val_manifest: Path, val_file: Path, tmp_path: Path) -> None:
-    small = 0
-    for line in val_file.read_text().splitlines():
-        fields = line.split()
-        if len(fields) == 10:
-            w, h = int(fields[2]), int(fields[3])
-            small += (w < 10 or h < 10) and (fields[:4] != ["0", "0", "0", "0"])
+    _, table, _ = read_raw_wider(val_file)
+    small = int(((table[:, 2] < 10) | (table[:, 3] < 10)).sum())
     out = tmp_path / "min10.parquet"
     result = run(
         "filter", val_manifest, "-o", out, "--min-size", "10", "--where", "blur < 2", "--drop-empty-images"
@@ -189,8 +187,112 @@ def test_console_script_subprocess(val_manifest: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)
-    assert (stats["images"], stats["faces"]) == (3226, 39704)
+    assert (stats["images"], stats["faces"]) == (3226, 39703)
     bad = subprocess.run(
         [str(script), "stats", str(val_manifest), "--inputs", "x"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: --inputs") and "Traceback" not in bad.stderr
+
+
+# --- ingest: wrong root, summary, stale report, output paths, faces outside the image ---------------
+
+
+def test_ingest_wrong_images_root_is_an_error(val_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.parquet"
+    empty = tmp_path / "not_the_images"
+    empty.mkdir()
+    result = run("ingest", val_file, "--images", empty, "-o", out)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    first = empty.resolve() / "0--Parade/0_Parade_marchingband_1_465.jpg"
+    assert result.stderr == (
+        f"error: --images {empty}: none of the 3226 annotated images is under this root (wrong root?); "
+        f"first: {val_file}:1: missing image file {first}\n"
+    )
+    assert not out.exists() and not out.with_name("m.parquet.rejects.csv").exists()
+
+
+def test_ingest_summary_names_each_kind_with_a_count_and_first_example(tmp_path: Path) -> None:
+    source = tmp_path / "wider_face_val_bbx_gt.txt"
+    source.write_text(
+        "a/1.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n5 6 7 8 0 0 0 0 0 0\n"  # count 1, two face lines
+        "a/2.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n"  # the same face twice
+        "a/3.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n"
+        "a/4.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n"
+    )
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    for name in ("1", "2", "3"):
+        cv2.imwrite(str(root / "a" / f"{name}.jpg"), np.zeros((20, 30, 3), np.uint8))
+    out = tmp_path / "m.parquet"
+    result = run("ingest", source, "--images", root, "-o", out)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    start = lines.index("skipped 3 item(s) (1 wrong face count, 1 duplicate face, 1 missing image)")
+    assert lines[start + 1] == (
+        f"  1 wrong face count, first {source}:2: count: wrong face count: 'a/1.jpg' declares 1 face line(s), "
+        "found 2 before the next image path (line 5)"
+    )
+    assert lines[start + 2].startswith(f"  1 duplicate face, first {source}:8: face: duplicate face in 'a/2.jpg'")
+    assert lines[start + 3] == (
+        f"  1 missing image, first {source}:12: image: missing image file {root.resolve() / 'a/4.jpg'}"
+    )
+    rows = list(csv.DictReader(out.with_name("m.parquet.rejects.csv").open()))
+    assert [row["kind"] for row in rows] == ["wrong face count", "duplicate face", "missing image"]
+    assert list(Manifest.read(out).images["image_id"]) == ["a/2", "a/3"]
+
+
+def test_ingest_replaces_or_removes_a_stale_rejects_report(tmp_path: Path) -> None:
+    source = tmp_path / "wider_face_train_bbx_gt.txt"
+    source.write_text(BAD_WIDER)
+    out = tmp_path / "m.parquet"
+    report = out.with_name("m.parquet.rejects.csv")
+    assert run("ingest", source, "-o", out).exit_code == 0 and report.exists()
+    source.write_text(BAD_WIDER.replace("abc", "25"))  # fixed: the next run skips nothing
+    result = run("ingest", source, "-o", out)
+    assert result.exit_code == 0 and "no items skipped" in result.stderr
+    assert not report.exists()  # the old report described the old manifest
+    custom = tmp_path / "custom.csv"
+    custom.write_text("stale\n")
+    result = run("ingest", source, "-o", out, "--rejects", custom)
+    assert result.exit_code == 0 and custom.read_text().splitlines() == ["file,line,field,reason,kind"]
+
+
+def test_ingest_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    source = tmp_path / "wider_face_train_bbx_gt.txt"
+    source.write_text(BAD_WIDER)
+    link = tmp_path / "link.parquet"
+    link.symlink_to(source)
+    for args, option in (
+        (["-o", source], "-o/--output"),
+        (["-o", tmp_path / "." / source.name], "-o/--output"),
+        (["-o", link], "-o/--output"),
+        (["-o", tmp_path / "m.parquet", "--rejects", source], "--rejects"),
+        (["-o", tmp_path / "m.parquet", "--rejects", tmp_path / "m.parquet"], "--rejects"),
+    ):
+        result = run("ingest", source, *args)
+        assert result.exit_code == 2, args
+        assert result.stderr.startswith(f"error: {option} ") and "is the same file as" in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert source.read_text() == BAD_WIDER and not (tmp_path / "m.parquet").exists()
+
+
+def test_ingest_box_outside_the_image_console_script(tmp_path: Path) -> None:
+    """A real subprocess: the default skips and reports the image, --strict stops with one line."""
+    script = Path(sys.executable).with_name("facedata")
+    if not script.exists():
+        pytest.skip("console script not installed (pip install -e .)")
+    source = tmp_path / "wider_face_val_bbx_gt.txt"
+    source.write_text("a/1.jpg\n1\n1000000000 2 3 4 0 0 0 0 0 0\na/2.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n")
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    for name in ("1", "2"):
+        cv2.imwrite(str(root / "a" / f"{name}.jpg"), np.zeros((30, 40, 3), np.uint8))
+    out = tmp_path / "m.parquet"
+    base = [str(script), "ingest", str(source), "--images", str(root), "-o", str(out)]
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"  1 outside image, first {source}:3: x2: 1e+09 lies 1e+09 px outside the 40x30 image" in proc.stderr
+    assert list(Manifest.read(out).images["image_id"]) == ["a/2"]
+    strict = subprocess.run([*base, "--strict"], capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert strict.stderr.startswith(f"error: {source}:3: x2: 1e+09 lies") and strict.stderr.count("\n") == 1

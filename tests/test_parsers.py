@@ -27,24 +27,32 @@ WIDER_FILES = {
 }
 
 
+# The official files repeat a few face lines identically (same box and attributes): kept once, reported.
+VAL_DUPLICATE = "duplicate face in '21--Festival/21_Festival_Festival_21_604.jpg': "
+TRAIN_DUPLICATES = ("2--Demonstration/2_Demonstration_Protesters_2_231", "7--Cheering/7_Cheering_Cheering_7_17")
+
+
 @pytest.fixture(scope="module")
 def val_txt(realdata: Path) -> Manifest:
     manifest, rejects = ingest(realdata / "wider_face/wider_face_val_bbx_gt.txt")
-    assert len(rejects) == 0
+    assert [(r.line, r.field, r.kind) for r in rejects.items] == [(24001, "face", "duplicate face")]
+    assert rejects.items[0].reason == VAL_DUPLICATE + "identical to the face at line 23962; kept once"
     return manifest
 
 
 @pytest.fixture(scope="module")
 def val_mat(realdata: Path) -> Manifest:
     manifest, rejects = ingest(realdata / "wider_face/wider_face_val.mat")
-    assert len(rejects) == 0
+    assert [(r.line, r.kind) for r in rejects.items] == [(None, "duplicate face")]
+    assert rejects.items[0].reason == VAL_DUPLICATE + "face 104 is identical to face 65; kept once"
     return manifest
 
 
 @pytest.fixture(scope="module")
 def train_mat(realdata: Path) -> Manifest:
     manifest, rejects = ingest(realdata / "wider_face/wider_face_train.mat")
-    assert len(rejects) == 0
+    assert [r.kind for r in rejects.items] == ["duplicate face"] * 2
+    assert all(name in r.reason for name, r in zip(TRAIN_DUPLICATES, rejects.items, strict=True))
     return manifest
 
 
@@ -70,7 +78,8 @@ def test_wider_val_txt_published_counts(val_txt: Manifest) -> None:
     assert len(images) == 3226
     assert val_txt.provenance["records"] == 39708
     assert val_txt.provenance["placeholders"] == 4
-    assert len(faces) == 39704
+    assert val_txt.provenance["duplicates"] == 1
+    assert len(faces) == 39708 - 4 - 1
     width, height = _width_height(faces)
     assert int(((width == 0) | (height == 0)).sum()) == 6
     # the degenerate flag also covers the one box with negative width (w = -2) in val
@@ -124,12 +133,13 @@ def test_wider_train_mat_published_counts(train_mat: Manifest) -> None:
     assert len(images) == 12880
     assert train_mat.provenance["records"] == 159424
     assert train_mat.provenance["placeholders"] == 4
-    assert len(faces) == 159420
+    assert train_mat.provenance["duplicates"] == 2
+    assert len(faces) == 159424 - 4 - 2
     width, height = _width_height(faces)
     assert int(((width == 0) | (height == 0)).sum()) == 25
     assert int(((width < 0) | (height < 0)).sum()) == 2
     assert int(faces["degenerate"].sum()) == 25 + 2
-    assert int(faces["invalid"].sum()) == 2399
+    assert int(faces["invalid"].sum()) == 2399 - 1  # one of the repeated faces is flagged invalid
     assert images["event"].nunique() == 61
     assert len(set(images["image_id"]) - set(faces["image_id"])) == 4
 
@@ -137,10 +147,14 @@ def test_wider_train_mat_published_counts(train_mat: Manifest) -> None:
 def test_full_train_xywh_list_matches_train_mat(realdata: Path, train_mat: Manifest) -> None:
     path = realdata / "wider_face/sierkinhane_anno_train_xywh.txt"
     manifest, rejects = ingest(path, format="wider_anno_xywh")
-    assert len(rejects) == 0
+    # boxes only: the repeats of the .mat plus a box the .mat gives twice with different attributes
+    repeated = [r.reason.split("'")[1] for r in rejects.items]
+    soccer = "37--Soccer/37_Soccer_Soccer_37_851"
+    assert repeated == [f"{name}.jpg" for name in (TRAIN_DUPLICATES[0], soccer, TRAIN_DUPLICATES[1])]
     pd.testing.assert_frame_equal(manifest.images, train_mat.images)
     cols = ["image_id", "x1", "y1", "x2", "y2", "degenerate"]
-    pd.testing.assert_frame_equal(manifest.faces[cols], train_mat.faces[cols])
+    boxes = train_mat.faces[cols].drop_duplicates().reset_index(drop=True)
+    pd.testing.assert_frame_equal(manifest.faces[cols], boxes)
     assert (manifest.faces["blur"] == -1).all()
 
 
@@ -269,7 +283,7 @@ def test_ingest_wider_train_mat_with_two_real_images(realdata: Path) -> None:
     root = realdata / "wflw/WFLW_images"
     manifest, rejects = ingest(realdata / "wider_face/wider_face_train.mat", images=root)
     assert len(manifest.images) == 2
-    assert len(rejects) == 12880 - 2
+    assert rejects.count("missing image") == 12880 - 2 and rejects.count("duplicate face") == 2
     counts = manifest.faces.groupby("image_id").size().to_dict()
     assert counts == {
         "36--Football/36_Football_americanfootball_ball_36_415": 14,

@@ -55,8 +55,8 @@ def val_sized(val: Manifest, sizes) -> Manifest:
 def test_counts_match_published_and_raw(val: Manifest, raw) -> None:
     names, table, owners = raw
     stats = compute_stats(val)
-    assert stats["images"] == 3226 and stats["faces"] == 39704
-    assert stats["by_split"] == {"val": {"images": 3226, "faces": 39704}}
+    assert stats["images"] == 3226 and stats["faces"] == 39703
+    assert stats["by_split"] == {"val": {"images": 3226, "faces": 39703}}
     assert sum(v["images"] for v in stats["by_source"].values()) == 3226
     per_image = np.bincount(owners, minlength=len(names))
     per = stats["faces_per_image"]
@@ -78,7 +78,7 @@ def test_flags_and_size_histogram(val: Manifest, raw) -> None:
     assert stats["flags"]["degenerate"] == int(degenerate.sum()) == 7
     assert stats["flags"]["invalid"] == int((table[:, 7] == 1).sum()) == 585
     buckets = stats["face_size"]["buckets"]
-    assert sum(buckets.values()) == 39704 - int(degenerate.sum())
+    assert sum(buckets.values()) == 39703 - int(degenerate.sum())
     side = np.maximum(w, h)[~degenerate]
     assert buckets["8-16"] == int(((side >= 8) & (side < 16)).sum())
     assert buckets["0-4"] == int((side < 4).sum())
@@ -91,17 +91,17 @@ def test_attribute_distributions(val: Manifest, raw) -> None:
     for name, codes in WIDER_ATTRIBUTE_CODES.items():
         column = table[:, COLUMNS.index(name)]
         counts = stats[name]
-        assert sum(counts.values()) == 39704, name
+        assert sum(counts.values()) == 39703, name
         for code, label in codes.items():
             assert counts[label] == int((column == code).sum()), (name, label)
     # The published pin: in val only blur and occlusion take the value 2.
     assert stats["blur"]["heavy blur"] > 0 and stats["occlusion"]["heavy occlusion"] > 0
-    assert stats["invalid"] == {"valid": 39704 - 585, "invalid": 585}
+    assert stats["invalid"] == {"valid": 39703 - 585, "invalid": 585}
 
 
 def test_survival_without_sizes_says_unknown(val: Manifest) -> None:
     surv = compute_stats(val)["survival"]
-    assert surv["faces_with_image_size"] == 0 and surv["faces_unknown_size"] == 39704
+    assert surv["faces_with_image_size"] == 0 and surv["faces_unknown_size"] == 39703
     assert all(r["share_under"] is None and r["under"] == 0 for r in surv["rows"])
     assert "unknown" in surv["note"]
     assert "n/a" in render_text(compute_stats(val))
@@ -112,7 +112,7 @@ def test_survival_table_matches_independent_computation(val_sized: Manifest, raw
     inputs = [(320, 240), (480, 360), (640, 480), (1024, 768)]
     stats = compute_stats(val_sized, inputs=inputs)
     rows = {r["input"]: r for r in stats["survival"]["rows"]}
-    assert stats["survival"]["faces_with_image_size"] == 39704 and stats["survival"]["note"] is None
+    assert stats["survival"]["faces_with_image_size"] == 39703 and stats["survival"]["note"] is None
     for tw, th in inputs:
         under = 0
         for (_, _, w, h, *_), owner in zip(table.tolist(), owners.tolist(), strict=True):
@@ -120,7 +120,7 @@ def test_survival_table_matches_independent_computation(val_sized: Manifest, raw
             scale = min(tw / width, th / height)
             under += min(w * scale, h * scale) < 10
         assert rows[f"{tw}x{th}"]["under"] == under
-        assert rows[f"{tw}x{th}"]["share_under"] == pytest.approx(under / 39704, abs=1e-6)
+        assert rows[f"{tw}x{th}"]["share_under"] == pytest.approx(under / 39703, abs=1e-6)
     native = int(((table[:, 2] < 10) | (table[:, 3] < 10)).sum())
     assert rows["native"]["under"] == native
     # Bigger inputs lose fewer faces (same aspect ratio, so every scale grows).
@@ -142,7 +142,7 @@ def test_stretch_rule_differs_from_fit(val_sized: Manifest) -> None:
 def test_renderers(val_sized: Manifest) -> None:
     stats = compute_stats(val_sized)
     parsed = json.loads(render_json(stats))
-    assert parsed["images"] == 3226 and parsed["faces"] == 39704
+    assert parsed["images"] == 3226 and parsed["faces"] == 39703
     text = render_text(stats, title="val")
     assert "320x240" in text and "heavy blur" in text and "Faces per image" in text
     md = render_markdown(stats, title="val")

@@ -5,7 +5,9 @@ nose, left mouth corner, right mouth corner) -> scheme "mtcnn5". Note the box co
 x1 x2 y1 y2, not x1 y1 x2 y2; boxes are stored as given (x1, y1, x2, y2). The first path component
 (lfw_5590 / net_7876) becomes the image tag `subset`; the image root is the folder holding both.
 
-A line with the wrong field count or a non-numeric field is skipped (one face, one image).
+A line with the wrong field count or a non-numeric field is skipped (one face, one image). An
+identical repeated line is reported and kept once; with an image root, a box or point outside its
+image drops the image (`base.check_images_and_faces`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from facedata.errors import Rejects
 from facedata.manifest import Manifest, ManifestBuilder
 from facedata.parsers.base import (
     FaceArrays,
-    ImageChecker,
     ParseOptions,
     add_all_faces,
+    check_images_and_faces,
     check_rel_path,
     first_line,
     image_id_for,
@@ -85,39 +87,60 @@ class CuhkLfwNet:
             for row, (raw, number) in enumerate(entries)
         ]
         replay(rejects, options.rejects)
-        checker = ImageChecker(options.images, options.rejects, path)
-        builder = ManifestBuilder(SOURCE, split, ROOT)
-        image_ids: list[str] = []
-        face_rows: list[int] = []
-        for row, rel in enumerate(rels):
-            if rel is None:
-                continue
-            keep, width, height = checker.check(rel, numbers[row])
-            if not keep:
-                continue
-            image_id = image_id_for(rel)
-            subset = rel.split("/", 1)[0] if "/" in rel else ""
-            # a repeated image gets one more face; add_image is a no-op for a known id
-            builder.add_image(
-                image_id, rel, width=width, height=height, tags={"subset": subset} if subset else None
-            )
-            image_ids.append(image_id)
-            face_rows.append(row)
+        # a repeated image (several lines) is one image with one face per line
+        image_index: dict[str, int] = {}
+        face_rows = [row for row, rel in enumerate(rels) if rel is not None]
+        owner = np.array(
+            [image_index.setdefault(image_id_for(rels[row]), len(image_index)) for row in face_rows], np.int64
+        )
+        image_rows = [face_rows[k] for k in np.unique(owner, return_index=True)[1]]
         v = values[face_rows]
         boxes = v[:, [0, 2, 1, 3]]  # x1 x2 y1 y2 -> x1 y1 x2 y2
         points = v[:, 4:].reshape(-1, 5, 2)
+        lines = np.asarray(numbers, np.int64)[face_rows]
+        checked = check_images_and_faces(
+            path,
+            options,
+            [(rels[row], numbers[row]) for row in image_rows],
+            owner,
+            boxes,
+            same=v,
+            lines=lines,
+            points=points,
+            point_names=COLUMNS[4:],
+        )
+        builder = ManifestBuilder(SOURCE, split, ROOT)
+        image_ids: list[str] = []
+        for index in np.flatnonzero(checked.keep_image):
+            rel = rels[image_rows[index]]
+            subset = rel.split("/", 1)[0] if "/" in rel else ""
+            image_id = image_id_for(rel)
+            builder.add_image(
+                image_id,
+                rel,
+                width=checked.width[index],
+                height=checked.height[index],
+                tags={"subset": subset} if subset else None,
+            )
+            image_ids.append(image_id)
+        keep = checked.keep_face
+        # faces are added image by image (the manifest's order), file order within an image
+        order = np.argsort(owner[keep], kind="stable")
+        kept = np.flatnonzero(keep)[order]
         add_all_faces(
             builder,
             image_ids,
             FaceArrays(
-                boxes=boxes,
-                counts=np.ones(len(image_ids), np.int64),
-                points=points,
+                boxes=boxes[kept],
+                counts=np.bincount(owner[kept], minlength=len(image_rows))[checked.keep_image],
+                points=points[kept],
                 scheme=SCHEME,
-                lines=np.asarray(numbers, np.int64)[face_rows],
+                lines=lines[kept],
             ),
         )
-        return builder.build(provenance(self.name, path, ROOT, options, records=len(entries)))
+        return builder.build(
+            provenance(self.name, path, ROOT, options, records=len(entries), duplicates=checked.repeats)
+        )
 
 
 register(CuhkLfwNet())

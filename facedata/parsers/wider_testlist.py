@@ -30,7 +30,7 @@ def build_image_list(
     split = options.split or "test"
     root = f"wider_{split}"
     rejects = options.rejects
-    checker = ImageChecker(options.images, rejects, path)
+    checker = ImageChecker(options, path)
     builder = ManifestBuilder(SOURCE, split, root)
     for raw, line in entries:
         rel = check_rel_path(raw, rejects, path, line)
@@ -41,7 +41,7 @@ def build_image_list(
             continue
         event = rel.split("/", 1)[0] if "/" in rel else None
         if not builder.add_image(image_id_for(rel), rel, width=width, height=height, event=event):
-            rejects.reject(path, line, "path", f"duplicate image {rel!r}")
+            rejects.reject(path, line, "path", f"duplicate image {rel!r}", kind="duplicate image")
     return builder.build(provenance(fmt, path, root, options, records=len(entries)))
 
 

@@ -6,9 +6,11 @@ placeholder of an image without faces — it appears after a count of `1` and, a
 a count of `0` — and yields no face. Boxes become x1, y1, x2, y2 = x, y, x + w, y + h.
 
 Bad input: a bad face line (field count, non-numeric, unknown attribute code) drops its whole
-image (kept, it would be a negative with an unlabelled face); a bad count (not an integer, or fewer
-face lines than declared before the next path or the end of the file) drops the image block, and
-parsing resumes at the next path line. Images keep file order, which
+image (kept, it would be a negative with an unlabelled face); a bad count (not an integer, or not
+the number of face lines before the next path or the end of the file: too small, the extra faces
+would become background) drops the image block, and parsing resumes at the next path line. An
+identical repeated face line is reported and kept once; with an image root, a face outside its
+image drops the image (`base.check_images_and_faces`). Images keep file order, which
 is also the order of the official .mat (event, then file), so both forms give the same manifest.
 """
 
@@ -24,10 +26,10 @@ from facedata.errors import Rejects
 from facedata.manifest import Manifest, ManifestBuilder
 from facedata.parsers.base import (
     FaceArrays,
-    ImageChecker,
     ParseOptions,
     add_all_faces,
     check_codes,
+    check_images_and_faces,
     check_rel_path,
     head_lines,
     image_id_for,
@@ -79,27 +81,35 @@ def wider_manifest(
     split = infer_split(path, options.split)
     root = f"wider_{split}"
     placeholder = (boxes == 0).all(axis=1)
-    checker = ImageChecker(options.images, options.rejects, path)
+    real = ~placeholder
+    values = boxes[real] if attributes is None else np.column_stack([boxes[real], attributes[real]])
+    checked = check_images_and_faces(
+        path,
+        options,
+        [(image.rel_path, image.line) for image in images],
+        owner[real],
+        boxes[real],
+        same=values,
+        lines=None if lines is None else lines[real],
+    )
     builder = ManifestBuilder(SOURCE, split, root)
-    kept = np.zeros(len(images), bool)
     image_ids: list[str] = []
-    for index, image in enumerate(images):
-        ok, width, height = checker.check(image.rel_path, image.line)
-        if not ok:
-            continue
+    for index in np.flatnonzero(checked.keep_image):
+        image = images[index]
         image_id = image_id_for(image.rel_path)
         event = image.rel_path.split("/", 1)[0] if "/" in image.rel_path else None
-        builder.add_image(image_id, image.rel_path, width=width, height=height, event=event)
-        kept[index] = True
+        builder.add_image(
+            image_id, image.rel_path, width=checked.width[index], height=checked.height[index], event=event
+        )
         image_ids.append(image_id)
-    faces = ~placeholder & kept[owner] if len(owner) else np.zeros(0, bool)
+    faces = np.flatnonzero(real)[checked.keep_face]
     columns = None
     invalid = None
     if attributes is not None:
         a = attributes[faces]
         columns = {name: a[:, j] for j, name in enumerate(WIDER_ATTRIBUTES) if name in FACE_ATTRIBUTES}
         invalid = a[:, WIDER_ATTRIBUTES.index("invalid")] != 0
-    counts = np.bincount(owner[faces], minlength=len(images))[kept]
+    counts = np.bincount(owner[faces], minlength=len(images))[checked.keep_image]
     add_all_faces(
         builder,
         image_ids,
@@ -112,7 +122,15 @@ def wider_manifest(
         ),
     )
     return builder.build(
-        provenance(fmt, path, root, options, records=int(records), placeholders=int(placeholder.sum()))
+        provenance(
+            fmt,
+            path,
+            root,
+            options,
+            records=int(records),
+            placeholders=int(placeholder.sum()),
+            duplicates=checked.repeats,
+        )
     )
 
 
@@ -145,6 +163,12 @@ def drop_images_with_bad_faces(
         index[owner[keep]],
         keep,
     )
+
+
+def _is_zero_record(text: str) -> bool:
+    """A record whose x y w h are all 0 (the placeholder of an image without faces)."""
+    tokens = text.split()
+    return all(is_number(t) for t in tokens) and len(tokens) >= 4 and all(float(t) == 0 for t in tokens[:4])
 
 
 def _next_path(lines: list[str], start: int) -> int:
@@ -202,30 +226,27 @@ class WiderTxt:
                 continue
             declared = int(count_text)
             start = i + 2
-            block = lines[start : start + declared]
-            cut = next((j for j, line in enumerate(block) if looks_like_image_path(line)), None)
-            if cut is not None or len(block) < declared:
-                found = len(block) if cut is None else cut
+            following = _next_path(lines, start)
+            block = [j for j in range(start, following) if lines[j]]
+            # `0` followed by a dummy record is the official zero-face convention: read the dummy as a record
+            # so that a placeholder is recognised by content, like after a count of `1`.
+            if len(block) != declared and not (
+                declared == 0 and len(block) == 1 and _is_zero_record(lines[block[0]])
+            ):
+                # kept, a count too small would leave the extra faces unlabelled (background for the samplers)
                 where = (
-                    "the end of the file" if cut is None else f"the next image path (line {start + cut + 1})"
+                    "the end of the file" if following == n else f"the next image path (line {following + 1})"
                 )
                 rejects.reject(
                     path,
                     i + 2,
                     "count",
-                    f"wrong face count: {text!r} declares {declared} face line(s), "
-                    f"found {found} before {where}",
+                    f"wrong face count: {text!r} declares {declared} face line(s), found {len(block)} before {where}",
+                    kind="wrong face count",
                 )
-                i = start + found
+                i = following
                 continue
-            end = start + declared
-            if declared == 0 and end < n and lines[end] and not looks_like_image_path(lines[end]):
-                # `0` followed by a dummy record (the official zero-face convention): read it as a record
-                # so that a placeholder is recognised by content, like after a count of `1`.
-                tokens = lines[end].split()
-                if all(is_number(t) for t in tokens) and all(float(t) == 0 for t in tokens[:4]):
-                    end += 1
-            i = end
+            i = following
             rel = check_rel_path(text, rejects, path, path_line)
             if rel is None:
                 continue
@@ -238,7 +259,7 @@ class WiderTxt:
             seen[key] = path_line
             owner = len(images)
             images.append(WiderImage(rel, path_line))
-            for line_index in range(start, end):
+            for line_index in block:
                 face_texts.append(lines[line_index])
                 face_lines.append(line_index + 1)
                 face_owner.append(owner)
