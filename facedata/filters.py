@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from facedata.errors import FacedataError
+from facedata.faces import face_boxes, flagged
 from facedata.manifest import Manifest, command_line
 from facedata.schema import IMAGE_COLUMNS
 
@@ -58,7 +59,7 @@ class DropInvalid:
 
     def apply(self, manifest: Manifest) -> Manifest:
         faces = manifest.faces
-        return _with_faces(manifest, ~(faces["invalid"].to_numpy(bool) | faces["degenerate"].to_numpy(bool)))
+        return _with_faces(manifest, ~flagged(face_boxes(faces), faces["invalid"].to_numpy(bool)))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.io
 
@@ -397,3 +398,47 @@ def test_mixing_reports_shortage_and_repeats_only_when_allowed() -> None:
     assert set(copies.tolist()) <= {3, 4}
     with pytest.raises(FacedataError):
         mixing_plan({0: 10}, None)
+
+
+def _with_ignore(manifest: Manifest, ignore: np.ndarray) -> Manifest:
+    return Manifest(manifest.images, manifest.faces.assign(ignore=ignore), manifest.provenance)
+
+
+def test_ignore_column_makes_faces_ignore_regions_everywhere(wider: Manifest) -> None:
+    """A face kept as an ignore region by a filter is never sampled, whatever its size, and no negative
+    overlaps it; without the column the same faces are usable (the rule works either way)."""
+    plain = wider_tasks(wider)
+    large = [int(np.flatnonzero(t.usable)[0]) for t in plain]  # one large valid face per image
+    ignore = np.zeros(len(wider.faces), bool)
+    ignore[[int(t.face_index[k]) for t, k in zip(plain, large, strict=True)]] = True
+    flagged_tasks = wider_tasks(_with_ignore(wider, ignore))
+    recipe = CropRecipe(negatives_per_image=300, negative_max_tries=3000)
+    for before, after, k in zip(plain, flagged_tasks, large, strict=True):
+        assert before.usable[k] and not after.usable[k]
+        assert (after.usable == before.usable & ~ignore[after.face_index]).all()
+        records = plan_crops(after, recipe, seed=1)
+        assert int(after.face_index[k]) not in records["face_index"].tolist()
+        neg = records["crop"][records["label"] == LABEL_NEGATIVE]
+        assert (coverage_matrix(neg, after.boxes[[k]]) == 0).all()
+    # a missing value in the column counts as not ignored
+    column = wider.faces.assign(ignore=pd.array([None] * len(wider.faces), dtype="boolean"))["ignore"]
+    unknown = wider_tasks(_with_ignore(wider, column))
+    assert all((u.usable == p.usable).all() for u, p in zip(unknown, plain, strict=True))
+
+
+def test_one_usable_rule_for_filter_stats_and_samplers(wider: Manifest) -> None:
+    """drop_invalid, stats' invalid_or_degenerate and the samplers' usable mask are the same rule."""
+    from facedata.faces import flagged_rows, usable_rows
+    from facedata.filters import DropInvalid
+    from facedata.stats import compute_stats
+
+    faces = wider.faces.copy()
+    faces.loc[faces.index[:3], "x2"] = faces.loc[faces.index[:3], "x1"]  # degenerate, column not updated
+    manifest = Manifest(wider.images, faces, wider.provenance)
+    flagged = flagged_rows(faces)
+    assert flagged[:3].all()
+    assert compute_stats(manifest)["flags"]["invalid_or_degenerate"] == int(flagged.sum())
+    assert len(DropInvalid().apply(manifest).faces) == int((~flagged).sum())
+    usable = np.concatenate([t.usable for t in wider_tasks(manifest)])
+    order = np.concatenate([t.face_index for t in wider_tasks(manifest)])
+    assert (usable == usable_rows(faces, CropRecipe().min_face)[order]).all()

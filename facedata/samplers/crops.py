@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.faces import large_enough
 from facedata.samplers.geometry import offsets_for
 from facedata.samplers.iou import coverage_matrix, iou_matrix, iou_pairs
 from facedata.samplers.tasks import ImageTask
@@ -163,9 +164,7 @@ def _random_negatives(task: ImageTask, recipe: CropRecipe, seed: int, usable: np
 def sampled_faces(task: ImageTask, recipe: CropRecipe) -> np.ndarray:
     """task.usable restricted to the recipe's min_face (so verify_labels, which applies the recipe's
     min_face to the manifest, sees the same ignore regions whatever min_face built the task)."""
-    b = task.boxes
-    larger = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-    return task.usable & (larger >= recipe.min_face)
+    return task.usable & large_enough(task.boxes, recipe.min_face)
 
 
 def _near_negatives(

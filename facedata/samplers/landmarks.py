@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.faces import large_enough
 from facedata.fusion.schemes import SCHEMES
 from facedata.samplers.crops import INTERPOLATIONS, shifted_squares
 from facedata.samplers.geometry import landmark_targets
@@ -66,9 +67,8 @@ def landmark_faces(
     """Positions of faces that give landmark samples: usable, large enough, every point present."""
     if points is None:
         return np.zeros(0, np.int64)
-    larger = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     complete = np.isfinite(points).all(axis=(1, 2))
-    return np.flatnonzero(usable & (larger >= min_face) & complete)
+    return np.flatnonzero(usable & large_enough(boxes, min_face) & complete)
 
 
 def plan_landmarks(task: ImageTask, recipe: LandmarkRecipe, seed: int) -> np.ndarray:
