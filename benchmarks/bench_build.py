@@ -34,7 +34,7 @@ from facedata.samples import image_rng
 WIDTH, HEIGHT = 1024, 700
 
 
-def _face(img: np.ndarray, x: int, y: int, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+def draw_face(img: np.ndarray, x: int, y: int, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     """Draw a simple face in box (x, y, w, h); return its 5 points (eyes, nose, mouth corners)."""
     skin = tuple(int(v) for v in rng.integers(90, 230, 3))
     cv2.ellipse(img, (x + w // 2, y + h // 2), (max(1, w // 2), max(1, h // 2)), 0, 0, 360, skin, -1)
@@ -48,7 +48,7 @@ def _face(img: np.ndarray, x: int, y: int, w: int, h: int, rng: np.random.Genera
     return pts
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     small = rng.integers(0, 256, (h // 32 + 1, w // 32 + 1, 3), dtype=np.uint8)
     img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
     noise = rng.integers(-12, 13, img.shape, dtype=np.int16)
@@ -65,7 +65,7 @@ def make_corpus(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     for i in range(n):
         rel = f"wider/{i // 500:02d}/img_{i:05d}.jpg"
         rng = image_rng(seed, rel)
-        img = _background(rng, WIDTH, HEIGHT)
+        img = background(rng, WIDTH, HEIGHT)
         count = 0 if rng.random() < 0.03 else int(min(60, rng.geometric(1 / 12)))
         boxes = []
         for _ in range(count):
@@ -74,7 +74,7 @@ def make_corpus(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
             if w >= WIDTH or h >= HEIGHT:
                 continue
             x, y = int(rng.integers(0, WIDTH - w)), int(rng.integers(0, HEIGHT - h))
-            _face(img, x, y, w, h, rng)
+            draw_face(img, x, y, w, h, rng)
             boxes.append((x, y, x + w, y + h))
         (images / rel).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(images / rel), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
@@ -85,10 +85,10 @@ def make_corpus(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     for i in range(max(1, n // 3)):
         rel = f"cuhk/{i // 500:02d}/face_{i:05d}.jpg"
         rng = image_rng(seed, rel)
-        img = _background(rng, 250, 250)
+        img = background(rng, 250, 250)
         w = int(rng.integers(90, 140))
         x = y = int((250 - w) // 2 + rng.integers(-15, 16))
-        pts = _face(img, x, y, w, w, rng)
+        pts = draw_face(img, x, y, w, w, rng)
         (images / rel).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(images / rel), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         lmk.add_image(rel, rel, width=250, height=250)
