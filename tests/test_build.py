@@ -94,7 +94,8 @@ def test_pnet_build_is_sound_and_labels_rederive(corpus: dict, tmp_path: Path, b
     assert counts["part"] <= counts["positive"] * 1.3
     prov = index["provenance"]
     assert prov["seed"] == 5 and prov["stage"] == "pnet" and prov["backend"] == backend
-    assert prov["crop_recipe"]["negatives_per_image"] == 50 and prov["ratio"]["negative"] == 3
+    assert prov["crop_recipe"]["negatives_per_image"] == CropRecipe().negatives_per_image
+    assert prov["ratio"]["negative"] == 3
     assert len(prov["inputs"]["detections"]["sha256"]) == 64
     assert index["summary"]["skipped"] == []
     assert not (out / PROGRESS_NAME).exists()

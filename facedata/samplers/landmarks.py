@@ -151,6 +151,8 @@ def plan_landmarks(task: ImageTask, recipe: LandmarkRecipe, seed: int) -> np.nda
     keep[:n_original] = True  # the original is the face box itself (the reference never tests it)
     crops, face = crops[keep], face[keep]
     crops, face, mirror, angle = _variants(rng, crops, face, n_original, recipe)
+    if len(crops) == 0:
+        return np.zeros(0, dtype)
     targets = landmark_targets(task.points[face], crops, angle, mirror, scheme.flip_permutation)
     if recipe.draws == "reference":
         ok = ((targets > 0) & (targets < 1)).all(axis=(1, 2))
