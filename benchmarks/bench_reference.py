@@ -14,7 +14,7 @@ JPEGs count although it deletes them), bytes left on disk, class counts before a
 % difference of facedata `--recipe reference`'s counts before mixing from the reference's (goal: within
 3 %; the reference is unseeded, so its counts move by about 1 % from run to run).
 
-    python benchmarks/bench_reference.py [--images 300] [--landmark-faces 1000] [--workers 1] [--workdir DIR]
+    python benchmarks/bench_reference.py [--small] [--images 300] [--landmark-faces 1000] [--workers 1] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -132,13 +132,16 @@ def run_facedata(det: Path, lmk: Path, out: Path, workers: int, recipe: str) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--landmark-faces", type=int, default=1000)
+    parser.add_argument("--small", action="store_true", help="100 images and 300 landmark faces (a quick run)")
+    parser.add_argument("--images", type=int, default=None, help="WIDER images (default 300)")
+    parser.add_argument("--landmark-faces", type=int, default=None, help="CUHK faces (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="facedata workers (the reference uses 1 process)")
     parser.add_argument("--realdata", type=Path, default=Path(os.environ.get("FACEDATA_REALDATA", "")))
     parser.add_argument("--workdir", type=Path,
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-reference")
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # run_all.py passes every benchmark the same arguments
+    args.images = args.images or (100 if args.small else 300)
+    args.landmark_faces = args.landmark_faces or (300 if args.small else 1000)
     root = args.workdir / f"corpus-{args.images}-{args.landmark_faces}"
     dataset, det, lmk = make_corpus(root, args.realdata, args.images, args.landmark_faces)
     rows = {

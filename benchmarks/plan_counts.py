@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.io
+import pandas as pd
 
-from facedata.manifest import Manifest, ManifestBuilder
+from facedata.manifest import Manifest
+from facedata.parsers import ingest
 from facedata.samplers import CropRecipe, LandmarkRecipe, mixing_plan, plan_crops, plan_landmarks
 from facedata.samplers.tasks import task_table
 from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS, image_rng
@@ -32,46 +33,33 @@ def _val_heights(realdata: Path) -> np.ndarray:
 
 
 def wider_train(realdata: Path, limit: int | None = None) -> Manifest:
-    """Full WIDER train GT (x y w h -> x1 y1 x2 y2, invalid flags) with planned image sizes."""
-    mat = scipy.io.loadmat(realdata / "wider_face" / "wider_face_train.mat")
+    """Full WIDER train GT (the official .mat through facedata's parser) with planned image sizes."""
+    manifest, _ = ingest(realdata / "wider_face" / "wider_face_train.mat")
+    images, faces = manifest.images, manifest.faces
+    if limit:
+        images = images[:limit]
+        faces = faces[faces["image_id"].isin(images["image_id"])]
     heights = _val_heights(realdata)
-    builder = ManifestBuilder("wider_face", "train", "wider")
-    n = 0
-    for e, event in enumerate(str(x[0][0]) for x in mat["event_list"]):
-        for f, name in enumerate(str(v[0][0]) for v in mat["file_list"][e][0]):
-            image_id = f"{event}/{name}"
-            xywh = mat["face_bbx_list"][e][0][f][0].astype(np.float32).reshape(-1, 4)
-            invalid = mat["invalid_label_list"][e][0][f][0].ravel().astype(bool)
-            xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-            pick = int(image_rng(0, image_id).integers(len(heights)))
-            w = max(1024, int(np.ceil(xyxy[:, 2].max(initial=0))))
-            h = max(int(heights[pick]), int(np.ceil(xyxy[:, 3].max(initial=0))))
-            builder.add_image(image_id, f"{image_id}.jpg", width=w, height=h, event=event)
-            builder.add_faces(image_id, xyxy, invalid=invalid)
-            n += 1
-            if limit and n >= limit:
-                return builder.build({"roots": {"wider": "."}})
-    return builder.build({"roots": {"wider": "."}})
+    extent = faces.groupby("image_id")[["x2", "y2"]].max().reindex(images["image_id"]).fillna(0)
+    pick = [int(image_rng(0, i).integers(len(heights))) for i in images["image_id"]]
+    width = np.maximum(1024, np.ceil(extent["x2"].to_numpy())).astype(np.int64)
+    height = np.maximum(heights[pick], np.ceil(extent["y2"].to_numpy())).astype(np.int64)
+    images = images.assign(width=pd.array(width, "Int32"), height=pd.array(height, "Int32"))
+    return Manifest(images.reset_index(drop=True), faces.reset_index(drop=True), manifest.provenance)
 
 
 def cuhk_train(realdata: Path) -> Manifest:
-    """trainImageList.txt (x1 x2 y1 y2 + 5 points) with the CUHK image sizes."""
-    builder = ManifestBuilder("cuhk_lfw_net", "train", "cuhk")
-    lines = (realdata / "lfw_net_7876" / "trainImageList.txt").read_text().splitlines()
-    for line in lines:
-        fields = line.split()
-        rel = fields[0].replace("\\", "/")
-        side = 250 if rel.startswith("lfw_5590") else 400
-        x1, x2, y1, y2 = (float(v) for v in fields[1:5])
-        builder.add_image(rel, rel, width=side, height=side)
-        builder.add_faces(rel, np.array([[x1, y1, x2, y2]]), scheme="mtcnn5",
-                          points=np.asarray(fields[5:15], np.float32).reshape(1, 5, 2))
-    return builder.build({"roots": {"cuhk": "."}})
+    """trainImageList.txt (facedata's parser) with the CUHK image sizes: lfw_5590 250 px, net_7876 400 px."""
+    manifest, _ = ingest(realdata / "lfw_net_7876" / "trainImageList.txt")
+    side = np.where(manifest.images["image_id"].str.startswith("lfw_5590"), 250, 400)
+    images = manifest.images.assign(width=pd.array(side, "Int32"), height=pd.array(side, "Int32"))
+    return Manifest(images, manifest.faces, manifest.provenance)
 
 
 def planned_counts(manifest: Manifest, origin: int, recipe, seed: int = 0) -> dict[int, int]:
     plan = plan_crops if origin == ORIGIN_DETECTIONS else plan_landmarks
-    table = task_table(manifest, origin, min_face=recipe.min_face)
+    roots = {name: "." for name in set(manifest.images["root"])}  # no pixels are read
+    table = task_table(manifest, origin, min_face=recipe.min_face, roots=roots)
     counts: dict[int, int] = {}
     for i in range(len(table)):
         labels, n = np.unique(plan(table[i], recipe, seed)["label"], return_counts=True)

@@ -14,6 +14,7 @@ import scipy.io
 from facedata.errors import FacedataError
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest, ManifestBuilder
+from facedata.parsers import ingest
 from facedata.samplers import (
     RECIPES,
     SAMPLERS,
@@ -448,39 +449,40 @@ def test_one_usable_rule_for_filter_stats_and_samplers(wider: Manifest) -> None:
 # --- recipes: landmark variants, defaults at full scale, the reference preset (issue 8 §5) ----------------
 
 
+def _subset(
+    manifest: Manifest, rows: slice, side: np.ndarray | int, height: np.ndarray | int | None = None
+) -> Manifest:
+    """Images `rows` of a parsed manifest with known sizes (planning needs no pixels)."""
+    images = manifest.images[rows].reset_index(drop=True)
+    images = images.assign(width=pd.array(np.broadcast_to(side, len(images)), "Int32"),
+                           height=pd.array(np.broadcast_to(side if height is None else height, len(images)), "Int32"))
+    faces = manifest.faces[manifest.faces["image_id"].isin(images["image_id"])].reset_index(drop=True)
+    return Manifest(images, faces, manifest.provenance)
+
+
 def _cuhk_geometry(realdata: Path, n: int, step: int = 1) -> Manifest:
-    """trainImageList.txt faces (real boxes and points), images 250 (lfw_5590) / 400 (net_7876) px."""
-    builder = ManifestBuilder("cuhk_lfw_net", "train", "cuhk")
-    lines = (realdata / "lfw_net_7876" / "trainImageList.txt").read_text().splitlines()[::step][:n]
-    for line in lines:
-        fields = line.split()
-        rel = fields[0].replace("\\", "/")
-        side = 250 if rel.startswith("lfw_5590") else 400
-        x1, x2, y1, y2 = (float(v) for v in fields[1:5])
-        builder.add_image(rel, rel, width=side, height=side)
-        builder.add_faces(rel, np.array([[x1, y1, x2, y2]]), scheme="mtcnn5",
-                          points=np.asarray(fields[5:15], np.float32).reshape(1, 5, 2))
-    return builder.build({"roots": {"cuhk": "."}})
+    """trainImageList.txt faces (real boxes and points, facedata's parser), images 250 (lfw_5590) / 400
+    (net_7876) px."""
+    manifest, _ = ingest(realdata / "lfw_net_7876" / "trainImageList.txt")
+    rows = slice(None, step * n, step)
+    ids = manifest.images["image_id"][rows]
+    return _subset(manifest, rows, np.where(ids.str.startswith("lfw_5590"), 250, 400))
 
 
 def _wider_geometry(realdata: Path, n: int) -> Manifest:
-    """n WIDER train images spread over the events (real GT, x2 = x + w, no invalid flags: the reference's
-    list has none), width 1024 and a height that covers the boxes; no pixels (planning only)."""
-    mat = scipy.io.loadmat(realdata / "wider_face" / "wider_face_train.mat")
-    entries = [(f"{str(ev[0][0])}/{str(name[0][0])}", mat["face_bbx_list"][e][0][f][0])
-               for e, ev in enumerate(mat["event_list"]) for f, name in enumerate(mat["file_list"][e][0])]
-    builder = ManifestBuilder("wider_face", "train", "wider")
-    for image_id, xywh in entries[:: len(entries) // n][:n]:
-        xywh = xywh.astype(np.float32).reshape(-1, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-        builder.add_image(image_id, f"{image_id}.jpg", width=1024,
-                          height=max(768, int(np.ceil(xyxy[:, 3].max(initial=0))) + 1))
-        builder.add_faces(image_id, xyxy)
-    return builder.build({"roots": {"wider": "."}})
+    """n WIDER train images spread over the events (official .mat, facedata's parser), no invalid flags
+    (the reference's list has none), width 1024 and a height that covers the boxes."""
+    manifest, _ = ingest(realdata / "wider_face" / "wider_face_train.mat")
+    faces = manifest.faces.assign(invalid=False)
+    step = len(manifest.images) // n
+    ids = manifest.images["image_id"][::step][:n]
+    bottom = faces.groupby("image_id")["y2"].max().reindex(ids).fillna(0).to_numpy()
+    return _subset(Manifest(manifest.images, faces, manifest.provenance), slice(None, step * n, step), 1024,
+                   np.maximum(768, np.ceil(bottom) + 1).astype(np.int64))
 
 
 def _planned(manifest: Manifest, origin: int, recipe, seeds: range) -> dict[int, int]:
-    table = task_table(manifest, origin, min_face=recipe.min_face)
+    table = task_table(manifest, origin, min_face=recipe.min_face, roots={r: "." for r in set(manifest.images["root"])})
     plan = plan_crops if origin == ORIGIN_DETECTIONS else plan_landmarks
     labels = np.concatenate([plan(table[i], recipe, s)["label"] for s in seeds for i in range(len(table))])
     return {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)}
@@ -501,7 +503,7 @@ def test_reference_landmark_variants_enumerate_as_the_reference(realdata: Path) 
     mirror (p = 0.5 each): 3.5 per kept shift before the (0, 1) filter; drawn from (seed, image id)."""
     cuhk = _cuhk_geometry(realdata, 200, step=50)
     recipe = LandmarkRecipe(variants="reference", shifts_per_face=10, copies_per_shift=1, include_original=False)
-    table = task_table(cuhk, ORIGIN_LANDMARKS, min_face=recipe.min_face)
+    table = task_table(cuhk, ORIGIN_LANDMARKS, min_face=recipe.min_face, roots={"cuhk_lfw_net": "."})
     unfiltered = replace(recipe, max_rotation=0.001)  # (nearly) nothing leaves [0, 1]
     records = np.concatenate([plan_landmarks(table[i], unfiltered, 3) for i in range(len(table))])
     kinds = {(bool(m), round(float(a), 3)) for m, a in zip(records["mirror"], records["angle"], strict=True)}
