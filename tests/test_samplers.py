@@ -668,6 +668,10 @@ def test_cli_recipe_preset_is_recorded_and_given_options_override_it(tmp_path: P
     assert recipes("fixed") == (fixed[0].to_dict(), fixed[1].to_dict())
     reference = preset_recipes("reference", 12)
     assert recipes("ref", "--recipe", "reference") == (reference[0].to_dict(), reference[1].to_dict())
-    crop, landmarks = recipes("mixed", "--recipe", "reference", "--min-face", "30", "--landmark-shifts", "4")
+    crop, landmarks = recipes("mixed", "--recipe", "reference", "--min-face", "30", "--landmark-shifts", "80")
     assert crop == replace(reference[0], min_face=30.0).to_dict()
-    assert landmarks == replace(reference[1], shifts_per_face=4).to_dict()
+    assert landmarks == replace(reference[1], shifts_per_face=80).to_dict()
+    # verify --labels re-derives the reference conventions (landmark shifts kept on +1-pixel IoU)
+    verified = CliRunner().invoke(main, ["verify", str(tmp_path / "mixed"), "--labels", "--detections",
+                                         str(tmp_path / "det.parquet"), "--landmarks", str(tmp_path / "lmk.parquet")])
+    assert verified.exit_code == 0 and " 0 mismatches" in verified.output, verified.output

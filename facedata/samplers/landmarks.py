@@ -67,6 +67,11 @@ class LandmarkRecipe:
         SCHEMES.get(self.scheme)
 
     @property
+    def plus_one_iou(self) -> bool:
+        """The reference draws keep a shift on IoU with x2 - x1 + 1 widths (crops.CropRecipe.plus_one_iou)."""
+        return self.draws == "reference"
+
+    @property
     def flip_permutation(self) -> np.ndarray:
         return SCHEMES.get(self.scheme).flip_permutation
 
@@ -147,7 +152,7 @@ def plan_landmarks(task: ImageTask, recipe: LandmarkRecipe, seed: int) -> np.nda
         crops, face = np.concatenate([original[fits], crops]), np.concatenate([rows[fits], face])
         inside = np.concatenate([np.ones(n_original, bool), inside])
     crops, face = crops[inside], face[inside]
-    keep = iou_pairs(crops, task.boxes[face], plus_one=recipe.draws == "reference") > recipe.min_iou
+    keep = iou_pairs(crops, task.boxes[face], plus_one=recipe.plus_one_iou) > recipe.min_iou
     keep[:n_original] = True  # the original is the face box itself (the reference never tests it)
     crops, face = crops[keep], face[keep]
     crops, face, mirror, angle = _variants(rng, crops, face, n_original, recipe)
