@@ -380,7 +380,8 @@ def _given(**options: tuple[str, object]) -> dict[str, object]:
 @click.option("--near-negatives", default=5, show_default=True, help="Near-face negative tries per face.")
 @click.option("--positive-tries", default=20, show_default=True, help="Positive/part tries per face.")
 @click.option("--min-face", default=20.0, show_default=True,
-              help="Faces whose larger side is below this are not sampled (ignore regions); reference: 40.")
+              help="Faces whose larger side is below this are not sampled (ignore regions); the reference's "
+                   "20 on x2-x1+1 widths is 19 here (--recipe reference).")
 def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, positive_tries: int,
                min_face: float, neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
     """PNet (12 px): IoU crop sampler + landmark samples, mixed, in shards."""

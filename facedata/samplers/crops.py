@@ -38,7 +38,8 @@ DRAWS = ("facedata", "reference")
 
 @dataclass(frozen=True)
 class CropRecipe:
-    """Every count and threshold of the crop sampler; defaults are the issue's (reference) values.
+    """Every count and threshold of the crop sampler. Defaults: facedata's fixed recipe (the reference's
+    values except 75 random negatives per image; samplers/presets.py holds the reference preset).
 
     Negatives are kept when max IoU with every face (ignore regions included) < negative_iou and they
     cover at most `ignore_cover` of any ignore region's area (0: no overlap at all).
