@@ -335,11 +335,14 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     from facedata.paths import sha256_file
 
     root_names = Manifest.root_names(detections) + (Manifest.root_names(landmarks) if landmarks else [])
-    landmark_recipe = replace(landmark_recipe, interpolation=interpolation, **_given(
+    given = _given(
         landmark_shifts=("shifts_per_face", landmark_shifts), landmark_variants=("variants", landmark_variants),
         landmark_copies=("copies_per_shift", landmark_copies), no_mirror=("mirror", not no_mirror),
         landmark_min_face=("min_face", landmark_min_face), max_rotation=("max_rotation", max_rotation),
-    ))
+    )
+    if given.get("variants") == "reference":  # enumerates its own samples per shift
+        given.setdefault("copies_per_shift", 1)
+    landmark_recipe = replace(landmark_recipe, interpolation=interpolation, **given)
     ratio_map = parse_ratio(ratio)  # None: 'all', no mixing
     files = {"detections_file": {"name": detections.name, "sha256": sha256_file(detections)}}
     if landmarks:

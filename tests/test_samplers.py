@@ -671,6 +671,12 @@ def test_cli_recipe_preset_is_recorded_and_given_options_override_it(tmp_path: P
     crop, landmarks = recipes("mixed", "--recipe", "reference", "--min-face", "30", "--landmark-shifts", "80")
     assert crop == replace(reference[0], min_face=30.0).to_dict()
     assert landmarks == replace(reference[1], shifts_per_face=80).to_dict()
+    assert recipes("variants", "--landmark-variants", "reference")[1] == replace(
+        fixed[1], variants="reference", copies_per_shift=1).to_dict()
+    refused = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "bad"), "--landmark-variants", "reference",
+                                        "--landmark-copies", "3"])
+    assert refused.exit_code == 2 and "--landmark-copies" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "bad").exists()
     # verify --labels re-derives the reference conventions (landmark shifts kept on +1-pixel IoU)
     verified = CliRunner().invoke(main, ["verify", str(tmp_path / "mixed"), "--labels", "--detections",
                                          str(tmp_path / "det.parquet"), "--landmarks", str(tmp_path / "lmk.parquet")])

@@ -63,7 +63,8 @@ class LandmarkRecipe:
         if self.variants not in VARIANTS or self.draws not in DRAWS:
             raise FacedataError(f"variants must be one of {VARIANTS} and draws one of {DRAWS}")
         if self.variants == "reference" and self.copies_per_shift != 1:
-            raise FacedataError("reference variants enumerate their own copies: copies_per_shift must be 1")
+            raise FacedataError("reference variants enumerate their own copies: copies_per_shift "
+                                "(--landmark-copies) must be 1")
         SCHEMES.get(self.scheme)
 
     @property
