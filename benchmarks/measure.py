@@ -9,14 +9,17 @@ Memory is read from /proc/PID/smaps_rollup every 100 ms and summed over the tree
   that are page cache, not process heap), still shared pages divided among their users.
 - `rss`: plain RSS summed over the tree, file-backed pages included, shared pages counted once per
   process (what `ps`/`top` add up to; an upper bound). `max_rss` is the largest single process's RSS.
-CPU seconds are user + system time of every process of the tree (getrusage(RUSAGE_CHILDREN) of this
-process before and after: the kernel folds reaped grandchildren into their parent). Bytes written are
-`write_bytes` of /proc/self/io the same way (bytes the tree dirtied in the page cache, mmap writes
-included, whether or not the files are deleted later).
+CPU seconds are user + system time of every process of the tree: getrusage(RUSAGE_CHILDREN) of this
+process before and after, the kernel folding each reaped process's time (and its own reaped children's)
+into its parent. This process is made a child subreaper, so descendants orphaned by their parent (a pool's
+forkserver, its workers) are re-parented here and reaped too, not lost. Bytes written are `write_bytes`
+of /proc/self/io the same way (bytes the tree dirtied in the page cache, mmap writes included, whether or
+not the files are deleted later).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import subprocess
@@ -43,6 +46,23 @@ def _written_by_reaped_children() -> int:
     """write_bytes of this process, which includes its reaped children's."""
     with open("/proc/self/io") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("write_bytes:"))
+
+
+def _become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants are re-parented to this process (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
+def _reap_orphans(timeout: float = 30.0) -> None:
+    """Wait for descendants re-parented here (so their CPU time and bytes count); give up after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
 
 
 def _children_cpu() -> float:
@@ -94,6 +114,7 @@ def run_measured(
 ) -> tuple[float, Peak, str]:
     """(wall seconds, peak tree memory with CPU seconds and bytes written, output) of a command; raises
     SystemExit if it fails. Run one command at a time: CPU and bytes are this process's children's."""
+    _become_subreaper()
     cpu0, written0 = _children_cpu(), _written_by_reaped_children()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
@@ -111,6 +132,7 @@ def run_measured(
     wall = time.perf_counter() - start
     stop.set()
     thread.join()
+    _reap_orphans()
     peak.cpu = _children_cpu() - cpu0
     peak.written = _written_by_reaped_children() - written0
     if proc.returncode != 0:
