@@ -361,8 +361,15 @@ def _build_options(func):
                      help="Repeat samples of short classes (counted in the index)."),
         click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
                      show_default=True),
-        click.option("--landmark-shifts", default=10, show_default=True,
+        click.option("--landmark-shifts", default=100, show_default=True,
                      help="Shifted crops per landmark face."),
+        click.option("--landmark-variants", type=click.Choice(["random", "reference"]), default="random",
+                     show_default=True,
+                     help="Samples per kept shift: 'random' = --landmark-copies, each randomly mirrored and rotated "
+                          "within --max-rotation; 'reference' = plain + random mirror + random ±rotation pairs "
+                          "(3.5 on average)."),
+        click.option("--landmark-copies", default=2, show_default=True,
+                     help="Samples per kept shift with --landmark-variants random."),
         click.option("--landmark-min-face", default=20.0, show_default=True,
                      help="Landmark faces whose larger side is below this are not sampled."),
         click.option("--max-rotation", default=5.0, show_default=True,
@@ -382,9 +389,9 @@ def _build_options(func):
 
 def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Path, backend: str,
                workers: int | None, seed: int, shard_size: str, roots: tuple[str, ...], ratio: str,
-               allow_repeat: bool, interpolation: str, landmark_shifts: int, landmark_min_face: float,
-               max_rotation: float, no_mirror: bool, quiet: bool, strict: bool, crop_recipe,
-               **extra) -> None:
+               allow_repeat: bool, interpolation: str, landmark_shifts: int, landmark_variants: str,
+               landmark_copies: int, landmark_min_face: float, max_rotation: float, no_mirror: bool,
+               quiet: bool, strict: bool, crop_recipe, landmark_recipe, **extra) -> None:
     import os
     from dataclasses import replace
 
@@ -395,14 +402,16 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     from facedata.build import build_dataset, format_summary, parse_ratio, parse_roots, parse_size
     from facedata.manifest import Manifest
     from facedata.paths import sha256_file
-    from facedata.samplers import LandmarkRecipe
 
     root_names = Manifest.root_names(detections) + (Manifest.root_names(landmarks) if landmarks else [])
-    size = crop_recipe.size
-    landmark_recipe = LandmarkRecipe(
-        size=size, shifts_per_face=landmark_shifts, mirror=not no_mirror, max_rotation=max_rotation,
-        min_face=landmark_min_face, interpolation=interpolation,
+    given = _given(
+        landmark_shifts=("shifts_per_face", landmark_shifts), landmark_variants=("variants", landmark_variants),
+        landmark_copies=("copies_per_shift", landmark_copies), no_mirror=("mirror", not no_mirror),
+        landmark_min_face=("min_face", landmark_min_face), max_rotation=("max_rotation", max_rotation),
     )
+    if given.get("variants") == "reference":  # enumerates its own samples per shift
+        given.setdefault("copies_per_shift", 1)
+    landmark_recipe = replace(landmark_recipe, interpolation=interpolation, **given)
     ratio_map = parse_ratio(ratio)  # None: 'all', no mixing
     files = {"detections_file": {"name": detections.name, "sha256": sha256_file(detections)}}
     if landmarks:
@@ -422,24 +431,44 @@ def build() -> None:
     """Build sharded training data for a cascade stage (pnet, rnet, onet)."""
 
 
+def _given(**options: tuple[str, object]) -> dict[str, object]:
+    """{recipe field: value} of the options given on the command line (they override a --recipe preset;
+    option defaults equal the fixed recipe's, tests/test_samplers.py checks it)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {field: value for name, (field, value) in options.items()
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
 @build.command(name="pnet")
 @_build_options
-@click.option("--negatives-per-image", default=50, show_default=True, help="Random negatives per image.")
+@click.option("--recipe", type=click.Choice(["fixed", "reference"]), default="fixed", show_default=True,
+              help="Recipe preset: facedata's fixed recipe, or the reference generator's conventions (+1 px "
+                   "areas, its draws and size rules, no ignore-region exclusion, its landmark variants) to "
+                   "reproduce its class counts. Options given explicitly override the preset.")
+@click.option("--negatives-per-image", default=75, show_default=True,
+              help="Random negatives per image (reference: 50).")
 @click.option("--near-negatives", default=5, show_default=True, help="Near-face negative tries per face.")
 @click.option("--positive-tries", default=20, show_default=True, help="Positive/part tries per face.")
 @click.option("--min-face", default=20.0, show_default=True,
-              help="Faces whose larger side is below this are not sampled (ignore regions); reference: 40.")
-def build_pnet(negatives_per_image: int, near_negatives: int, positive_tries: int, min_face: float,
-               neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
+              help="Faces whose larger side is below this are not sampled (ignore regions); the reference's "
+                   "20 on x2-x1+1 widths is 19 here (--recipe reference).")
+def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, positive_tries: int,
+               min_face: float, neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
     """PNet (12 px): IoU crop sampler + landmark samples, mixed, in shards."""
-    from facedata.samplers import CropRecipe
+    from dataclasses import replace
 
-    recipe = CropRecipe(
-        size=12, negatives_per_image=negatives_per_image, near_negatives_per_face=near_negatives,
-        positive_tries_per_face=positive_tries, min_face=min_face, negative_iou=neg_iou, part_iou=part_iou,
-        positive_iou=pos_iou,
-    )
-    _run_build("pnet", crop_recipe=recipe, **options)
+    from facedata.samplers.presets import preset_recipes
+
+    crop, landmarks = preset_recipes(recipe, 12)
+    crop = replace(crop, **_given(
+        negatives_per_image=("negatives_per_image", negatives_per_image),
+        near_negatives=("near_negatives_per_face", near_negatives),
+        positive_tries=("positive_tries_per_face", positive_tries), min_face=("min_face", min_face),
+        neg_iou=("negative_iou", neg_iou), part_iou=("part_iou", part_iou), pos_iou=("positive_iou", pos_iou),
+    ))
+    _run_build("pnet", crop_recipe=crop, landmark_recipe=landmarks, **options)
 
 
 def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float, max_neg_per_image: int,
@@ -447,7 +476,7 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
                   factor: float, thresholds: str, mean: float, scale: float, channels: str, logits: bool,
                   threads: int, **options) -> None:
     from facedata.build import CascadeFactory
-    from facedata.samplers import CropRecipe
+    from facedata.samplers import CropRecipe, LandmarkRecipe
     from facedata.samplers.mined import MiningRecipe
     from facedata.samples import STAGE_SIZE
 
@@ -457,7 +486,7 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
     config, contract = _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits)
     factory = CascadeFactory(str(pnet), None if rnet is None else str(rnet), config, contract, threads=threads)
     _run_build(stage, crop_recipe=CropRecipe(size=size, min_face=gt_min_face), detector=factory,
-               mining_recipe=mining, **options)
+               mining_recipe=mining, landmark_recipe=LandmarkRecipe(size=size), **options)
 
 
 def _mining_options(func):

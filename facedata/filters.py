@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from facedata.errors import FacedataError
+from facedata.faces import face_boxes, flagged
 from facedata.manifest import Manifest, command_line
 from facedata.query import Query, QueryError, evaluate, parse_query
 from facedata.schema import FACE_ATTRIBUTES, FACE_COLUMNS, FACE_FIELDS, IMAGE_COLUMNS, UNKNOWN_ATTRIBUTE
@@ -71,7 +72,7 @@ class DropInvalid:
 
     def apply(self, manifest: Manifest) -> Manifest:
         faces = manifest.faces
-        bad = faces["invalid"].to_numpy(bool) | faces["degenerate"].to_numpy(bool)
+        bad = flagged(face_boxes(faces), faces["invalid"].to_numpy(bool))  # ignored faces stay ignored
         return remove_faces(manifest, bad, self.removed)
 
 

@@ -232,7 +232,7 @@ def _check_landmark_records(
     rows = rows[good]
     face = r["face_index"][rows].astype(np.int64)
     crops = r["crop"][rows].astype(np.float64)
-    iou = iou_pairs(crops, faces.boxes[face])
+    iou = iou_pairs(crops, faces.boxes[face], plus_one=recipe.plus_one_iou)
     checks.add("crop", rows, ~(iou > recipe.min_iou),
                lambda k: f"IoU {iou[k]:.4f} with its face, need > {recipe.min_iou}")
     if faces.points.shape[1] != len(recipe.flip_permutation):

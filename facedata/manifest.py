@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from facedata import __version__
 from facedata.errors import FacedataError
+from facedata.faces import degenerate
 from facedata.paths import atomic_write, sha256_file
 from facedata.schema import (
     FACE_ATTRIBUTES,
@@ -258,7 +259,7 @@ class ManifestBuilder:
             ]
         )
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
-        columns["degenerate"] = (columns["x2"] <= columns["x1"]) | (columns["y2"] <= columns["y1"])
+        columns["degenerate"] = degenerate(np.stack([columns[k] for k in ("x1", "y1", "x2", "y2")], axis=1))
         columns["ignore"] = np.zeros(total, bool)
         faces = _typed(pd.DataFrame(columns)[FACE_COLUMNS])
         return Manifest(images, faces, provenance)

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from facedata.errors import FacedataError
+from facedata.faces import degenerate as is_degenerate
+from facedata.faces import face_boxes, flagged
 from facedata.manifest import Manifest
 from facedata.schema import FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE, WIDER_ATTRIBUTE_CODES
 
@@ -77,7 +79,8 @@ def compute_stats(
     manifest = Manifest(images, faces, manifest.provenance)
     w = (faces["x2"] - faces["x1"]).to_numpy(np.float64)
     h = (faces["y2"] - faces["y1"]).to_numpy(np.float64)
-    degenerate = faces["degenerate"].to_numpy(bool)
+    boxes = face_boxes(faces)
+    degenerate = is_degenerate(boxes)
     per_image = faces.groupby("image_id", sort=False).size().reindex(images["image_id"], fill_value=0)
     known_size = images["width"].notna() & images["height"].notna()
     return {
@@ -93,7 +96,7 @@ def compute_stats(
         "flags": {
             "invalid": int(faces["invalid"].sum()),
             "degenerate": int(degenerate.sum()),
-            "invalid_or_degenerate": int((faces["invalid"].to_numpy(bool) | degenerate).sum()),
+            "invalid_or_degenerate": int(flagged(boxes, faces["invalid"].to_numpy(bool)).sum()),
         },
         "attributes": _attributes(faces),
         "landmarks": _landmarks(faces),

@@ -27,23 +27,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facedata.samplers.iou import box_areas, iou_pairs, min_overlap_pairs
+
 _CHUNK = 4096  # boxes per pair-generation chunk
 _MAX_PAIRS = 1 << 18  # candidate pairs expanded at once (bounds the temporaries to a few MB)
 _OFFSETS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
 
 
-def _areas(b: np.ndarray) -> np.ndarray:
-    return np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
-
-
 def overlap_pairs(a: np.ndarray, b: np.ndarray, mode: str = "union") -> np.ndarray:
     """Overlap of a[k] with b[k]: IoU ("union") or intersection / smaller area ("min")."""
-    iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0)
-    ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0)
-    inter = iw * ih
-    area_a, area_b = _areas(a), _areas(b)
-    denom = area_a + area_b - inter if mode == "union" else np.minimum(area_a, area_b)
-    return np.divide(inter, denom, out=np.zeros_like(inter), where=denom > 0)
+    return iou_pairs(a, b) if mode == "union" else min_overlap_pairs(a, b)
 
 
 def _grid_pairs(
@@ -102,7 +95,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     if threshold < 0:  # everything "overlaps" everything: only the best survives
         return order[:1].astype(np.int64)
     ordered = boxes[order]  # position p = rank in score order
-    area = _areas(ordered)
+    area = box_areas(ordered)
     live = np.flatnonzero((area > 0) & np.isfinite(ordered).all(axis=1))
     if len(live) < 2:
         return order.astype(np.int64)
@@ -221,7 +214,7 @@ def lattice_nms(levels: list[Lattice], threshold: float, levels_nms: float | Non
             i, j = _lattice_pairs(level, threshold)
             ri, rj = rank[i + starts[k]], rank[j + starts[k]]
             pairs.append((np.minimum(ri, rj), np.maximum(ri, rj)))
-    area = [float(_areas(level.boxes[:1])[0]) if len(level.cols) else 0.0 for level in levels]
+    area = [float(box_areas(level.boxes[:1])[0]) if len(level.cols) else 0.0 for level in levels]
     close = [(a, b) for a in range(len(levels)) for b in range(a + 1, len(levels))
              if min(area[a], area[b]) > 0 and min(area[a], area[b]) / max(area[a], area[b]) > threshold - 1e-6]
     if close:

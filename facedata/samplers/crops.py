@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.faces import large_enough
 from facedata.samplers.geometry import offsets_for
 from facedata.samplers.iou import coverage_matrix, iou_matrix, iou_pairs
 from facedata.samplers.tasks import ImageTask
@@ -29,11 +30,16 @@ from facedata.samples import (
 STREAM_RANDOM_NEGATIVES, STREAM_NEAR_NEGATIVES, STREAM_POSITIVES = 1, 2, 3
 DROPPED = -128  # classify(): IoU between the negative and part thresholds, never saved
 INTERPOLATIONS = ("linear", "area")
+# "facedata": inclusive integer ranges on continuous widths (x2 - x1). "reference": the reference script's
+# integer draws (widths x2 - x1 + 1, numpy randint's truncated bounds with exclusive high, faces with
+# x1 or y1 < 0 not sampled), for reproducing its class counts (spec §1).
+DRAWS = ("facedata", "reference")
 
 
 @dataclass(frozen=True)
 class CropRecipe:
-    """Every count and threshold of the crop sampler; defaults are the issue's (reference) values.
+    """Every count and threshold of the crop sampler. Defaults: facedata's fixed recipe (the reference's
+    values except 75 random negatives per image; samplers/presets.py holds the reference preset).
 
     Negatives are kept when max IoU with every face (ignore regions included) < negative_iou and they
     cover at most `ignore_cover` of any ignore region's area (0: no overlap at all).
@@ -41,7 +47,7 @@ class CropRecipe:
 
     size: int = 12  # output side in pixels
     min_crop: int | None = None  # smallest negative crop side; None = size
-    negatives_per_image: int = 50
+    negatives_per_image: int = 75  # reference 50: 3:1:1:2 at full WIDER needs ~71 (benchmarks/plan_counts.py)
     negative_max_tries: int = 1000  # bound of the random-negative loop per image
     near_negatives_per_face: int = 5
     positive_tries_per_face: int = 20
@@ -55,6 +61,7 @@ class CropRecipe:
     scale_high: float = 1.25
     plus_one_iou: bool = False  # reference (x2 - x1 + 1) areas
     interpolation: str = "linear"
+    draws: str = "facedata"  # see DRAWS
 
     def __post_init__(self) -> None:
         if self.size < 1 or (self.min_crop is not None and self.min_crop < 1):
@@ -69,6 +76,8 @@ class CropRecipe:
             raise FacedataError("need 0 < scale_low <= scale_high, jitter >= 0, 0 <= ignore_cover <= 1")
         if self.interpolation not in INTERPOLATIONS:
             raise FacedataError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
+        if self.draws not in DRAWS:
+            raise FacedataError(f"draws must be one of {DRAWS}, not {self.draws!r}")
 
     @property
     def crop_min(self) -> int:
@@ -130,9 +139,12 @@ def empty_records(n: int, dtype: np.dtype = SAMPLE_DTYPE) -> np.ndarray:
 
 
 def _negative_side_range(task: ImageTask, recipe: CropRecipe) -> tuple[int, int] | None:
-    """Inclusive crop side range [min_crop, half the shorter side], or None if the image is too small."""
+    """Inclusive crop side range [min_crop, half the shorter side], or None if the image is too small
+    (reference draws: randint(min_crop, short / 2), high exclusive)."""
     short = min(task.width, task.height)
     low = recipe.crop_min
+    if recipe.draws == "reference":
+        return (low, int(short / 2) - 1) if int(short / 2) > low else None
     if short < low:
         return None
     return low, min(short, max(low, short // 2))
@@ -151,8 +163,10 @@ def _random_negatives(task: ImageTask, recipe: CropRecipe, seed: int, usable: np
         k = min(chunk, recipe.negative_max_tries - tries)
         tries += k
         s = rng.integers(sides[0], sides[1], size=k, endpoint=True)
-        x = rng.integers(0, task.width - s, endpoint=True)
-        y = rng.integers(0, task.height - s, endpoint=True)
+        # reference: randint(0, W - size), high exclusive (an image exactly 2 x min_crop wide has none)
+        exclusive = recipe.draws == "reference"
+        x = rng.integers(0, np.maximum(task.width - s - exclusive, 0), endpoint=True)
+        y = rng.integers(0, np.maximum(task.height - s - exclusive, 0), endpoint=True)
         crops = np.stack([x, y, x + s, y + s], axis=1)
         crops = crops[negative_mask(crops, task.boxes, usable, recipe)]
         kept.append(crops)
@@ -162,10 +176,12 @@ def _random_negatives(task: ImageTask, recipe: CropRecipe, seed: int, usable: np
 
 def sampled_faces(task: ImageTask, recipe: CropRecipe) -> np.ndarray:
     """task.usable restricted to the recipe's min_face (so verify_labels, which applies the recipe's
-    min_face to the manifest, sees the same ignore regions whatever min_face built the task)."""
-    b = task.boxes
-    larger = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
-    return task.usable & (larger >= recipe.min_face)
+    min_face to the manifest, sees the same ignore regions whatever min_face built the task); the
+    reference draws also skip faces starting left of or above the image."""
+    usable = task.usable & large_enough(task.boxes, recipe.min_face)
+    if recipe.draws == "reference":
+        usable &= (task.boxes[:, 0] >= 0) & (task.boxes[:, 1] >= 0)
+    return usable
 
 
 def _near_negatives(
@@ -180,12 +196,19 @@ def _near_negatives(
     face = np.repeat(rows, tries)
     b = task.boxes[face].astype(np.float64)
     fx1, fy1 = np.floor(b[:, 0]).astype(np.int64), np.floor(b[:, 1]).astype(np.int64)
-    w, h = np.ceil(b[:, 2] - b[:, 0]).astype(np.int64), np.ceil(b[:, 3] - b[:, 1]).astype(np.int64)
+    if recipe.draws == "reference":  # randint(max(-size, -x1), x2 - x1 + 1), nx1 = int(max(0, x1 + dx))
+        w, h = np.trunc(b[:, 2] - b[:, 0] + 1).astype(np.int64), np.trunc(b[:, 3] - b[:, 1] + 1).astype(np.int64)
+    else:
+        w, h = np.ceil(b[:, 2] - b[:, 0]).astype(np.int64), np.ceil(b[:, 3] - b[:, 1]).astype(np.int64)
     s = rng.integers(sides[0], sides[1], size=len(face), endpoint=True)
     low_x, low_y = np.maximum(-s, -fx1), np.maximum(-s, -fy1)
     dx = rng.integers(low_x, np.maximum(w, low_x + 1))
     dy = rng.integers(low_y, np.maximum(h, low_y + 1))
-    x1, y1 = np.maximum(0, fx1 + dx), np.maximum(0, fy1 + dy)
+    if recipe.draws == "reference":
+        x1 = np.floor(np.maximum(0, b[:, 0] + dx)).astype(np.int64)
+        y1 = np.floor(np.maximum(0, b[:, 1] + dy)).astype(np.int64)
+    else:
+        x1, y1 = np.maximum(0, fx1 + dx), np.maximum(0, fy1 + dy)
     crops = np.stack([x1, y1, x1 + s, y1 + s], axis=1)
     inside = (crops[:, 2] <= task.width) & (crops[:, 3] <= task.height)
     crops, face = crops[inside], face[inside]
@@ -197,15 +220,28 @@ def shifted_squares(
     rng: np.random.Generator, boxes: np.ndarray, width: int, height: int, recipe: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference positive geometry: one square per box row, side in [scale_low·min, scale_high·max],
-    centre jittered by ±jitter·w/h, top-left clipped at 0; returns (crops, inside mask)."""
+    centre jittered by ±jitter·w/h, top-left clipped at 0; returns (crops, inside mask).
+
+    recipe.draws "reference": w = x2 - x1 + 1, side randint(int(0.8·min), ceil(1.25·max)) and jitter
+    randint(-0.2·w, 0.2·w) with numpy's truncated bounds and exclusive high, as the reference script.
+    """
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    low = np.maximum(1, np.ceil(recipe.scale_low * np.minimum(w, h))).astype(np.int64)
-    high = np.maximum(low, np.floor(recipe.scale_high * np.maximum(w, h))).astype(np.int64)
-    s = rng.integers(low, high, endpoint=True)
-    jx, jy = np.floor(recipe.jitter * w).astype(np.int64), np.floor(recipe.jitter * h).astype(np.int64)
-    dx = rng.integers(-jx, jx, endpoint=True)
-    dy = rng.integers(-jy, jy, endpoint=True)
+    if recipe.draws == "reference":
+        w, h = w + 1, h + 1
+        low = np.maximum(1, np.trunc(recipe.scale_low * np.minimum(w, h))).astype(np.int64)
+        high = np.maximum(low, np.ceil(recipe.scale_high * np.maximum(w, h)).astype(np.int64) - 1)
+        jx, jy = np.trunc(recipe.jitter * w).astype(np.int64), np.trunc(recipe.jitter * h).astype(np.int64)
+        dx = rng.integers(-jx, np.maximum(jx - 1, -jx), endpoint=True)
+        dy = rng.integers(-jy, np.maximum(jy - 1, -jy), endpoint=True)
+        s = rng.integers(low, high, endpoint=True)
+    else:
+        low = np.maximum(1, np.ceil(recipe.scale_low * np.minimum(w, h))).astype(np.int64)
+        high = np.maximum(low, np.floor(recipe.scale_high * np.maximum(w, h))).astype(np.int64)
+        s = rng.integers(low, high, endpoint=True)
+        jx, jy = np.floor(recipe.jitter * w).astype(np.int64), np.floor(recipe.jitter * h).astype(np.int64)
+        dx = rng.integers(-jx, jx, endpoint=True)
+        dy = rng.integers(-jy, jy, endpoint=True)
     x1 = np.maximum(0, np.floor(b[:, 0] + w / 2 + dx - s / 2)).astype(np.int64)
     y1 = np.maximum(0, np.floor(b[:, 1] + h / 2 + dy - s / 2)).astype(np.int64)
     crops = np.stack([x1, y1, x1 + s, y1 + s], axis=1)

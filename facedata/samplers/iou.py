@@ -1,4 +1,5 @@
-"""Vectorised box overlap measures shared by the samplers, the hard-example labeller and the verifier.
+"""Vectorised box overlap measures shared by the samplers, the hard-example labeller, the verifier and
+the detector's NMS (the one IoU of the project; the independent label oracle keeps its own).
 
 Convention (default): boxes are float x1, y1, x2, y2 in continuous pixel coordinates with x2 the
 exclusive right edge (facedata.schema), so a box's area is (x2 - x1) * (y2 - y1). With `plus_one=True`
@@ -37,15 +38,27 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.nd
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def iou_pairs(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
-    """IoU of a[i] with b[i] (same length), without building the full matrix."""
+def intersection_pairs(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
+    """Intersection area of a[i] with b[i] (same length)."""
     a, b = _as_boxes(a), _as_boxes(b)
     e = 1.0 if plus_one else 0.0
     iw = np.maximum(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + e, 0)
     ih = np.maximum(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + e, 0)
-    inter = iw * ih
+    return iw * ih
+
+
+def iou_pairs(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
+    """IoU of a[i] with b[i] (same length), without building the full matrix."""
+    inter = intersection_pairs(a, b, plus_one=plus_one)
     union = box_areas(a, plus_one=plus_one) + box_areas(b, plus_one=plus_one) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def min_overlap_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection of a[i] with b[i] over the smaller of their areas (the NMS "min" overlap)."""
+    inter = intersection_pairs(a, b)
+    smaller = np.minimum(box_areas(a), box_areas(b))
+    return np.divide(inter, smaller, out=np.zeros_like(inter), where=smaller > 0)
 
 
 def ignore_regions(boxes: np.ndarray) -> np.ndarray:

@@ -1,8 +1,7 @@
 """Per-image work units for the samplers: plain arrays cut from a manifest, small and picklable.
 
-A face is *usable* (may be sampled) when it is valid, not flagged `ignore` by `filter`, not degenerate
-and its larger side (x2 - x1 or y2 - y1, continuous convention) is at least `min_face`. All other faces stay in the task
-as ignore regions: no negative may overlap them.
+Which faces are usable (may be sampled) is facedata.samplers.faces' rule; all other faces stay in the
+task as ignore regions: no negative may overlap them.
 
 pandas and the manifest schema are imported only where a manifest is read: build workers unpickle task
 tables without them (see facedata.buildworker).
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.faces import face_boxes, usable_rows
 from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 
 if TYPE_CHECKING:
@@ -55,12 +55,6 @@ class FaceArrays:
         return self.order[self.starts[image_index] : self.starts[image_index + 1]]
 
 
-def usable_faces(boxes: np.ndarray, invalid: np.ndarray, min_face: float) -> np.ndarray:
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    return ~np.asarray(invalid, bool) & (w > 0) & (h > 0) & (np.maximum(w, h) >= min_face)
-
-
 def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
     import pandas as pd
 
@@ -69,9 +63,8 @@ def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
     image_of_face = image_ids.get_indexer(faces["image_id"]).astype(np.int64)
     if (image_of_face < 0).any():
         raise FacedataError("manifest has faces of images that are not in its images table")
-    boxes = faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4)
-    ignored = faces["invalid"].to_numpy(bool) | faces["ignore"].to_numpy(bool)  # both are ignore regions
-    usable = usable_faces(boxes, ignored, min_face)
+    boxes = face_boxes(faces)
+    usable = usable_rows(faces, min_face)
     order = np.argsort(image_of_face, kind="stable")
     starts = np.searchsorted(image_of_face[order], np.arange(len(image_ids) + 1))
     return FaceArrays(boxes, usable, image_of_face, order, starts, _points(faces))
