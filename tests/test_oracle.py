@@ -1,0 +1,225 @@
+"""The independent oracle (`verify --labels`, `verify --pixels`) on real builds of every stage.
+
+PNet is built from real photos (two WIDER train images, CUHK LFW/net_7876 landmark faces); RNet and ONet
+are mined on the demo corpus with small real ONNX models (tests/onnx_models.py). The oracle must pass
+them all, catch a sampler helper that is subtly wrong everywhere (which the samplers' own helpers cannot
+see), and catch mirrored, altered and wrong-image pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from onnx_models import mtcnn_pnet, mtcnn_rnet
+from test_samplers import cuhk_manifest, wider_manifest
+
+from facedata import samplers
+from facedata.build import CascadeFactory, build_dataset
+from facedata.cli import main
+from facedata.demo import build_demo_corpus
+from facedata.detect import CascadeConfig
+from facedata.errors import FacedataError
+from facedata.manifest import Manifest
+from facedata.oracle import (
+    TOLERANCE,
+    pick_samples,
+    verify_build_labels,
+    verify_build_pixels,
+    verify_labels,
+    verify_pixels,
+)
+from facedata.parsers import ingest
+from facedata.samplers import crops, geometry, landmarks
+from facedata.samplers import mined as mined_samplers
+from facedata.samplers.landmarks import LandmarkRecipe
+from facedata.samples import LABEL_LANDMARK, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
+from facedata.storage import ShardedDataset
+
+
+@pytest.fixture(scope="module")
+def real(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Real photos: manifests as files, and a PNet build from them (every sample kept)."""
+    root = tmp_path_factory.mktemp("oracle_real")
+    wider_manifest(realdata).write(root / "wider.parquet")
+    cuhk_manifest(realdata, limit=40).write(root / "cuhk.parquet")
+    out = root / "pnet"
+    build_dataset(root / "wider.parquet", root / "cuhk.parquet", out, workers=1, progress=False, mix=False)
+    return {"root": root, "det": root / "wider.parquet", "lmk": root / "cuhk.parquet", "pnet": out}
+
+
+@pytest.fixture(scope="module")
+def mined_builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """RNet and ONet builds mined on 10 demo-corpus images with small real ONNX models."""
+    root = tmp_path_factory.mktemp("oracle_mined")
+    corpus = build_demo_corpus(root / "corpus", seed=3)
+    det, _ = ingest(corpus.wider_annotations, images=corpus.wider_images)
+    lmk, _ = ingest(corpus.cuhk_annotations, images=corpus.cuhk_images)
+    ids = det.images["image_id"][:10]
+    Manifest(det.images[:10].reset_index(drop=True), det.faces[det.faces["image_id"].isin(ids)]
+             .reset_index(drop=True), det.provenance).write(root / "det.parquet")
+    lmk.write(root / "lmk.parquet")
+    pnet = mtcnn_pnet(root / "pnet.onnx", seed=1, prob_bias=0.8)
+    rnet = mtcnn_rnet(root / "rnet.onnx", seed=2, prob_bias=3.0)
+    config = CascadeConfig(min_face=40)
+    for stage, factory in (("rnet", CascadeFactory(str(pnet), config=config)),
+                           ("onet", CascadeFactory(str(pnet), str(rnet), config=config))):
+        build_dataset(root / "det.parquet", root / "lmk.parquet", root / stage, stage=stage, detector=factory,
+                      workers=1, progress=False)
+    return {"root": root, "rnet": root / "rnet", "onet": root / "onet"}
+
+
+def _build(request: pytest.FixtureRequest, stage: str) -> Path:
+    if stage == "pnet":
+        return request.getfixturevalue("real")["pnet"]
+    return request.getfixturevalue("mined_builds")[stage]
+
+
+@pytest.mark.parametrize("stage", ["pnet", "rnet", "onet"])
+def test_every_stage_passes_both_checks(request: pytest.FixtureRequest, stage: str) -> None:
+    out = _build(request, stage)
+    report, notes = verify_build_labels(out)  # manifests found through index.json
+    n = len(ShardedDataset(out))
+    assert notes == [] and report.ok, report.summary()
+    assert report.checked == n
+    assert {0, 1, -1, -2} <= set(report.by_label)
+    pixels, _ = verify_build_pixels(out, 40, seed=3)
+    assert pixels.ok, pixels.summary()
+    assert len(pixels.results) == min(40, n)
+    assert any(r.mirror for r in pixels.results) and any(r.angle != 0 for r in pixels.results)
+    assert {r.origin for r in pixels.results} == {ORIGIN_DETECTIONS, ORIGIN_LANDMARKS}
+    assert max(r.mean_diff for r in pixels.results) <= TOLERANCE.mean
+
+
+def test_cli_verify_labels_and_pixels(real: dict) -> None:
+    result = CliRunner().invoke(main, ["verify", str(real["pnet"]), "--labels", "--pixels", "25", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "0 mismatches" in result.output
+    assert "re-cut 25 samples" in result.output and "0 outside tolerance" in result.output
+
+
+def _break_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make two sampler helpers subtly wrong in every samplers module that uses them (a build with
+    workers=1 runs in this process): box offsets over (size + 1), rotation the wrong way round."""
+    right_offsets, right_targets = geometry.offsets_for, geometry.landmark_targets
+
+    def offsets_for(crops, gt_boxes, mirror=None):
+        side = np.asarray(crops, np.float64).reshape(-1, 4) @ np.array([-1.0, 0, 1, 0])
+        return (right_offsets(crops, gt_boxes, mirror) * (side / (side + 1))[:, None]).astype(np.float32)
+
+    def landmark_targets(points, crops, angles, mirror, flip_permutation):
+        return right_targets(points, crops, -np.asarray(angles, np.float32), mirror, flip_permutation)
+
+    for module in (geometry, samplers, crops, landmarks, mined_samplers):
+        for name, wrong in (("offsets_for", offsets_for), ("landmark_targets", landmark_targets)):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, wrong)
+
+
+def test_oracle_catches_a_helper_bug_the_samplers_share(real: dict, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a sampler helper is invisible to any check that re-derives with that helper (the old
+    verify --labels did): the stored targets equal what the broken helpers compute. The oracle, written
+    from the conventions, reports them."""
+    _break_helpers(monkeypatch)
+    out = tmp_path / "broken"
+    build_dataset(real["det"], real["lmk"], out, workers=1, progress=False, mix=False)
+    det, lmk = Manifest.read(real["det"]), Manifest.read(real["lmk"])
+    _, records = ShardedDataset(out).read_range(0, len(ShardedDataset(out)))
+    faces = det.faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
+    pos = records[records["label"] == LABEL_POSITIVE]
+    assert np.array_equal(pos["bbox"], geometry.offsets_for(pos["crop"], faces[pos["face_index"]]))
+    marks = records[(records["label"] == LABEL_LANDMARK) & (records["angle"] != 0)]
+    points = np.stack(lmk.faces["points"].to_numpy())[marks["face_index"]].reshape(len(marks), 5, 2)
+    again = geometry.landmark_targets(points, marks["crop"], marks["angle"], marks["mirror"] != 0,
+                                      LandmarkRecipe().flip_permutation)
+    assert np.array_equal(marks["landmarks"], again.reshape(len(marks), -1))  # self-consistent, yet wrong
+
+    report, _ = verify_build_labels(out)
+    assert not report.ok
+    assert report.by_field["bbox"] == int(np.isin(records["label"], [1, -1]).sum())
+    assert report.by_field["landmarks"] >= 0.9 * len(marks)
+    monkeypatch.undo()
+    clean, _ = verify_build_labels(real["pnet"])
+    assert clean.ok
+
+
+def test_pixels_fail_on_mirrored_altered_and_wrong_image_samples(real: dict) -> None:
+    ds = ShardedDataset(real["pnet"])
+    pixels, records = ds.read_range(0, len(ds))
+    det, lmk = Manifest.read(real["det"]), Manifest.read(real["lmk"])
+    picked = pick_samples(records, 60, seed=0)
+    assert records["mirror"][picked].any() and (records["angle"][picked] != 0).any()
+    asymmetric = [int(i) for i in picked
+                  if np.abs(pixels[i].astype(int) - pixels[i][:, ::-1]).mean() > 10 * TOLERANCE.mean]
+    mirrored, altered = asymmetric[:2]
+    detection = [int(i) for i in picked if records["origin"][i] == ORIGIN_DETECTIONS]
+    wrong_image = detection[-1]
+    pixels, records = pixels.copy(), records.copy()
+    pixels[mirrored] = pixels[mirrored][:, ::-1]
+    pixels[altered, 3:9, 3:9] = 255 - pixels[altered, 3:9, 3:9]
+    records["image_index"][wrong_image] = 1 - records["image_index"][wrong_image]  # the other WIDER photo
+    report = verify_pixels((pixels, records), det, lmk, n=60, seed=0)
+    failed = {r.index for r in report.failures}
+    assert failed == {mirrored, altered, wrong_image}, report.summary()
+    assert all("mean abs diff" in r.problem or "does not" in r.problem for r in report.failures)
+    assert f"sample {mirrored} " in report.summary()
+    # a record whose image is not in the manifest, or cannot be decoded, is a failure too
+    records["image_index"][detection[0]] = 99
+    broken = verify_pixels((pixels, records), det, lmk, n=60, seed=0)
+    assert "image row 99 is not in the manifest" in {r.problem for r in broken.failures}
+
+
+def test_pick_samples_is_seeded_and_covers_variants() -> None:
+    records = np.zeros(1000, [("mirror", "i1"), ("angle", "f4")])
+    records["mirror"][::50] = 1
+    records["angle"][5::100] = 3.0
+    a, b, c = (pick_samples(records, 40, seed) for seed in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c) and len(np.unique(a)) == 40
+    assert (records["mirror"][a] != 0).sum() >= 10 and (records["angle"][a] != 0).sum() == 10
+    assert len(pick_samples(records, 5000, 0)) == 1000
+
+
+def test_manifests_come_from_index_until_they_move_or_change(real: dict, tmp_path: Path) -> None:
+    out = tmp_path / "pnet"
+    shutil.copytree(real["pnet"], out)
+    det_copy = tmp_path / "wider.parquet"
+    shutil.copy(real["det"], det_copy)
+    index = json.loads((out / "index.json").read_text())
+    assert index["provenance"]["inputs"]["detections"]["path"] == str(Path(real["det"]).resolve())
+    runner = CliRunner()
+    moved = tmp_path / "moved.parquet"
+    real["det"].rename(moved)
+    try:
+        result = runner.invoke(main, ["verify", str(out), "--labels"])
+        assert result.exit_code == 2
+        assert "detections manifest recorded in index.json" in result.output and "--detections" in result.output
+        assert "Traceback" not in result.output
+        result = runner.invoke(main, ["verify", str(out), "--labels", "--detections", str(moved)])
+        assert result.exit_code == 0 and "0 mismatches" in result.output
+        det = Manifest.read(moved)
+        Manifest(det.images, det.faces.assign(x1=det.faces["x1"] + 2), det.provenance).write(real["det"])
+        with pytest.raises(FacedataError, match="has changed since the build"):
+            verify_build_labels(out)
+        result = runner.invoke(main, ["verify", str(out), "--pixels", "5"])
+        assert result.exit_code == 2 and "has changed since the build" in result.output
+        report, notes = verify_build_labels(out, detections=real["det"])  # given explicitly: warn, check
+        assert notes and not report.ok
+    finally:
+        shutil.copy(det_copy, real["det"])
+        moved.unlink(missing_ok=True)
+    assert verify_build_labels(out)[0].ok
+
+
+def test_in_memory_manifests_need_the_option(real: dict, tmp_path: Path) -> None:
+    det = Manifest.read(real["det"])
+    out = tmp_path / "mem"
+    build_dataset(det, None, out, workers=1, progress=False)
+    with pytest.raises(FacedataError, match="does not record where the detections manifest is; pass --detections"):
+        verify_build_labels(out)
+    assert verify_build_labels(out, detections=det)[0].ok
+    assert verify_labels(ShardedDataset(out), det, None).ok
