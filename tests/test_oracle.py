@@ -8,10 +8,13 @@ see), and catch mirrored, altered and wrong-image pixels.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -39,6 +42,9 @@ from facedata.samplers import mined as mined_samplers
 from facedata.samplers.landmarks import LandmarkRecipe
 from facedata.samples import LABEL_LANDMARK, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 from facedata.storage import ShardedDataset
+
+# the module, not the function facedata.samplers re-exports under the same name
+render_module = importlib.import_module("facedata.samplers.render")
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +229,50 @@ def test_in_memory_manifests_need_the_option(real: dict, tmp_path: Path) -> None
         verify_build_labels(out)
     assert verify_build_labels(out, detections=det)[0].ok
     assert verify_labels(ShardedDataset(out), det, None).ok
+
+
+def test_cli_lists_samples_a_renderer_bug_spoiled(real: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """Rotated crops warped the wrong way round: labels still re-derive (the records are right), shard
+    hashes match, only the pixels are wrong, and `verify --pixels` names each spoiled sample."""
+    right = render_module.pixel_crop_matrix
+    monkeypatch.setattr(render_module, "pixel_crop_matrix", lambda crop, angle: right(crop, -angle))
+    out = tmp_path / "spoiled"
+    build_dataset(real["det"], real["lmk"], out, workers=1, progress=False, mix=False)
+    monkeypatch.undo()
+    assert verify_build_labels(out)[0].ok
+    result = CliRunner().invoke(main, ["verify", str(out), "--pixels", "40", "--max-listed", "100"])
+    assert result.exit_code == 1
+    report, _ = verify_build_pixels(out, 40)
+    rotated = [r for r in report.results if abs(r.angle) > 1]
+    assert len(rotated) >= 10 and all(r.problem for r in rotated)
+    assert all(r.angle != 0 for r in report.failures)
+    for r in report.failures:
+        assert f"sample {r.index} (landmark mirrored rotated" in result.output or \
+            f"sample {r.index} (landmark rotated" in result.output
+
+
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The same JPEG with an EXIF APP1 segment whose Orientation tag is `orientation`."""
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + \
+        struct.pack(">H", orientation) + b"\x00\x00" + b"\x00\x00\x00\x00"
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_pixels_index_the_stored_array_whatever_the_exif_orientation(real: dict, tmp_path: Path) -> None:
+    """Annotations index the stored pixel array: the re-cut ignores an EXIF Orientation tag."""
+    det = Manifest.read(real["det"])
+    source = det.image_paths()
+    for rel, path in zip(det.images["rel_path"], source, strict=True):
+        tagged = tmp_path / rel
+        tagged.parent.mkdir(parents=True, exist_ok=True)
+        tagged.write_bytes(_with_orientation(Path(path).read_bytes(), 6))
+    first = tmp_path / det.images["rel_path"][0]
+    stored = cv2.imread(str(first), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION).shape
+    assert cv2.imread(str(first), cv2.IMREAD_COLOR).shape == (stored[1], stored[0], 3)  # the tag is honoured
+    ds = ShardedDataset(real["pnet"])
+    pixels, records = ds.read_range(0, len(ds))
+    detection = records["origin"] == ORIGIN_DETECTIONS
+    report = verify_pixels((pixels[detection], records[detection]), det, None, n=30, roots={"wider": str(tmp_path)})
+    assert report.ok and len(report.results) == 30, report.summary()
