@@ -176,8 +176,11 @@ def test_pixels_fail_on_mirrored_altered_and_wrong_image_samples(real: dict) -> 
     assert f"sample {mirrored} " in report.summary()
     # a record whose image is not in the manifest, or cannot be decoded, is a failure too
     records["image_index"][detection[0]] = 99
+    records["crop"][detection[1]] = [40, 40, 40, 52]
     broken = verify_pixels((pixels, records), det, lmk, n=60, seed=0)
-    assert "image row 99 is not in the manifest" in {r.problem for r in broken.failures}
+    problems = {r.index: r.problem for r in broken.failures}
+    assert problems[detection[0]] == "image row 99 is not in the manifest"
+    assert "is not a whole-pixel box of positive size" in problems[detection[1]]
 
 
 def test_pick_samples_is_seeded_and_covers_variants() -> None:

@@ -193,8 +193,9 @@ class _Arrays:
 
 
 def _all_records(dataset: Any) -> np.ndarray:
-    chunks = [dataset.read_range(s, min(len(dataset), s + (1 << 16)))[1] for s in range(0, len(dataset), 1 << 16)]
-    return np.concatenate(chunks) if chunks else np.zeros(0)
+    step = 1 << 16
+    return np.concatenate([dataset.read_range(s, min(len(dataset), s + step))[1]
+                           for s in range(0, len(dataset), step)])
 
 
 def verify_pixels(
@@ -223,36 +224,44 @@ def verify_pixels(
     paths = {o: None if m is None else m.image_paths(roots).tolist() for o, m in manifests.items()}
     sizes = {o: None if m is None else m.images[["width", "height"]].to_numpy(np.float64)
              for o, m in manifests.items()}
+    report = PixelReport(tolerance)
+    if len(dataset) == 0:
+        return report
     indices = pick_samples(_all_records(dataset), n, seed)
     pixels, records = dataset.read(indices)
-    report = PixelReport(tolerance)
     order = np.lexsort((records["image_index"], records["origin"]))  # decode each image once
     decoded: tuple[Any, Any] = (None, None)
     for k in order.tolist():
         rec = records[k]
         origin, image_index = int(rec["origin"]), int(rec["image_index"])
         if paths.get(origin) is None:
-            name = "detection" if origin == ORIGIN_DETECTIONS else "landmark"
-            raise FacedataError(f"sample {indices[k]} is a {name} sample but no {name} manifest was given")
+            name = {ORIGIN_DETECTIONS: "detection", ORIGIN_LANDMARKS: "landmark"}.get(origin)
+            raise FacedataError(f"sample {indices[k]} is a {name} sample but no {name} manifest was given"
+                                if name else f"sample {indices[k]} has unknown origin {origin}")
         path = paths[origin][image_index] if 0 <= image_index < len(paths[origin]) else f"<image {image_index}>"
         if decoded[0] != (origin, image_index):
             decoded = ((origin, image_index), _decode(path, sizes[origin], image_index))
         image = decoded[1]
         result = dict(index=int(indices[k]), label=int(rec["label"]), origin=origin, mirror=bool(rec["mirror"]),
                       angle=float(rec["angle"]), path=path)
-        if isinstance(image, str):
-            report.results.append(PixelResult(**result, mean_diff=float("inf"), max_diff=255, problem=image))
+        unusable = image if isinstance(image, str) else _crop_problem(rec["crop"], image.shape)
+        if unusable is not None:
+            report.results.append(PixelResult(**result, mean_diff=float("inf"), max_diff=255, problem=unusable))
             continue
         mine = recut(image, rec["crop"], float(rec["angle"]), bool(rec["mirror"]), pixels.shape[1],
                      interpolation[origin])
-        diff = np.abs(pixels[k].astype(np.int16) - mine.astype(np.int16))
-        mean, worst = float(diff.mean()), int(diff.max())
-        problem = None
-        if mean > tolerance.mean or worst > tolerance.max:
-            problem = f"pixels differ from the re-cut: mean abs diff {mean:.3f}, max {worst}"
-        report.results.append(PixelResult(**result, mean_diff=mean, max_diff=worst, problem=problem))
+        report.results.append(PixelResult(**result, **_compare(pixels[k], mine, tolerance)))
     report.results.sort(key=lambda r: r.index)
     return report
+
+
+def _compare(stored: np.ndarray, mine: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
+    diff = np.abs(stored.astype(np.int16) - mine.astype(np.int16))
+    mean, worst = float(diff.mean()), int(diff.max())
+    problem = None
+    if mean > tolerance.mean or worst > tolerance.max:
+        problem = f"pixels differ from the re-cut: mean abs diff {mean:.3f}, max {worst}"
+    return {"mean_diff": mean, "max_diff": worst, "problem": problem}
 
 
 def _decode(path: str, sizes: np.ndarray, image_index: int) -> np.ndarray | str:
@@ -266,3 +275,14 @@ def _decode(path: str, sizes: np.ndarray, image_index: int) -> np.ndarray | str:
     if np.isfinite(width) and (image.shape[1], image.shape[0]) != (width, height):
         return f"decoded size {image.shape[1]}x{image.shape[0]} differs from the manifest's {width:.0f}x{height:.0f}"
     return image
+
+
+def _crop_problem(crop: np.ndarray, shape: tuple[int, ...]) -> str | None:
+    """Why the crop box cannot be cut from an image of `shape` (the label check says more), or None."""
+    c = np.asarray(crop, np.float64)
+    h, w = shape[:2]
+    if not (np.isfinite(c).all() and (np.rint(c) == c).all() and c[2] > c[0] and c[3] > c[1]):
+        return f"crop {c.tolist()} is not a whole-pixel box of positive size"
+    if c[2] - c[0] > 4 * w or c[3] - c[1] > 4 * h or c[2] <= 0 or c[3] <= 0 or c[0] >= w or c[1] >= h:
+        return f"crop {c.tolist()} does not overlap the {w}x{h} image"
+    return None
