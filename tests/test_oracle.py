@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from onnx_models import mtcnn_pnet, mtcnn_rnet
+from test_build import corpus  # noqa: F401  (the demo-corpus fixture)
 from test_samplers import cuhk_manifest, wider_manifest
 
 from facedata import samplers
 from facedata.build import CascadeFactory, build_dataset
 from facedata.cli import main
-from facedata.demo import build_demo_corpus
 from facedata.detect import CascadeConfig
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
@@ -36,7 +36,6 @@ from facedata.oracle import (
     verify_labels,
     verify_pixels,
 )
-from facedata.parsers import ingest
 from facedata.samplers import crops, geometry, landmarks
 from facedata.samplers import mined as mined_samplers
 from facedata.samplers.landmarks import LandmarkRecipe
@@ -59,23 +58,16 @@ def real(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mined_builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """RNet and ONet builds mined on 10 demo-corpus images with small real ONNX models."""
+def mined_builds(corpus: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+    """RNet and ONet builds mined on 10 demo-corpus images (test_build's corpus) with small real ONNX models."""
     root = tmp_path_factory.mktemp("oracle_mined")
-    corpus = build_demo_corpus(root / "corpus", seed=3)
-    det, _ = ingest(corpus.wider_annotations, images=corpus.wider_images)
-    lmk, _ = ingest(corpus.cuhk_annotations, images=corpus.cuhk_images)
-    ids = det.images["image_id"][:10]
-    Manifest(det.images[:10].reset_index(drop=True), det.faces[det.faces["image_id"].isin(ids)]
-             .reset_index(drop=True), det.provenance).write(root / "det.parquet")
-    lmk.write(root / "lmk.parquet")
+    det, lmk = corpus["root"] / "det_small.parquet", corpus["root"] / "lmk.parquet"
     pnet = mtcnn_pnet(root / "pnet.onnx", seed=1, prob_bias=0.8)
     rnet = mtcnn_rnet(root / "rnet.onnx", seed=2, prob_bias=3.0)
     config = CascadeConfig(min_face=40)
     for stage, factory in (("rnet", CascadeFactory(str(pnet), config=config)),
                            ("onet", CascadeFactory(str(pnet), str(rnet), config=config))):
-        build_dataset(root / "det.parquet", root / "lmk.parquet", root / stage, stage=stage, detector=factory,
-                      workers=1, progress=False)
+        build_dataset(det, lmk, root / stage, stage=stage, detector=factory, workers=1, progress=False)
     return {"root": root, "rnet": root / "rnet", "onet": root / "onet"}
 
 
