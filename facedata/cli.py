@@ -230,12 +230,17 @@ def detect(
               "if unchanged).")
 @click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
               help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
-@click.option("--max-listed", default=20, show_default=True, help="Mismatches listed (all are counted).")
+@click.option("--max-listed", default=20, show_default=True,
+              help="Label mismatches and pixel failures listed (all are counted).")
 def verify(
     directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,
     landmarks: Path | None, roots: tuple[str, ...], max_listed: int,
 ) -> None:
-    """Re-hash every shard of DIRECTORY and check its sample and label counts against index.json."""
+    """Re-hash every shard of DIRECTORY and check its sample and label counts against index.json.
+
+    --labels and --pixels check the samples themselves with an oracle that shares no code with the
+    samplers; the manifests are the ones index.json records unless --detections/--landmarks say otherwise.
+    """
     from facedata.storage import verify_dataset
 
     problems = verify_dataset(directory)
