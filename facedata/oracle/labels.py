@@ -162,8 +162,8 @@ class FaceTable:
             boxes=faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4),
             flagged=flagged, image_of_face=image_of_face, order=order,
             starts=np.searchsorted(image_of_face[order], np.arange(len(images) + 1)),
-            points=_points(faces), widths=images["width"].to_numpy(np.float64),
-            heights=images["height"].to_numpy(np.float64),
+            points=_points(faces), widths=images["width"].to_numpy(np.float64, na_value=np.nan),
+            heights=images["height"].to_numpy(np.float64, na_value=np.nan),
         )
 
     def faces_of(self, image: int) -> np.ndarray:

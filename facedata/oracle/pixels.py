@@ -222,7 +222,7 @@ def verify_pixels(
             raise FacedataError(f"unknown interpolation {mode!r}; expected one of {INTERPOLATIONS}")
     manifests = {ORIGIN_DETECTIONS: det_manifest, ORIGIN_LANDMARKS: lmk_manifest}
     paths = {o: None if m is None else m.image_paths(roots).tolist() for o, m in manifests.items()}
-    sizes = {o: None if m is None else m.images[["width", "height"]].to_numpy(np.float64)
+    sizes = {o: None if m is None else m.images[["width", "height"]].to_numpy(np.float64, na_value=np.nan)
              for o, m in manifests.items()}
     report = PixelReport(tolerance)
     if len(dataset) == 0:
