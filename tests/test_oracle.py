@@ -27,19 +27,21 @@ from facedata.build import CascadeFactory, build_dataset
 from facedata.cli import main
 from facedata.detect import CascadeConfig
 from facedata.errors import FacedataError
-from facedata.manifest import Manifest
+from facedata.manifest import Manifest, ManifestBuilder
 from facedata.oracle import (
     TOLERANCE,
+    DetectionRules,
     pick_samples,
     verify_build_labels,
     verify_build_pixels,
     verify_labels,
     verify_pixels,
 )
+from facedata.oracle import geometry as og
 from facedata.samplers import crops, geometry, landmarks
 from facedata.samplers import mined as mined_samplers
 from facedata.samplers.landmarks import LandmarkRecipe
-from facedata.samples import LABEL_LANDMARK, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
+from facedata.samples import LABEL_LANDMARK, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS, SAMPLE_DTYPE
 from facedata.storage import ShardedDataset
 
 # the module, not the function facedata.samplers re-exports under the same name
@@ -271,3 +273,43 @@ def test_pixels_index_the_stored_array_whatever_the_exif_orientation(real: dict,
     detection = records["origin"] == ORIGIN_DETECTIONS
     report = verify_pixels((pixels[detection], records[detection]), det, None, n=30, roots={"wider": str(tmp_path)})
     assert report.ok and len(report.results) == 30, report.summary()
+
+
+def test_geometry_by_hand() -> None:
+    """The oracle's conventions on boxes small enough to work out on paper."""
+    assert og.iou(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10])) == pytest.approx(50 / 150)
+    assert og.iou(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10]), plus_one=True) == pytest.approx(66 / 176)
+    assert og.iou(np.array([0, 0, 0, 0]), np.array([0, 0, 0, 0])) == 0
+    # a degenerate face (zero width) is a 1 px wide region: a crop over half of it covers half
+    assert og.ignore_cover(np.array([[0, 0, 10, 5]]), np.array([[4, 0, 4, 10]]))[0, 0] == pytest.approx(0.5)
+    crop, face = np.array([[10, 20, 30, 40]]), np.array([[12, 21, 26, 39]])
+    np.testing.assert_allclose(og.box_offsets(crop, face, [False]), [[0.1, 0.05, -0.2, -0.05]])
+    # mirrored inside the crop: x -> 40 - x, so the face spans 14..28
+    np.testing.assert_allclose(og.box_offsets(crop, face, [True]), [[0.2, 0.05, -0.1, -0.05]])
+    # 90 degrees counter-clockwise as displayed (y down) about the crop centre (20, 30): right of the
+    # centre goes up; then the mirror swaps the two points and flips u
+    points = np.array([[[25.0, 30.0], [20.0, 35.0]]])
+    np.testing.assert_allclose(og.landmark_targets(points, crop, [90.0], [False], ()), [[[0.5, 0.25], [0.75, 0.5]]],
+                               atol=1e-12)
+    np.testing.assert_allclose(og.landmark_targets(points, crop, [90.0], [True], ((0, 1),)),
+                               [[[0.25, 0.5], [0.5, 0.25]]], atol=1e-12)
+
+
+def test_mined_face_must_be_the_best_overlap(tmp_path: Path) -> None:
+    """For mined samples the best-IoU face decides; PNet positives are cut for a face and keep it."""
+    builder = ManifestBuilder("test", "train", "images")
+    builder.add_image("img", "img.jpg", width=200, height=200)
+    builder.add_faces("img", np.array([[50, 50, 100, 100], [52, 50, 102, 100], [150, 150, 190, 190]], np.float32))
+    manifest = builder.build({"roots": {"images": str(tmp_path)}})
+    records = np.zeros(3, SAMPLE_DTYPE)
+    records["crop"] = [[50, 50, 100, 100], [50, 50, 100, 100], [0, 0, 30, 30]]
+    records["label"] = [LABEL_POSITIVE, LABEL_POSITIVE, 0]
+    records["face_index"] = [0, 1, 2]  # sample 1: cut for face 1, though face 0 fits it exactly
+    faces = manifest.faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32)
+    records["bbox"][:2] = og.box_offsets(records["crop"][:2], faces[[0, 1]], [False, False])
+    mining = {"min_size": 20, "max_negatives_per_image": 60, "pad_border": False}
+    assert verify_labels(records, manifest, None).ok
+    report = verify_labels(records, manifest, None, detection_rules=DetectionRules.from_recipes({}, mining))
+    assert [(m.index, m.field) for m in report.listed] == [(1, "face_index")]
+    records["face_index"][2] = 7  # no such face
+    assert [(m.index, m.field) for m in verify_labels(records, manifest, None).listed] == [(2, "face_index")]
