@@ -101,9 +101,8 @@ from facedata.storage import DatasetWriter
 from facedata.workerpool import pool_context
 
 __all__ = [
-    "MINING_REPORT_NAME", "PROGRESS_NAME", "CascadeFactory", "build_dataset", "check_inputs", "format_summary",
-    "manifest_sha256", "parse_ratio", "parse_roots", "parse_size", "recipes_from_index",
-    "verify_build_labels",
+    "MINING_REPORT_NAME", "PROGRESS_NAME", "CascadeFactory", "build_dataset", "format_summary",
+    "manifest_sha256", "parse_ratio", "parse_roots", "parse_size",
 ]
 
 PROGRESS_NAME = "build-progress.npy"
@@ -188,13 +187,17 @@ def _load_tasks(
     manifest: ManifestInput, origin: int, min_face: float, roots: dict[str, str] | None
 ) -> tuple[TaskTable, dict[str, Any]]:
     """A manifest's task table and provenance entry (a manifest given as a path is read and dropped)."""
+    path = None
     if not isinstance(manifest, Manifest):
+        path = str(Path(manifest).resolve())
         manifest = Manifest.read(manifest)
-    return task_table(manifest, origin, min_face=min_face, roots=roots), _manifest_info(manifest)
+    return task_table(manifest, origin, min_face=min_face, roots=roots), _manifest_info(manifest, path)
 
 
-def _manifest_info(manifest: Manifest) -> dict[str, Any]:
+def _manifest_info(manifest: Manifest, path: str | None) -> dict[str, Any]:
+    """Provenance of an input manifest; `path` (None for an in-memory manifest) lets verify find it."""
     return {
+        "path": path,
         "sha256": manifest_sha256(manifest),
         "images": len(manifest.images),
         "faces": len(manifest.faces),
@@ -627,59 +630,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     if len(summary["skipped"]) > 20:
         lines.append(f"... and {len(summary['skipped']) - 20} more skipped images (see index.json summary)")
     return "\n".join(lines)
-
-
-def recipes_from_index(index: dict[str, Any]) -> tuple[CropRecipe, LandmarkRecipe]:
-    """The recipes a dataset was built with (from its provenance), for `verify --labels`."""
-    prov = index.get("provenance", {})
-    crop, lmk = prov.get("crop_recipe"), prov.get("landmark_recipe")
-    if crop is None or lmk is None:
-        raise FacedataError("index.json has no recipe provenance (not built by facedata build)")
-    try:
-        return CropRecipe(**crop), LandmarkRecipe(**lmk)
-    except TypeError as exc:
-        raise FacedataError(
-            f"index.json recipe provenance does not fit this facedata version ({exc})"
-        ) from None
-
-
-def check_inputs(index: dict[str, Any], detections: Manifest | None, landmarks: Manifest | None) -> list[str]:
-    """Warnings when the manifests given differ from those the dataset was built from."""
-    inputs = index.get("provenance", {}).get("inputs", {})
-    notes = []
-    for key, manifest in (("detections", detections), ("landmarks", landmarks)):
-        recorded = inputs.get(key)
-        if manifest is None or recorded is None:
-            continue
-        if recorded.get("sha256") != manifest_sha256(manifest):
-            notes.append(f"the {key} manifest differs from the one this dataset was built from")
-    return notes
-
-
-def verify_build_labels(
-    path: str | os.PathLike[str],
-    detections: Manifest | None,
-    landmarks: Manifest | None,
-    max_listed: int = 20,
-) -> tuple[Any, list[str]]:
-    """Re-derive every sample's label and targets with the recipes recorded in the index.
-
-    Returns (facedata.labels.LabelReport, warnings about manifests that differ from the build's).
-    """
-    from facedata.labels import verify_labels
-    from facedata.storage import ShardedDataset
-
-    dataset = ShardedDataset(path)
-    crop_recipe, landmark_recipe = recipes_from_index(dataset.index)
-    notes = check_inputs(dataset.index, detections, landmarks)
-    try:
-        report = verify_labels(
-            dataset, detections, landmarks, crop_recipe=crop_recipe, landmark_recipe=landmark_recipe,
-            max_listed=max_listed,
-        )
-    finally:
-        dataset.close()
-    return report, notes
 
 
 # --------------------------------------------------------------------------------- option parsing

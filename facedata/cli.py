@@ -285,17 +285,31 @@ def detect(
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--labels", is_flag=True,
-              help="Also re-derive every sample's label and targets from the manifests "
-              "(recipes from the index).")
+              help="Also re-derive every sample's label and targets with the independent oracle "
+              "(rules from index.json).")
+@click.option("--pixels", "n_pixels", type=click.IntRange(min=1), metavar="N",
+              help="Also re-cut N random samples (mirrored and rotated ones included) from the source "
+              "images with an independent warp and compare their pixels.")
+@click.option("--seed", default=0, show_default=True, help="Which samples --pixels picks.")
 @click.option("--detections", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Detection manifest the dataset was built from (for --labels).")
+              help="Detection manifest the dataset was built from (default: the one index.json records, "
+              "if unchanged).")
 @click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Landmark manifest the dataset was built from (for --labels).")
-@click.option("--max-listed", default=20, show_default=True, help="Mismatches listed (all are counted).")
+              help="Landmark manifest the dataset was built from (default: the one index.json records, "
+              "if unchanged).")
+@click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
+              help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
+@click.option("--max-listed", default=20, show_default=True,
+              help="Label mismatches and pixel failures listed (all are counted).")
 def verify(
-    directory: Path, labels: bool, detections: Path | None, landmarks: Path | None, max_listed: int
+    directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,
+    landmarks: Path | None, roots: tuple[str, ...], max_listed: int,
 ) -> None:
-    """Re-hash every shard of DIRECTORY and check its sample and label counts against index.json."""
+    """Re-hash every shard of DIRECTORY and check its sample and label counts against index.json.
+
+    --labels and --pixels check the samples themselves with an oracle that shares no code with the
+    samplers; the manifests are the ones index.json records unless --detections/--landmarks say otherwise.
+    """
     from facedata.storage import verify_dataset
 
     problems = verify_dataset(directory)
@@ -305,21 +319,28 @@ def verify(
         click.echo(f"{len(problems)} problem(s) in {directory}", err=True)
         sys.exit(1)
     click.echo(f"{directory}: all shards verified")
-    if labels or detections or landmarks:
-        from facedata.build import verify_build_labels
-        from facedata.manifest import Manifest
+    failed = False
+    if labels or ((detections or landmarks) and not n_pixels):
+        from facedata.oracle import verify_build_labels
 
-        if detections is None:
-            raise FacedataError("--labels needs --detections (and --landmarks if the build used one)")
-        report, notes = verify_build_labels(
-            directory, Manifest.read(detections), Manifest.read(landmarks) if landmarks else None, max_listed
-        )
+        report, notes = verify_build_labels(directory, detections, landmarks, max_listed)
         for note in notes:
             click.echo(f"warning: {note}", err=True)
         click.echo(report.summary())
-        if not report.ok:
-            sys.exit(1)
-        click.echo(f"{directory}: all labels re-derived, 0 mismatches")
+        failed |= not report.ok
+        if report.ok:
+            click.echo(f"{directory}: all labels re-derived, 0 mismatches")
+    if n_pixels:
+        from facedata.oracle import verify_build_pixels
+
+        pixel_report, notes = verify_build_pixels(directory, n_pixels, seed=seed, detections=detections,
+                                                  landmarks=landmarks, images=roots)
+        for note in notes:
+            click.echo(f"warning: {note}", err=True)
+        click.echo(pixel_report.summary(max_listed))
+        failed |= not pixel_report.ok
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

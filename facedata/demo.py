@@ -444,7 +444,7 @@ def _step_build_pnet(ctx: DemoContext) -> str:
 
 
 def _step_verify(ctx: DemoContext) -> str:
-    from facedata.build import verify_build_labels
+    from facedata.oracle import verify_build_labels
     from facedata.storage import verify_dataset
 
     out = ctx.outputs["pnet"]

@@ -22,11 +22,9 @@ from facedata.build import (
     PROGRESS_NAME,
     CascadeFactory,
     build_dataset,
-    check_inputs,
     format_summary,
     parse_ratio,
     parse_size,
-    verify_build_labels,
 )
 from facedata.buildplan import PLAN_FILES
 from facedata.cli import main
@@ -34,6 +32,7 @@ from facedata.demo import build_demo_corpus
 from facedata.detect import CascadeConfig
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
+from facedata.oracle import check_inputs, verify_build_labels
 from facedata.parsers import ingest
 from facedata.samplers import CropRecipe
 from facedata.samplers.mined import MiningRecipe

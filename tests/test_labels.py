@@ -1,4 +1,4 @@
-"""verify_labels re-derives planned labels exactly and catches tampered records."""
+"""The label oracle re-derives planned labels exactly and catches tampered records."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from test_samplers import cuhk_manifest, wider_manifest
 
 from facedata.errors import FacedataError
-from facedata.labels import verify_labels
 from facedata.manifest import Manifest
+from facedata.oracle import DetectionRules, verify_labels
 from facedata.samplers import (
     CropRecipe,
     LandmarkRecipe,
@@ -112,7 +112,7 @@ def test_face_and_index_errors(planned: np.ndarray, manifests: tuple[Manifest, M
 
 
 def test_stricter_thresholds_flag_samples(planned: np.ndarray, manifests: tuple[Manifest, Manifest]) -> None:
-    report = verify_labels(planned, *manifests, crop_recipe=CropRecipe(positive_iou=0.8))
+    report = verify_labels(planned, *manifests, detection_rules=DetectionRules(positive_iou=0.8))
     assert report.by_field.get("label", 0) > 0
     assert set(report.by_field) == {"label"}
 
@@ -142,7 +142,7 @@ def test_labelled_detections_verify(manifests: tuple[Manifest, Manifest]) -> Non
         parts.append(out)
     records = np.concatenate(parts)
     assert {0, 1, -1} <= set(records["label"].tolist())
-    report = verify_labels(records, det, None)
+    report = verify_labels(records, det, None, detection_rules=DetectionRules(pad_border=True))
     assert report.ok, report.summary()
 
 
@@ -157,5 +157,5 @@ def test_verify_agrees_when_tasks_used_a_smaller_min_face(manifests: tuple[Manif
     assert report.ok, report.summary()
     small = CropRecipe(min_face=5)
     records = np.concatenate([plan_crops(t, small, 9) for t in tasks])
-    assert verify_labels(records, det, None, crop_recipe=small).ok
+    assert verify_labels(records, det, None, detection_rules=DetectionRules.from_recipes(small)).ok
     assert not verify_labels(records, det, None).ok  # tiny-face positives are ignore regions at 20 px

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from facedata.errors import FacedataError
-from facedata.labels import verify_labels
 from facedata.manifest import ManifestBuilder
+from facedata.oracle import DetectionRules, verify_labels
 from facedata.samplers.iou import iou_matrix
 from facedata.samplers.mined import MiningCounts, MiningRecipe, label_detections
 from facedata.samplers.render import render
@@ -27,6 +27,11 @@ def _manifest(tmp_path):
     b.add_image("img0", "img0.jpg", width=W, height=H)
     b.add_faces("img0", FACES, invalid=INVALID)
     return b.build({"roots": {"images": str(tmp_path)}})
+
+
+def _rules(recipe: MiningRecipe) -> DetectionRules:
+    """The oracle's rules for samples labelled with `recipe` (as a build records them)."""
+    return DetectionRules.from_recipes(recipe.crop_recipe(), recipe)
 
 
 def _task(tmp_path) -> ImageTask:
@@ -80,7 +85,7 @@ def test_classes_offsets_and_verify(tmp_path):
     assert (records["bbox"][3] == 0).all() and (records["landmarks"] == 0).all()
     assert (records["image_index"] == 0).all() and (records["origin"] == ORIGIN_DETECTIONS).all()
 
-    report = verify_labels(records, _manifest(tmp_path), crop_recipe=recipe.crop_recipe())
+    report = verify_labels(records, _manifest(tmp_path), detection_rules=_rules(recipe))
     assert report.checked == 4 and report.mismatches == 0, report
     pixels = render(np.zeros((H, W, 3), np.uint8), records, recipe.size)
     assert pixels.shape == (4, 24, 24, 3)
@@ -114,12 +119,15 @@ def test_pad_border_keeps_border_boxes(tmp_path):
     dets = np.array([[-10, 5, 30, 45], [380, 280, 420, 320], [-100, -100, -50, -50], [95, 95, 155, 155]])
     skipped, counts = label_detections(dets, task, MiningRecipe(), seed=0)
     assert len(skipped) == 1 and counts.border == 3
-    padded, counts = label_detections(dets, task, MiningRecipe(pad_border=True), seed=0)
+    padded_recipe = MiningRecipe(pad_border=True)
+    padded, counts = label_detections(dets, task, padded_recipe, seed=0)
     assert counts.border == 1  # the box wholly outside the image
     assert padded["label"].tolist() == [LABEL_NEGATIVE, LABEL_NEGATIVE, LABEL_POSITIVE]
     pixels = render(np.full((H, W, 3), 255, np.uint8), padded, 24)
     assert (pixels[0, :, :3] == 0).all() and (pixels[0, :, -3:] == 255).all()  # zero padding on the left
-    assert verify_labels(padded, _manifest(tmp_path)).mismatches == 0
+    assert verify_labels(padded, _manifest(tmp_path), detection_rules=_rules(padded_recipe)).mismatches == 0
+    # without pad_border recorded, the oracle flags the border crops
+    assert verify_labels(padded, _manifest(tmp_path), detection_rules=_rules(MiningRecipe())).by_field == {"crop": 2}
 
 
 def test_negatives_never_touch_ignore_regions(tmp_path):
@@ -127,7 +135,8 @@ def test_negatives_never_touch_ignore_regions(tmp_path):
     rng = np.random.default_rng(5)
     xy = rng.uniform(0, 350, (3000, 2))
     dets = np.concatenate([xy, xy + rng.uniform(20, 80, (3000, 1))], axis=1)
-    records, counts = label_detections(dets, task, MiningRecipe(max_negatives_per_image=10**6), seed=0)
+    uncapped = MiningRecipe(max_negatives_per_image=10**6)
+    records, counts = label_detections(dets, task, uncapped, seed=0)
     neg = records["crop"][records["label"] == LABEL_NEGATIVE]
     assert len(neg) > 100 and counts.dropped > 0
     ignore = FACES[~task.usable]
@@ -135,7 +144,10 @@ def test_negatives_never_touch_ignore_regions(tmp_path):
     iy = np.minimum(neg[:, None, 3], ignore[None, :, 3]) - np.maximum(neg[:, None, 1], ignore[None, :, 1])
     assert not ((ix > 0) & (iy > 0)).any()
     assert (iou_matrix(neg, FACES).max(axis=1) < 0.3).all()
-    assert verify_labels(records, _manifest(tmp_path)).mismatches == 0
+    assert verify_labels(records, _manifest(tmp_path), detection_rules=_rules(uncapped)).mismatches == 0
+    # the oracle counts negatives per image against the recorded cap
+    capped = verify_labels(records, _manifest(tmp_path), detection_rules=_rules(MiningRecipe()))
+    assert capped.by_field == {"label": len(neg) - 60}
 
 
 def test_empty_and_bad_inputs(tmp_path):
