@@ -38,15 +38,18 @@ class Reject:
 
 @dataclass
 class Rejects:
-    """Collects skipped items; with `strict` the first one raises instead."""
+    """Collects skipped items; with `strict` the first one raises instead. A repaired item (`fatal=False`,
+    e.g. an identical repeated face kept once) is recorded but never stops a strict run: the official
+    WIDER files hold such repeats."""
 
     strict: bool = False
     items: list[Reject] = field(default_factory=list)
 
     def reject(
-        self, file: str | os.PathLike[str], line: int | None, field: str, reason: str, kind: str = ""
+        self, file: str | os.PathLike[str], line: int | None, field: str, reason: str, kind: str = "",
+        fatal: bool = True,
     ) -> None:
-        if self.strict:
+        if self.strict and fatal:
             raise InputError(file, line, field, reason)
         self.items.append(Reject(str(file), line, field, reason, kind or field))
 

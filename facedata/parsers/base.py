@@ -418,6 +418,7 @@ def _reject_repeats(
             "face",
             f"duplicate face in {rel!r}: {which}; kept once",
             kind="duplicate face",
+            fatal=False,
         )
     return repeat
 
