@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +179,25 @@ def test_iter_batches_follow_the_order(tmp_path: Path, backend: str) -> None:
     assert len(dropped) == 5 and all(len(r) == 512 for _, r in dropped)
 
 
+@pytest.mark.parametrize("backend", ["lmdb", "parquet"])
+def test_labels_batch_mix_and_rgb_from_shards(tmp_path: Path, backend: str) -> None:
+    write_dataset(tmp_path, backend, 3000)
+    ds = ShardedDataset(tmp_path)
+    pixels, records = synthetic(3000)
+    assert ds.labels().dtype == np.int8 and np.array_equal(ds.labels(), records["label"])
+    batches = list(ds.iter_batches(100, seed=2, epoch=1, batch_mix=(1, 1, 1, 1), channels="rgb", rank=1, world_size=2))
+    order = ReadOrder(3000, ds.unit_samples, 100, seed=2, world_size=2, batch_mix="1:1:1:1",
+                      labels=records["label"]).rank(1, 1)
+    assert len(batches) == 15
+    assert np.array_equal(np.concatenate([r for _, r in batches]), records[order])
+    assert np.array_equal(np.concatenate([p for p, _ in batches]), pixels[order][..., ::-1])
+    assert all(np.array_equal(r["label"], np.repeat([0, 1, -1, -2], 25)) for _, r in batches)
+    with pytest.raises(FacedataError, match="channels must be one of"):
+        ds.iter_batches(100, channels="hsv")
+    with pytest.raises(FacedataError, match="batch_mix"):
+        ds.iter_batches(100, batch_mix="1:1")
+
+
 def test_iter_batches_into_given_buffers_and_private_staging(tmp_path: Path) -> None:
     write_dataset(tmp_path, "lmdb", 3000)
     ds = ShardedDataset(tmp_path)
@@ -217,3 +239,20 @@ def test_units_larger_than_the_shuffle_window(tmp_path: Path, backend: str, bloc
         pq.write_table(pq.read_table(shard), shard, compression="zstd")
         with pytest.raises(FacedataError, match="shard-00000.parquet: row group 0 is not a facedata layout"):
             list(ShardedDataset(tmp_path).iter_batches(3000, seed=6))
+
+
+def test_framework_tests_fail_instead_of_skipping_under_ci(tmp_path: Path) -> None:
+    """`.ci/run` sets FACEDATA_REQUIRE_FRAMEWORKS: a framework test module whose import guard misses its
+    framework must then fail the run, where a developer's run skips it."""
+    assert "export FACEDATA_REQUIRE_FRAMEWORKS=1" in (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    module = tmp_path / "test_needs_framework.py"
+    module.write_text("from conftest import require_framework\n\nrequire_framework('facedata_no_such_framework')\n\n\n"
+                      "def test_uses_it():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k != "FACEDATA_REQUIRE_FRAMEWORKS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)]
+    skipped = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert skipped.returncode == 5 and "1 skipped" in skipped.stdout, skipped.stdout  # 5: no test ran
+    failed = subprocess.run(command, capture_output=True, text=True, env={**env, "FACEDATA_REQUIRE_FRAMEWORKS": "1"},
+                            cwd=tmp_path, timeout=120)
+    assert failed.returncode != 0 and "FACEDATA_REQUIRE_FRAMEWORKS is set" in failed.stdout, failed.stdout

@@ -32,7 +32,6 @@ def shards(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return path
 
 
-
 def mindspore_batches(source: MindSporeBatchSource, **options) -> list[dict[str, np.ndarray]]:
     dataset = source.dataset(num_parallel_workers=1, python_multiprocessing=False, **options)
     return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
