@@ -44,10 +44,11 @@ def unit_local_shuffle(members: np.ndarray, unit_samples: int, rng: np.random.Ge
                        ) -> np.ndarray:
     """`members` (sorted sample indices) shuffled in stratified windows of `window_units` units.
 
-    The members of one unit form a run. With K = round(runs / window_units) windows (so a small dataset
-    is one window, and windows hold 2/3 to 3/2 of `window_units` runs), the runs are cut into strata of K
-    consecutive runs and each stratum's runs are dealt at random, one to each window; the samples of each
-    window are then shuffled.
+    The members of one unit form a run. With K = ceil(runs / window_units) windows (one window when there
+    are at most twice `window_units` runs: two windows' worth fit the reader's stage), the runs are cut
+    into strata of K consecutive runs and each stratum's runs are dealt at random, one to each window; the
+    samples of each window are then shuffled. Any contiguous part of the file then lies in each window to within a unit
+    or two (the part's two edge strata).
     """
     n = len(members)
     if n == 0:
@@ -56,12 +57,15 @@ def unit_local_shuffle(members: np.ndarray, unit_samples: int, rng: np.random.Ge
     cuts = np.flatnonzero(units[1:] != units[:-1]) + 1
     starts = np.concatenate([[0], cuts])
     lengths = np.diff(np.concatenate([starts, [n]]))
-    n_windows = max(1, round(len(starts) / window_units))
+    n_windows = 1 if len(starts) <= 2 * window_units else -(-len(starts) // window_units)
     strata = -(-len(starts) // n_windows)
-    grid = rng.permuted(np.arange(strata * n_windows).reshape(strata, n_windows), axis=1)
+    # The first stratum is the short one: the builds write the landmark samples last, so a short last
+    # stratum would leave some windows one landmark unit short.
+    first = len(starts) - strata * n_windows
+    grid = rng.permuted(np.arange(first, len(starts)).reshape(strata, n_windows), axis=1)
     runs = grid.T.reshape(-1)  # window 0's runs, then window 1's, ...
-    window = np.repeat(np.arange(n_windows), strata)[runs < len(starts)]
-    runs = runs[runs < len(starts)]
+    window = np.repeat(np.arange(n_windows), strata)[runs >= 0]
+    runs = runs[runs >= 0]
     run_lengths = lengths[runs]
     ends = np.cumsum(run_lengths)
     # positions[ends[i-1]:ends[i]] = starts[runs[i]] + arange(run_lengths[i]), without a Python loop.
