@@ -47,8 +47,8 @@ def unit_local_shuffle(members: np.ndarray, unit_samples: int, rng: np.random.Ge
     The members of one unit form a run. With K = ceil(runs / window_units) windows (one window when there
     are at most twice `window_units` runs: two windows' worth fit the reader's stage), the runs are cut
     into strata of K consecutive runs and each stratum's runs are dealt at random, one to each window; the
-    samples of each window are then shuffled. Any contiguous part of the file then lies in each window to within a unit
-    or two (the part's two edge strata).
+    samples of each window are then shuffled. Every window then holds the same share of any contiguous
+    part of the file, to within the two units of that part's edge strata.
     """
     n = len(members)
     if n == 0:
