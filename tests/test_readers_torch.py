@@ -6,14 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_framework
 from shard_fixtures import synthetic, write_dataset
 
-from facedata.readers.order import rank_order
+from facedata.errors import FacedataError
+from facedata.readers.order import ReadOrder
+from facedata.storage import ShardedDataset
 
-torch = pytest.importorskip("torch")
+torch = require_framework("torch")
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler  # noqa: E402
 
-from facedata.readers.torch import ShardIterableDataset, ShardMapDataset  # noqa: E402
+from facedata.readers.torch import ShardIterableDataset, ShardMapDataset, make_loader  # noqa: E402
 
 N = 3000
 
@@ -23,6 +26,11 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("torch_shards")
     write_dataset(path, "lmdb", N)
     return path
+
+
+def rank_order(n: int, unit: int, *, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1
+               ) -> np.ndarray:
+    return ReadOrder(n, unit, 1, seed=seed, world_size=world_size).rank(epoch, rank)
 
 
 def collect(loader: DataLoader) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -154,3 +162,48 @@ def test_ring_slot_is_freed_when_its_last_view_dies(shards: Path) -> None:
     assert np.array_equal(view.numpy(), expected_pixels[2:5])
     del view
     assert ring.flags[0] == 0 and ring.claim(16) is not None
+
+
+def test_labels_are_int64_for_the_losses(shards: Path) -> None:
+    """F.cross_entropy takes int64 class targets; the shards store int8."""
+    _, records = synthetic(N)
+    for batch in (next(iter(make_loader(shards, 64, num_workers=1, seed=0, rank=0, world_size=1))),
+                  next(iter(ShardIterableDataset(shards, 64, rank=0, world_size=1))), ShardMapDataset(shards)[[3, 4]]):
+        assert batch["label"].dtype == torch.int64
+        assert batch["image_index"].dtype == torch.int32  # the other fields keep their stored types
+        assert np.array_equal(batch["label"].numpy(), records["label"][batch["image_index"].numpy()])
+    torch.nn.functional.cross_entropy(torch.zeros(2, 2), batch["label"].clamp(min=0))  # int8 would raise
+
+
+@pytest.mark.parametrize("image_format", ["uint8_hwc", "float_chw"])
+def test_rgb_channels_through_shared_memory_workers(shards: Path, image_format: str) -> None:
+    options = {"seed": 4, "rank": 0, "world_size": 1, "image_format": image_format}
+    bgr = list(make_loader(shards, 200, num_workers=2, **options))
+    rgb = list(make_loader(shards, 200, num_workers=2, channels="rgb", **options))
+    channel = 3 if image_format == "uint8_hwc" else 1
+    for a, b in zip(bgr, rgb, strict=True):
+        assert torch.equal(a["image_index"], b["image_index"])
+        assert torch.equal(a["image"].flip(channel), b["image"])
+    mapped = ShardMapDataset(shards, channels="rgb", image_format=image_format)[rgb[0]["image_index"].tolist()]
+    assert torch.equal(mapped["image"], rgb[0]["image"])
+    with pytest.raises(FacedataError, match="channels must be one of"):
+        ShardIterableDataset(shards, 10, channels="RGB")
+
+
+def test_batch_mix_batches_equal_numpy_for_any_worker_count(shards: Path) -> None:
+    """Exact class counts per batch; the same batches as ShardedDataset.iter_batches, 0 or 2 workers."""
+    options = {"seed": 5, "batch_mix": "3:1:1:2", "drop_last": False}
+    numpy_batches = list(ShardedDataset(shards).iter_batches(256, epoch=1, rank=1, world_size=2, **options))
+    dataset = ShardIterableDataset(shards, 256, rank=1, world_size=2, epoch=1, **options)
+    assert len(dataset) == len(numpy_batches) == 6  # as without a mix: ceil(1500 / 256)
+    counts = [110, 37, 36, 73]
+    for workers in (0, 2):
+        batches = list(DataLoader(dataset, batch_size=None, num_workers=workers))
+        assert len(batches) == len(numpy_batches)
+        for batch, (pixels, records) in zip(batches, numpy_batches, strict=True):
+            assert np.array_equal(batch["image"].numpy(), pixels)
+            assert np.array_equal(batch["image_index"].numpy(), records["image_index"])
+            labels = batch["label"].numpy()
+            assert np.array_equal(labels, np.repeat([0, 1, -1, -2], counts))
+    with pytest.raises(FacedataError, match="batch_mix"):
+        ShardIterableDataset(shards, 256, batch_mix="3:1:1")

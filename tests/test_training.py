@@ -3,7 +3,6 @@ through the DataLoader reader, and one MindSpore epoch runs through GeneratorDat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_framework
 
 from facedata.build import build_dataset
 from facedata.demo import build_demo_corpus
 from facedata.parsers import ingest
+from facedata.readers.order import MIX_LABELS, mix_counts
+from facedata.storage import ShardedDataset
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_pnet_learns_on_the_shards_with_pytorch(shards: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_framework("torch")
     from torch import nn
     from torch.utils.data import DataLoader
 
@@ -62,7 +64,8 @@ def test_tiny_pnet_learns_on_the_shards_with_pytorch(shards: Path) -> None:
     while len(losses) < 300:
         dataset.set_epoch(epoch)
         for batch in DataLoader(dataset, batch_size=None, num_workers=2):
-            image, label = batch["image"], batch["label"].long()
+            image, label = batch["image"], batch["label"]
+            assert label.dtype == torch.int64
             assert image.dtype == torch.float32 and image.shape[1:] == (3, 12, 12)
             assert float(image.abs().max()) <= 1.0
             cls_rows = label >= 0  # pos/neg for classification (parts and landmarks are not)
@@ -83,22 +86,30 @@ def test_tiny_pnet_learns_on_the_shards_with_pytorch(shards: Path) -> None:
     assert last < 0.6 * first, (first, last)
 
 
-# Run in a fresh interpreter: MindSpore's generated protobuf modules clash with onnx's protobuf once
-# another test has imported onnx ("Descriptors cannot be created directly"), and MindSpore can abort
-# at interpreter exit; a subprocess keeps both out of the pytest process.
-_MINDSPORE_EPOCH = r"""
+# Run in a fresh interpreter: MindSpore can abort at interpreter exit, and its protobuf modules must be
+# imported before onnx's (see facedata.readers.mindspore); a subprocess keeps both out of the pytest process.
+_MINDSPORE_TRAIN = r"""
 import json, os, sys
 import numpy as np
-import mindspore as ms
-import mindspore.dataset as ds_module
-from mindspore import nn, ops
 from facedata.readers.mindspore import MindSporeBatchSource
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.train import Callback, Model
 
 ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
 ms.set_seed(0)
-source = MindSporeBatchSource(sys.argv[1], 128, seed=0, image_format="float_chw")
-dataset = ds_module.GeneratorDataset(source, column_names=source.column_names, shuffle=False,
-                                     num_parallel_workers=1, python_multiprocessing=False)
+seen = []
+
+
+class LoggedSource(MindSporeBatchSource):
+    def __getitem__(self, i):
+        columns = super().__getitem__(i)
+        seen.append(columns[self.column_names.index("image_index")])
+        return columns
+
+
+source = LoggedSource(sys.argv[1], 128, seed=0, image_format="float_chw", batch_mix="3:1:1:2")
+dataset = source.dataset(num_parallel_workers=1, python_multiprocessing=False).project(["image", "label"])
 
 
 class TinyNet(nn.Cell):
@@ -118,40 +129,60 @@ class TinyNet(nn.Cell):
         return self.flatten(self.cls(x))
 
 
+class FaceLoss(nn.Cell):
+    # Cross-entropy on negatives and positives only (parts and landmarks carry label -1 / -2).
+
+    def construct(self, logits, label):
+        weight = (label >= 0).astype(ms.float32)
+        per_sample = ops.cross_entropy(logits, ops.maximum(label, 0), reduction="none")
+        return (per_sample * weight).sum() / ops.maximum(weight.sum(), ms.Tensor(1.0, ms.float32))
+
+
+class Losses(Callback):
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def on_train_step_end(self, run_context):
+        self.values.append(float(run_context.original_args().net_outputs.asnumpy()))
+
+
 net = TinyNet()
-optimiser = nn.Adam(net.trainable_params(), learning_rate=3e-3)
-
-
-def forward(image, label, weight):
-    per_sample = ops.cross_entropy(net(image), label, reduction="none")
-    return (per_sample * weight).sum() / ops.maximum(weight.sum(), ms.Tensor(1.0, ms.float32))
-
-
-grad_fn = ms.value_and_grad(forward, None, optimiser.parameters)
-steps = samples = 0
-losses = []
-for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
-    labels = batch["label"].astype(np.int32)
-    weight = (labels >= 0).astype(np.float32)
-    loss, grads = grad_fn(ms.Tensor(batch["image"]), ms.Tensor(np.maximum(labels, 0)), ms.Tensor(weight))
-    optimiser(grads)
-    losses.append(float(loss.asnumpy()))
-    steps += 1
-    samples += len(labels)
-print(json.dumps({"steps": steps, "batches": len(source), "samples": samples, "dataset": len(source.data),
-                  "losses": losses}), flush=True)
+losses = Losses()
+model = Model(net, loss_fn=FaceLoss(), optimizer=nn.Adam(net.trainable_params(), learning_rate=3e-3))
+model.train(2, dataset, callbacks=[losses], dataset_sink_mode=False)
+n = len(source)
+epochs = [np.concatenate(seen[e * n : (e + 1) * n]) for e in range(2)]
+expected = [source.data.read(source.order.rank(e))[1]["image_index"] for e in range(2)]  # image rows
+print(json.dumps({"steps": len(losses.values), "batches": n, "losses": losses.values,
+                  "epochs_follow_the_order": [bool(np.array_equal(epochs[e], expected[e])) for e in range(2)],
+                  "epochs_differ": not np.array_equal(epochs[0], epochs[1])}), flush=True)
 os._exit(0)  # skip MindSpore's interpreter-exit teardown
 """
 
 
-def test_one_mindspore_epoch_trains_on_the_shards(shards: Path) -> None:
-    if importlib.util.find_spec("mindspore") is None:  # not imported here: see above
-        pytest.skip("mindspore is not installed")
+def test_mindspore_model_train_two_epochs_on_the_shards(shards: Path) -> None:
+    """Model.train(2, dataset) over one GeneratorDataset: two epochs, each in its own order, batch_mix on."""
+    require_framework("mindspore", load=False)  # not imported here: see above
     env = {**os.environ, "GLOG_v": "3", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.run([sys.executable, "-c", _MINDSPORE_EPOCH, str(shards)], capture_output=True,
+    env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)  # facedata sets it itself
+    proc = subprocess.run([sys.executable, "-c", _MINDSPORE_TRAIN, str(shards)], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["steps"] == result["batches"] > 1
-    assert result["samples"] == result["dataset"]
+    assert result["steps"] == 2 * result["batches"] > 2
+    assert result["epochs_follow_the_order"] == [True, True] and result["epochs_differ"]
     assert all(np.isfinite(result["losses"]))
+
+
+def test_batch_mix_on_built_shards_leaves_the_dataset_untouched(shards: Path) -> None:
+    """Labels come from the shards' label bytes, in memory: nothing is written into a finished dataset."""
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in shards.iterdir()}
+    ds = ShardedDataset(shards)
+    assert np.array_equal(ds.labels(), ds.read_range(0, len(ds))[1]["label"])
+    counts = mix_counts(64, (3, 1, 1, 2))
+    batches = list(ds.iter_batches(64, seed=1, batch_mix="3:1:1:2"))
+    assert len(batches) == -(-len(ds) // 64)
+    for _, records in batches:
+        assert np.array_equal(records["label"], np.repeat(MIX_LABELS, counts))
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in shards.iterdir()} == before

@@ -1,9 +1,10 @@
-"""Readers over shard directories: the shared order function plus PyTorch and MindSpore adapters.
+"""Readers over shard directories: the shared order (readers/order.py), pixel layout options
+(readers/pixels.py) and the PyTorch and MindSpore adapters.
 
-The frameworks are imported lazily inside `facedata.readers.torch` / `facedata.readers.mindspore`, so
+The frameworks are imported only inside `facedata.readers.torch` / `facedata.readers.mindspore`, so
 importing this package needs neither.
 """
 
-from facedata.readers.order import epoch_order, num_batches, rank_order, rank_size, worker_order
+from facedata.readers.order import ReadOrder, epoch_order, mix_counts, num_batches, parse_batch_mix, rank_size
 
-__all__ = ["epoch_order", "num_batches", "rank_order", "rank_size", "worker_order"]
+__all__ = ["ReadOrder", "epoch_order", "mix_counts", "num_batches", "parse_batch_mix", "rank_size"]

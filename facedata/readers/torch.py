@@ -7,8 +7,10 @@
   collate); `ds[[i, j, ...]]` is a whole batch, so `DataLoader(ds, batch_size=None,
   sampler=BatchSampler(RandomSampler(ds), 256, False))` fetches each batch with one vectorised read.
 
-Samples and batches are dicts: `image` (uint8 HWC, or float32 CHW normalised (x - 127.5) / 128 with
-BGR channel order kept) plus one tensor per record field (`label`, `bbox`, `landmarks`, ...).
+Samples and batches are dicts: `image` (uint8 HWC, or float32 CHW normalised (x - 127.5) / 128; BGR as
+stored, or RGB with `channels="rgb"`) plus one tensor per record field (`bbox`, `landmarks`, ...), with
+`label` as int64, the class-target type of `F.cross_entropy` (the other fields keep their stored types).
+`batch_mix="3:1:1:2"` gives every batch exact neg:pos:part:landmark counts (readers/order.py).
 
 Moving a batch from a worker costs one shared-memory segment per tensor, which dominated loading
 (11 tensors per batch). So by default (`packed=True`) a worker yields a `PackedBatch`: the image plus
@@ -30,29 +32,30 @@ from __future__ import annotations
 import os
 import platform
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from facedata.errors import FacedataError
-from facedata.readers.order import num_batches, rank_size
+from facedata.readers.pixels import check_image_options, to_channels
 from facedata.storage.index import dtype_from_json, dtype_to_json
 from facedata.storage.reader import ShardedDataset
 
-IMAGE_FORMATS = ("uint8_hwc", "float_chw")
 RING_SLOTS = 8  # per worker: covers make_loader's prefetch (4 per worker) with room to spare
 _RING_ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def to_tensors(pixels: np.ndarray, records: np.ndarray, image_format: str) -> dict[str, Any]:
     """A numpy batch as a dict of tensors (shared memory with the arrays where possible)."""
-    batch = {"image": _image_tensor(pixels, image_format)}
-    for name in records.dtype.names:
-        batch[name] = torch.from_numpy(np.ascontiguousarray(records[name]))
-    return batch
+    return {"image": _image_tensor(pixels, image_format), **_record_tensors(records)}
+
+
+def _record_tensors(records: np.ndarray) -> dict[str, torch.Tensor]:
+    """One tensor per record field; `label` widened to int64, what the classification losses take."""
+    return {name: torch.from_numpy(np.ascontiguousarray(records[name], np.int64 if name == "label" else None))
+            for name in records.dtype.names}
 
 
 def _image_tensor(pixels: np.ndarray, image_format: str) -> torch.Tensor:
@@ -104,11 +107,7 @@ def unpack_batch(
         raw = data[pixel_bytes:].numpy()
     else:
         image, raw = data, rows.numpy()
-    records = raw.view(dtype)
-    batch = {"image": image}
-    for name in dtype.names:
-        batch[name] = torch.from_numpy(np.ascontiguousarray(records[name]))
-    return batch
+    return {"image": image, **_record_tensors(raw.view(dtype))}
 
 
 class _Ring:
@@ -168,11 +167,6 @@ def _free_slot(flags: np.ndarray, slot: int) -> None:
     flags[slot] = 0
 
 
-def _check_format(image_format: str) -> None:
-    if image_format not in IMAGE_FORMATS:
-        raise FacedataError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
-
-
 def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Explicit values, else torch.distributed when initialised, else env RANK/WORLD_SIZE, else (0, 1)."""
     if rank is not None and world_size is not None:
@@ -187,6 +181,8 @@ def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int
 class ShardIterableDataset(IterableDataset):
     """Shuffled, rank- and worker-split batches of one epoch; call `set_epoch(e)` before each epoch.
 
+    `batch_mix` ("3:1:1:2"): exact class counts per batch; `channels="rgb"`: RGB instead of the stored BGR.
+
     `packed=True`: inside DataLoader workers, yield `PackedBatch`es or `RingBatch`es (received as dicts,
     see the module doc); a custom `collate_fn` then sees those objects (call `.unpack()`), or pass
     packed=False.
@@ -195,9 +191,10 @@ class ShardIterableDataset(IterableDataset):
     def __init__(
         self, path: str | os.PathLike[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
         image_format: str = "uint8_hwc", rank: int | None = None, world_size: int | None = None,
-        drop_last: bool = False, epoch: int = 0, packed: bool = True,
+        drop_last: bool = False, epoch: int = 0, packed: bool = True, batch_mix: str | Sequence[float] | None = None,
+        channels: str = "bgr",
     ) -> None:
-        _check_format(image_format)
+        check_image_options(image_format, channels)
         self.data = ShardedDataset(path)
         self.batch_size = batch_size
         self.seed = seed
@@ -207,6 +204,12 @@ class ShardIterableDataset(IterableDataset):
         self.drop_last = drop_last
         self.epoch = epoch
         self.packed = packed
+        self.batch_mix = batch_mix
+        self.channels = channels
+        # Built here so that a bad batch_mix fails now, not in a worker; it also reads the labels once
+        # before the workers fork.
+        self.order = self.data.read_order(batch_size, seed=seed, shuffle=shuffle, world_size=self.world_size,
+                                          drop_last=drop_last, batch_mix=batch_mix)
 
     def set_epoch(self, epoch: int) -> None:
         """Takes effect in workers started afterwards (not with persistent_workers=True)."""
@@ -214,8 +217,7 @@ class ShardIterableDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (over all workers)."""
-        per_rank = rank_size(len(self.data), self.world_size, self.drop_last)
-        return num_batches(per_rank, self.batch_size, self.drop_last)
+        return self.order.batches
 
     def __iter__(self) -> Iterator[dict[str, Any] | PackedBatch | RingBatch]:
         info = get_worker_info()
@@ -234,7 +236,7 @@ class ShardIterableDataset(IterableDataset):
         for pixels, records in self.data.iter_batches(
             self.batch_size, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle, rank=self.rank,
             world_size=self.world_size, worker=worker, num_workers=num_workers, drop_last=self.drop_last,
-            out=allocate if into_shared else None,
+            batch_mix=self.batch_mix, channels=self.channels, out=allocate if into_shared else None,
         ):
             if packed:
                 yield packed.pop()
@@ -262,10 +264,12 @@ def make_loader(
 class ShardMapDataset(Dataset):
     """Random access: an int gives one sample, a list/array of ints gives a batch (one vectorised read)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, image_format: str = "uint8_hwc") -> None:
-        _check_format(image_format)
+    def __init__(self, path: str | os.PathLike[str], *, image_format: str = "uint8_hwc", channels: str = "bgr"
+                 ) -> None:
+        check_image_options(image_format, channels)
         self.data = ShardedDataset(path)
         self.image_format = image_format
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.data)
@@ -274,6 +278,10 @@ class ShardMapDataset(Dataset):
         if isinstance(index, int | np.integer):
             if not -len(self.data) <= index < len(self.data):
                 raise IndexError(index)
-            batch = to_tensors(*self.data.read(np.array([index % len(self.data)])), self.image_format)
+            batch = self._read(np.array([index % len(self.data)]))
             return {name: value[0] for name, value in batch.items()}
-        return to_tensors(*self.data.read(np.asarray(index, dtype=np.int64)), self.image_format)
+        return self._read(np.asarray(index, dtype=np.int64))
+
+    def _read(self, indices: np.ndarray) -> dict[str, Any]:
+        pixels, records = self.data.read(indices)
+        return to_tensors(to_channels(pixels, self.channels), records, self.image_format)

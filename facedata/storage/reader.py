@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import partial
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.readers.order import WINDOW_SAMPLES, worker_order
+from facedata.readers.order import WINDOW_SAMPLES, ReadOrder
+from facedata.readers.pixels import check_channels, to_channels
 from facedata.storage.base import BACKENDS, Backend, ShardSchema, ShardSource
 from facedata.storage.index import dtype_from_json, load_index
 
@@ -46,6 +47,7 @@ class ShardedDataset:
         # Stage slots for two shuffle windows plus stragglers, when units are small enough to share one.
         small = self.unit_samples < WINDOW_SAMPLES
         self._stage_slots = 2 * (WINDOW_SAMPLES // self.unit_samples) + 2 if small else 0
+        self._labels: np.ndarray | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -189,20 +191,48 @@ class ShardedDataset:
             finally:
                 self._pending.clear()
 
+    def labels(self) -> np.ndarray:
+        """Every sample's label (int8), read from the label bytes of the shards only (never the pixels);
+        kept for the life of this object (its process), never written anywhere."""
+        if self._labels is None:
+            parts = []
+            for entry in self.index["shards"]:
+                source = self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]))
+                try:
+                    parts.append(np.asarray(source.labels(), np.int8))
+                finally:
+                    source.close()
+            labels = np.concatenate(parts) if parts else np.zeros(0, np.int8)
+            if len(labels) != self._n:
+                raise FacedataError(f"{self.path}: the shards hold {len(labels)} labels, index.json says {self._n}")
+            self._labels = labels
+        return self._labels
+
+    def read_order(
+        self, batch_size: int, *, seed: int = 0, shuffle: bool = True, world_size: int = 1, drop_last: bool = False,
+        batch_mix: str | Sequence[float] | None = None,
+    ) -> ReadOrder:
+        """The shared reader order over this dataset (readers/order.py); a `batch_mix` reads the labels."""
+        return ReadOrder(self._n, self.unit_samples, batch_size, seed=seed, shuffle=shuffle, world_size=world_size,
+                         drop_last=drop_last, batch_mix=batch_mix,
+                         labels=None if batch_mix is None else self.labels())
+
     def iter_batches(
         self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True, rank: int = 0,
         world_size: int = 1, worker: int = 0, num_workers: int = 1, drop_last: bool = False,
-        out: Allocator | None = None,
+        batch_mix: str | Sequence[float] | None = None, channels: str = "bgr", out: Allocator | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """This (rank, worker)'s batches of one epoch, in the shared reader order (readers/order.py).
 
-        `out(n)` may supply each batch's (pixels, records) arrays (e.g. views of one shared buffer).
+        `batch_mix="3:1:1:2"` (neg:pos:part:landmark) gives every batch exact class counts, classes in
+        that order; `channels="rgb"` reverses the stored BGR channels. `out(n)` may supply each batch's
+        (pixels, records) arrays (e.g. views of one shared buffer).
         """
-        order = worker_order(
-            self._n, self.unit_samples, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
-            rank=rank, world_size=world_size, worker=worker, num_workers=num_workers, drop_last=drop_last,
-        )
-        return self.iter_order(order, batch_size, out)
+        check_channels(channels)
+        order = self.read_order(batch_size, seed=seed, shuffle=shuffle, world_size=world_size, drop_last=drop_last,
+                                batch_mix=batch_mix).worker(epoch, rank, worker, num_workers)
+        batches = self.iter_order(order, batch_size, out)
+        return batches if channels == "bgr" else ((to_channels(p, channels), r) for p, r in batches)
 
 
 class _Stage:
