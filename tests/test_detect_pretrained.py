@@ -13,11 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import require_framework
 from onnx_models import FACENET_CONTRACT, facenet_mtcnn, facenet_weights_dir
 
 from facedata.detect import Cascade, CascadeConfig, ModelContract
 
-pytest.importorskip("torch", reason="torch is needed to export the pretrained MTCNN (extra: torch)")
+require_framework("torch")  # exports the pretrained MTCNN to ONNX
+require_framework("facenet_pytorch", load=False)  # its weight files (extra: bench; make installs it)
 if facenet_weights_dir() is None:
     pytest.skip("facenet-pytorch (the `bench` extra: pip install --no-deps facenet-pytorch) is not installed",
                 allow_module_level=True)
