@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -18,6 +23,7 @@ from facedata.paths import sha256_file
 from facedata.samples import SAMPLE_DTYPE
 from facedata.storage import BACKENDS, DatasetWriter, ShardedDataset, verify_dataset
 from facedata.storage.index import dtype_from_json, dtype_to_json
+from facedata.storage.reader import _rows, _take
 
 BACKEND_NAMES = ["lmdb", "parquet"]
 N = 3000  # 2 full shards of 1024 + a partial one
@@ -215,15 +221,24 @@ def test_parquet_column_chunks_are_one_plain_page(tmp_path: Path) -> None:
     assert image.total_compressed_size - row_group.num_rows * 432 < 64  # the values behind one page header
 
 
+def _rewrite_parquet_shards(directory: Path, shards: list[int] | None = None, **options: Any) -> None:
+    """Rewrite shards with pyarrow's own writer (`options` as pq.write_table's) and record the new files
+    in index.json, as a user converting a dataset with another tool would."""
+    index = json.loads((directory / "index.json").read_text())
+    for k, entry in enumerate(index["shards"]):
+        if shards is None or k in shards:
+            path = directory / entry["file"]
+            pq.write_table(pq.read_table(path), path, **options)
+            entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    (directory / "index.json").write_text(json.dumps(index))
+
+
 @pytest.mark.parametrize("options", [{"data_page_size": 4096}, {"data_page_size": 4096, "data_page_version": "2.0"}])
 def test_parquet_raw_reader_reads_other_page_layouts(tmp_path: Path, options: dict) -> None:
     """Shards rewritten by pyarrow with many small pages (v1 or v2 headers) read back the same."""
     index = write_dataset(tmp_path, "parquet", N)
-    for entry in index["shards"]:
-        path = tmp_path / entry["file"]
-        table = pq.read_table(path)
-        pq.write_table(table, path, row_group_size=index["unit_samples"], compression="none", use_dictionary=False,
-                       **options)
+    _rewrite_parquet_shards(tmp_path, row_group_size=index["unit_samples"], compression="none",
+                            use_dictionary=False, **options)
     pixels, records = synthetic(N)
     got_pixels, got_records = ShardedDataset(tmp_path).read_range(0, N)
     assert np.array_equal(got_pixels, pixels) and np.array_equal(got_records, records)
@@ -231,8 +246,7 @@ def test_parquet_raw_reader_reads_other_page_layouts(tmp_path: Path, options: di
 
 def test_parquet_raw_reader_rejects_compressed_pages(tmp_path: Path) -> None:
     write_dataset(tmp_path, "parquet", N)
-    path = tmp_path / "shard-00001.parquet"
-    pq.write_table(pq.read_table(path), path, compression="zstd")
+    _rewrite_parquet_shards(tmp_path, [1], compression="zstd")
     ds = ShardedDataset(tmp_path)
     assert ds.read(np.array([5]))[1]["image_index"].tolist() == [5]
     with pytest.raises(FacedataError, match="shard-00001.parquet: row group 0 is not a facedata layout"):
@@ -302,3 +316,88 @@ def test_cli_verify_and_inspect(tmp_path: Path) -> None:
     empty.mkdir()
     missing = runner.invoke(main, ["inspect", str(empty)])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def _edit_index(directory: Path, edit: Callable[[dict], None]) -> None:
+    index = json.loads((directory / "index.json").read_text())
+    edit(index)
+    (directory / "index.json").write_text(json.dumps(index))
+
+
+def _one_more_sample(index: dict) -> None:
+    index["shards"][-1]["samples"] += 1
+    index["samples"] += 1
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_gather_past_a_short_unit_raises_instead_of_clipping(tmp_path: Path, backend: str) -> None:
+    """The index claims one sample more than the last shard holds: reading it must not return sample 2999."""
+    write_dataset(tmp_path, backend, N)
+    _edit_index(tmp_path, _one_more_sample)
+    ds = ShardedDataset(tmp_path)
+    assert ds.read(np.array([5, 2000]))[1]["image_index"].tolist() == [5, 2000]
+    for indices in ([N], [N, 5], [2999, 2000]):  # from the unit itself, or through the stage
+        with pytest.raises(FacedataError, match=rf"shard-00002.{backend}: unit \d+ holds \d+ samples, index.json"):
+            ShardedDataset(tmp_path).read(np.array(indices))
+
+
+def test_gather_checks_its_bounds() -> None:
+    pixels, records = synthetic(10)
+    out_pixels, out_records = np.empty_like(pixels[:2]), np.empty_like(records[:2])
+    _take(pixels, _rows(records), np.array([9, 0]), out_pixels, out_records)
+    assert out_records["image_index"].tolist() == [9, 0]
+    for where in ([10, 0], [0, -1]):
+        with pytest.raises(FacedataError, match=r"out of range \[0, 10\)"):
+            _take(pixels, _rows(records), np.array(where), out_pixels, out_records)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_index_counts_must_add_up(tmp_path: Path, backend: str) -> None:
+    write_dataset(tmp_path, backend, N)
+    _edit_index(tmp_path, lambda index: index.__setitem__("samples", N + 1))
+    with pytest.raises(FacedataError, match="its shards hold 3000 samples but it says 3001"):
+        ShardedDataset(tmp_path)
+    _edit_index(tmp_path, lambda index: index["shards"][0].__setitem__("samples", 1000))
+    with pytest.raises(FacedataError, match=f"shard-00000.{backend}: index.json lists 1000 samples, expected 1024"):
+        ShardedDataset(tmp_path)
+
+
+_READ_ALL = "import sys; from facedata.storage import ShardedDataset; ds = ShardedDataset(sys.argv[1]); " \
+            "ds.read_range(0, len(ds)); print('read', len(ds))"
+
+
+def _read_all_in_subprocess(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _READ_ALL, str(directory)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_truncated_or_missing_shard_is_an_error_not_a_crash(tmp_path: Path, backend: str) -> None:
+    """A reader in a fresh process gets a one-line error naming the shard and both sizes (never SIGBUS)."""
+    write_dataset(tmp_path, backend, N)
+    shard = tmp_path / f"shard-00001.{backend}"
+    size = shard.stat().st_size
+    os.truncate(shard, size // 2)
+    done = _read_all_in_subprocess(tmp_path)
+    assert done.returncode == 1, (done.returncode, done.stderr)  # negative: killed by a signal
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"facedata.errors.FacedataError: {shard}: truncated: {size // 2:,} bytes on disk, "
+                    f"index.json says {size:,} (run `facedata verify {tmp_path}`)")
+    shard.unlink()
+    done = _read_all_in_subprocess(tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().endswith(f"{shard}: shard listed in index.json is missing")
+
+
+def test_truncated_lmdb_shard_recorded_in_the_index_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """Even when index.json agrees with the cut file (re-hashed), LMDB's own page count exposes it."""
+    write_dataset(tmp_path, "lmdb", N)
+    shard = tmp_path / "shard-00001.lmdb"
+    os.truncate(shard, shard.stat().st_size // 2)
+
+    def record_cut(index: dict) -> None:
+        index["shards"][1].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+
+    _edit_index(tmp_path, record_cut)
+    done = _read_all_in_subprocess(tmp_path)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert f"{shard}: truncated LMDB shard: its pages need 610,304 bytes, the file has 305,152" in done.stderr

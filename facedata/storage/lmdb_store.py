@@ -111,11 +111,28 @@ def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
     try:
         env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, max_spare_txns=1,
                         max_dbs=2)
+    except lmdb.Error as exc:
+        raise FacedataError(f"{path}: cannot open LMDB shard ({exc})") from None
+    try:
+        _check_extent(path, env)  # before open_db: the main DB's root page is the last page of the file
         blocks_db = env.open_db(b"blocks", create=False)
     except lmdb.Error as exc:
-        raise FacedataError(f"{path.name}: cannot open LMDB shard ({exc})") from None
+        env.close()
+        raise FacedataError(f"{path}: cannot open LMDB shard ({exc})") from None
+    except FacedataError:
+        env.close()
+        raise
     _OPEN[key] = (os.getpid(), env, blocks_db, 1)
     return env, blocks_db
+
+
+def _check_extent(path: Path, env: lmdb.Environment) -> None:
+    """The pages the meta page says are in use must lie inside the file: a page past the end of a
+    memory-mapped file is a SIGBUS on first touch, not an error."""
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = path.stat().st_size
+    if size < used:
+        raise FacedataError(f"{path}: truncated LMDB shard: its pages need {used:,} bytes, the file has {size:,}")
 
 
 def _release(path: Path) -> None:

@@ -4,6 +4,11 @@ Shard handles are opened lazily and re-opened whenever the process id changes, s
 before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are grouped by unit
 (block / row group): each batch is one np.take per array, from its unit when it has only one, else from
 a stage that holds the small units of the current shuffle windows, else unit by unit.
+
+The index is trusted only as far as it is checked: every shard's size is compared with index.json on
+open (a truncated memory-mapped shard would kill the process with SIGBUS on first touch), every unit's
+row count with what the index implies, and every gather is bounds-checked (a clipped gather would
+silently return a neighbouring sample).
 """
 
 from __future__ import annotations
@@ -41,12 +46,40 @@ class ShardedDataset:
         self.unit_samples = self.schema.unit_samples
         self._units_per_shard = self.schema.samples_per_shard // self.unit_samples
         self._n = int(self.index["samples"])
+        self._check_shard_counts()
+        for entry in self.index["shards"]:
+            self._check_shard_file(entry)
         unit_bytes = self.unit_samples * self.schema.bytes_per_sample
         self._cache_units = max(4, min(4096, self.backend.cache_bytes // unit_bytes))
         # Stage slots for two shuffle windows plus stragglers, when units are small enough to share one.
         small = self.unit_samples < WINDOW_SAMPLES
         self._stage_slots = 2 * (WINDOW_SAMPLES // self.unit_samples) + 2 if small else 0
         self._reset()
+
+    def _check_shard_counts(self) -> None:
+        """Shard k must hold samples [kM, (k+1)M): all shards full but the last, summing to `samples`."""
+        shards = self.index["shards"]
+        for k, entry in enumerate(shards):
+            samples = int(entry["samples"])
+            full = k < len(shards) - 1
+            if samples > self.schema.samples_per_shard or (full and samples != self.schema.samples_per_shard):
+                raise FacedataError(f"{self.path / entry['file']}: index.json lists {samples} samples, expected "
+                                    f"{'' if full else 'at most '}{self.schema.samples_per_shard} per shard")
+        listed = sum(int(entry["samples"]) for entry in shards)
+        if listed != self._n:
+            raise FacedataError(f"{self.path / 'index.json'}: its shards hold {listed} samples but it says {self._n}")
+
+    def _check_shard_file(self, entry: dict) -> None:
+        """The shard exists with the size index.json records (checked before anything maps it)."""
+        file = self.path / entry["file"]
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise FacedataError(f"{file}: shard listed in index.json is missing") from None
+        if size != entry["bytes"]:
+            state = "truncated" if size < entry["bytes"] else "longer than recorded"
+            raise FacedataError(f"{file}: {state}: {size:,} bytes on disk, index.json says {entry['bytes']:,} "
+                                f"(run `facedata verify {self.path}`)")
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -78,10 +111,19 @@ class ShardedDataset:
             return cached
         pending = self._pending.pop(unit, None)
         data = pending.result() if pending is not None else self._read_unit(unit)()
+        self._check_unit(unit, data[1])
         self._cache[unit] = data
         if len(self._cache) > self._cache_units:
             self._cache.popitem(last=False)
         return data
+
+    def _check_unit(self, unit: int, records: np.ndarray) -> None:
+        """A unit must hold exactly the rows the index implies, or gathers would index the wrong samples."""
+        expected = min(self.unit_samples, self._n - unit * self.unit_samples)
+        if len(records) != expected:
+            shard, local = divmod(unit, self._units_per_shard)
+            raise FacedataError(f"{self.path / self.index['shards'][shard]['file']}: unit {local} holds "
+                                f"{len(records)} samples, index.json implies {expected}")
 
     def _read_unit(self, unit: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """A call that reads `unit` from its shard (opened here, in the calling thread)."""
@@ -91,6 +133,7 @@ class ShardedDataset:
             if shard >= len(self.index["shards"]):
                 raise FacedataError(f"{self.path}: unit {unit} is past the last shard")
             entry = self.index["shards"][shard]
+            self._check_shard_file(entry)  # again: the file may have changed since __init__
             source = self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]))
             self._sources[shard] = source
         return partial(source.read_unit, local)
@@ -244,6 +287,10 @@ class _Stage:
 
 def _take(source_pixels: np.ndarray, source_rows: np.ndarray, where: np.ndarray, pixels: np.ndarray,
           records: np.ndarray) -> None:
+    """Gather rows `where`; out of range is an error, checked here because np.take with `out` and
+    mode="raise" would buffer the whole output (the unchecked gather is "clip", never reached out of range)."""
+    if len(where) and (int(where.min()) < 0 or int(where.max()) >= min(len(source_rows), len(source_pixels))):
+        raise FacedataError(f"gather index out of range [0, {len(source_rows)}): the index and a shard disagree")
     np.take(source_rows, where, out=_rows(records), mode="clip")
     np.take(source_pixels, where, axis=0, out=pixels, mode="clip")
 
