@@ -233,24 +233,58 @@ def _rewrite_parquet_shards(directory: Path, shards: list[int] | None = None, **
     (directory / "index.json").write_text(json.dumps(index))
 
 
-@pytest.mark.parametrize("options", [{"data_page_size": 4096}, {"data_page_size": 4096, "data_page_version": "2.0"}])
-def test_parquet_raw_reader_reads_other_page_layouts(tmp_path: Path, options: dict) -> None:
-    """Shards rewritten by pyarrow with many small pages (v1 or v2 headers) read back the same."""
-    index = write_dataset(tmp_path, "parquet", N)
-    _rewrite_parquet_shards(tmp_path, row_group_size=index["unit_samples"], compression="none",
-                            use_dictionary=False, **options)
+PYARROW_LAYOUTS = {
+    "many plain pages v1": dict(data_page_size=4096, compression="none", use_dictionary=False),
+    "many plain pages v2": dict(data_page_size=4096, data_page_version="2.0", compression="none",
+                                use_dictionary=False),
+    "zstd": dict(compression="zstd"),
+    "dictionary pages": dict(compression="none", use_dictionary=True),
+    "snappy, many pages, v2": dict(compression="snappy", data_page_size=4096, data_page_version="2.0"),
+    "other row groups": dict(compression="none", use_dictionary=False, row_group_size=300),
+    "other row groups, gzip, dictionary": dict(compression="gzip", use_dictionary=True, row_group_size=700),
+}
+
+
+@pytest.mark.parametrize("layout", PYARROW_LAYOUTS)
+def test_parquet_shards_rewritten_by_pyarrow_read_the_same(tmp_path: Path, layout: str) -> None:
+    """Any valid Parquet encoding of the schema reads: the raw path falls back to pyarrow when it must."""
+    index = write_dataset(tmp_path, "parquet", N, shard_samples=2048, block_samples=256)
+    assert index["unit_samples"] == 2048
+    _rewrite_parquet_shards(tmp_path, **{"row_group_size": 2048, **PYARROW_LAYOUTS[layout]})
     pixels, records = synthetic(N)
-    got_pixels, got_records = ShardedDataset(tmp_path).read_range(0, N)
-    assert np.array_equal(got_pixels, pixels) and np.array_equal(got_records, records)
-
-
-def test_parquet_raw_reader_rejects_compressed_pages(tmp_path: Path) -> None:
-    write_dataset(tmp_path, "parquet", N)
-    _rewrite_parquet_shards(tmp_path, [1], compression="zstd")
     ds = ShardedDataset(tmp_path)
-    assert ds.read(np.array([5]))[1]["image_index"].tolist() == [5]
-    with pytest.raises(FacedataError, match="shard-00001.parquet: row group 0 is not a facedata layout"):
-        ds.read(np.array([1500]))
+    got_pixels, got_records = ds.read_range(0, N)
+    assert np.array_equal(got_pixels, pixels) and np.array_equal(got_records, records)
+    order = np.concatenate([b[1]["image_index"] for b in ds.iter_batches(500, seed=3)])
+    assert np.array_equal(np.sort(order), np.arange(N))
+    assert verify_dataset(tmp_path) == []
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_bool_record_field(tmp_path: Path, backend: str) -> None:
+    dtype = np.dtype([("label", "i1"), ("flipped", "?"), ("point", "<f4", (2,))])
+    records = np.zeros(700, dtype)
+    records["label"] = np.arange(700) % 3
+    records["flipped"] = np.arange(700) % 7 == 0
+    records["point"] = np.arange(1400).reshape(700, 2) / 8
+    pixels = np.arange(700 * 12, dtype=np.uint32).astype(np.uint8).reshape(700, 2, 2, 3)
+    with DatasetWriter(tmp_path, backend=backend, image_shape=(2, 2, 3), record_dtype=dtype, provenance={},
+                       block_samples=64) as writer:
+        writer.add(pixels, records)
+        writer.close()
+    got_pixels, got_records = ShardedDataset(tmp_path).read(np.arange(699, -1, -1))
+    assert np.array_equal(got_pixels, pixels[::-1]) and np.array_equal(got_records, records[::-1])
+
+
+def test_parquet_with_other_columns_is_refused(tmp_path: Path) -> None:
+    write_dataset(tmp_path, "parquet", N)
+    path = tmp_path / "shard-00001.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(1, "label", table.column("label").cast(pa.int32())), path)
+    _rewrite_parquet_shards(tmp_path, [1])  # records the new bytes
+    with pytest.raises(FacedataError, match=r"shard-00001.parquet: Parquet column 1 is label: int32, "
+                                            r"the index's schema needs label: int8 not null"):
+        ShardedDataset(tmp_path).read(np.array([1500]))
 
 
 def _read_in_child(path: str) -> list[int]:

@@ -6,12 +6,15 @@ MB uncompressed, and divide the shard exactly so a global unit number maps to (s
 compression, no dictionary encoding, statistics only on scalar record columns, one data page per column
 chunk: raw crops barely compress, and so every column chunk is its PLAIN values behind one page header.
 The reader exploits that: it parses the page headers itself and takes the values straight from the
-memory-mapped file (the image column zero-copy), instead of pyarrow's decode of every row group.
+memory-mapped file (the image column zero-copy), instead of pyarrow's decode of every row group. Any
+other valid layout of the same schema (compressed or dictionary pages, BOOLEAN fields, files rewritten
+by other tools) is read through pyarrow instead, row group by row group.
 """
 
 from __future__ import annotations
 
 import mmap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +111,17 @@ class ParquetSource:
                 self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise FacedataError(f"{path.name}: cannot open Parquet shard ({exc})") from None
-        leaves = [self.file.schema.column(i) for i in range(len(self.file.schema))]
-        if [leaf.path.split(".")[0] for leaf in leaves] != ["image", *schema.record_dtype.names]:
-            raise FacedataError(f"{path.name}: columns {[leaf.path for leaf in leaves]} differ from the index")
-        self.columns = [_layout(leaf) for leaf in leaves]
+        self.columns = [_layout(self.file.schema.column(i)) for i in range(len(self.file.schema))]
+        _check_columns(path, self.file.schema_arrow, arrow_schema(schema))
+        self._arrow_lock = threading.Lock()  # pyarrow reads of one ParquetFile from two threads are not safe
+        rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self._group_starts = np.cumsum([0, *rows])
+        # Row groups of other sizes (a file rewritten by another tool) are read as row ranges through pyarrow.
+        self._aligned = all(r == schema.unit_samples for r in rows[:-1])
 
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._aligned:
+            return self._read_unit_arrow(unit)
         if unit >= self.file.num_row_groups:
             raise FacedataError(f"{self.path.name}: row group {unit} is missing")
         row_group = self.file.metadata.row_group(unit)
@@ -124,9 +132,36 @@ class ParquetSource:
             fields = [records[name] for name in self.schema.record_dtype.names]
             columns = [self._values(row_group, i, f.size).reshape(f.shape) for i, f in enumerate(fields, start=1)]
             _interleave(fields, columns)
-        except (IndexError, KeyError, TypeError, ValueError, RecursionError) as exc:
-            raise FacedataError(f"{self.path.name}: row group {unit} is not a facedata layout ({exc})") from None
+        except (IndexError, KeyError, TypeError, ValueError, RecursionError):
+            return self._read_unit_arrow(unit)  # a layout the raw path does not know (or a damaged one)
         return pixels.reshape((n, *self.schema.image_shape)), records
+
+    def _read_unit_arrow(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unit `unit` decoded by pyarrow: slower, but any valid encoding of the schema and any row groups."""
+        rows = int(self._group_starts[-1])
+        lo = unit * self.schema.unit_samples
+        hi = min(lo + self.schema.unit_samples, rows)
+        if lo >= hi:
+            raise FacedataError(f"{self.path}: unit {unit} starts at row {lo}, past the file's {rows} rows")
+        first = int(np.searchsorted(self._group_starts, lo, side="right")) - 1
+        last = int(np.searchsorted(self._group_starts, hi, side="left")) - 1
+        try:
+            with self._arrow_lock:
+                table = self.file.read_row_groups(list(range(first, last + 1)))
+            table = table.slice(lo - int(self._group_starts[first]), hi - lo)
+            records = np.empty(table.num_rows, self.schema.record_dtype)
+            if any(column.null_count for column in table.columns):
+                raise ValueError("null values in a facedata column")
+            for name in self.schema.record_dtype.names:
+                column = table.column(name).combine_chunks()
+                values = column.flatten() if pa.types.is_fixed_size_list(column.type) else column
+                records[name] = values.to_numpy(zero_copy_only=False).reshape(records[name].shape)
+            image = table.column("image").combine_chunks()
+            pixels = np.frombuffer(image.buffers()[1], np.uint8, table.num_rows * self.schema.image_bytes,
+                                   image.offset * self.schema.image_bytes)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise FacedataError(f"{self.path}: rows {lo}..{hi - 1} (unit {unit}) are unreadable ({exc})") from None
+        return pixels.reshape((table.num_rows, *self.schema.image_shape)), records
 
     def _values(self, row_group: pq.RowGroupMetaData, i: int, count: int) -> np.ndarray:
         """Column i's `count` values: a view of the file when it has one data page, else the pages joined."""
@@ -173,6 +208,23 @@ class ParquetSource:
     def close(self) -> None:
         """The map itself closes once no unit array views it any more."""
         self.file.close()
+
+
+def _check_columns(path: Path, got: pa.Schema, expected: pa.Schema) -> None:
+    """The file's columns must be the index's: same names, order, types and non-nullability."""
+    for k in range(max(len(got), len(expected))):
+        have = _describe(got.field(k)) if k < len(got) else "absent"
+        want = _describe(expected.field(k)) if k < len(expected) else "absent"
+        if have != want:
+            raise FacedataError(f"{path}: Parquet column {k} is {have}, the index's schema needs {want}")
+
+
+def _describe(field: pa.Field) -> str:
+    """Name, type and nullability; a list's element field name is left out (writers call it item or element)."""
+    kind = field.type
+    if pa.types.is_fixed_size_list(kind):
+        kind = f"fixed_size_list<{kind.value_type}>[{kind.list_size}]"
+    return f"{field.name}: {kind}{'' if field.nullable else ' not null'}"
 
 
 def _interleave(fields: list[np.ndarray], columns: list[np.ndarray]) -> None:
