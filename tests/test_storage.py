@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -138,30 +139,39 @@ def test_resume_drops_corrupt_shards_and_rejects_other_inputs(tmp_path: Path) ->
     assert fresh.samples_done == 0 and not list(tmp_path.glob("shard-*"))
 
 
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
-def test_verify_reports_flipped_byte_and_missing_shard(tmp_path: Path, backend: str) -> None:
-    write_dataset(tmp_path, backend, N)
-    name = f"shard-00001.{backend}"
-    with open(tmp_path / name, "r+b") as fh:
+def _flip_byte(directory: Path, name: str) -> None:
+    with open(directory / name, "r+b") as fh:
         fh.seek(20000)
         byte = fh.read(1)
         fh.seek(20000)
         fh.write(bytes([byte[0] ^ 0x01]))
-    problems = verify_dataset(tmp_path)
-    assert f"{name}: sha256 mismatch" in problems
-    assert all(p.startswith(name) for p in problems)
-    (tmp_path / f"shard-00002.{backend}").unlink()
-    assert f"shard-00002.{backend}: missing" in verify_dataset(tmp_path)
 
 
-def test_verify_reports_count_mismatch(tmp_path: Path) -> None:
-    write_dataset(tmp_path, "parquet", N)
-    index = json.loads((tmp_path / "index.json").read_text())
-    index["shards"][2]["samples"] += 1
-    (tmp_path / "index.json").write_text(json.dumps(index))
-    problems = verify_dataset(tmp_path)
-    assert any(p.startswith("shard-00002.parquet: holds 952 samples, index says 953") for p in problems)
-    assert any(p.startswith("index.json: shards hold 3001") for p in problems)
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> None:
+    clean = tmp_path / "clean"
+    write_dataset(clean, backend, N)
+    one, two = f"shard-00001.{backend}", f"shard-00002.{backend}"
+    size = (clean / one).stat().st_size
+    faults: dict[str, tuple[Callable[[Path], None], str]] = {
+        "flipped byte": (lambda d: _flip_byte(d, one),
+                         f"{one}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)"),
+        "truncated": (lambda d: os.truncate(d / one, 5000),
+                      f"{one}: truncated: 5,000 bytes on disk, index.json says {size:,}"),
+        "missing": (lambda d: (d / two).unlink(), f"{two}: missing (listed in index.json)"),
+        "index total": (lambda d: _edit_index(d, lambda index: index.__setitem__("samples", N + 5)),
+                        "index.json: says 3005 samples but its shards list 3000"),
+        "shard count": (lambda d: _edit_index(d, lambda index: index["shards"][2].__setitem__("samples", 953)),
+                        f"{two}: holds 952 samples, index.json says 953"),
+        "unlisted shard": (lambda d: shutil.copy(d / one, d / f"shard-00003.{backend}"),
+                           f"shard-00003.{backend}: shard file not listed in index.json"),
+    }
+    assert verify_dataset(clean) == []
+    for fault, (damage, line) in faults.items():
+        damaged = tmp_path / fault.replace(" ", "_")
+        shutil.copytree(clean, damaged)
+        damage(damaged)
+        assert verify_dataset(damaged) == [line], fault
 
 
 def test_index_cannot_point_outside_the_directory(tmp_path: Path) -> None:
@@ -346,6 +356,10 @@ def test_cli_verify_and_inspect(tmp_path: Path) -> None:
         fh.write(b"\x00\x01")
     result = runner.invoke(main, ["verify", str(tmp_path)])
     assert result.exit_code == 1 and "shard-00000.lmdb: sha256 mismatch" in result.output
+    os.truncate(tmp_path / "shard-00000.lmdb", 4096)
+    result = runner.invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and result.output.splitlines()[0] == (
+        "shard-00000.lmdb: truncated: 4,096 bytes on disk, index.json says 610,304")
     empty = tmp_path / "empty"
     empty.mkdir()
     missing = runner.invoke(main, ["inspect", str(empty)])
