@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import mmap
 import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from facedata.paths import sha256_file
 from facedata.samples import SAMPLE_DTYPE
 from facedata.storage import BACKENDS, DatasetWriter, ShardedDataset, verify_dataset
 from facedata.storage.index import dtype_from_json, dtype_to_json
+from facedata.storage.lmdb_store import value_extents
 from facedata.storage.reader import _rows, _take
 
 BACKEND_NAMES = ["lmdb", "parquet"]
@@ -449,3 +454,71 @@ def test_truncated_lmdb_shard_recorded_in_the_index_is_an_error_not_a_crash(tmp_
     done = _read_all_in_subprocess(tmp_path)
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert f"{shard}: truncated LMDB shard: its pages need 610,304 bytes, the file has 305,152" in done.stderr
+
+
+@pytest.mark.parametrize(("shape", "block"), [((12, 12, 3), 16), ((2, 2, 1), 4)])  # overflow / inline values
+def test_lmdb_value_extents_locate_every_block(tmp_path: Path, shape: tuple[int, int, int], block: int) -> None:
+    """The read-ahead hints come from our own walk of LMDB's B-tree: each extent must hold exactly the
+    block's value as LMDB returns it (several leaf pages under a branch page here)."""
+    n = 3000
+    records = np.zeros(n, SAMPLE_DTYPE)
+    records["image_index"] = np.arange(n)
+    pixels = (np.arange(n * int(np.prod(shape))) % 251).astype(np.uint8).reshape(n, *shape)
+    with DatasetWriter(tmp_path, backend="lmdb", image_shape=shape, record_dtype=SAMPLE_DTYPE, provenance={},
+                       block_samples=block) as writer:
+        writer.add(pixels, records)
+        writer.close()
+    path = tmp_path / "shard-00000.lmdb"
+    fd = os.open(path, os.O_RDONLY)
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=2)
+    try:
+        extents = value_extents(fd, b"blocks")
+        with env.begin(db=env.open_db(b"blocks", create=False)) as txn:
+            values = dict(txn.cursor())
+            assert env.stat()["depth"] == 1 and txn.stat(env.open_db(b"blocks", create=False))["depth"] == 2
+        assert sorted(extents) == sorted(values) and len(values) == -(-n // block)
+        for key, (offset, length) in extents.items():
+            assert os.pread(fd, length, offset) == values[key]
+    finally:
+        env.close()
+        os.close(fd)
+
+
+def _evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _resident_fraction(path: Path) -> float:
+    """Share of the file's pages in the page cache (mincore on a fresh read-only map)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = np.frombuffer(mapped, np.uint8)
+        pages = -(-len(mapped) // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(len(mapped)), vector) == 0
+        del view
+        return sum(v & 1 for v in vector) / pages
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="posix_fadvise and mincore semantics of Linux")
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_shuffled_read_asks_the_kernel_for_units_ahead(tmp_path: Path, backend: str) -> None:
+    """Cold reads: the first batch of an epoch already has every unit of the next READAHEAD_BYTES on its
+    way into the page cache (in bulk), instead of each page faulting in when a gather touches it."""
+    write_dataset(tmp_path, backend, 20_000, shard_samples=8192, chunk=5000)  # 3 shards of 4 MB at most
+    shards = sorted(tmp_path.glob("shard-*"))
+    for shard in shards:
+        _evict(shard)
+    if any(_resident_fraction(shard) > 0.05 for shard in shards):
+        pytest.skip("this file system keeps the shards in memory (tmpfs?)")
+    batches = ShardedDataset(tmp_path).iter_batches(64, seed=1)
+    next(batches)
+    deadline = time.monotonic() + 20
+    while min(_resident_fraction(shard) for shard in shards) < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [round(_resident_fraction(shard), 2) for shard in shards] == [1.0] * len(shards)

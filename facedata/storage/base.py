@@ -51,6 +51,9 @@ class ShardSource(Protocol):
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (n, H, W, C) uint8 and records (n,) of one unit of this shard."""
 
+    def will_need(self, unit: int) -> None:
+        """Start reading the unit's bytes from disk in the background (a hint; it may do nothing)."""
+
     def labels(self) -> np.ndarray:
         """Every sample's label, in order (for verification)."""
 

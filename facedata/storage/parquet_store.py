@@ -14,6 +14,7 @@ by other tools) is read through pyarrow instead, row group by row group.
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,8 @@ class ParquetSource:
         self.schema = schema
         try:
             self.file = pq.ParquetFile(str(path), memory_map=True)
-            with open(path, "rb") as fh:
-                self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self.fd = os.open(path, os.O_RDONLY)
+            self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise FacedataError(f"{path.name}: cannot open Parquet shard ({exc})") from None
         self.columns = [_layout(self.file.schema.column(i)) for i in range(len(self.file.schema))]
@@ -118,6 +119,7 @@ class ParquetSource:
         self._group_starts = np.cumsum([0, *rows])
         # Row groups of other sizes (a file rewritten by another tool) are read as row ranges through pyarrow.
         self._aligned = all(r == schema.unit_samples for r in rows[:-1])
+        self._spans = [_span(self.file.metadata.row_group(i)) for i in range(self.file.num_row_groups)]
 
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._aligned:
@@ -202,12 +204,29 @@ class ParquetSource:
             raise ValueError(f"page of {page[1]} values: encoding {encoding}, {size} value bytes")
         return np.frombuffer(self.map, layout.dtype, size // layout.dtype.itemsize, pos + skip)
 
+    def will_need(self, unit: int) -> None:
+        """posix_fadvise(WILLNEED) on the bytes of the row groups holding `unit`: the image column is
+        gathered straight from the map, so a cold one would fault in as the batches happen to touch it."""
+        lo = unit * self.schema.unit_samples
+        groups = np.searchsorted(self._group_starts, [lo, lo + self.schema.unit_samples], side="right") - 1
+        for start, stop in self._spans[int(groups[0]) : int(groups[1]) + 1]:
+            os.posix_fadvise(self.fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+
     def labels(self) -> np.ndarray:
         return self.file.read(columns=["label"]).column("label").to_numpy()
 
     def close(self) -> None:
         """The map itself closes once no unit array views it any more."""
         self.file.close()
+        os.close(self.fd)
+
+
+def _span(row_group: pq.RowGroupMetaData) -> tuple[int, int]:
+    """The file bytes [start, stop) of a row group's column chunks (dictionary pages included)."""
+    chunks = [row_group.column(i) for i in range(row_group.num_columns)]
+    starts = [c.data_page_offset if c.dictionary_page_offset is None else min(c.data_page_offset,
+              c.dictionary_page_offset) for c in chunks]
+    return min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks, strict=True))
 
 
 def _check_columns(path: Path, got: pa.Schema, expected: pa.Schema) -> None:

@@ -30,6 +30,7 @@ from facedata.storage.index import dtype_from_json, load_index
 
 Allocator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 PREFETCH_SAMPLES = 2 * WINDOW_SAMPLES  # how far ahead in the order the helper thread decodes
+READAHEAD_BYTES = 64 << 20  # how far ahead in the order the shards are asked to start reading from disk
 
 
 class ShardedDataset:
@@ -81,6 +82,11 @@ class ShardedDataset:
             raise FacedataError(f"{file}: {state}: {size:,} bytes on disk, index.json says {entry['bytes']:,} "
                                 f"(run `facedata verify {self.path}`)")
 
+    def _own_handles(self) -> None:
+        """After a fork, start afresh: never touch the parent's handles."""
+        if self._pid != os.getpid():
+            self._reset()
+
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._sources: dict[int, ShardSource] = {}
@@ -127,6 +133,11 @@ class ShardedDataset:
 
     def _read_unit(self, unit: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """A call that reads `unit` from its shard (opened here, in the calling thread)."""
+        source, local = self._source(unit)
+        return partial(source.read_unit, local)
+
+    def _source(self, unit: int) -> tuple[ShardSource, int]:
+        """The open source of `unit`'s shard and the unit's number inside it."""
         shard, local = divmod(unit, self._units_per_shard)
         source = self._sources.get(shard)
         if source is None:
@@ -136,7 +147,21 @@ class ShardedDataset:
             self._check_shard_file(entry)  # again: the file may have changed since __init__
             source = self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]))
             self._sources[shard] = source
-        return partial(source.read_unit, local)
+        return source, local
+
+    def _will_need(self, order: np.ndarray, start: int, stop: int, asked: np.ndarray) -> int:
+        """Ask the shards to start reading, in the background, the units of order[start:stop] not asked for
+        yet (`asked`, one flag per unit); returns where the next call starts. A cold shuffled read then
+        finds its pages in the page cache instead of faulting them in one by one."""
+        if stop <= start:
+            return start
+        units = order[start:stop] // self.unit_samples
+        new = np.unique(units[~asked[units]])
+        asked[new] = True
+        for unit in new.tolist():
+            source, local = self._source(unit)
+            source.will_need(local)
+        return stop
 
     def _prefetch(self, pool: ThreadPoolExecutor, unit: int) -> None:
         """Start decoding `unit` in the helper thread unless it is cached or already on its way."""
@@ -167,8 +192,7 @@ class ShardedDataset:
         row groups, mapped zero-copy), else the stage when the units fit (the small LMDB blocks of a
         shuffle window, copied in once for all its batches), else each unit in turn (sparse requests).
         """
-        if self._pid != os.getpid():  # forked: never touch the parent's handles
-            self._reset()
+        self._own_handles()
         units = indices // self.unit_samples
         first, last = int(units.min()), int(units.max())
         if first == last:
@@ -216,13 +240,19 @@ class ShardedDataset:
         """Batches of consecutive `batch_size` slices of `order`, each gathered into `out(n)` (pixels
         (n,H,W,C) uint8, records (n,) contiguous) when given, else into new arrays.
 
-        For backends whose units take real decoding (Parquet row groups), a helper thread decodes the
-        unit found PREFETCH_SAMPLES ahead in the order while this thread gathers the current batches.
+        The shards are asked to start reading the units found up to READAHEAD_BYTES ahead in the order
+        (a cold page cache then fills at close to sequential speed). For backends whose units take real
+        decoding (Parquet row groups), a helper thread decodes the unit found PREFETCH_SAMPLES ahead in the
+        order while this thread gathers the current batches.
         """
         order = self._check(order)
+        self._own_handles()
+        ahead = max(batch_size, READAHEAD_BYTES // self.schema.bytes_per_sample)
+        asked, asked_until = np.zeros(-(-self._n // self.unit_samples), bool), 0
         with ThreadPoolExecutor(1) if self.backend.prefetch_units else nullcontext() as pool:
             try:
                 for lo in range(0, len(order), batch_size):
+                    asked_until = self._will_need(order, asked_until, lo + ahead, asked)
                     if pool is not None and lo + PREFETCH_SAMPLES < len(order):
                         self._prefetch(pool, int(order[lo + PREFETCH_SAMPLES]) // self.unit_samples)
                     rows = order[lo : lo + batch_size]
