@@ -441,11 +441,18 @@ def test_truncated_or_missing_shard_is_an_error_not_a_crash(tmp_path: Path, back
     assert done.returncode == 1 and done.stderr.strip().endswith(f"{shard}: shard listed in index.json is missing")
 
 
-def test_truncated_lmdb_shard_recorded_in_the_index_is_an_error_not_a_crash(tmp_path: Path) -> None:
-    """Even when index.json agrees with the cut file (re-hashed), LMDB's own page count exposes it."""
-    write_dataset(tmp_path, "lmdb", N)
-    shard = tmp_path / "shard-00001.lmdb"
-    os.truncate(shard, shard.stat().st_size // 2)
+@pytest.mark.parametrize(("backend", "size", "error"), [
+    ("lmdb", 305_152, "truncated LMDB shard: its pages need 610,304 bytes, the file has 305,152"),
+    ("lmdb", 5000, "truncated LMDB shard: its pages need 610,304 bytes, the file has 5,000"),
+    ("lmdb", 100, "cannot open LMDB shard"),
+    ("parquet", 300_000, "cannot open Parquet shard"),
+])
+def test_truncated_shard_recorded_in_the_index_is_an_error_not_a_crash(tmp_path: Path, backend: str, size: int,
+                                                                      error: str) -> None:
+    """Even when index.json agrees with the cut file (re-hashed), the shard's own header exposes it."""
+    write_dataset(tmp_path, backend, N)
+    shard = tmp_path / f"shard-00001.{backend}"
+    os.truncate(shard, size)
 
     def record_cut(index: dict) -> None:
         index["shards"][1].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
@@ -453,7 +460,7 @@ def test_truncated_lmdb_shard_recorded_in_the_index_is_an_error_not_a_crash(tmp_
     _edit_index(tmp_path, record_cut)
     done = _read_all_in_subprocess(tmp_path)
     assert done.returncode == 1, (done.returncode, done.stderr)
-    assert f"{shard}: truncated LMDB shard: its pages need 610,304 bytes, the file has 305,152" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"facedata.errors.FacedataError: {shard}: {error}")
 
 
 @pytest.mark.parametrize(("shape", "block"), [((12, 12, 3), 16), ((2, 2, 1), 4)])  # overflow / inline values

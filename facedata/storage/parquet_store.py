@@ -111,7 +111,7 @@ class ParquetSource:
             self.fd = os.open(path, os.O_RDONLY)
             self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, pa.ArrowException) as exc:
-            raise FacedataError(f"{path.name}: cannot open Parquet shard ({exc})") from None
+            raise FacedataError(f"{path}: cannot open Parquet shard ({exc})") from None
         self.columns = [_layout(self.file.schema.column(i)) for i in range(len(self.file.schema))]
         _check_columns(path, self.file.schema_arrow, arrow_schema(schema))
         self._arrow_lock = threading.Lock()  # pyarrow reads of one ParquetFile from two threads are not safe
