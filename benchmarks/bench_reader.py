@@ -173,7 +173,8 @@ def main() -> None:
     parser.add_argument("--jpegs", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=3, help="warm numpy epochs after the first (median)")
-    parser.add_argument("--cold-runs", type=int, default=3, help="cold numpy epochs, each in a fresh process")
+    parser.add_argument("--cold-runs", type=int, help="cold numpy epochs, each in a fresh process (default 3; "
+                        "--quick 1)")
     parser.add_argument("--loader-epochs", type=int, default=3, help="DataLoader epochs (median); 0 skips it")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir, removed after)")
     parser.add_argument("--reuse", action="store_true", help="reuse shards already built in --dir")
@@ -181,7 +182,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300,000 samples, 1 cold run, no JPEG/DataLoader")
     args = parser.parse_args()
     if args.quick:
-        args.jpegs, args.cold_runs, args.loader_epochs, args.epochs = 0, 1, 0, 2
+        args.jpegs, args.loader_epochs, args.epochs = 0, 0, 2
+    args.cold_runs = args.cold_runs or (1 if args.quick else 3)
     args.samples = args.samples or (300_000 if args.quick else 1_000_000)
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_reader_"))
     work.mkdir(parents=True, exist_ok=True)

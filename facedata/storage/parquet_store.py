@@ -208,7 +208,7 @@ class ParquetSource:
         """posix_fadvise(WILLNEED) on the bytes of the row groups holding `unit`: the image column is
         gathered straight from the map, so a cold one would fault in as the batches happen to touch it."""
         lo = unit * self.schema.unit_samples
-        groups = np.searchsorted(self._group_starts, [lo, lo + self.schema.unit_samples], side="right") - 1
+        groups = np.searchsorted(self._group_starts, [lo, lo + self.schema.unit_samples - 1], side="right") - 1
         for start, stop in self._spans[int(groups[0]) : int(groups[1]) + 1]:
             os.posix_fadvise(self.fd, start, stop - start, os.POSIX_FADV_WILLNEED)
 
