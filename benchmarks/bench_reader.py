@@ -38,10 +38,11 @@ from torch.utils.data import DataLoader, Dataset
 from facedata.readers.torch import make_loader
 from facedata.samples import SAMPLE_DTYPE
 from facedata.storage import DatasetWriter, ShardedDataset
+from facedata.storage.base import drop_cached_pages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import mb  # noqa: E402
-from read_epochs import Epochs, cold_sequential, evict, numpy_epochs, shard_files  # noqa: E402
+from read_epochs import Epochs, cold_sequential, numpy_epochs, shard_files  # noqa: E402
 
 SHAPE = (12, 12, 3)
 RAW = 12 * 12 * 3 + SAMPLE_DTYPE.itemsize
@@ -100,7 +101,7 @@ def cold_and_warm(path: Path, batch: int, epochs: int, cold_runs: int) -> ColdWa
     sequential, cold = [], []
     for _ in range(cold_runs):
         sequential.append(cold_sequential(files))
-        evict(files)
+        drop_cached_pages(files)
         cold.append(numpy_epochs(path, batch, 0))
     warm = numpy_epochs(path, batch, epochs)  # the files are in the page cache now: its first epoch is warm too
     return ColdWarm(sum(f.stat().st_size for f in files), len(ShardedDataset(path)), sequential, cold, warm)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from facedata.storage import ShardedDataset
+from facedata.storage.base import drop_cached_pages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import tree_memory  # noqa: E402
@@ -30,20 +31,9 @@ def shard_files(path: Path) -> list[Path]:
     return [path / entry["file"] for entry in ShardedDataset(path).index["shards"]]
 
 
-def evict(files: list[Path]) -> None:
-    """Drop the files' pages from the page cache (dirty pages are written first, or they would stay)."""
-    for file in files:
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def cold_sequential(files: list[Path]) -> float:
     """MB/s of reading the evicted files front to back: the bandwidth a cold read can hope for."""
-    evict(files)
+    drop_cached_pages(files)
     started, done = time.perf_counter(), 0
     for file in files:
         with open(file, "rb", buffering=0) as fh:

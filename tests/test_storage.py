@@ -27,6 +27,7 @@ from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.samples import SAMPLE_DTYPE
 from facedata.storage import BACKENDS, DatasetWriter, ShardedDataset, verify_dataset
+from facedata.storage.base import drop_cached_pages
 from facedata.storage.index import dtype_from_json, dtype_to_json
 from facedata.storage.lmdb_store import value_extents
 from facedata.storage.reader import _rows, _take
@@ -491,15 +492,6 @@ def test_lmdb_value_extents_locate_every_block(tmp_path: Path, shape: tuple[int,
         os.close(fd)
 
 
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _resident_fraction(path: Path) -> float:
     """Share of the file's pages in the page cache (mincore on a fresh read-only map)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -519,8 +511,7 @@ def test_shuffled_read_asks_the_kernel_for_units_ahead(tmp_path: Path, backend: 
     way into the page cache (in bulk), instead of each page faulting in when a gather touches it."""
     write_dataset(tmp_path, backend, 20_000, shard_samples=8192, chunk=5000)  # 3 shards of 4 MB at most
     shards = sorted(tmp_path.glob("shard-*"))
-    for shard in shards:
-        _evict(shard)
+    drop_cached_pages(shards)
     if any(_resident_fraction(shard) > 0.05 for shard in shards):
         pytest.skip("this file system keeps the shards in memory (tmpfs?)")
     batches = ShardedDataset(tmp_path).iter_batches(64, seed=1)

@@ -7,6 +7,8 @@ Adding a backend is one module that registers a `Backend` subclass in `BACKENDS`
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -80,3 +82,15 @@ class Backend:
 
 
 BACKENDS: Registry[type[Backend]] = Registry("storage backend")
+
+
+def drop_cached_pages(files: Iterable[Path]) -> None:
+    """Evict the files' pages from the page cache, so the next read is cold (cold-read benchmarks and tests).
+    Dirty pages are written first (they would stay); pages a live process maps stay as well."""
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
