@@ -149,18 +149,19 @@ class ShardedDataset:
             self._sources[shard] = source
         return source, local
 
-    def _will_need(self, order: np.ndarray, start: int, stop: int, asked: np.ndarray) -> int:
-        """Ask the shards to start reading, in the background, the units of order[start:stop] not asked for
-        yet (`asked`, one flag per unit); returns where the next call starts. A cold shuffled read then
-        finds its pages in the page cache instead of faulting them in one by one."""
+    def _will_need(self, advisor: ThreadPoolExecutor, order: np.ndarray, start: int, stop: int, asked: np.ndarray
+                   ) -> int:
+        """Have `advisor` ask the shards to start reading the units of order[start:stop] not asked for yet
+        (`asked`, one flag per unit); returns where the next call starts. A cold shuffled read then finds
+        its pages in the page cache instead of faulting them in one by one."""
         if stop <= start:
             return start
         units = order[start:stop] // self.unit_samples
-        new = np.unique(units[~asked[units]])
+        new, first = np.unique(units[~asked[units]], return_index=True)
         asked[new] = True
-        for unit in new.tolist():
-            source, local = self._source(unit)
-            source.will_need(local)
+        for unit in new[np.argsort(first)].tolist():  # in the order they will be read
+            source, local = self._source(unit)  # opened here, in the reading thread
+            advisor.submit(source.will_need, local)
         return stop
 
     def _prefetch(self, pool: ThreadPoolExecutor, unit: int) -> None:
@@ -249,10 +250,12 @@ class ShardedDataset:
         self._own_handles()
         ahead = max(batch_size, READAHEAD_BYTES // self.schema.bytes_per_sample)
         asked, asked_until = np.zeros(-(-self._n // self.unit_samples), bool), 0
+        # The hints go through their own thread: asking the kernel to read 64 MB blocks while it queues the I/O.
+        advisor = ThreadPoolExecutor(1, thread_name_prefix="facedata-readahead")
         with ThreadPoolExecutor(1) if self.backend.prefetch_units else nullcontext() as pool:
             try:
                 for lo in range(0, len(order), batch_size):
-                    asked_until = self._will_need(order, asked_until, lo + ahead, asked)
+                    asked_until = self._will_need(advisor, order, asked_until, lo + ahead, asked)
                     if pool is not None and lo + PREFETCH_SAMPLES < len(order):
                         self._prefetch(pool, int(order[lo + PREFETCH_SAMPLES]) // self.unit_samples)
                     rows = order[lo : lo + batch_size]
@@ -260,6 +263,7 @@ class ShardedDataset:
                     self._fill(rows, pixels, records)
                     yield pixels, records
             finally:
+                advisor.shutdown(wait=True, cancel_futures=True)  # no hint may outlive the sources' files
                 self._pending.clear()
 
     def iter_batches(
