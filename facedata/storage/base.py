@@ -94,3 +94,23 @@ def drop_cached_pages(files: Iterable[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+_dev_null: int | None = None
+
+
+def read_into_page_cache(fd: int, offset: int, length: int) -> None:
+    """Bring file bytes [offset, offset + length) into the page cache, blocking this thread until they are
+    there. sendfile() to /dev/null reads them the way a sequential read() does (large readahead, large
+    folios) without copying them to user space; where that fails, posix_fadvise(WILLNEED) asks for them."""
+    global _dev_null
+    try:
+        if _dev_null is None:
+            _dev_null = os.open(os.devnull, os.O_WRONLY)
+        while length > 0:
+            sent = os.sendfile(_dev_null, fd, offset, length)
+            if sent <= 0:
+                return
+            offset, length = offset + sent, length - sent
+    except OSError:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)

@@ -30,7 +30,7 @@ from facedata.storage.index import dtype_from_json, load_index
 
 Allocator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 PREFETCH_SAMPLES = 2 * WINDOW_SAMPLES  # how far ahead in the order the helper thread decodes
-READAHEAD_BYTES = 64 << 20  # how far ahead in the order the shards are asked to start reading from disk
+READAHEAD_BYTES = 64 << 20  # how far ahead in the order (at least 2 units) the shards are asked to start reading
 
 
 class ShardedDataset:
@@ -241,16 +241,16 @@ class ShardedDataset:
         """Batches of consecutive `batch_size` slices of `order`, each gathered into `out(n)` (pixels
         (n,H,W,C) uint8, records (n,) contiguous) when given, else into new arrays.
 
-        The shards are asked to start reading the units found up to READAHEAD_BYTES ahead in the order
-        (a cold page cache then fills at close to sequential speed). For backends whose units take real
-        decoding (Parquet row groups), a helper thread decodes the unit found PREFETCH_SAMPLES ahead in the
-        order while this thread gathers the current batches.
+        The shards are asked to start reading the units found up to READAHEAD_BYTES ahead in the order, in
+        that order (a cold page cache then fills in bulk reads, not page fault by page fault). For backends
+        whose units take real decoding (Parquet row groups), a helper thread decodes the unit found
+        PREFETCH_SAMPLES ahead in the order while this thread gathers the current batches.
         """
         order = self._check(order)
         self._own_handles()
-        ahead = max(batch_size, READAHEAD_BYTES // self.schema.bytes_per_sample)
+        ahead = max(batch_size, 2 * self.unit_samples, READAHEAD_BYTES // self.schema.bytes_per_sample)
         asked, asked_until = np.zeros(-(-self._n // self.unit_samples), bool), 0
-        # The hints go through their own thread: asking the kernel to read 64 MB blocks while it queues the I/O.
+        # The hints go through their own thread: posix_fadvise(WILLNEED) blocks while the kernel queues the reads.
         advisor = ThreadPoolExecutor(1, thread_name_prefix="facedata-readahead")
         with ThreadPoolExecutor(1) if self.backend.prefetch_units else nullcontext() as pool:
             try:
