@@ -27,7 +27,7 @@ from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.samples import SAMPLE_DTYPE
 from facedata.storage import BACKENDS, DatasetWriter, ShardedDataset, verify_dataset
-from facedata.storage.base import drop_cached_pages
+from facedata.storage.base import drop_cached_pages, in_page_cache
 from facedata.storage.index import dtype_from_json, dtype_to_json
 from facedata.storage.lmdb_store import value_extents
 from facedata.storage.reader import _rows, _take
@@ -520,3 +520,20 @@ def test_shuffled_read_asks_the_kernel_for_units_ahead(tmp_path: Path, backend: 
     while min(_resident_fraction(shard) for shard in shards) < 0.99 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [round(_resident_fraction(shard), 2) for shard in shards] == [1.0] * len(shards)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="preadv(RWF_NOWAIT) is Linux only")
+def test_in_page_cache_tells_cold_from_warm_without_reading(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * 8192)  # 2 MB
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 1 << 21, 0)
+        assert in_page_cache(fd, 4096, 1 << 20)
+        drop_cached_pages([path])
+        if _resident_fraction(path) > 0.05:
+            pytest.skip("this file system keeps the file in memory (tmpfs?)")
+        assert not in_page_cache(fd, 4096, 1 << 20)
+        assert not in_page_cache(fd, 0, 0)
+    finally:
+        os.close(fd)

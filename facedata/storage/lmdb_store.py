@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _META_KEY = b"schema"
@@ -236,14 +238,15 @@ class LmdbSource:
         records = np.frombuffer(value, self.schema.record_dtype, n, offset=n * self.schema.image_bytes)
         return pixels, records
 
-    def will_need(self, unit: int) -> None:
+    def will_need(self, unit: int) -> Callable[[], None] | None:
         """posix_fadvise(WILLNEED) on the block's bytes: the env maps the file with readahead off (random
         reads must not drag in neighbouring blocks), so without this hint a cold block faults in page by page.
         Blocks are small and scattered: queued all at once, the kernel reads many in parallel (reading each
         in turn, as Parquet's row groups are, measured slower)."""
         extent = self.extents.get(block_key(unit))
-        if extent is not None:
-            os.posix_fadvise(self.fd, extent[0], extent[1], os.POSIX_FADV_WILLNEED)
+        if extent is None or in_page_cache(self.fd, *extent):
+            return None
+        return partial(os.posix_fadvise, self.fd, extent[0], extent[1], os.POSIX_FADV_WILLNEED)
 
     def labels(self) -> np.ndarray:
         n_blocks = -(-self.samples // self.schema.block_samples)

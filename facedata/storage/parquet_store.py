@@ -16,7 +16,9 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema, read_into_page_cache
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, read_into_page_cache
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _ROW_GROUP_BYTES = 48 << 20
@@ -204,15 +206,16 @@ class ParquetSource:
             raise ValueError(f"page of {page[1]} values: encoding {encoding}, {size} value bytes")
         return np.frombuffer(self.map, layout.dtype, size // layout.dtype.itemsize, pos + skip)
 
-    def will_need(self, unit: int) -> None:
-        """Read the row groups holding `unit` into the page cache (in the reader's read-ahead thread): the
-        image column is gathered straight from the map, so a cold one would fault in page by page as the
-        batches happen to touch it. A row group is tens of MB in one piece: read front to back it comes at
-        the disk's sequential speed, faster than posix_fadvise(WILLNEED) fills the cache page by page."""
+    def will_need(self, unit: int) -> Callable[[], None] | None:
+        """Read the row groups holding `unit` into the page cache: the image column is gathered straight
+        from the map, so a cold one would fault in page by page as the batches happen to touch it. A row
+        group is tens of MB in one piece: read front to back it comes at the disk's sequential speed,
+        faster than posix_fadvise(WILLNEED) fills the cache page by page (measured)."""
         lo = unit * self.schema.unit_samples
         groups = np.searchsorted(self._group_starts, [lo, lo + self.schema.unit_samples - 1], side="right") - 1
-        for start, stop in self._spans[int(groups[0]) : int(groups[1]) + 1]:
-            read_into_page_cache(self.fd, start, stop - start)
+        spans = [(start, stop - start) for start, stop in self._spans[int(groups[0]) : int(groups[1]) + 1]
+                 if not in_page_cache(self.fd, start, stop - start)]
+        return partial(_read_spans, self.fd, spans) if spans else None
 
     def labels(self) -> np.ndarray:
         return self.file.read(columns=["label"]).column("label").to_numpy()
@@ -221,6 +224,11 @@ class ParquetSource:
         """The map itself closes once no unit array views it any more."""
         self.file.close()
         os.close(self.fd)
+
+
+def _read_spans(fd: int, spans: list[tuple[int, int]]) -> None:
+    for offset, length in spans:
+        read_into_page_cache(fd, offset, length)
 
 
 def _span(row_group: pq.RowGroupMetaData) -> tuple[int, int]:

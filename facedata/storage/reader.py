@@ -159,9 +159,14 @@ class ShardedDataset:
         units = order[start:stop] // self.unit_samples
         new, first = np.unique(units[~asked[units]], return_index=True)
         asked[new] = True
-        for unit in new[np.argsort(first)].tolist():  # in the order they will be read
+        reads = []
+        for unit in new[np.argsort(first)].tolist():  # in reading order
             source, local = self._source(unit)  # opened here, in the reading thread
-            advisor.submit(source.will_need, local)
+            read = source.will_need(local)
+            if read is not None:
+                reads.append(read)
+        if reads:
+            advisor.submit(_run_all, reads)  # one task: every hand-over of the GIL to that thread costs
         return stop
 
     def _prefetch(self, pool: ThreadPoolExecutor, unit: int) -> None:
@@ -317,6 +322,11 @@ class _Stage:
         self.rows[lo : lo + len(records)] = _rows(records)
         self.held[slot] = unit
         self.slot_of[unit] = slot
+
+
+def _run_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _take(source_pixels: np.ndarray, source_rows: np.ndarray, where: np.ndarray, pixels: np.ndarray,
