@@ -114,13 +114,13 @@ def read_into_page_cache(fd: int, offset: int, length: int) -> None:
                 return
             offset, length = offset + sent, length - sent
     except OSError:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-
+        if hasattr(os, "posix_fadvise"):  # not on macOS
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
 
 
 def in_page_cache(fd: int, offset: int, length: int) -> bool:
     """Whether file bytes [offset, offset + length) look cached: one-byte preadv(RWF_NOWAIT) reads of the
-    first, middle and last page, which fail instead of waiting for the disk (a few microseconds, no I/O).
+    first, middle and last page, which fail instead of waiting for the disk (about 10 microseconds).
     False where the flag is unsupported. Read-ahead hints skip cached units: on a warm cache, a helper
     thread asking the kernel for each unit cost up to 2x the epoch's gathers (GIL hand-overs)."""
     flag = getattr(os, "RWF_NOWAIT", None)

@@ -244,7 +244,7 @@ class LmdbSource:
         Blocks are small and scattered: queued all at once, the kernel reads many in parallel (reading each
         in turn, as Parquet's row groups are, measured slower)."""
         extent = self.extents.get(block_key(unit))
-        if extent is None or in_page_cache(self.fd, *extent):
+        if extent is None or not hasattr(os, "posix_fadvise") or in_page_cache(self.fd, *extent):
             return None
         return partial(os.posix_fadvise, self.fd, extent[0], extent[1], os.POSIX_FADV_WILLNEED)
 

@@ -115,7 +115,11 @@ class ParquetSource:
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise FacedataError(f"{path}: cannot open Parquet shard ({exc})") from None
         self.columns = [_layout(self.file.schema.column(i)) for i in range(len(self.file.schema))]
-        _check_columns(path, self.file.schema_arrow, arrow_schema(schema))
+        try:
+            _check_columns(path, self.file.schema_arrow, arrow_schema(schema))
+        except FacedataError:
+            self.close()
+            raise
         self._arrow_lock = threading.Lock()  # pyarrow reads of one ParquetFile from two threads are not safe
         rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
         self._group_starts = np.cumsum([0, *rows])
