@@ -151,23 +151,23 @@ class ShardedDataset:
 
     def _will_need(self, advisor: ThreadPoolExecutor, order: np.ndarray, start: int, stop: int, asked: np.ndarray
                    ) -> int:
-        """Have `advisor` ask the shards to start reading the units of order[start:stop] not asked for yet
-        (`asked`, one flag per unit); returns where the next call starts. A cold shuffled read then finds
-        its pages in the page cache instead of faulting them in one by one."""
-        if stop <= start:
-            return start
-        units = order[start:stop] // self.unit_samples
-        new, first = np.unique(units[~asked[units]], return_index=True)
-        asked[new] = True
+        """Have `advisor` read ahead the units of order[start:stop] not asked for yet (`asked`, one flag per
+        unit) and not in the page cache; returns where the next call starts. A cold shuffled read then
+        finds its pages in the page cache instead of faulting them in one by one. Slices of 4096 samples
+        keep the reading order (roughly) without sorting the whole look-ahead (a warm epoch pays ~2 ms)."""
         reads = []
-        for unit in new[np.argsort(first)].tolist():  # in reading order
-            source, local = self._source(unit)  # opened here, in the reading thread
-            read = source.will_need(local)
-            if read is not None:
-                reads.append(read)
+        for lo in range(start, stop, 4096):
+            units = order[lo : min(lo + 4096, stop)] // self.unit_samples
+            new = np.unique(units[~asked[units]])
+            asked[new] = True
+            for unit in new.tolist():
+                source, local = self._source(unit)  # opened here, in the reading thread
+                read = source.will_need(local)
+                if read is not None:  # None: in the page cache already
+                    reads.append(read)
         if reads:
             advisor.submit(_run_all, reads)  # one task: every hand-over of the GIL to that thread costs
-        return stop
+        return max(start, stop)
 
     def _prefetch(self, pool: ThreadPoolExecutor, unit: int) -> None:
         """Start decoding `unit` in the helper thread unless it is cached or already on its way."""
