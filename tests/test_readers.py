@@ -236,8 +236,10 @@ def test_units_larger_than_the_shuffle_window(tmp_path: Path, backend: str, bloc
     assert np.array_equal(np.concatenate([p for p, _ in got]), pixels[order])
     if backend == "parquet":  # a failure in the helper thread surfaces in the reading thread
         shard = tmp_path / "shard-00000.parquet"  # seed 6 reads shard 1 first, so shard 0 is prefetched
-        pq.write_table(pq.read_table(shard), shard, compression="zstd")
-        with pytest.raises(FacedataError, match="shard-00000.parquet: row group 0 is not a facedata layout"):
+        with open(shard, "r+b") as fh:  # damage the first page header of the image column
+            fh.seek(pq.ParquetFile(shard).metadata.row_group(0).column(0).data_page_offset)
+            fh.write(b"\xff" * 16)
+        with pytest.raises(FacedataError, match=r"shard-00000.parquet: rows 0..40959 \(unit 0\) are unreadable"):
             list(ShardedDataset(tmp_path).iter_batches(3000, seed=6))
 
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
+import mmap
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -17,7 +27,10 @@ from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.samples import SAMPLE_DTYPE
 from facedata.storage import BACKENDS, DatasetWriter, ShardedDataset, verify_dataset
+from facedata.storage.base import drop_cached_pages, in_page_cache
 from facedata.storage.index import dtype_from_json, dtype_to_json
+from facedata.storage.lmdb_store import value_extents
+from facedata.storage.reader import _rows, _take
 
 BACKEND_NAMES = ["lmdb", "parquet"]
 N = 3000  # 2 full shards of 1024 + a partial one
@@ -132,30 +145,39 @@ def test_resume_drops_corrupt_shards_and_rejects_other_inputs(tmp_path: Path) ->
     assert fresh.samples_done == 0 and not list(tmp_path.glob("shard-*"))
 
 
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
-def test_verify_reports_flipped_byte_and_missing_shard(tmp_path: Path, backend: str) -> None:
-    write_dataset(tmp_path, backend, N)
-    name = f"shard-00001.{backend}"
-    with open(tmp_path / name, "r+b") as fh:
+def _flip_byte(directory: Path, name: str) -> None:
+    with open(directory / name, "r+b") as fh:
         fh.seek(20000)
         byte = fh.read(1)
         fh.seek(20000)
         fh.write(bytes([byte[0] ^ 0x01]))
-    problems = verify_dataset(tmp_path)
-    assert f"{name}: sha256 mismatch" in problems
-    assert all(p.startswith(name) for p in problems)
-    (tmp_path / f"shard-00002.{backend}").unlink()
-    assert f"shard-00002.{backend}: missing" in verify_dataset(tmp_path)
 
 
-def test_verify_reports_count_mismatch(tmp_path: Path) -> None:
-    write_dataset(tmp_path, "parquet", N)
-    index = json.loads((tmp_path / "index.json").read_text())
-    index["shards"][2]["samples"] += 1
-    (tmp_path / "index.json").write_text(json.dumps(index))
-    problems = verify_dataset(tmp_path)
-    assert any(p.startswith("shard-00002.parquet: holds 952 samples, index says 953") for p in problems)
-    assert any(p.startswith("index.json: shards hold 3001") for p in problems)
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> None:
+    clean = tmp_path / "clean"
+    write_dataset(clean, backend, N)
+    one, two = f"shard-00001.{backend}", f"shard-00002.{backend}"
+    size = (clean / one).stat().st_size
+    faults: dict[str, tuple[Callable[[Path], None], str]] = {
+        "flipped byte": (lambda d: _flip_byte(d, one),
+                         f"{one}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)"),
+        "truncated": (lambda d: os.truncate(d / one, 5000),
+                      f"{one}: truncated: 5,000 bytes on disk, index.json says {size:,}"),
+        "missing": (lambda d: (d / two).unlink(), f"{two}: missing (listed in index.json)"),
+        "index total": (lambda d: _edit_index(d, lambda index: index.__setitem__("samples", N + 5)),
+                        "index.json: says 3005 samples but its shards list 3000"),
+        "shard count": (lambda d: _edit_index(d, lambda index: index["shards"][2].__setitem__("samples", 953)),
+                        f"{two}: holds 952 samples, index.json says 953"),
+        "unlisted shard": (lambda d: shutil.copy(d / one, d / f"shard-00003.{backend}"),
+                           f"shard-00003.{backend}: shard file not listed in index.json"),
+    }
+    assert verify_dataset(clean) == []
+    for fault, (damage, line) in faults.items():
+        damaged = tmp_path / fault.replace(" ", "_")
+        shutil.copytree(clean, damaged)
+        damage(damaged)
+        assert verify_dataset(damaged) == [line], fault
 
 
 def test_index_cannot_point_outside_the_directory(tmp_path: Path) -> None:
@@ -215,28 +237,70 @@ def test_parquet_column_chunks_are_one_plain_page(tmp_path: Path) -> None:
     assert image.total_compressed_size - row_group.num_rows * 432 < 64  # the values behind one page header
 
 
-@pytest.mark.parametrize("options", [{"data_page_size": 4096}, {"data_page_size": 4096, "data_page_version": "2.0"}])
-def test_parquet_raw_reader_reads_other_page_layouts(tmp_path: Path, options: dict) -> None:
-    """Shards rewritten by pyarrow with many small pages (v1 or v2 headers) read back the same."""
-    index = write_dataset(tmp_path, "parquet", N)
-    for entry in index["shards"]:
-        path = tmp_path / entry["file"]
-        table = pq.read_table(path)
-        pq.write_table(table, path, row_group_size=index["unit_samples"], compression="none", use_dictionary=False,
-                       **options)
+def _rewrite_parquet_shards(directory: Path, shards: list[int] | None = None, **options: Any) -> None:
+    """Rewrite shards with pyarrow's own writer (`options` as pq.write_table's) and record the new files
+    in index.json, as a user converting a dataset with another tool would."""
+    index = json.loads((directory / "index.json").read_text())
+    for k, entry in enumerate(index["shards"]):
+        if shards is None or k in shards:
+            path = directory / entry["file"]
+            pq.write_table(pq.read_table(path), path, **options)
+            entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    (directory / "index.json").write_text(json.dumps(index))
+
+
+PYARROW_LAYOUTS = {
+    "many plain pages v1": dict(data_page_size=4096, compression="none", use_dictionary=False),
+    "many plain pages v2": dict(data_page_size=4096, data_page_version="2.0", compression="none",
+                                use_dictionary=False),
+    "zstd": dict(compression="zstd"),
+    "dictionary pages": dict(compression="none", use_dictionary=True),
+    "snappy, many pages, v2": dict(compression="snappy", data_page_size=4096, data_page_version="2.0"),
+    "other row groups": dict(compression="none", use_dictionary=False, row_group_size=300),
+    "other row groups, gzip, dictionary": dict(compression="gzip", use_dictionary=True, row_group_size=700),
+}
+
+
+@pytest.mark.parametrize("layout", PYARROW_LAYOUTS)
+def test_parquet_shards_rewritten_by_pyarrow_read_the_same(tmp_path: Path, layout: str) -> None:
+    """Any valid Parquet encoding of the schema reads: the raw path falls back to pyarrow when it must."""
+    index = write_dataset(tmp_path, "parquet", N, shard_samples=2048, block_samples=256)
+    assert index["unit_samples"] == 2048
+    _rewrite_parquet_shards(tmp_path, **{"row_group_size": 2048, **PYARROW_LAYOUTS[layout]})
     pixels, records = synthetic(N)
-    got_pixels, got_records = ShardedDataset(tmp_path).read_range(0, N)
+    ds = ShardedDataset(tmp_path)
+    got_pixels, got_records = ds.read_range(0, N)
     assert np.array_equal(got_pixels, pixels) and np.array_equal(got_records, records)
+    order = np.concatenate([b[1]["image_index"] for b in ds.iter_batches(500, seed=3)])
+    assert np.array_equal(np.sort(order), np.arange(N))
+    assert verify_dataset(tmp_path) == []
 
 
-def test_parquet_raw_reader_rejects_compressed_pages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_bool_record_field(tmp_path: Path, backend: str) -> None:
+    dtype = np.dtype([("label", "i1"), ("flipped", "?"), ("point", "<f4", (2,))])
+    records = np.zeros(700, dtype)
+    records["label"] = np.arange(700) % 3
+    records["flipped"] = np.arange(700) % 7 == 0
+    records["point"] = np.arange(1400).reshape(700, 2) / 8
+    pixels = np.arange(700 * 12, dtype=np.uint32).astype(np.uint8).reshape(700, 2, 2, 3)
+    with DatasetWriter(tmp_path, backend=backend, image_shape=(2, 2, 3), record_dtype=dtype, provenance={},
+                       block_samples=64) as writer:
+        writer.add(pixels, records)
+        writer.close()
+    got_pixels, got_records = ShardedDataset(tmp_path).read(np.arange(699, -1, -1))
+    assert np.array_equal(got_pixels, pixels[::-1]) and np.array_equal(got_records, records[::-1])
+
+
+def test_parquet_with_other_columns_is_refused(tmp_path: Path) -> None:
     write_dataset(tmp_path, "parquet", N)
     path = tmp_path / "shard-00001.parquet"
-    pq.write_table(pq.read_table(path), path, compression="zstd")
-    ds = ShardedDataset(tmp_path)
-    assert ds.read(np.array([5]))[1]["image_index"].tolist() == [5]
-    with pytest.raises(FacedataError, match="shard-00001.parquet: row group 0 is not a facedata layout"):
-        ds.read(np.array([1500]))
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(1, "label", table.column("label").cast(pa.int32())), path)
+    _rewrite_parquet_shards(tmp_path, [1])  # records the new bytes
+    with pytest.raises(FacedataError, match=r"shard-00001.parquet: Parquet column 1 is label: int32, "
+                                            r"the index's schema needs label: int8 not null"):
+        ShardedDataset(tmp_path).read(np.array([1500]))
 
 
 def _read_in_child(path: str) -> list[int]:
@@ -298,7 +362,178 @@ def test_cli_verify_and_inspect(tmp_path: Path) -> None:
         fh.write(b"\x00\x01")
     result = runner.invoke(main, ["verify", str(tmp_path)])
     assert result.exit_code == 1 and "shard-00000.lmdb: sha256 mismatch" in result.output
+    os.truncate(tmp_path / "shard-00000.lmdb", 4096)
+    result = runner.invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and result.output.splitlines()[0] == (
+        "shard-00000.lmdb: truncated: 4,096 bytes on disk, index.json says 610,304")
     empty = tmp_path / "empty"
     empty.mkdir()
     missing = runner.invoke(main, ["inspect", str(empty)])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def _edit_index(directory: Path, edit: Callable[[dict], None]) -> None:
+    index = json.loads((directory / "index.json").read_text())
+    edit(index)
+    (directory / "index.json").write_text(json.dumps(index))
+
+
+def _one_more_sample(index: dict) -> None:
+    index["shards"][-1]["samples"] += 1
+    index["samples"] += 1
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_gather_past_a_short_unit_raises_instead_of_clipping(tmp_path: Path, backend: str) -> None:
+    """The index claims one sample more than the last shard holds: reading it must not return sample 2999."""
+    write_dataset(tmp_path, backend, N)
+    _edit_index(tmp_path, _one_more_sample)
+    ds = ShardedDataset(tmp_path)
+    assert ds.read(np.array([5, 2000]))[1]["image_index"].tolist() == [5, 2000]
+    for indices in ([N], [N, 5], [2999, 2000]):  # from the unit itself, or through the stage
+        with pytest.raises(FacedataError, match=rf"shard-00002.{backend}: unit \d+ holds \d+ samples, index.json"):
+            ShardedDataset(tmp_path).read(np.array(indices))
+
+
+def test_gather_checks_its_bounds() -> None:
+    pixels, records = synthetic(10)
+    out_pixels, out_records = np.empty_like(pixels[:2]), np.empty_like(records[:2])
+    _take(pixels, _rows(records), np.array([9, 0]), out_pixels, out_records)
+    assert out_records["image_index"].tolist() == [9, 0]
+    for where in ([10, 0], [0, -1]):
+        with pytest.raises(FacedataError, match=r"out of range \[0, 10\)"):
+            _take(pixels, _rows(records), np.array(where), out_pixels, out_records)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_index_counts_must_add_up(tmp_path: Path, backend: str) -> None:
+    write_dataset(tmp_path, backend, N)
+    _edit_index(tmp_path, lambda index: index.__setitem__("samples", N + 1))
+    with pytest.raises(FacedataError, match="its shards hold 3000 samples but it says 3001"):
+        ShardedDataset(tmp_path)
+    _edit_index(tmp_path, lambda index: index["shards"][0].__setitem__("samples", 1000))
+    with pytest.raises(FacedataError, match=f"shard-00000.{backend}: index.json lists 1000 samples, expected 1024"):
+        ShardedDataset(tmp_path)
+
+
+_READ_ALL = "import sys; from facedata.storage import ShardedDataset; ds = ShardedDataset(sys.argv[1]); " \
+            "ds.read_range(0, len(ds)); print('read', len(ds))"
+
+
+def _read_all_in_subprocess(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _READ_ALL, str(directory)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_truncated_or_missing_shard_is_an_error_not_a_crash(tmp_path: Path, backend: str) -> None:
+    """A reader in a fresh process gets a one-line error naming the shard and both sizes (never SIGBUS)."""
+    write_dataset(tmp_path, backend, N)
+    shard = tmp_path / f"shard-00001.{backend}"
+    size = shard.stat().st_size
+    os.truncate(shard, size // 2)
+    done = _read_all_in_subprocess(tmp_path)
+    assert done.returncode == 1, (done.returncode, done.stderr)  # negative: killed by a signal
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"facedata.errors.FacedataError: {shard}: truncated: {size // 2:,} bytes on disk, "
+                    f"index.json says {size:,} (run `facedata verify {tmp_path}`)")
+    shard.unlink()
+    done = _read_all_in_subprocess(tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().endswith(f"{shard}: shard listed in index.json is missing")
+
+
+@pytest.mark.parametrize(("backend", "size", "error"), [
+    ("lmdb", 305_152, "truncated LMDB shard: its pages need 610,304 bytes, the file has 305,152"),
+    ("lmdb", 5000, "truncated LMDB shard: its pages need 610,304 bytes, the file has 5,000"),
+    ("lmdb", 100, "cannot open LMDB shard"),
+    ("parquet", 300_000, "cannot open Parquet shard"),
+])
+def test_truncated_shard_recorded_in_the_index_is_an_error_not_a_crash(tmp_path: Path, backend: str, size: int,
+                                                                      error: str) -> None:
+    """Even when index.json agrees with the cut file (re-hashed), the shard's own header exposes it."""
+    write_dataset(tmp_path, backend, N)
+    shard = tmp_path / f"shard-00001.{backend}"
+    os.truncate(shard, size)
+
+    def record_cut(index: dict) -> None:
+        index["shards"][1].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+
+    _edit_index(tmp_path, record_cut)
+    done = _read_all_in_subprocess(tmp_path)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stderr.strip().splitlines()[-1].startswith(f"facedata.errors.FacedataError: {shard}: {error}")
+
+
+@pytest.mark.parametrize(("shape", "block"), [((12, 12, 3), 16), ((2, 2, 1), 4)])  # overflow / inline values
+def test_lmdb_value_extents_locate_every_block(tmp_path: Path, shape: tuple[int, int, int], block: int) -> None:
+    """The read-ahead hints come from our own walk of LMDB's B-tree: each extent must hold exactly the
+    block's value as LMDB returns it (several leaf pages under a branch page here)."""
+    n = 3000
+    records = np.zeros(n, SAMPLE_DTYPE)
+    records["image_index"] = np.arange(n)
+    pixels = (np.arange(n * int(np.prod(shape))) % 251).astype(np.uint8).reshape(n, *shape)
+    with DatasetWriter(tmp_path, backend="lmdb", image_shape=shape, record_dtype=SAMPLE_DTYPE, provenance={},
+                       block_samples=block) as writer:
+        writer.add(pixels, records)
+        writer.close()
+    path = tmp_path / "shard-00000.lmdb"
+    fd = os.open(path, os.O_RDONLY)
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=2)
+    try:
+        extents = value_extents(fd, b"blocks")
+        with env.begin(db=env.open_db(b"blocks", create=False)) as txn:
+            values = dict(txn.cursor())
+            assert env.stat()["depth"] == 1 and txn.stat(env.open_db(b"blocks", create=False))["depth"] == 2
+        assert sorted(extents) == sorted(values) and len(values) == -(-n // block)
+        for key, (offset, length) in extents.items():
+            assert os.pread(fd, length, offset) == values[key]
+    finally:
+        env.close()
+        os.close(fd)
+
+
+def _resident_fraction(path: Path) -> float:
+    """Share of the file's pages in the page cache (mincore on a fresh read-only map)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = np.frombuffer(mapped, np.uint8)
+        pages = -(-len(mapped) // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        assert libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(len(mapped)), vector) == 0
+        del view
+        return sum(v & 1 for v in vector) / pages
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="posix_fadvise and mincore semantics of Linux")
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_shuffled_read_asks_the_kernel_for_units_ahead(tmp_path: Path, backend: str) -> None:
+    """Cold reads: the first batch of an epoch already has every unit of the next READAHEAD_BYTES on its
+    way into the page cache (in bulk), instead of each page faulting in when a gather touches it."""
+    write_dataset(tmp_path, backend, 20_000, shard_samples=8192, chunk=5000)  # 3 shards of 4 MB at most
+    shards = sorted(tmp_path.glob("shard-*"))
+    drop_cached_pages(shards)
+    if any(_resident_fraction(shard) > 0.05 for shard in shards):
+        pytest.skip("this file system keeps the shards in memory (tmpfs?)")
+    batches = ShardedDataset(tmp_path).iter_batches(64, seed=1)
+    next(batches)
+    deadline = time.monotonic() + 20
+    while min(_resident_fraction(shard) for shard in shards) < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [round(_resident_fraction(shard), 2) for shard in shards] == [1.0] * len(shards)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="preadv(RWF_NOWAIT) is Linux only")
+def test_in_page_cache_tells_cold_from_warm_without_reading(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * 8192)  # 2 MB
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 1 << 21, 0)
+        assert in_page_cache(fd, 4096, 1 << 20)
+        drop_cached_pages([path])
+        if _resident_fraction(path) > 0.05:
+            pytest.skip("this file system keeps the file in memory (tmpfs?)")
+        assert not in_page_cache(fd, 4096, 1 << 20)
+        assert not in_page_cache(fd, 0, 0)
+    finally:
+        os.close(fd)

@@ -7,6 +7,8 @@ Adding a backend is one module that registers a `Backend` subclass in `BACKENDS`
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +53,10 @@ class ShardSource(Protocol):
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (n, H, W, C) uint8 and records (n,) of one unit of this shard."""
 
+    def will_need(self, unit: int) -> Callable[[], None] | None:
+        """None when the unit's bytes are in the page cache (or cannot be located), else a call that brings
+        them in (run in the reader's read-ahead thread, so it may block on the disk)."""
+
     def labels(self) -> np.ndarray:
         """Every sample's label, in order (for verification)."""
 
@@ -77,3 +83,51 @@ class Backend:
 
 
 BACKENDS: Registry[type[Backend]] = Registry("storage backend")
+
+
+def drop_cached_pages(files: Iterable[Path]) -> None:
+    """Evict the files' pages from the page cache, so the next read is cold (cold-read benchmarks and tests).
+    Dirty pages are written first (they would stay); pages a live process maps stay as well."""
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+_dev_null: int | None = None
+
+
+def read_into_page_cache(fd: int, offset: int, length: int) -> None:
+    """Bring file bytes [offset, offset + length) into the page cache, blocking this thread until they are
+    there. sendfile() to /dev/null reads them the way a sequential read() does (large readahead, large
+    folios) without copying them to user space; where that fails, posix_fadvise(WILLNEED) asks for them."""
+    global _dev_null
+    try:
+        if _dev_null is None:
+            _dev_null = os.open(os.devnull, os.O_WRONLY)
+        while length > 0:
+            sent = os.sendfile(_dev_null, fd, offset, length)
+            if sent <= 0:
+                return
+            offset, length = offset + sent, length - sent
+    except OSError:
+        if hasattr(os, "posix_fadvise"):  # not on macOS
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+
+def in_page_cache(fd: int, offset: int, length: int) -> bool:
+    """Whether file bytes [offset, offset + length) look cached: one-byte preadv(RWF_NOWAIT) reads of the
+    first, middle and last page, which fail instead of waiting for the disk (about 10 microseconds).
+    False where the flag is unsupported. Read-ahead hints skip cached units: on a warm cache, a helper
+    thread asking the kernel for each unit cost up to 2x the epoch's gathers (GIL hand-overs)."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None or length <= 0:
+        return False
+    probe = bytearray(1)
+    try:
+        return all(os.preadv(fd, [probe], at, flag) == 1 for at in (offset, offset + length // 2, offset + length - 1))
+    except OSError:  # EAGAIN: not in the cache; EOPNOTSUPP: this file system cannot tell
+        return False

@@ -12,13 +12,16 @@ readahead=False and keep one read txn, so blocks are zero-copy numpy views of th
 from __future__ import annotations
 
 import os
+import struct
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _META_KEY = b"schema"
@@ -92,6 +95,68 @@ class LmdbSink:
                 path.unlink()
 
 
+# LMDB's on-disk format (mdb.c, format version 1), just enough to find where each value lies in the file:
+# page header 16 bytes (pgno u64, pad u16, flags u16, lower u16, upper u16, then the node offsets u16[]);
+# meta pages 0 and 1 hold magic, version, address, mapsize, then the free and main DBs' MDB_db records.
+_PAGE_HEADER = 16
+_META = struct.Struct("<IIQQ")  # magic, version, fixed address, map size
+_DB = struct.Struct("<IHHQQQQQ")  # MDB_db: pad (the page size, in the free DB), flags, depth, 3 page counts,
+#                                   entries, root page
+_P_BRANCH, _P_LEAF, _P_LEAF2 = 0x01, 0x02, 0x20
+_F_BIGDATA, _F_SUBDATA = 0x01, 0x02
+
+
+def value_extents(fd: int, db_name: bytes) -> dict[bytes, tuple[int, int]]:
+    """key -> (file offset, length) of every value of the named DB `db_name`, read from the B-tree pages
+    with pread. py-lmdb's get() touches every page of a value, so a value's place cannot be learnt from
+    py-lmdb without reading it; this is what lets a reader ask for a block's pages before it needs them."""
+    size = os.fstat(fd).st_size
+    psize = _DB.unpack_from(os.pread(fd, 256, 0), _PAGE_HEADER + _META.size)[0]
+    if psize < 512 or psize & (psize - 1):
+        raise ValueError(f"page size {psize}")
+    metas = [os.pread(fd, 256, k * psize) for k in range(2)]
+    txnid = _PAGE_HEADER + _META.size + 2 * _DB.size + 8  # after the two MDB_db records and last_pg
+
+    def newest(meta: bytes) -> int:
+        return struct.unpack_from("<Q", meta, txnid)[0]
+
+    meta = max(metas, key=newest)
+    if _META.unpack_from(meta, _PAGE_HEADER)[:2] != (0xBEEFC0DE, 1):
+        raise ValueError("not an LMDB format 1 file")
+    named = _leaves(fd, psize, size, _DB.unpack_from(meta, _PAGE_HEADER + _META.size + _DB.size)[7])
+    if db_name not in named or not named[db_name][2] & _F_SUBDATA:
+        raise ValueError(f"no named DB {db_name!r}")
+    root = _DB.unpack_from(os.pread(fd, _DB.size, named[db_name][0]), 0)[7]
+    return {key: (offset, length) for key, (offset, length, _) in _leaves(fd, psize, size, root).items()}
+
+
+def _leaves(fd: int, psize: int, size: int, root: int) -> dict[bytes, tuple[int, int, int]]:
+    """key -> (value offset, value length, node flags) of one B-tree, walking branch and leaf pages."""
+    found: dict[bytes, tuple[int, int, int]] = {}
+    todo, visited = [root], 0
+    while todo:
+        pgno = todo.pop()
+        visited += 1
+        if not 0 <= pgno < size // psize or visited > size // psize:
+            raise ValueError(f"page {pgno} outside the file")
+        page = os.pread(fd, psize, pgno * psize)
+        flags, lower = struct.unpack_from("<HH", page, 10)
+        if flags & _P_LEAF2 or not flags & (_P_BRANCH | _P_LEAF):
+            raise ValueError(f"page {pgno}: flags {flags:#x}")
+        for i in range((lower - _PAGE_HEADER) // 2):
+            node = struct.unpack_from("<H", page, _PAGE_HEADER + 2 * i)[0]
+            lo, hi, node_flags, key_size = struct.unpack_from("<HHHH", page, node)
+            if flags & _P_BRANCH:
+                todo.append(lo | hi << 16 | node_flags << 32)
+                continue
+            data = node + 8 + key_size
+            offset = pgno * psize + data
+            if node_flags & _F_BIGDATA:  # the value lives on overflow pages, after their page header
+                offset = struct.unpack_from("<Q", page, data)[0] * psize + _PAGE_HEADER
+            found[bytes(page[node + 8 : data])] = (offset, lo | hi << 16, node_flags)
+    return found
+
+
 # LMDB forbids opening one env twice in a process, so sources share envs, counted per process.
 _OPEN: dict[str, tuple[int, lmdb.Environment, object, int]] = {}
 
@@ -111,11 +176,28 @@ def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
     try:
         env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, max_spare_txns=1,
                         max_dbs=2)
+    except lmdb.Error as exc:
+        raise FacedataError(f"{path}: cannot open LMDB shard ({exc})") from None
+    try:
+        _check_extent(path, env)  # before open_db: the main DB's root page is the last page of the file
         blocks_db = env.open_db(b"blocks", create=False)
     except lmdb.Error as exc:
-        raise FacedataError(f"{path.name}: cannot open LMDB shard ({exc})") from None
+        env.close()
+        raise FacedataError(f"{path}: cannot open LMDB shard ({exc})") from None
+    except FacedataError:
+        env.close()
+        raise
     _OPEN[key] = (os.getpid(), env, blocks_db, 1)
     return env, blocks_db
+
+
+def _check_extent(path: Path, env: lmdb.Environment) -> None:
+    """The pages the meta page says are in use must lie inside the file: a page past the end of a
+    memory-mapped file is a SIGBUS on first touch, not an error."""
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = path.stat().st_size
+    if size < used:
+        raise FacedataError(f"{path}: truncated LMDB shard: its pages need {used:,} bytes, the file has {size:,}")
 
 
 def _release(path: Path) -> None:
@@ -137,6 +219,11 @@ class LmdbSource:
         self.samples = samples
         self.env, self.blocks_db = _acquire(path)
         self.txn = self.env.begin(db=self.blocks_db, buffers=True)
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            self.extents = value_extents(self.fd, b"blocks")
+        except (OSError, ValueError, struct.error):  # only a read-ahead hint is lost; reads do not depend on it
+            self.extents = {}
 
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
         value = self.txn.get(block_key(unit))
@@ -151,6 +238,16 @@ class LmdbSource:
         records = np.frombuffer(value, self.schema.record_dtype, n, offset=n * self.schema.image_bytes)
         return pixels, records
 
+    def will_need(self, unit: int) -> Callable[[], None] | None:
+        """posix_fadvise(WILLNEED) on the block's bytes: the env maps the file with readahead off (random
+        reads must not drag in neighbouring blocks), so without this hint a cold block faults in page by page.
+        Blocks are small and scattered: queued all at once, the kernel reads many in parallel (reading each
+        in turn, as Parquet's row groups are, measured slower)."""
+        extent = self.extents.get(block_key(unit))
+        if extent is None or not hasattr(os, "posix_fadvise") or in_page_cache(self.fd, *extent):
+            return None
+        return partial(os.posix_fadvise, self.fd, extent[0], extent[1], os.POSIX_FADV_WILLNEED)
+
     def labels(self) -> np.ndarray:
         n_blocks = -(-self.samples // self.schema.block_samples)
         parts = [self.read_unit(b)[1]["label"].copy() for b in range(n_blocks)]
@@ -160,6 +257,7 @@ class LmdbSource:
         return np.concatenate(parts) if parts else np.zeros(0, np.int8)
 
     def close(self) -> None:
+        os.close(self.fd)
         self.txn.abort()
         _release(self.path)
 

@@ -6,13 +6,19 @@ MB uncompressed, and divide the shard exactly so a global unit number maps to (s
 compression, no dictionary encoding, statistics only on scalar record columns, one data page per column
 chunk: raw crops barely compress, and so every column chunk is its PLAIN values behind one page header.
 The reader exploits that: it parses the page headers itself and takes the values straight from the
-memory-mapped file (the image column zero-copy), instead of pyarrow's decode of every row group.
+memory-mapped file (the image column zero-copy), instead of pyarrow's decode of every row group. Any
+other valid layout of the same schema (compressed or dictionary pages, BOOLEAN fields, files rewritten
+by other tools) is read through pyarrow instead, row group by row group.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, read_into_page_cache
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _ROW_GROUP_BYTES = 48 << 20
@@ -104,16 +110,26 @@ class ParquetSource:
         self.schema = schema
         try:
             self.file = pq.ParquetFile(str(path), memory_map=True)
-            with open(path, "rb") as fh:
-                self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self.fd = os.open(path, os.O_RDONLY)
+            self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, pa.ArrowException) as exc:
-            raise FacedataError(f"{path.name}: cannot open Parquet shard ({exc})") from None
-        leaves = [self.file.schema.column(i) for i in range(len(self.file.schema))]
-        if [leaf.path.split(".")[0] for leaf in leaves] != ["image", *schema.record_dtype.names]:
-            raise FacedataError(f"{path.name}: columns {[leaf.path for leaf in leaves]} differ from the index")
-        self.columns = [_layout(leaf) for leaf in leaves]
+            raise FacedataError(f"{path}: cannot open Parquet shard ({exc})") from None
+        self.columns = [_layout(self.file.schema.column(i)) for i in range(len(self.file.schema))]
+        try:
+            _check_columns(path, self.file.schema_arrow, arrow_schema(schema))
+        except FacedataError:
+            self.close()
+            raise
+        self._arrow_lock = threading.Lock()  # pyarrow reads of one ParquetFile from two threads are not safe
+        rows = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self._group_starts = np.cumsum([0, *rows])
+        # Row groups of other sizes (a file rewritten by another tool) are read as row ranges through pyarrow.
+        self._aligned = all(r == schema.unit_samples for r in rows[:-1])
+        self._spans = [_span(self.file.metadata.row_group(i)) for i in range(self.file.num_row_groups)]
 
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._aligned:
+            return self._read_unit_arrow(unit)
         if unit >= self.file.num_row_groups:
             raise FacedataError(f"{self.path.name}: row group {unit} is missing")
         row_group = self.file.metadata.row_group(unit)
@@ -124,9 +140,36 @@ class ParquetSource:
             fields = [records[name] for name in self.schema.record_dtype.names]
             columns = [self._values(row_group, i, f.size).reshape(f.shape) for i, f in enumerate(fields, start=1)]
             _interleave(fields, columns)
-        except (IndexError, KeyError, TypeError, ValueError, RecursionError) as exc:
-            raise FacedataError(f"{self.path.name}: row group {unit} is not a facedata layout ({exc})") from None
+        except (IndexError, KeyError, TypeError, ValueError, RecursionError):
+            return self._read_unit_arrow(unit)  # a layout the raw path does not know (or a damaged one)
         return pixels.reshape((n, *self.schema.image_shape)), records
+
+    def _read_unit_arrow(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unit `unit` decoded by pyarrow: slower, but any valid encoding of the schema and any row groups."""
+        rows = int(self._group_starts[-1])
+        lo = unit * self.schema.unit_samples
+        hi = min(lo + self.schema.unit_samples, rows)
+        if lo >= hi:
+            raise FacedataError(f"{self.path}: unit {unit} starts at row {lo}, past the file's {rows} rows")
+        first = int(np.searchsorted(self._group_starts, lo, side="right")) - 1
+        last = int(np.searchsorted(self._group_starts, hi, side="left")) - 1
+        try:
+            with self._arrow_lock:
+                table = self.file.read_row_groups(list(range(first, last + 1)))
+            table = table.slice(lo - int(self._group_starts[first]), hi - lo)
+            records = np.empty(table.num_rows, self.schema.record_dtype)
+            if any(column.null_count for column in table.columns):
+                raise ValueError("null values in a facedata column")
+            for name in self.schema.record_dtype.names:
+                column = table.column(name).combine_chunks()
+                values = column.flatten() if pa.types.is_fixed_size_list(column.type) else column
+                records[name] = values.to_numpy(zero_copy_only=False).reshape(records[name].shape)
+            image = table.column("image").combine_chunks()
+            pixels = np.frombuffer(image.buffers()[1], np.uint8, table.num_rows * self.schema.image_bytes,
+                                   image.offset * self.schema.image_bytes)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise FacedataError(f"{self.path}: rows {lo}..{hi - 1} (unit {unit}) are unreadable ({exc})") from None
+        return pixels.reshape((table.num_rows, *self.schema.image_shape)), records
 
     def _values(self, row_group: pq.RowGroupMetaData, i: int, count: int) -> np.ndarray:
         """Column i's `count` values: a view of the file when it has one data page, else the pages joined."""
@@ -167,12 +210,54 @@ class ParquetSource:
             raise ValueError(f"page of {page[1]} values: encoding {encoding}, {size} value bytes")
         return np.frombuffer(self.map, layout.dtype, size // layout.dtype.itemsize, pos + skip)
 
+    def will_need(self, unit: int) -> Callable[[], None] | None:
+        """Read the row groups holding `unit` into the page cache: the image column is gathered straight
+        from the map, so a cold one would fault in page by page as the batches happen to touch it. A row
+        group is tens of MB in one piece: read front to back it comes at the disk's sequential speed,
+        faster than posix_fadvise(WILLNEED) fills the cache page by page (measured)."""
+        lo = unit * self.schema.unit_samples
+        groups = np.searchsorted(self._group_starts, [lo, lo + self.schema.unit_samples - 1], side="right") - 1
+        spans = [(start, stop - start) for start, stop in self._spans[int(groups[0]) : int(groups[1]) + 1]
+                 if not in_page_cache(self.fd, start, stop - start)]
+        return partial(_read_spans, self.fd, spans) if spans else None
+
     def labels(self) -> np.ndarray:
         return self.file.read(columns=["label"]).column("label").to_numpy()
 
     def close(self) -> None:
         """The map itself closes once no unit array views it any more."""
         self.file.close()
+        os.close(self.fd)
+
+
+def _read_spans(fd: int, spans: list[tuple[int, int]]) -> None:
+    for offset, length in spans:
+        read_into_page_cache(fd, offset, length)
+
+
+def _span(row_group: pq.RowGroupMetaData) -> tuple[int, int]:
+    """The file bytes [start, stop) of a row group's column chunks (dictionary pages included)."""
+    chunks = [row_group.column(i) for i in range(row_group.num_columns)]
+    starts = [c.data_page_offset if c.dictionary_page_offset is None else min(c.data_page_offset,
+              c.dictionary_page_offset) for c in chunks]
+    return min(starts), max(s + c.total_compressed_size for s, c in zip(starts, chunks, strict=True))
+
+
+def _check_columns(path: Path, got: pa.Schema, expected: pa.Schema) -> None:
+    """The file's columns must be the index's: same names, order, types and non-nullability."""
+    for k in range(max(len(got), len(expected))):
+        have = _describe(got.field(k)) if k < len(got) else "absent"
+        want = _describe(expected.field(k)) if k < len(expected) else "absent"
+        if have != want:
+            raise FacedataError(f"{path}: Parquet column {k} is {have}, the index's schema needs {want}")
+
+
+def _describe(field: pa.Field) -> str:
+    """Name, type and nullability; a list's element field name is left out (writers call it item or element)."""
+    kind = field.type
+    if pa.types.is_fixed_size_list(kind):
+        kind = f"fixed_size_list<{kind.value_type}>[{kind.list_size}]"
+    return f"{field.name}: {kind}{'' if field.nullable else ' not null'}"
 
 
 def _interleave(fields: list[np.ndarray], columns: list[np.ndarray]) -> None:

@@ -31,16 +31,17 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     for k, entry in enumerate(index["shards"]):
         name = entry["file"]
         listed.add(name)
-        if entry.get("first_index") != total:
-            problems.append(f"{name}: first_index {entry.get('first_index')} but {total} samples precede it")
+        if entry.get("first_index") != k * schema.samples_per_shard:
+            problems.append(f"{name}: first_index {entry.get('first_index')}, expected "
+                            f"{k * schema.samples_per_shard} (shard {k} of {schema.samples_per_shard} samples each)")
         if k < len(index["shards"]) - 1 and entry.get("samples") != schema.samples_per_shard:
             problems.append(f"{name}: {entry.get('samples')} samples, expected {schema.samples_per_shard}")
         total += int(entry.get("samples", 0))
         for label, count in entry.get("label_counts", {}).items():
             totals[label] = totals.get(label, 0) + count
         problems.extend(_check_shard(path / name, entry, backend, schema))
-    if total != index["samples"]:
-        problems.append(f"{INDEX_NAME}: shards hold {total} samples but the index says {index['samples']}")
+    if total != index["samples"] and not any(" samples" in p for p in problems):  # else a shard line says why
+        problems.append(f"{INDEX_NAME}: says {index['samples']} samples but its shards list {total}")
     if totals != index.get("label_counts", {}):
         problems.append(f"{INDEX_NAME}: label counts {index.get('label_counts')} != sum over shards {totals}")
     for file in sorted(path.iterdir()):
@@ -50,16 +51,17 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema) -> list[str]:
+    """At most one line for the file itself (missing, wrong size, changed bytes, unreadable), then counts."""
     name = file.name
     if not file.is_file():
-        return [f"{name}: missing"]
-    problems = []
+        return [f"{name}: missing (listed in {INDEX_NAME})"]
     size = file.stat().st_size
     if size != entry.get("bytes"):
-        problems.append(f"{name}: {size} bytes, index says {entry.get('bytes')}")
+        state = "truncated" if size < entry.get("bytes", 0) else "longer than recorded"
+        return [f"{name}: {state}: {size:,} bytes on disk, {INDEX_NAME} says {entry.get('bytes'):,}"]
     if sha256_file(file) != entry.get("sha256"):
         # Not parsed further: a corrupt LMDB page can crash the reading process, not just raise.
-        return [*problems, f"{name}: sha256 mismatch"]
+        return [f"{name}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)"]
     try:
         source = backend.open_source(file, schema, int(entry["samples"]))
         try:
@@ -67,12 +69,12 @@ def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema)
         finally:
             source.close()
     except Exception as exc:  # a corrupt shard can fail inside LMDB/Arrow in many ways; report, don't crash
-        return [*problems, f"{name}: unreadable ({exc.__class__.__name__}: {exc})"]
+        return [f"{name}: unreadable ({exc.__class__.__name__}: {exc})"]
     if len(labels) != entry["samples"]:
-        problems.append(f"{name}: holds {len(labels)} samples, index says {entry['samples']}")
+        return [f"{name}: holds {len(labels)} samples, {INDEX_NAME} says {entry['samples']}"]
     values, counts = np.unique(labels, return_counts=True)
     found = {str(v): c for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
     expected = {str(k): v for k, v in entry.get("label_counts", {}).items()}
     if found != expected:
-        problems.append(f"{name}: label counts {found} differ from the index {expected}")
-    return problems
+        return [f"{name}: label counts {found} differ from {INDEX_NAME}'s {expected}"]
+    return []
