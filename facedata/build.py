@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from collections import deque
@@ -64,6 +65,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from facedata import __version__
+from facedata.buildoutput import Output, prepare_output
 from facedata.buildplan import RECORDS_NAME, PlanFile
 from facedata.buildworker import (
     LABEL_ORDER,
@@ -98,6 +100,7 @@ from facedata.samples import (
     sample_dtype,
 )
 from facedata.storage import DatasetWriter
+from facedata.storage.writer import shard_layout
 from facedata.workerpool import pool_context
 
 __all__ = [
@@ -317,6 +320,8 @@ def build_dataset(
     extra_provenance: dict[str, Any] | None = None,
     on_write: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Build (or resume) a shard directory for `stage`; returns the summary (also in index.json).
 
@@ -326,6 +331,9 @@ def build_dataset(
     an object with `.detect(image)` (e.g. CascadeFactory); it is called once inside each worker.
     Progress hooks (tests use them to interrupt a build): `on_plan(images_planned)` after every planned
     chunk, `on_write(samples_in_stream)` after every written chunk.
+    A complete dataset in `out_dir` is never modified (facedata.buildoutput): of the same inputs and
+    options the summary says `already_complete` (`verify` re-hashes its shards first); of others it is an
+    error unless `overwrite`, and then it is replaced only once the new one is complete.
     """
     started = time.perf_counter()
     if stage not in STAGE_SIZE:
@@ -360,14 +368,6 @@ def build_dataset(
         landmarks, ORIGIN_LANDMARKS, landmark_recipe.min_face, roots
     )
     pa.default_memory_pool().release_unused()  # pyarrow's allocator keeps the freed manifest tables' pages
-    job = Job(
-        stage, size, seed, det_tasks, lmk_tasks, crop_recipe, landmark_recipe, mining_recipe, detector,
-        record_dtype, str(out_dir.resolve() / RECORDS_NAME),
-    )
-    n = job.n
-    # Mining an image takes ~40x planning + rendering one: smaller chunks keep the workers evenly busy to
-    # the last image (and the plan resumable at a finer grain).
-    chunk = chunk_images or max(1, min(4 if stage != "pnet" else 32, -(-n // (workers * 16))))
 
     provenance: dict[str, Any] = {
         "builder": "facedata.build",
@@ -386,21 +386,59 @@ def build_dataset(
         "command_line": command_line(),
         **(extra_provenance or {}),
     }
+    layout = shard_layout(backend, (size, size, 3), record_dtype, shard_bytes, block_samples)
+    output = prepare_output(out_dir, layout, provenance, overwrite=overwrite, verify=verify)
+    if output.existing is not None:
+        return _already_complete(output, verify)
+    _check_images(det_tasks, "detections")
+    if lmk_tasks is not None:
+        _check_images(lmk_tasks, "landmarks")
+    job = Job(
+        stage, size, seed, det_tasks, lmk_tasks, crop_recipe, landmark_recipe, mining_recipe, detector,
+        record_dtype, str(output.directory.resolve() / RECORDS_NAME),
+    )
+    n = job.n
+    # Mining an image takes ~40x planning + rendering one: smaller chunks keep the workers evenly busy to
+    # the last image (and the plan resumable at a finer grain).
+    chunk = chunk_images or max(1, min(4 if stage != "pnet" else 32, -(-n // (workers * 16))))
 
     runner = _Runner(job, workers)  # fork before any LMDB env exists in this process
     ok = False
     try:
         summary = _run(
-            runner, job, out_dir, backend=backend, mix_ratio=ratio if mix else None, allow_repeat=allow_repeat,
-            shard_bytes=shard_bytes, block_samples=block_samples, provenance=provenance, progress=progress,
-            strict=strict, chunk=chunk, on_write=on_write, on_plan=on_plan, started=started,
+            runner, job, output.directory, backend=backend, mix_ratio=ratio if mix else None,
+            allow_repeat=allow_repeat, shard_bytes=shard_bytes, block_samples=block_samples,
+            provenance=provenance, progress=progress, strict=strict, chunk=chunk, on_write=on_write,
+            on_plan=on_plan, started=started,
         )
         ok = True
+    except FacedataError:
+        if not strict:  # a --strict stop keeps its plan for the retry once the image is mended
+            output.discard()
+        raise
     finally:
         runner.close(ok)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    summary["workers"] = workers
+    output.commit()
+    summary.update(seconds=round(time.perf_counter() - started, 3), workers=workers, out_dir=str(out_dir))
     return summary
+
+
+def _already_complete(output: Output, verified: bool) -> dict[str, Any]:
+    """The summary of the complete dataset already at `output.target`, marked as such."""
+    index = output.existing
+    assert index is not None
+    return {**index.get("summary", {}), "already_complete": True, "verified": verified,
+            "samples": int(index["samples"]), "shards": len(index["shards"]), "bytes": int(index["bytes"]),
+            "out_dir": str(output.target)}
+
+
+def _check_images(tasks: TaskTable, name: str) -> None:
+    """Refuse a build none of whose images of a manifest exist (a wrong image root, not a dataset)."""
+    if len(tasks) and not any(os.path.isfile(path) for path in tasks.paths):
+        raise FacedataError(
+            f"none of the {len(tasks):,} images of the {name} manifest exists (first: {tasks.paths[0]}); "
+            "check the image root (--images NAME=DIR)"
+        )
 
 
 def _describe(detector: Callable[[], Any]) -> Any:
@@ -466,7 +504,6 @@ def _run(
         shards=len(index["shards"]),
         bytes=int(index["bytes"]),
         label_counts={LABEL_NAMES.get(int(k), k): v for k, v in index["label_counts"].items()},
-        out_dir=str(out_dir),
     )
     return summary
 
@@ -586,6 +623,10 @@ def _summary(
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The CLI's final table: samples per label, shards, bytes, seconds, shortages, skipped images."""
+    if summary.get("already_complete"):
+        checked = "shards re-hashed" if summary["verified"] else "shard sizes checked; --verify re-hashes"
+        return (f"{summary['out_dir']}: already complete with these inputs and options "
+                f"({summary['samples']:,} samples in {summary['shards']} shard(s), {checked}); nothing written")
     lines = [f"{summary['stage']} shards ({summary['size']} px) in {summary.get('out_dir', '?')}", ""]
     lines.append(f"{'label':<10} {'samples':>12}")
     for name in ("negative", "positive", "part", "landmark"):
@@ -711,8 +752,12 @@ def parse_ratio(text: str) -> dict[int, float] | None:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) != 4 or any(v < 0 for v in values):
-        raise FacedataError(f"bad ratio {text!r}; expected neg:pos:part:landmark, e.g. 3:1:1:2, or 'all'")
+    if len(values) != 4 or not all(0 <= v < math.inf for v in values):
+        raise FacedataError(f"Invalid value for '--ratio': expected neg:pos:part:landmark, four finite numbers "
+                            f">= 0 such as 3:1:1:2, or 'all'; got {text!r}")
+    if values[1] == 0:
+        raise FacedataError(f"Invalid value for '--ratio': the positive share must be > 0 (the mix is anchored "
+                            f"on the positives), got {text!r}")
     return dict(zip(LABEL_ORDER, values, strict=True))
 
 

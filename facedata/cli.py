@@ -304,6 +304,11 @@ def _build_options(func):
         click.option("--pos-iou", default=0.65, show_default=True, help="Positive: IoU at least this."),
         click.option("--strict", is_flag=True,
                      help="Stop at the first unreadable image instead of skipping it."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace a complete dataset of other inputs or options in -o; it stays readable until "
+                     "the new one is complete (built beside it, then swapped in)."),
+        click.option("--verify", is_flag=True,
+                     help="When -o already holds this build, re-hash its shards (default: check their sizes)."),
         _quiet_option,
     ]
     for option in reversed(options):
@@ -314,8 +319,8 @@ def _build_options(func):
 def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Path, backend: str,
                workers: int | None, seed: int, shard_size: str, roots: tuple[str, ...], ratio: str,
                allow_repeat: bool, interpolation: str, landmark_shifts: int, landmark_min_face: float,
-               max_rotation: float, no_mirror: bool, quiet: bool, strict: bool, crop_recipe,
-               **extra) -> None:
+               max_rotation: float, no_mirror: bool, quiet: bool, strict: bool, overwrite: bool, verify: bool,
+               crop_recipe, **extra) -> None:
     import os
     from dataclasses import replace
 
@@ -343,7 +348,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
         crop_recipe=replace(crop_recipe, interpolation=interpolation), landmark_recipe=landmark_recipe,
         ratio=ratio_map, mix=ratio_map is not None, allow_repeat=allow_repeat, seed=seed,
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, root_names),
-        progress=not quiet, strict=strict, extra_provenance=files, **extra,
+        progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify, **extra,
     )
     click.echo(format_summary(summary))
 

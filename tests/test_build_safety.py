@@ -1,0 +1,223 @@
+"""A finished dataset is never lost: reruns leave it untouched, --overwrite replaces it only once the new one is
+complete, and a SIGKILL (real, of a CLI build in a subprocess) at any point never leaves a broken DIR.
+Failed builds validate first and leave nothing that blocks the corrected retry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from facedata.buildoutput import recover, staging_dir, swap_in, trash_dir
+from facedata.cli import main
+from facedata.demo import build_demo_corpus
+from facedata.parsers import ingest
+from facedata.storage import verify_dataset
+from facedata.storage.index import load_index
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = ["--workers", "1", "--shard-size", "100KB", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("safety")
+    c = build_demo_corpus(root / "corpus", seed=4, wider_images=40)
+    for name, source, images in (("det", c.wider_annotations, c.wider_images),
+                                 ("lmk", c.cuhk_annotations, c.cuhk_images)):
+        manifest, _ = ingest(source, images=images)
+        manifest.write(root / f"{name}.parquet")
+    inputs = ["--detections", str(root / "det.parquet"), "--landmarks", str(root / "lmk.parquet")]
+    references = {}
+    for seed in ("0", "1"):  # uninterrupted builds to compare with
+        out = root / f"reference{seed}"
+        cli("build", "pnet", *inputs, "-o", out, "--seed", seed, *OPTIONS)
+        references[seed] = snapshot(out)
+    return {"root": root, "corpus": c, "inputs": inputs, "reference": references}
+
+
+def cli(*args: object, code: int = 0) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
+    """Every file of a dataset directory: (mtime_ns, sha256) — any modification shows."""
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(directory.iterdir())}
+
+
+def contents(directory: Path) -> dict[str, str]:
+    """The dataset's shard hashes (what must equal a reference build)."""
+    return {entry["file"]: entry["sha256"] for entry in load_index(directory)["shards"]}
+
+
+def same_files(a: dict, b: dict) -> bool:
+    return {k: v[1] for k, v in a.items() if k.startswith("shard-")} == {
+        k: v[1] for k, v in b.items() if k.startswith("shard-")}
+
+
+def start_build(corpus: dict, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "from facedata.cli import main; main()"
+    args = [sys.executable, "-c", code, "build", "pnet", *corpus["inputs"], "-o", str(out), *OPTIONS, *extra]
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 120) -> bool:
+    """SIGKILL the build as soon as `condition` holds; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if condition():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    proc.wait()
+    return False
+
+
+def shards_in(directory: Path, n: int) -> Callable[[], bool]:
+    return lambda: directory.is_dir() and len(list(directory.glob("shard-*"))) >= n
+
+
+def after(seconds: float) -> Callable[[], bool]:
+    at = time.monotonic() + seconds
+    return lambda: time.monotonic() >= at
+
+
+def test_rerun_of_a_complete_build_reports_it_and_modifies_nothing(corpus: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    before = snapshot(out)
+    assert "already complete" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    assert "re-hashed" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--verify")
+    assert snapshot(out) == before
+    # a flipped byte keeps the size: the quick check passes, --verify finds it; nothing is rewritten
+    shard = out / "shard-00001.lmdb"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    damaged = snapshot(out)
+    assert "already complete" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--verify", code=2)
+    assert "shard-00001.lmdb" in text and "--overwrite" in text
+    with open(shard, "r+b") as fh:
+        fh.truncate(1000)
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, code=2)
+    assert "shard-00001.lmdb: 1,000 bytes" in text and "damaged" in text
+    assert {k: v for k, v in snapshot(out).items() if k != shard.name} == {
+        k: v for k, v in damaged.items() if k != shard.name}
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--overwrite")  # mends it
+    assert contents(out) == contents(corpus["root"] / "reference0") and verify_dataset(out) == []
+
+
+def test_other_options_or_inputs_are_named_and_refused_without_overwrite(corpus: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    before = snapshot(out)
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--min-face", "30",
+               code=2)
+    assert "seed: 0 -> 1" in text and "crop_recipe.min_face: 20.0 -> 30.0" in text and "--overwrite" in text
+    other = corpus["root"] / "det_other.parquet"
+    manifest, _ = ingest(corpus["corpus"].wider_annotations, images=corpus["corpus"].wider_images)
+    manifest.images = manifest.images.iloc[:-1]
+    manifest.faces = manifest.faces[manifest.faces["image_id"].isin(manifest.images["image_id"])]
+    manifest.write(other)
+    text = cli("build", "pnet", "--detections", other, *corpus["inputs"][2:], "-o", out, *OPTIONS, code=2)
+    assert "inputs.detections.sha256 changed" in text and "inputs.detections.images: 40 -> 39" in text
+    assert snapshot(out) == before
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--overwrite")
+    assert contents(out) == contents(corpus["root"] / "reference1")
+    assert not staging_dir(out).exists() and not trash_dir(out).exists() and verify_dataset(out) == []
+
+
+def test_sigkill_during_a_rerun_leaves_the_dataset_untouched(corpus: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    before = snapshot(out)
+    for delay in (0.2, 0.6, 1.0, 1.5):
+        proc = start_build(corpus, out, "--verify")
+        kill_when(proc, after(delay))
+        assert snapshot(out) == before
+    proc = start_build(corpus, out, "--seed", "1")  # refused: must not touch anything either
+    assert proc.wait() == 2 and b"seed: 0 -> 1" in proc.stderr.read()
+    assert snapshot(out) == before and verify_dataset(out) == []
+
+
+def test_sigkill_at_any_point_of_an_overwrite_keeps_a_complete_dataset(corpus: dict, tmp_path: Path) -> None:
+    """Killed while staging, at several shard counts, and as soon as the staged index is written (the swap): DIR
+    always holds the old or the new complete dataset, verifying; the final rerun ends byte-identical."""
+    out = tmp_path / "out"
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    old, new = corpus["reference"]["0"], corpus["reference"]["1"]
+    staging = staging_dir(out)
+    points = [after(0.3), lambda: staging.is_dir(), shards_in(staging, 1), shards_in(staging, 3),
+              lambda: (staging / "index.json").exists()]
+    killed = 0
+    for condition in points:
+        proc = start_build(corpus, out, "--seed", "1", "--overwrite")
+        killed += kill_when(proc, condition)
+        assert out.is_dir() or staging.is_dir()  # (the fallback's gap: the next run recovers)
+        if out.is_dir():
+            assert verify_dataset(out) == []
+            assert same_files(snapshot(out), old) or same_files(snapshot(out), new)
+        if out.is_dir() and same_files(snapshot(out), new):
+            break
+    assert killed >= 3
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--overwrite")
+    assert same_files(snapshot(out), new) and verify_dataset(out) == []
+    assert not staging.exists() and not trash_dir(out).exists()
+
+
+def test_interrupted_swaps_recover_deterministically(corpus: dict, tmp_path: Path, monkeypatch) -> None:
+    """Each state a kill can leave between the swap's steps, made by hand, then recovered."""
+    import shutil
+
+    from facedata import buildoutput
+
+    old_dir, new_dir = corpus["root"] / "reference0", corpus["root"] / "reference1"
+    out, staging, trash = tmp_path / "out", staging_dir(tmp_path / "out"), trash_dir(tmp_path / "out")
+    # fallback, killed between its renames: no DIR, the old in TRASH, the new complete in STAGING
+    shutil.copytree(old_dir, trash)
+    shutil.copytree(new_dir, staging)
+    recover(out)
+    assert contents(out) == contents(new_dir) and not trash.exists() and not staging.exists()
+    # exchange done, killed before STAGING (the old) became TRASH: an overwrite back to the old options
+    # swaps the staged copy in without building anything; the same options as DIR: already complete
+    shutil.copytree(old_dir, staging)
+    assert "already complete" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1")
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--overwrite", "--seed", "0")
+    assert "already complete" in text and contents(out) == contents(old_dir) and not staging.exists()
+    # without renameat2 the swap takes two renames and ends the same
+    monkeypatch.setattr(buildoutput, "_exchange", lambda a, b: False)
+    shutil.copytree(new_dir, staging)
+    swap_in(out, staging)
+    assert contents(out) == contents(new_dir) and not staging.exists() and not trash.exists()
+
+
+@pytest.mark.parametrize("case", ["ratio", "missing images", "no positives"])
+def test_failed_build_says_why_and_leaves_nothing_in_the_way(corpus: dict, tmp_path: Path, case: str) -> None:
+    out = tmp_path / "out"
+    bad = {"ratio": ["--ratio", "0:0:0:0"], "missing images": ["--images", f"wider_train={tmp_path}"],
+           "no positives": ["--min-face", "5000", "--ratio", "3:1:1:2"]}[case]
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, *bad, code=2)
+    assert text.startswith("error: ") and len(text.strip().splitlines()) == 1 and "Traceback" not in text
+    if case == "ratio":
+        assert "--ratio" in text
+    elif case == "missing images":
+        assert "none of the 40 images" in text and str(tmp_path) in text
+    else:
+        assert "no positive samples" in text
+    assert not out.exists()
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    assert contents(out) == contents(corpus["root"] / "reference0")
