@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from facedata import __version__
+from facedata.buildoptions import Number, check_iou_order
 from facedata.errors import FacedataError
 
 
@@ -281,8 +282,9 @@ def _build_options(func):
                      help="Shard directory (an interrupted build there resumes)."),
         click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
                      show_default=True),
-        click.option("--workers", type=int, help="Worker processes (default: all cores)."),
-        click.option("--seed", default=0, show_default=True),
+        click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
+        click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, integer=True),
+                     help="Every random choice comes from (seed, image id)."),
         click.option("--shard-size", default="256MB", show_default=True, help="Shard roll-over size."),
         click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
                      help="Image root override (repeatable; NAME is the manifest's root name)."),
@@ -292,16 +294,18 @@ def _build_options(func):
                      help="Repeat samples of short classes (counted in the index)."),
         click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
                      show_default=True),
-        click.option("--landmark-shifts", default=10, show_default=True,
+        click.option("--landmark-shifts", default=10, show_default=True, type=Number(0, 1000, integer=True),
                      help="Shifted crops per landmark face."),
-        click.option("--landmark-min-face", default=20.0, show_default=True,
+        click.option("--landmark-min-face", default=20.0, show_default=True, type=Number(0),
                      help="Landmark faces whose larger side is below this are not sampled."),
-        click.option("--max-rotation", default=5.0, show_default=True,
+        click.option("--max-rotation", default=5.0, show_default=True, type=Number(0, 180),
                      help="Landmark rotation range (degrees)."),
         click.option("--no-mirror", is_flag=True, help="No random mirroring of landmark samples."),
-        click.option("--neg-iou", default=0.3, show_default=True, help="Negative: max IoU below this."),
-        click.option("--part-iou", default=0.4, show_default=True, help="Part: IoU at least this."),
-        click.option("--pos-iou", default=0.65, show_default=True, help="Positive: IoU at least this."),
+        click.option("--neg-iou", default=0.3, show_default=True, type=Number(0, 1),
+                     help="Negative: max IoU below this."),
+        click.option("--part-iou", default=0.4, show_default=True, type=Number(0, 1), help="Part: IoU at least this."),
+        click.option("--pos-iou", default=0.65, show_default=True, type=Number(0, 1),
+                     help="Positive: IoU at least this."),
         click.option("--strict", is_flag=True,
                      help="Stop at the first unreadable image instead of skipping it."),
         click.option("--overwrite", is_flag=True,
@@ -360,16 +364,20 @@ def build() -> None:
 
 @build.command(name="pnet")
 @_build_options
-@click.option("--negatives-per-image", default=50, show_default=True, help="Random negatives per image.")
-@click.option("--near-negatives", default=5, show_default=True, help="Near-face negative tries per face.")
-@click.option("--positive-tries", default=20, show_default=True, help="Positive/part tries per face.")
-@click.option("--min-face", default=20.0, show_default=True,
+@click.option("--negatives-per-image", default=50, show_default=True, type=Number(0, 100_000, integer=True),
+              help="Random negatives per image.")
+@click.option("--near-negatives", default=5, show_default=True, type=Number(0, 10_000, integer=True),
+              help="Near-face negative tries per face.")
+@click.option("--positive-tries", default=20, show_default=True, type=Number(0, 10_000, integer=True),
+              help="Positive/part tries per face.")
+@click.option("--min-face", default=20.0, show_default=True, type=Number(0),
               help="Faces whose larger side is below this are not sampled (ignore regions); reference: 40.")
 def build_pnet(negatives_per_image: int, near_negatives: int, positive_tries: int, min_face: float,
                neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
     """PNet (12 px): IoU crop sampler + landmark samples, mixed, in shards."""
     from facedata.samplers import CropRecipe
 
+    check_iou_order(neg_iou, part_iou, pos_iou)
     recipe = CropRecipe(
         size=12, negatives_per_image=negatives_per_image, near_negatives_per_face=near_negatives,
         positive_tries_per_face=positive_tries, min_face=min_face, negative_iou=neg_iou, part_iou=part_iou,
@@ -389,9 +397,10 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
     from facedata.samplers.mined import MiningRecipe
     from facedata.samples import STAGE_SIZE
 
+    check_iou_order(neg_iou, part_iou, pos_iou)
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,
-                          max_negatives_per_image=max_neg_per_image, pad_border=pad_border)
+                          max_negatives_per_image=max_neg_per_image, pad_border=pad_border, min_face=gt_min_face)
     factory = CascadeFactory(
         str(pnet), None if rnet is None else str(rnet),
         CascadeConfig(min_face=min_face, factor=factor, thresholds=parse_thresholds(thresholds)),
