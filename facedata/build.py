@@ -65,7 +65,7 @@ from facedata.buildplan import RECORDS_NAME
 from facedata.buildprovenance import ManifestInput, load_tasks, manifest_sha256, ratio_json
 from facedata.buildrun import PROGRESS_NAME, run_build
 from facedata.buildsummary import format_summary
-from facedata.buildworker import CascadeFactory, Job
+from facedata.buildworker import Job
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest, command_line
 from facedata.samplers.crops import CropRecipe
@@ -75,7 +75,7 @@ from facedata.samplers.mixing import DEFAULT_RATIO
 from facedata.samplers.tasks import TaskTable
 from facedata.samples import LABEL_NAMES, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 from facedata.stages import STAGES
-from facedata.stages.mined import MINING_REPORT_NAME
+from facedata.stages.mined import MINING_REPORT_NAME, CascadeFactory
 from facedata.storage.writer import shard_layout
 from facedata.workerpool import Runner, pool_context
 

@@ -2,21 +2,19 @@
 
 Kept apart from facedata.build (the orchestration in the parent) so that the worker server imports only
 numpy, OpenCV and the samplers (no pandas, pyarrow or storage backends): the pool starts faster, and
-every worker is smaller. The detector (onnxruntime) is imported only by mining workers, on first use.
+every worker is smaller. A stage's per-worker model (e.g. onnxruntime sessions) is built on first use.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from facedata.buildplan import read_records
-from facedata.paths import sha256_file
 from facedata.samplers.mixing import MixPlan, select
 from facedata.samplers.tasks import ImageTask, TaskTable
 from facedata.samples import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
@@ -54,50 +52,6 @@ PROGRESS_DTYPE = np.dtype(
         ("counts", "<i8", (len(LABEL_ORDER),)),  # samples this image contributes to the stream
     ]
 )
-
-
-# ---------------------------------------------------------------------------------------- detector
-
-
-@dataclass(frozen=True)
-class CascadeFactory:
-    """Builds the previous cascade stages inside a worker process (sessions are never pickled).
-
-    `pnet`/`rnet` are ONNX paths (or picklable callables with the fork start method). `threads` is the
-    onnxruntime intra-op thread count per worker: 1 when mining with several workers.
-    """
-
-    pnet: Any
-    rnet: Any = None
-    config: Any = None  # facedata.detect.CascadeConfig; None = defaults
-    contract: Any = None  # facedata.detect.ModelContract; None = defaults
-    threads: int = 1
-
-    def __call__(self) -> Any:
-        from facedata.detect import Cascade, CascadeConfig, ModelContract
-
-        return Cascade(
-            self.pnet, self.rnet, None, self.config or CascadeConfig(), self.contract or ModelContract(),
-            threads=self.threads,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """Provenance: model files with their sha256, and every cascade / contract option."""
-        from facedata.detect import CascadeConfig, ModelContract
-
-        def model(spec: Any) -> Any:
-            if spec is None:
-                return None
-            if isinstance(spec, (str, os.PathLike)):
-                return {"file": Path(spec).name, "sha256": sha256_file(spec)}
-            return {"callable": getattr(spec, "__qualname__", type(spec).__name__)}
-
-        return {
-            "pnet": model(self.pnet),
-            "rnet": model(self.rnet),
-            "config": asdict(self.config or CascadeConfig()),
-            "contract": asdict(self.contract or ModelContract()),
-        }
 
 
 @dataclass

@@ -10,8 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx_models import mtcnn_pnet
 
-from facedata.build import build_dataset
-from facedata.buildworker import CascadeFactory
+from facedata.build import CascadeFactory, build_dataset
 from facedata.cli import main
 from facedata.demo import build_demo_corpus
 from facedata.detect import CascadeConfig

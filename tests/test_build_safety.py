@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from facedata.buildoutput import recover, staging_dir, swap_in, trash_dir
 from facedata.cli import main
 from facedata.demo import build_demo_corpus
+from facedata.errors import FacedataError
 from facedata.parsers import ingest
 from facedata.storage import verify_dataset
 from facedata.storage.index import load_index
@@ -155,28 +156,52 @@ def test_sigkill_during_a_rerun_leaves_the_dataset_untouched(corpus: dict, tmp_p
 
 
 def test_sigkill_at_any_point_of_an_overwrite_keeps_a_complete_dataset(corpus: dict, tmp_path: Path) -> None:
-    """Killed while staging, at several shard counts, and as soon as the staged index is written (the swap): DIR
-    always holds the old or the new complete dataset, verifying; the final rerun ends byte-identical."""
-    out = tmp_path / "out"
-    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    """Killed before staging, while staging at several shard counts, and once the staged index is written (the
+    swap): DIR always holds the old or the new complete dataset, verifying, and the rerun ends byte-identical."""
+    import shutil
+
     old, new = corpus["reference"]["0"], corpus["reference"]["1"]
-    staging = staging_dir(out)
-    points = [after(0.3), lambda: staging.is_dir(), shards_in(staging, 1), shards_in(staging, 3),
-              lambda: (staging / "index.json").exists()]
-    killed = 0
-    for condition in points:
+    seen = []
+    for k, point in enumerate(["0.3 s", "staging", "1 shard", "3 shards", "staged index"]):
+        out = tmp_path / f"out{k}"
+        shutil.copytree(corpus["root"] / "reference0", out)
+        staging = staging_dir(out)
+        condition = {"0.3 s": after(0.3), "staging": staging.is_dir, "1 shard": shards_in(staging, 1),
+                     "3 shards": shards_in(staging, 3), "staged index": (staging / "index.json").exists}[point]
         proc = start_build(corpus, out, "--seed", "1", "--overwrite")
-        killed += kill_when(proc, condition)
-        assert out.is_dir() or staging.is_dir()  # (the fallback's gap: the next run recovers)
+        killed = kill_when(proc, condition)
+        assert out.is_dir() or (staging / "index.json").exists()  # (the fallback's gap: the next run recovers)
         if out.is_dir():
             assert verify_dataset(out) == []
             assert same_files(snapshot(out), old) or same_files(snapshot(out), new)
-        if out.is_dir() and same_files(snapshot(out), new):
-            break
-    assert killed >= 3
-    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--overwrite")
-    assert same_files(snapshot(out), new) and verify_dataset(out) == []
-    assert not staging.exists() and not trash_dir(out).exists()
+        seen.append((point, killed, out.is_dir() and same_files(snapshot(out), old)))
+        cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--overwrite")
+        assert same_files(snapshot(out), new) and verify_dataset(out) == []
+        assert not staging.exists() and not trash_dir(out).exists()
+    # the kills before the staged index landed, and left the old dataset in place
+    assert all(killed and kept_old for _, killed, kept_old in seen[:4]), seen
+
+
+def test_an_interrupted_build_of_other_options_is_named_and_replaced_only_with_overwrite(
+    corpus: dict, tmp_path: Path
+) -> None:
+    from facedata.build import build_dataset
+
+    out = tmp_path / "out"
+    paths = {"detections": corpus["root"] / "det.parquet", "landmarks": corpus["root"] / "lmk.parquet"}
+    options = {"workers": 1, "progress": False, "shard_bytes": 100_000}
+
+    def stop(position: int) -> None:
+        if position > 2000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(paths["detections"], paths["landmarks"], out, on_write=stop, **options)
+    assert (out / "index.partial.json").exists() and list(out.glob("shard-*"))
+    with pytest.raises(FacedataError, match=r"interrupted build with other inputs or options \(seed: 0 -> 1\)"):
+        build_dataset(paths["detections"], paths["landmarks"], out, seed=1, **options)
+    build_dataset(paths["detections"], paths["landmarks"], out, seed=1, overwrite=True, **options)
+    assert contents(out) == contents(corpus["root"] / "reference1")
 
 
 def test_interrupted_swaps_recover_deterministically(corpus: dict, tmp_path: Path, monkeypatch) -> None:

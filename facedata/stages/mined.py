@@ -5,15 +5,16 @@ for PNet. Also the mining report: per image, what the detector found and how it 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.paths import atomic_write
+from facedata.paths import atomic_write, sha256_file
 from facedata.samplers.crops import CropRecipe
 from facedata.samplers.landmarks import LandmarkRecipe
 from facedata.samplers.mined import MiningCounts, MiningRecipe, label_detections
@@ -24,6 +25,47 @@ from facedata.stages.base import BuildConfig, Stage
 MINING_FIELDS = tuple(f.name for f in fields(MiningCounts))
 MINING_REPORT_NAME = "mining-report.csv"  # per detection image: detections and labels
 DETECTION_BINS = (0, 1, 2, 6, 11, 51, 101, 501, 1001)  # histogram of detections per image: [a, b)
+
+
+@dataclass(frozen=True)
+class CascadeFactory:
+    """Builds the previous cascade stages inside a worker process (sessions are never pickled).
+
+    `pnet`/`rnet` are ONNX paths (or picklable callables with the fork start method). `threads` is the
+    onnxruntime intra-op thread count per worker: 1 when mining with several workers.
+    """
+
+    pnet: Any
+    rnet: Any = None
+    config: Any = None  # facedata.detect.CascadeConfig; None = defaults
+    contract: Any = None  # facedata.detect.ModelContract; None = defaults
+    threads: int = 1
+
+    def __call__(self) -> Any:
+        from facedata.detect import Cascade, CascadeConfig, ModelContract
+
+        return Cascade(
+            self.pnet, self.rnet, None, self.config or CascadeConfig(), self.contract or ModelContract(),
+            threads=self.threads,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: model files with their sha256, and every cascade / contract option."""
+        from facedata.detect import CascadeConfig, ModelContract
+
+        def model(spec: Any) -> Any:
+            if spec is None:
+                return None
+            if isinstance(spec, (str, os.PathLike)):
+                return {"file": Path(spec).name, "sha256": sha256_file(spec)}
+            return {"callable": getattr(spec, "__qualname__", type(spec).__name__)}
+
+        return {
+            "pnet": model(self.pnet),
+            "rnet": model(self.rnet),
+            "config": asdict(self.config or CascadeConfig()),
+            "contract": asdict(self.contract or ModelContract()),
+        }
 
 
 @dataclass(frozen=True)

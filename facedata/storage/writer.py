@@ -4,7 +4,9 @@ Shard k always holds global samples [kM, (k+1)M) with M = samples_per_shard, so 
 only on the sample stream. Each complete shard is written under a temp name, hashed and renamed, then
 listed in `index.partial.json`; a rerun with the same provenance fingerprint keeps the leading shards
 whose hashes verify and tells the producer (`samples_done`) how many samples to skip, so an
-interrupted build ends byte-identical to an uninterrupted one.
+interrupted build ends byte-identical to an uninterrupted one. A directory holding a complete dataset
+(`index.json`) is refused: replacing one is the build's job (facedata.buildoutput), through a staging
+directory, never in place.
 """
 
 from __future__ import annotations
