@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from build_fixtures import demo_manifests
 from click.testing import CliRunner
 from onnx_models import mtcnn_pnet
 
 from facedata.build import CascadeFactory, build_dataset
 from facedata.cli import main
-from facedata.demo import build_demo_corpus
 from facedata.detect import CascadeConfig
 from facedata.manifest import Manifest
-from facedata.parsers import ingest
 from facedata.samplers.mined import MiningRecipe
 from facedata.samples import LABEL_PART, LABEL_POSITIVE, ORIGIN_DETECTIONS
 from facedata.storage import ShardedDataset
@@ -24,18 +23,7 @@ from facedata.storage.index import load_index
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("options")
-    c = build_demo_corpus(root / "corpus", seed=5)
-    det, _ = ingest(c.wider_annotations, images=c.wider_images)
-    lmk, _ = ingest(c.cuhk_annotations, images=c.cuhk_images)
-    det.write(root / "det.parquet")
-    lmk.write(root / "lmk.parquet")
-    small = Manifest(det.images[:8].reset_index(drop=True),
-                     det.faces[det.faces["image_id"].isin(det.images["image_id"][:8])].reset_index(drop=True),
-                     det.provenance)
-    small.write(root / "small.parquet")
-    return {"root": root, "det": det, "lmk": lmk, "small": small,
-            "inputs": ["--detections", str(root / "det.parquet"), "--landmarks", str(root / "lmk.parquet")]}
+    return demo_manifests(tmp_path_factory.mktemp("options"), seed=5, small=8)
 
 
 def run(*args: object) -> tuple[int, str]:
@@ -116,7 +104,7 @@ def test_mined_min_face_is_the_one_recorded_and_used(corpus: dict, tmp_path: Pat
     assert prov["mining_recipe"]["min_face"] == prov["crop_recipe"]["min_face"] == 40
     assert (face_sides(corpus["small"]) < 40).any()  # faces the rule must exclude exist
     assert_no_face_under(out, corpus["small"], 40.0)
-    code, text = run("build", "rnet", "--detections", corpus["root"] / "small.parquet", "-o", tmp_path / "cli",
+    code, text = run("build", "rnet", "--detections", corpus["root"] / "det_small.parquet", "-o", tmp_path / "cli",
                      "--pnet", pnet, "--workers", "1", "--gt-min-face", "40", "--quiet")
     assert code == 0, text
     prov = load_index(tmp_path / "cli")["provenance"]

