@@ -18,8 +18,9 @@ The swap, after STAGING's index.json is written (atomically, last):
 A SIGKILL at any instant leaves DIR holding the old or the new complete dataset, or (only in the
 fallback, between its two renames) no DIR and the complete new dataset in STAGING. Every build first
 recovers: DIR missing and STAGING complete -> STAGING becomes DIR; then TRASH is deleted. A leftover
-STAGING (killed after the exchange: it holds the old dataset) is replaced by the next `overwrite` build
-of other options, or swapped back in by an `overwrite` build of its own options.
+STAGING (killed after the exchange: it holds the old dataset) is deleted by the next build that finds DIR
+complete with its options, replaced by an `overwrite` build of other options, or swapped back in by an
+`overwrite` build of its own options.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def prepare_output(
     index = load_index(target)
     problems = damage(target, index, verify)
     if index.get("fingerprint") == wanted and not problems:
+        _remove_tree(staging_dir(target), trash_dir(target))  # stale: e.g. the old dataset after an exchange
         return Output(target, target, existing=index, fresh=False)
     if not overwrite:
         if problems:
@@ -150,6 +152,13 @@ def swap_in(target: Path, staging: Path) -> None:
         os.rename(staging, target)
     _sync_dir(target.parent)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_tree(path: Path, trash: Path) -> None:
+    """Delete a directory beside DIR: renamed to TRASH first, so a kill mid-way leaves only TRASH."""
+    if path.exists():
+        os.rename(path, trash)
+        shutil.rmtree(trash)
 
 
 def _exchange(a: Path, b: Path) -> bool:

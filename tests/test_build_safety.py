@@ -207,12 +207,14 @@ def test_interrupted_swaps_recover_deterministically(corpus: dict, tmp_path: Pat
     shutil.copytree(new_dir, staging)
     recover(out)
     assert contents(out) == contents(new_dir) and not trash.exists() and not staging.exists()
-    # exchange done, killed before STAGING (the old) became TRASH: an overwrite back to the old options
-    # swaps the staged copy in without building anything; the same options as DIR: already complete
+    # exchange done, killed before STAGING (the old) became TRASH: an overwrite back to the old options swaps
+    # the staged copy in without building anything; a build of DIR's own options deletes the stale copy
     shutil.copytree(old_dir, staging)
-    assert "already complete" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1")
     text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--overwrite", "--seed", "0")
     assert "already complete" in text and contents(out) == contents(old_dir) and not staging.exists()
+    shutil.copytree(new_dir, staging)
+    assert "already complete" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    assert contents(out) == contents(old_dir) and not staging.exists() and not trash.exists()
     # without renameat2 the swap takes two renames and ends the same
     monkeypatch.setattr(buildoutput, "_exchange", lambda a, b: False)
     shutil.copytree(new_dir, staging)
