@@ -202,7 +202,7 @@ def _check_images(tasks: TaskTable, name: str) -> None:
     """Refuse a build none of whose images of a manifest exist (a wrong image root, not a dataset)."""
     if len(tasks) and not any(os.path.isfile(path) for path in tasks.paths):
         raise FacedataError(
-            f"none of the {len(tasks):,} images of the {name} manifest exists (first: {tasks.paths[0]}); "
+            f"none of the {len(tasks):,} images of the {name} manifest exist (first: {tasks.paths[0]}); "
             "check the image root (--images NAME=DIR)"
         )
 
