@@ -111,6 +111,43 @@ def test_mined_min_face_is_the_one_recorded_and_used(corpus: dict, tmp_path: Pat
     assert prov["mining_recipe"]["min_face"] == prov["crop_recipe"]["min_face"] == 40
 
 
+# every option of build rnet that is not a pnet option, a non-default value, and where index.json records it
+RNET_OPTIONS = [
+    ("--gt-min-face", "30", ("mining_recipe", "min_face"), 30.0),
+    ("--max-neg-per-image", "7", ("mining_recipe", "max_negatives_per_image"), 7),
+    ("--pad-border", None, ("mining_recipe", "pad_border"), True),
+    ("--neg-iou", "0.25", ("mining_recipe", "negative_iou"), 0.25),
+    ("--part-iou", "0.45", ("crop_recipe", "part_iou"), 0.45),
+    ("--pos-iou", "0.7", ("mining_recipe", "positive_iou"), 0.7),
+    ("--interpolation", "area", ("crop_recipe", "interpolation"), "area"),
+    ("--min-face", "40", ("detector", "config", "min_face"), 40.0),
+    ("--factor", "0.6", ("detector", "config", "factor"), 0.6),
+    ("--thresholds", "0.5,0.6,0.7", ("detector", "config", "thresholds"), [0.5, 0.6, 0.7]),
+    ("--mean", "127", ("detector", "contract", "mean"), 127.0),
+    ("--scale", "0.01", ("detector", "contract", "scale"), 0.01),
+    ("--channels", "rgb", ("detector", "contract", "channels"), "rgb"),
+    ("--logits", None, ("detector", "contract", "logits"), True),
+]
+
+
+def test_every_rnet_option_is_recorded_as_it_ran(corpus: dict, tmp_path: Path) -> None:
+    pnet = mtcnn_pnet(tmp_path / "pnet.onnx", seed=1, prob_bias=0.8)
+    args = [a for flag, value, _, _ in RNET_OPTIONS for a in ((flag,) if value is None else (flag, value))]
+    code, text = run("build", "rnet", "--detections", corpus["root"] / "det_small.parquet", "-o", tmp_path / "rnet",
+                     "--pnet", pnet, "--workers", "1", "--quiet", "--ratio", "all", *args)
+    assert code == 0, text
+    prov = load_index(tmp_path / "rnet")["provenance"]
+    for flag, _, path, expected in RNET_OPTIONS:
+        value = prov
+        for key in path:
+            value = value[key]
+        assert value == expected, flag
+    # the labels' crop recipe is the mining recipe's: the same thresholds and min_face
+    for key in ("negative_iou", "part_iou", "positive_iou", "min_face"):
+        assert prov["crop_recipe"][key] == prov["mining_recipe"][key], key
+    assert prov["detector"]["pnet"]["sha256"] and prov["ratio"] is None
+
+
 BAD = [
     ("--min-face", "nan", "must be a finite number >= 0, got nan"),
     ("--min-face", "inf", "must be a finite number >= 0, got inf"),

@@ -145,6 +145,14 @@ def test_sigkill_during_a_rerun_leaves_the_dataset_untouched(corpus: dict, tmp_p
     assert snapshot(out) == before and verify_dataset(out) == []
 
 
+def test_sigkill_of_a_first_build_resumes_byte_identical(corpus: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert kill_when(start_build(corpus, out), shards_in(out, 2))
+    assert not (out / "index.json").exists() and (out / "index.partial.json").exists()
+    assert "resumed after" in cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS[:-1])
+    assert same_files(snapshot(out), corpus["reference"]["0"]) and verify_dataset(out) == []
+
+
 def test_sigkill_at_any_point_of_an_overwrite_keeps_a_complete_dataset(corpus: dict, tmp_path: Path) -> None:
     """Killed before staging, while staging at several shard counts, and once the staged index is written (the
     swap): DIR always holds the old or the new complete dataset, verifying, and the rerun ends byte-identical."""
