@@ -87,14 +87,15 @@ def prepare_output(
             _remove_build_files(target)
         return Output(target, target, fresh=_partial_fingerprint(target) is None)
     index = load_index(target)
-    problems = damage(target, index, verify)
-    if index.get("fingerprint") == wanted and not problems:
-        _remove_tree(staging_dir(target), trash_dir(target))  # stale: e.g. the old dataset after an exchange
-        return Output(target, target, existing=index, fresh=False)
-    if not overwrite:
-        if problems:
+    if index.get("fingerprint") == wanted:
+        problems = damage(target, index, verify)
+        if not problems:
+            _remove_tree(staging_dir(target), trash_dir(target))  # stale: e.g. the old dataset after an exchange
+            return Output(target, target, existing=index, fresh=False)
+        if not overwrite:
             raise FacedataError(f"{target}: the complete dataset of these options is damaged ({problems[0]}); "
                                 "rebuild it with --overwrite")
+    elif not overwrite:
         changes = "; ".join(differences(index, layout, provenance)) or "fingerprint"
         raise FacedataError(
             f"{target} holds a complete dataset built with other inputs or options ({changes}); it is left as "
@@ -106,9 +107,9 @@ def prepare_output(
         if staged.get("fingerprint") == wanted and not damage(staging, staged, verify):
             swap_in(target, staging)  # built by an earlier run that stopped before its swap
             return Output(target, target, existing=staged, fresh=False)
-        shutil.rmtree(staging)
+        _remove_tree(staging, trash_dir(target))
     elif _partial_fingerprint(staging) not in (None, wanted):
-        shutil.rmtree(staging)
+        _remove_tree(staging, trash_dir(target))
     return Output(target, staging, fresh=_partial_fingerprint(staging) is None)
 
 
