@@ -46,6 +46,18 @@ def assert_no_face_under(path: Path, manifest: Manifest, min_face: float) -> int
     return len(rows)
 
 
+def cli_args(options: list[tuple]) -> list[str]:
+    return [a for flag, value, _, _ in options for a in ((flag,) if value is None else (flag, value))]
+
+
+def assert_recorded(provenance: dict, options: list[tuple]) -> None:
+    for flag, _, path, expected in options:
+        value = provenance
+        for key in path:
+            value = value[key]
+        assert value == expected, flag
+
+
 # every pnet option, a non-default value, and where index.json records it
 PNET_OPTIONS = [
     ("--format", "parquet", ("backend",), "parquet"),
@@ -69,17 +81,12 @@ PNET_OPTIONS = [
 
 def test_every_pnet_option_is_recorded_as_it_ran(corpus: dict, tmp_path: Path) -> None:
     out = tmp_path / "pnet"
-    args = [a for flag, value, _, _ in PNET_OPTIONS for a in ((flag,) if value is None else (flag, value))]
     code, text = run("build", "pnet", *corpus["inputs"], "-o", out, "--workers", "1", "--shard-size", "64KB",
-                     "--quiet", *args)
+                     "--quiet", *cli_args(PNET_OPTIONS))
     assert code == 0, text
     index = load_index(out)
     prov = index["provenance"]
-    for flag, _, path, expected in PNET_OPTIONS:
-        value = prov
-        for key in path:
-            value = value[key]
-        assert value == expected, flag
+    assert_recorded(prov, PNET_OPTIONS)
     assert prov["landmark_recipe"]["interpolation"] == "area"
     # --shard-size: whole blocks of 1,024 samples, at least one
     assert index["samples_per_shard"] * index["bytes_per_sample"] <= max(64_000, 1024 * index["bytes_per_sample"])
@@ -132,16 +139,11 @@ RNET_OPTIONS = [
 
 def test_every_rnet_option_is_recorded_as_it_ran(corpus: dict, tmp_path: Path) -> None:
     pnet = mtcnn_pnet(tmp_path / "pnet.onnx", seed=1, prob_bias=0.8)
-    args = [a for flag, value, _, _ in RNET_OPTIONS for a in ((flag,) if value is None else (flag, value))]
     code, text = run("build", "rnet", "--detections", corpus["root"] / "det_small.parquet", "-o", tmp_path / "rnet",
-                     "--pnet", pnet, "--workers", "1", "--quiet", "--ratio", "all", *args)
+                     "--pnet", pnet, "--workers", "1", "--quiet", "--ratio", "all", *cli_args(RNET_OPTIONS))
     assert code == 0, text
     prov = load_index(tmp_path / "rnet")["provenance"]
-    for flag, _, path, expected in RNET_OPTIONS:
-        value = prov
-        for key in path:
-            value = value[key]
-        assert value == expected, flag
+    assert_recorded(prov, RNET_OPTIONS)
     # the labels' crop recipe is the mining recipe's: the same thresholds and min_face
     for key in ("negative_iou", "part_iou", "positive_iou", "min_face"):
         assert prov["crop_recipe"][key] == prov["mining_recipe"][key], key
