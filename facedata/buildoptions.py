@@ -32,10 +32,14 @@ class Number(click.ParamType):
         kind = "an integer" if self.integer else "a finite number"
         low, high = (int(self.low), int(self.high)) if self.integer and self.high < math.inf else (self.low, self.high)
         if high == math.inf:
-            return f"{kind} >= {low:g}"
+            return kind if low == -math.inf else f"{kind} >= {low:g}"
         return f"{kind} from {low} to {high}" if self.integer else f"{kind} from {low:g} to {high:g}"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | float:
+        return self.check(flag_name(param), value)
+
+    def check(self, flag: str, value: Any) -> int | float:
+        """`value` as a number of this kind, or a one-line error naming `flag`."""
         try:
             number = float(value)
             ok = math.isfinite(number) and self.low <= number <= self.high
@@ -43,8 +47,14 @@ class Number(click.ParamType):
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise FacedataError(f"Invalid value for '{flag_name(param)}': must be {self.rule()}, got {value}")
+            raise FacedataError(f"Invalid value for '{flag}': must be {self.rule()}, got {value}")
         return int(number) if self.integer else number
+
+
+def check_values(*checks: tuple[str, Any, Number]) -> None:
+    """Check option values parsed without a `Number` type: (flag, value, rule) each."""
+    for flag, value, rule in checks:
+        rule.check(flag, value)
 
 
 def check_iou_order(neg: float, part: float, pos: float) -> None:

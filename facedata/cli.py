@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from facedata import __version__
-from facedata.buildoptions import Number, check_iou_order
+from facedata.buildoptions import Number, check_iou_order, check_values
 from facedata.errors import FacedataError
 
 
 class _Group(click.Group):
-    """Prints library errors as one clear line (exit 2) instead of a traceback."""
+    """Prints library errors and bad option values of a command as one clear line (exit 2), not a traceback
+    or a usage screen."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except FacedataError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(2)
 
 
@@ -400,6 +406,14 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
     from facedata.samples import STAGE_SIZE
 
     check_iou_order(neg_iou, part_iou, pos_iou)
+    check_values(
+        ("--gt-min-face", gt_min_face, Number(0)),
+        ("--max-neg-per-image", max_neg_per_image, Number(0, 100_000, integer=True)),
+        ("--min-face", min_face, Number(1)), ("--factor", factor, Number(0.01, 0.99)),
+        ("--mean", mean, Number(-math.inf)), ("--scale", scale, Number(-math.inf)),
+        ("--threads", threads, Number(1, 256, integer=True)),
+        *(("--thresholds", value, Number(0, 1)) for value in parse_thresholds(thresholds)),
+    )
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,
                           max_negatives_per_image=max_neg_per_image, pad_border=pad_border, min_face=gt_min_face)

@@ -199,3 +199,30 @@ def test_iou_thresholds_out_of_order_name_the_three_flags(corpus: dict, tmp_path
                      "--part-iou", "0.4")
     assert code == 2 and "'--neg-iou', '--part-iou', '--pos-iou'" in text and "0.5, 0.4, 0.65" in text
     assert not (tmp_path / "out").exists()
+
+
+MINING_BAD = [
+    ("--gt-min-face", "nan", "must be a finite number >= 0, got nan"),
+    ("--max-neg-per-image", "-1", "must be an integer from 0 to 100000, got -1"),
+    ("--max-neg-per-image", "1e9", "'1e9' is not a valid integer"),
+    ("--min-face", "inf", "must be a finite number >= 1, got inf"),
+    ("--factor", "1.5", "must be a finite number from 0.01 to 0.99, got 1.5"),
+    ("--factor", "nan", "must be a finite number from 0.01 to 0.99, got nan"),
+    ("--thresholds", "0.3,nan,0.7", "must be a finite number from 0 to 1, got nan"),
+    ("--thresholds", "0.3,2,0.7", "must be a finite number from 0 to 1, got 2.0"),
+    ("--mean", "inf", "must be a finite number, got inf"),
+    ("--scale", "nan", "must be a finite number, got nan"),
+    ("--threads", "0", "must be an integer from 1 to 256, got 0"),
+    ("--threads", "x", "'x' is not a valid integer"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), MINING_BAD)
+def test_bad_mining_option_values_name_the_flag(corpus: dict, tmp_path: Path, flag: str, value: str,
+                                                message: str) -> None:
+    pnet = mtcnn_pnet(tmp_path / "pnet.onnx", seed=1)
+    out = tmp_path / "out"
+    code, text = run("build", "rnet", "--detections", corpus["root"] / "det_small.parquet", "-o", out, "--pnet", pnet,
+                     "--quiet", flag, value)
+    assert code == 2 and text.startswith(f"error: Invalid value for '{flag}'") and message in text, text
+    assert len(text.strip().splitlines()) == 1 and not out.exists()
