@@ -246,3 +246,15 @@ def test_failed_build_says_why_and_leaves_nothing_in_the_way(corpus: dict, tmp_p
     assert not out.exists()
     cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
     assert contents(out) == contents(corpus["root"] / "reference0")
+
+
+def test_a_moved_or_renamed_manifest_is_the_same_input(corpus: dict, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
+    moved = tmp_path / "elsewhere" / "renamed.parquet"
+    moved.parent.mkdir()
+    shutil.copy(corpus["root"] / "det.parquet", moved)
+    text = cli("build", "pnet", "--detections", moved, *corpus["inputs"][2:], "-o", out, *OPTIONS)
+    assert "already complete" in text

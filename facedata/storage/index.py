@@ -26,6 +26,8 @@ PARTIAL_INDEX_NAME = "index.partial.json"
 SHARD_NAME = re.compile(r"^shard-(\d{5,})\.([a-z0-9]+)$")
 # Provenance keys that may differ between an interrupted run and its resume without changing any byte.
 VOLATILE_PROVENANCE_KEYS = frozenset({"command_line", "argv", "started_at", "created_at", "hostname"})
+# Where a file identified by its sha256 was found: moving or renaming an input changes no byte.
+LOCATION_KEYS = frozenset({"path", "name", "file"})
 _ABSENT = object()
 
 
@@ -63,7 +65,17 @@ def canonical_json(value: Any) -> str:
 
 
 def _stable(layout: dict, provenance: dict) -> dict:
-    return {"layout": layout, "provenance": {k: v for k, v in provenance.items() if k not in VOLATILE_PROVENANCE_KEYS}}
+    """What fixes the shard bytes: the layout and the provenance without volatile keys and input locations."""
+    stable = {k: _content(v) for k, v in provenance.items() if k not in VOLATILE_PROVENANCE_KEYS}
+    return {"layout": layout, "provenance": stable}
+
+
+def _content(value: Any) -> Any:
+    """`value` without the location keys of content-addressed entries (dicts holding a sha256)."""
+    if not isinstance(value, dict):
+        return value
+    located = "sha256" in value
+    return {k: _content(v) for k, v in value.items() if not (located and k in LOCATION_KEYS)}
 
 
 def fingerprint(layout: dict, provenance: dict) -> str:
