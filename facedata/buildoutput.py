@@ -78,8 +78,9 @@ class Output:
 def prepare_output(
     out_dir: str | os.PathLike[str], layout: dict, provenance: dict, *, overwrite: bool, verify: bool
 ) -> Output:
-    """Decide where a build of (layout, provenance) writes; see the module docstring."""
-    target = Path(out_dir)
+    """Decide where a build of (layout, provenance) writes; see the module docstring. A symlinked DIR is
+    followed: its staging directory sits beside the real one (same filesystem) and the link stays."""
+    target = Path(out_dir).resolve()
     recover(target)
     wanted = fingerprint(layout, provenance)
     if not (target / INDEX_NAME).is_file():

@@ -258,3 +258,12 @@ def test_a_moved_or_renamed_manifest_is_the_same_input(corpus: dict, tmp_path: P
     shutil.copy(corpus["root"] / "det.parquet", moved)
     text = cli("build", "pnet", "--detections", moved, *corpus["inputs"][2:], "-o", out, *OPTIONS)
     assert "already complete" in text
+
+
+def test_overwrite_through_a_symlinked_output_keeps_the_link(corpus: dict, tmp_path: Path) -> None:
+    real, link = tmp_path / "disk" / "pnet", tmp_path / "pnet"
+    cli("build", "pnet", *corpus["inputs"], "-o", real, *OPTIONS)
+    link.symlink_to(real, target_is_directory=True)
+    cli("build", "pnet", *corpus["inputs"], "-o", link, *OPTIONS, "--seed", "1", "--overwrite")
+    assert link.is_symlink() and contents(real) == contents(corpus["root"] / "reference1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "pnet"] and list(real.parent.iterdir()) == [real]
