@@ -3,7 +3,7 @@
 Pass 1 of a build plans each image once (geometry for crop and landmark images; detector + labelling
 for mined images) and appends the records here in stream order; the class totals then fix the mix, and
 pass 2 reads each chunk's records back instead of planning (or running the detector) again. Memory
-holds only a small per-image table (status, record count, label counts, mining counts); the records
+holds only a small per-image table (status, record count, label counts, stage counters); the records
 themselves, about 100 bytes each, stay on disk.
 
 Resumable: the table and the number of planned images are saved atomically (after an fsync of the

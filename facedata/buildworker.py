@@ -2,15 +2,13 @@
 
 Kept apart from facedata.build (the orchestration in the parent) so that the worker server imports only
 numpy, OpenCV and the samplers (no pandas, pyarrow or storage backends): the pool starts faster, and
-every worker is smaller. The detector (onnxruntime) is imported only by mining workers, on first use.
+every worker is smaller. A stage's per-worker model (e.g. onnxruntime sessions) is built on first use.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -18,14 +16,10 @@ import numpy as np
 
 from facedata import imageio
 from facedata.buildplan import read_records
-from facedata.paths import sha256_file
-from facedata.samplers.crops import CropRecipe, plan_crops
-from facedata.samplers.landmarks import LandmarkRecipe, plan_landmarks
-from facedata.samplers.mined import MiningCounts, MiningRecipe, label_detections
 from facedata.samplers.mixing import MixPlan, select
-from facedata.samplers.render import render
 from facedata.samplers.tasks import ImageTask, TaskTable
 from facedata.samples import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from facedata.stages import BuildConfig, Stage
 
 # Column order of every per-label count table of the build.
 LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
@@ -33,8 +27,8 @@ LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 # Per-image status in the plan and progress tables.
 PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE, TRUNCATED = 0, 1, 2, 3, 4, 5
 PLANNED = WRITTEN  # plan table: the image's records are in the plan file
-STATUS_NAME = {PENDING: "pending", PLANNED: "mined", UNREADABLE: "unreadable", MISSING: "missing",
-               WRONG_SIZE: "wrong size", TRUNCATED: "truncated"}  # in the mining report
+STATUS_NAME = {PENDING: "pending", UNREADABLE: "unreadable", MISSING: "missing", WRONG_SIZE: "wrong size",
+               TRUNCATED: "truncated"}
 STATUS_REASON = {
     UNREADABLE: "cannot be decoded",
     MISSING: "file not found",
@@ -42,15 +36,20 @@ STATUS_REASON = {
     TRUNCATED: "truncated file (not rendered)",
 }
 _IMAGE_ERROR_STATUS = {imageio.MISSING: MISSING, imageio.UNREADABLE: UNREADABLE, imageio.TRUNCATED: TRUNCATED}
-MINING_FIELDS = tuple(f.name for f in fields(MiningCounts))
-PLAN_DTYPE = np.dtype(
-    [
-        ("status", "i1"),
-        ("records", "<i8"),  # planned records in the plan file (before mixing)
-        ("labels", "<i8", (len(LABEL_ORDER),)),  # planned records per label
-        ("mining", "<i8", (len(MINING_FIELDS),)),  # MiningCounts of a mined image, in field order
-    ]
-)
+
+
+def plan_dtype(counters: int) -> np.dtype:
+    """Rows of the plan table: one per stream image."""
+    return np.dtype(
+        [
+            ("status", "i1"),
+            ("records", "<i8"),  # planned records in the plan file (before mixing)
+            ("labels", "<i8", (len(LABEL_ORDER),)),  # planned records per label
+            ("counters", "<i8", (max(1, counters),)),  # the stage's per-image counters (Stage.counters)
+        ]
+    )
+
+
 PROGRESS_DTYPE = np.dtype(
     [
         ("status", "i1"),
@@ -59,66 +58,22 @@ PROGRESS_DTYPE = np.dtype(
 )
 
 
-# ---------------------------------------------------------------------------------------- detector
-
-
-@dataclass(frozen=True)
-class CascadeFactory:
-    """Builds the previous cascade stages inside a worker process (sessions are never pickled).
-
-    `pnet`/`rnet` are ONNX paths (or picklable callables with the fork start method). `threads` is the
-    onnxruntime intra-op thread count per worker: 1 when mining with several workers.
-    """
-
-    pnet: Any
-    rnet: Any = None
-    config: Any = None  # facedata.detect.CascadeConfig; None = defaults
-    contract: Any = None  # facedata.detect.ModelContract; None = defaults
-    threads: int = 1
-
-    def __call__(self) -> Any:
-        from facedata.detect import Cascade, CascadeConfig, ModelContract
-
-        return Cascade(
-            self.pnet, self.rnet, None, self.config or CascadeConfig(), self.contract or ModelContract(),
-            threads=self.threads,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """Provenance: model files with their sha256, and every cascade / contract option."""
-        from facedata.detect import CascadeConfig, ModelContract
-
-        def model(spec: Any) -> Any:
-            if spec is None:
-                return None
-            if isinstance(spec, (str, os.PathLike)):
-                return {"file": Path(spec).name, "sha256": sha256_file(spec)}
-            return {"callable": getattr(spec, "__qualname__", type(spec).__name__)}
-
-        return {
-            "pnet": model(self.pnet),
-            "rnet": model(self.rnet),
-            "config": asdict(self.config or CascadeConfig()),
-            "contract": asdict(self.contract or ModelContract()),
-        }
-
-
 @dataclass
 class Job:
     """Everything workers need; sent once to each worker. The stream: detection images, then landmark
     images; stream image j is `task(j)`."""
 
-    stage: str
-    size: int
+    stage: Stage
     seed: int
     detection_tasks: TaskTable
     landmark_tasks: TaskTable | None
-    crop_recipe: CropRecipe
-    landmark_recipe: LandmarkRecipe
-    mining_recipe: MiningRecipe | None
-    detector: Callable[[], Any] | None
+    config: BuildConfig
     record_dtype: np.dtype
     plan_path: str  # the plan file pass 2 reads its records from
+
+    @property
+    def size(self) -> int:
+        return self.stage.size
 
     @property
     def n_det(self) -> int:
@@ -128,6 +83,10 @@ class Job:
     def n(self) -> int:
         return self.n_det + (0 if self.landmark_tasks is None else len(self.landmark_tasks))
 
+    @property
+    def plan_dtype(self) -> np.dtype:
+        return plan_dtype(len(self.stage.counters))
+
     def task(self, j: int) -> ImageTask:
         if j < self.n_det:
             return self.detection_tasks[j]
@@ -136,36 +95,24 @@ class Job:
 
 
 _JOB: Job | None = None
-_CASCADE: Any = None
+_MODEL: Any = None
 
 
-def init_worker(job: Job, limit_threads: bool) -> None:
-    global _JOB, _CASCADE
-    _JOB, _CASCADE = job, None
+def init_worker(job: Job | None, limit_threads: bool = False) -> None:
+    """Install the job of this process (None: forget it)."""
+    global _JOB, _MODEL
+    _JOB, _MODEL = job, None
     if limit_threads:
         cv2.setNumThreads(1)  # one process per core already
 
 
-def _cascade() -> Any:
-    global _CASCADE
-    if _CASCADE is None:
-        assert _JOB is not None and _JOB.detector is not None
-        _CASCADE = _JOB.detector()
-    return _CASCADE
-
-
-def _mined(job: Job, j: int) -> bool:
-    return job.stage != "pnet" and j < job.n_det
-
-
-def _plan(job: Job, j: int) -> np.ndarray:
-    """Geometry-only records of (non-mined) stream image j, before mixing."""
-    task = job.task(j)
-    if j < job.n_det:
-        records = plan_crops(task, job.crop_recipe, job.seed)
-    else:
-        records = plan_landmarks(task, job.landmark_recipe, job.seed)
-    return _as_dtype(records, job.record_dtype)
+def _model() -> Any:
+    """The stage's per-worker model (e.g. the previous cascade stages), built on first use."""
+    global _MODEL
+    if _MODEL is None:
+        assert _JOB is not None and _JOB.config.detector is not None
+        _MODEL = _JOB.config.detector()
+    return _MODEL
 
 
 def _as_dtype(records: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -209,7 +156,7 @@ class ChunkResult:
 
 @dataclass
 class PlanResult:
-    rows: np.ndarray  # (hi - lo,) PLAN_DTYPE
+    rows: np.ndarray  # (hi - lo,) Job.plan_dtype
     records: np.ndarray  # all planned records of the chunk, image after image
     notes: dict[int, str] = field(default_factory=dict)  # stream index -> detail for failed images
     rendered: ChunkResult | None = None  # single pass: the same records with their pixels
@@ -236,8 +183,7 @@ class _Samples:
             if image is None:
                 self.fail(j, status, note)
                 return
-        recipe = job.crop_recipe if j < job.n_det else job.landmark_recipe
-        self.pixels.append(render(image, records, job.size, recipe.interpolation))
+        self.pixels.append(job.stage.render(image, records, job.task(j).origin, job.config))
         self.records.append(records)
         self.progress["counts"][row] = label_counts(records["label"])
 
@@ -254,23 +200,20 @@ class _Samples:
 
 
 def _plan_image(job: Job, j: int) -> tuple[np.ndarray | None, int, str | None, np.ndarray | None, Any]:
-    """(records or None, status, note, the decoded image if planning needed it, MiningCounts or None).
+    """(records or None, status, note, the decoded image if planning needed it, counters or None).
 
-    Crop and landmark images are planned from geometry alone (only their file's existence is checked);
-    mined images are decoded, run through the detector and labelled.
+    Images the stage plans from geometry are not decoded (only their file's existence is checked).
     """
     task = job.task(j)
-    if not _mined(job, j):
-        if not os.path.isfile(task.path):
-            return None, MISSING, None, None, None
-        return _plan(job, j), PLANNED, None, None, None
-    assert job.mining_recipe is not None
-    image, status, note = _read_image(task)
-    if image is None:
-        return None, status, note, None, None
-    detections = _cascade().detect(image)
-    records, counts = label_detections(detections.boxes, task, job.mining_recipe, job.seed)
-    return _as_dtype(records, job.record_dtype), PLANNED, None, image, counts
+    image = None
+    if job.stage.decodes(task.origin):
+        image, status, note = _read_image(task)
+        if image is None:
+            return None, status, note, None, None
+    elif not os.path.isfile(task.path):
+        return None, MISSING, None, None, None
+    records, counters = job.stage.plan(task, job.config, job.seed, image, _model)
+    return _as_dtype(records, job.record_dtype), PLANNED, None, image, counters
 
 
 def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
@@ -278,12 +221,12 @@ def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
     planned sample is written) they are rendered at once too, each image decoded at most once."""
     job = _JOB
     assert job is not None
-    rows = np.zeros(hi - lo, PLAN_DTYPE)
+    rows = np.zeros(hi - lo, job.plan_dtype)
     parts: list[np.ndarray] = []
     notes: dict[int, str] = {}
     samples = _Samples(job, lo, hi) if single_pass else None
     for row, j in enumerate(range(lo, hi)):
-        records, status, note, image, counts = _plan_image(job, j)
+        records, status, note, image, counters = _plan_image(job, j)
         rows["status"][row] = status
         if records is None:
             if note:
@@ -291,8 +234,8 @@ def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
             if samples is not None:
                 samples.fail(j, status, note)
             continue
-        if counts is not None:
-            rows["mining"][row] = [getattr(counts, name) for name in MINING_FIELDS]
+        if counters is not None:
+            rows["counters"][row, : len(counters)] = counters
         rows["records"][row] = len(records)
         rows["labels"][row] = label_counts(records["label"])
         parts.append(records)
@@ -304,7 +247,7 @@ def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
 
 def render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None) -> ChunkResult:
     """Pass 2: mix and render stream images [lo, hi), each image decoded once. `plan` holds their
-    PLAN_DTYPE rows, `first` the position of image lo's records in the plan file."""
+    plan table rows, `first` the position of image lo's records in the plan file."""
     job = _JOB
     assert job is not None
     ends = np.cumsum(plan["records"])

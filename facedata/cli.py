@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 
 from facedata import __version__
+from facedata.buildoptions import Number, check_iou_order, check_values
 from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
 
 
 class _Group(click.Group):
-    """Prints library errors as one clear line (exit 2) instead of a traceback."""
+    """Prints library errors and bad option values of a command as one clear line (exit 2), not a traceback
+    or a usage screen."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except FacedataError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(2)
 
 
@@ -368,12 +375,15 @@ def _build_options(func):
         click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="5-point landmark manifest (e.g. CUHK LFW/net_7876)."),
         click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Shard directory (an interrupted build there resumes)."),
+                     help="Shard directory: an interrupted build there resumes; a complete one is never modified "
+                     "(same inputs and options: 'already complete'; others: an error unless --overwrite)."),
         click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
                      show_default=True),
-        click.option("--workers", type=int, help="Worker processes (default: all cores)."),
-        click.option("--seed", default=0, show_default=True),
-        click.option("--shard-size", default="256MB", show_default=True, help="Shard roll-over size."),
+        click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
+        click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, integer=True),
+                     help="Every random choice comes from (seed, image id)."),
+        click.option("--shard-size", default="256MB", show_default=True,
+                     help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
         click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
                      help="Image root override (repeatable; NAME is the manifest's root name)."),
         click.option("--ratio", default="3:1:1:2", show_default=True,
@@ -382,25 +392,32 @@ def _build_options(func):
                      help="Repeat samples of short classes (counted in the index)."),
         click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
                      show_default=True),
-        click.option("--landmark-shifts", default=100, show_default=True,
+        click.option("--landmark-shifts", default=100, show_default=True, type=Number(0, 1000, integer=True),
                      help="Shifted crops per landmark face."),
         click.option("--landmark-variants", type=click.Choice(["random", "reference"]), default="random",
                      show_default=True,
                      help="Samples per kept shift: 'random' = --landmark-copies, each randomly mirrored and rotated "
                           "within --max-rotation; 'reference' = plain + random mirror + random ±rotation pairs "
                           "(3.5 on average)."),
-        click.option("--landmark-copies", default=2, show_default=True,
+        click.option("--landmark-copies", default=2, show_default=True, type=Number(1, 100, integer=True),
                      help="Samples per kept shift with --landmark-variants random."),
-        click.option("--landmark-min-face", default=20.0, show_default=True,
+        click.option("--landmark-min-face", default=20.0, show_default=True, type=Number(0),
                      help="Landmark faces whose larger side is below this are not sampled."),
-        click.option("--max-rotation", default=5.0, show_default=True,
+        click.option("--max-rotation", default=5.0, show_default=True, type=Number(0, 180),
                      help="Landmark rotation range (degrees)."),
         click.option("--no-mirror", is_flag=True, help="No random mirroring of landmark samples."),
-        click.option("--neg-iou", default=0.3, show_default=True, help="Negative: max IoU below this."),
-        click.option("--part-iou", default=0.4, show_default=True, help="Part: IoU at least this."),
-        click.option("--pos-iou", default=0.65, show_default=True, help="Positive: IoU at least this."),
+        click.option("--neg-iou", default=0.3, show_default=True, type=Number(0, 1),
+                     help="Negative: max IoU below this."),
+        click.option("--part-iou", default=0.4, show_default=True, type=Number(0, 1), help="Part: IoU at least this."),
+        click.option("--pos-iou", default=0.65, show_default=True, type=Number(0, 1),
+                     help="Positive: IoU at least this."),
         click.option("--strict", is_flag=True,
                      help="Stop at the first unreadable image instead of skipping it."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace a complete dataset of other inputs or options in -o; it stays readable until "
+                     "the new one is complete (built beside it, then swapped in)."),
+        click.option("--verify", is_flag=True,
+                     help="When -o already holds this build, re-hash its shards (default: check their sizes)."),
         _quiet_option,
     ]
     for option in reversed(options):
@@ -412,7 +429,8 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
                workers: int | None, seed: int, shard_size: str, roots: tuple[str, ...], ratio: str,
                allow_repeat: bool, interpolation: str, landmark_shifts: int, landmark_variants: str,
                landmark_copies: int, landmark_min_face: float, max_rotation: float, no_mirror: bool,
-               quiet: bool, strict: bool, crop_recipe, landmark_recipe, **extra) -> None:
+               quiet: bool, strict: bool, overwrite: bool, verify: bool, crop_recipe, landmark_recipe,
+               **extra) -> None:
     import os
     from dataclasses import replace
 
@@ -442,7 +460,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
         crop_recipe=replace(crop_recipe, interpolation=interpolation), landmark_recipe=landmark_recipe,
         ratio=ratio_map, mix=ratio_map is not None, allow_repeat=allow_repeat, seed=seed,
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, root_names),
-        progress=not quiet, strict=strict, extra_provenance=files, **extra,
+        progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify, **extra,
     )
     click.echo(format_summary(summary))
 
@@ -468,11 +486,13 @@ def _given(**options: tuple[str, object]) -> dict[str, object]:
               help="Recipe preset: facedata's fixed recipe, or the reference generator's conventions (+1 px "
                    "areas, its draws and size rules, no ignore-region exclusion, its landmark variants) to "
                    "reproduce its class counts. Options given explicitly override the preset.")
-@click.option("--negatives-per-image", default=75, show_default=True,
+@click.option("--negatives-per-image", default=75, show_default=True, type=Number(0, 100_000, integer=True),
               help="Random negatives per image (reference: 50).")
-@click.option("--near-negatives", default=5, show_default=True, help="Near-face negative tries per face.")
-@click.option("--positive-tries", default=20, show_default=True, help="Positive/part tries per face.")
-@click.option("--min-face", default=20.0, show_default=True,
+@click.option("--near-negatives", default=5, show_default=True, type=Number(0, 10_000, integer=True),
+              help="Near-face negative tries per face.")
+@click.option("--positive-tries", default=20, show_default=True, type=Number(0, 10_000, integer=True),
+              help="Positive/part tries per face.")
+@click.option("--min-face", default=20.0, show_default=True, type=Number(0),
               help="Faces whose larger side is below this are not sampled (ignore regions); the reference's "
                    "20 on x2-x1+1 widths is 19 here (--recipe reference).")
 def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, positive_tries: int,
@@ -483,13 +503,14 @@ def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, posit
     from facedata.samplers.presets import preset_recipes
 
     crop, landmarks = preset_recipes(recipe, 12)
-    crop = replace(crop, **_given(
+    given = _given(
         negatives_per_image=("negatives_per_image", negatives_per_image),
         near_negatives=("near_negatives_per_face", near_negatives),
         positive_tries=("positive_tries_per_face", positive_tries), min_face=("min_face", min_face),
         neg_iou=("negative_iou", neg_iou), part_iou=("part_iou", part_iou), pos_iou=("positive_iou", pos_iou),
-    ))
-    _run_build("pnet", crop_recipe=crop, landmark_recipe=landmarks, **options)
+    )
+    check_iou_order(*(given.get(k, getattr(crop, k)) for k in ("negative_iou", "part_iou", "positive_iou")))
+    _run_build("pnet", crop_recipe=replace(crop, **given), landmark_recipe=landmarks, **options)
 
 
 def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float, max_neg_per_image: int,
@@ -497,13 +518,23 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
                   factor: float, thresholds: str, mean: float, scale: float, channels: str, logits: bool,
                   threads: int, **options) -> None:
     from facedata.build import CascadeFactory
+    from facedata.detect.draw import parse_thresholds
     from facedata.samplers import CropRecipe, LandmarkRecipe
     from facedata.samplers.mined import MiningRecipe
     from facedata.samples import STAGE_SIZE
 
+    check_iou_order(neg_iou, part_iou, pos_iou)
+    check_values(
+        ("--gt-min-face", gt_min_face, Number(0)),
+        ("--max-neg-per-image", max_neg_per_image, Number(0, 100_000, integer=True)),
+        ("--min-face", min_face, Number(1)), ("--factor", factor, Number(0.01, 0.99)),
+        ("--mean", mean, Number(-math.inf)), ("--scale", scale, Number(-math.inf)),
+        ("--threads", threads, Number(1, 256, integer=True)),
+        *(("--thresholds", value, Number(0, 1)) for value in parse_thresholds(thresholds)),
+    )
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,
-                          max_negatives_per_image=max_neg_per_image, pad_border=pad_border)
+                          max_negatives_per_image=max_neg_per_image, pad_border=pad_border, min_face=gt_min_face)
     config, contract = _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits)
     factory = CascadeFactory(str(pnet), None if rnet is None else str(rnet), config, contract, threads=threads)
     _run_build(stage, crop_recipe=CropRecipe(size=size, min_face=gt_min_face), detector=factory,

@@ -437,6 +437,7 @@ def _step_build_pnet(ctx: DemoContext) -> str:
         stage="pnet",
         seed=ctx.seed,
         progress=not ctx.quiet,
+        overwrite=True,  # demo_out is the demo's own scratch directory: a rerun with another seed replaces it
     )
     ctx.outputs["pnet"] = out
     counts = ", ".join(f"{name} {n}" for name, n in summary["label_counts"].items())

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from build_fixtures import demo_manifests
 from click.testing import CliRunner
 from onnx_models import mtcnn_pnet, mtcnn_rnet
 
@@ -28,12 +29,10 @@ from facedata.build import (
 )
 from facedata.buildplan import PLAN_FILES
 from facedata.cli import main
-from facedata.demo import build_demo_corpus
 from facedata.detect import CascadeConfig
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
 from facedata.oracle import check_inputs, verify_build_labels
-from facedata.parsers import ingest
 from facedata.samplers import CropRecipe
 from facedata.samplers.mined import MiningRecipe
 from facedata.storage import ShardedDataset, verify_dataset
@@ -49,19 +48,7 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("build_corpus")
-    c = build_demo_corpus(root / "corpus", seed=3)
-    det, rejects = ingest(c.wider_annotations, images=c.wider_images)
-    lmk, rejects2 = ingest(c.cuhk_annotations, images=c.cuhk_images)
-    assert len(rejects) == 0 and len(rejects2) == 0
-    det.write(root / "det.parquet")
-    lmk.write(root / "lmk.parquet")
-    # Mining runs a random-weight PNet (thousands of detections per image): 10 images are plenty.
-    ids = det.images["image_id"][:10]
-    small = Manifest(det.images[:10].reset_index(drop=True),
-                     det.faces[det.faces["image_id"].isin(ids)].reset_index(drop=True), det.provenance)
-    small.write(root / "det_small.parquet")
-    return {"root": root, "corpus": c, "det": det, "lmk": lmk, "small": small}
+    return demo_manifests(tmp_path_factory.mktemp("build_corpus"), seed=3)
 
 
 def shard_hashes(path: Path) -> list[str]:

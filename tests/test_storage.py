@@ -128,17 +128,21 @@ def test_interrupted_build_resumes_byte_identical(tmp_path: Path, backend: str) 
 
 def test_resume_drops_corrupt_shards_and_rejects_other_inputs(tmp_path: Path) -> None:
     write_dataset(tmp_path, "lmdb", N)
+    kwargs = dict(backend="lmdb", image_shape=SHAPE, record_dtype=SAMPLE_DTYPE,
+                  shard_bytes=1024 * BYTES_PER_SAMPLE, block_samples=64)
+    with pytest.raises(FacedataError, match="complete dataset"):  # a finished dataset is never reopened
+        DatasetWriter(tmp_path, provenance={"seed": 0}, resume=False, **kwargs)
+    (tmp_path / "index.json").rename(tmp_path / "index.partial.json")  # as if interrupted before close
     with open(tmp_path / "shard-00001.lmdb", "r+b") as fh:
         fh.seek(5000)
         fh.write(b"\xff")
-    kwargs = dict(backend="lmdb", image_shape=SHAPE, record_dtype=SAMPLE_DTYPE,
-                  shard_bytes=1024 * BYTES_PER_SAMPLE, block_samples=64)
     with DatasetWriter(tmp_path, provenance={"seed": 0, "command_line": "again"}, **kwargs) as writer:
         assert writer.samples_done == 1024  # shard 0 verified, shard 1 corrupt: rewritten from there
         assert not (tmp_path / "shard-00001.lmdb").exists() and not (tmp_path / "index.json").exists()
         writer.abort()
-    with pytest.raises(FacedataError, match="new output directory"):
+    with pytest.raises(FacedataError, match="new output directory") as info:
         DatasetWriter(tmp_path, provenance={"seed": 1}, **kwargs)
+    assert "seed: 0 -> 1" in str(info.value)
     with pytest.raises(FacedataError, match="new output directory"):
         DatasetWriter(tmp_path, provenance={"seed": 0}, **{**kwargs, "block_samples": 128})
     fresh = DatasetWriter(tmp_path, provenance={"seed": 1}, resume=False, **kwargs)

@@ -26,6 +26,9 @@ PARTIAL_INDEX_NAME = "index.partial.json"
 SHARD_NAME = re.compile(r"^shard-(\d{5,})\.([a-z0-9]+)$")
 # Provenance keys that may differ between an interrupted run and its resume without changing any byte.
 VOLATILE_PROVENANCE_KEYS = frozenset({"command_line", "argv", "started_at", "created_at", "hostname"})
+# Where a file identified by its sha256 was found: moving or renaming an input changes no byte.
+LOCATION_KEYS = frozenset({"path", "name", "file"})
+_ABSENT = object()
 
 
 def shard_file_name(shard: int, suffix: str) -> str:
@@ -61,10 +64,57 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def _stable(layout: dict, provenance: dict) -> dict:
+    """What fixes the shard bytes: the layout and the provenance without volatile keys and input locations."""
+    stable = {k: _content(v) for k, v in provenance.items() if k not in VOLATILE_PROVENANCE_KEYS}
+    return {"layout": layout, "provenance": stable}
+
+
+def _content(value: Any) -> Any:
+    """`value` without the location keys of content-addressed entries (dicts holding a sha256)."""
+    if not isinstance(value, dict):
+        return value
+    located = "sha256" in value
+    return {k: _content(v) for k, v in value.items() if not (located and k in LOCATION_KEYS)}
+
+
 def fingerprint(layout: dict, provenance: dict) -> str:
     """sha256 of the layout and the provenance minus volatile keys: equal => the same shard bytes."""
-    stable = {k: v for k, v in provenance.items() if k not in VOLATILE_PROVENANCE_KEYS}
-    return hashlib.sha256(canonical_json({"layout": layout, "provenance": stable}).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(_stable(layout, provenance)).encode()).hexdigest()
+
+
+def differences(index: dict, layout: dict, provenance: dict, limit: int = 8) -> list[str]:
+    """What differs between an index's build and a (layout, provenance), one dotted key per item:
+    `seed: 0 -> 1`, `inputs.detections.sha256 changed`, `crop_recipe.min_face: 20.0 -> 40.0`."""
+    old = _flatten(_stable({k: index.get(k) for k in layout}, index.get("provenance", {})))
+    new = _flatten(_stable(layout, provenance))
+    items = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k.split(".")[0] == "layout", k)):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a == b:
+            continue
+        name = key.split(".", 1)[1]
+        shown = [_show(a), _show(b)]
+        if name.endswith("sha256") or max(map(len, shown)) > 40:
+            items.append(f"{name} changed")
+        else:
+            items.append(f"{name}: {shown[0]} -> {shown[1]}")
+    if len(items) > limit:
+        items[limit:] = [f"and {len(items) - limit} more"]
+    return items
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: json.loads(canonical_json(value))}  # tuples and lists compare alike
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else canonical_json(value)
 
 
 def write_json_atomic(path: Path, value: dict) -> None:

@@ -4,7 +4,9 @@ Shard k always holds global samples [kM, (k+1)M) with M = samples_per_shard, so 
 only on the sample stream. Each complete shard is written under a temp name, hashed and renamed, then
 listed in `index.partial.json`; a rerun with the same provenance fingerprint keeps the leading shards
 whose hashes verify and tells the producer (`samples_done`) how many samples to skip, so an
-interrupted build ends byte-identical to an uninterrupted one.
+interrupted build ends byte-identical to an uninterrupted one. A directory holding a complete dataset
+(`index.json`) is refused: replacing one is the build's job (facedata.buildoutput), through a staging
+directory, never in place.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from facedata.storage.index import (
     INDEX_NAME,
     PARTIAL_INDEX_NAME,
     SHARD_NAME,
+    differences,
     dtype_to_json,
     fingerprint,
     read_json,
@@ -50,35 +53,19 @@ class DatasetWriter:
     ) -> None:
         self.out_dir = Path(out_dir)
         self.backend = BACKENDS.get(backend)()
+        self.layout = shard_layout(backend, image_shape, record_dtype, shard_bytes, block_samples)
         record_dtype = np.dtype(record_dtype)
-        if record_dtype.names is None or "label" not in record_dtype.names:
-            raise FacedataError("record_dtype must be a structured dtype with a 'label' field")
-        if len(image_shape) != 3 or min(image_shape) <= 0:
-            raise FacedataError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape!r}")
-        image_shape = tuple(int(x) for x in image_shape)
-        bytes_per_sample = int(np.prod(image_shape)) + record_dtype.itemsize
-        per_shard = samples_per_shard(shard_bytes, bytes_per_sample, block_samples)
-        unit = self.backend.unit_samples(per_shard, block_samples, bytes_per_sample)
-        self.schema = ShardSchema(image_shape, record_dtype, block_samples, unit, per_shard)  # type: ignore[arg-type]
+        image_shape = tuple(self.layout["image_shape"])
+        self.schema = ShardSchema(image_shape, record_dtype, block_samples, self.layout["unit_samples"],  # type: ignore[arg-type]
+                                  self.layout["samples_per_shard"])
         self.provenance = dict(provenance)
-        self.layout = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "backend": backend,
-            "image_shape": list(image_shape),
-            "record_dtype": dtype_to_json(record_dtype),
-            "bytes_per_sample": bytes_per_sample,
-            "block_samples": block_samples,
-            "unit_samples": unit,
-            "samples_per_shard": per_shard,
-        }
         self.fingerprint = fingerprint(self.layout, self.provenance)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._shards: list[dict] = self._recover() if resume else []
-        if not resume:
-            self._remove_shards(keep=0)
-        self._pixels = np.empty((unit, *image_shape), np.uint8)
-        self._records = np.empty(unit, record_dtype)
+        if not resume:  # start over: drop an interrupted build's partial index (a complete one is refused)
+            (self.out_dir / PARTIAL_INDEX_NAME).unlink(missing_ok=True)
+        self._shards: list[dict] = self._recover()
+        self._pixels = np.empty((self.schema.unit_samples, *image_shape), np.uint8)
+        self._records = np.empty(self.schema.unit_samples, record_dtype)
         self._fill = 0  # samples buffered in the current unit
         self._sink: ShardSink | None = None
         self._shard_samples = 0
@@ -93,18 +80,19 @@ class DatasetWriter:
 
     # -- resume ---------------------------------------------------------------------------------
     def _recover(self) -> list[dict]:
-        previous = None
-        for name in (PARTIAL_INDEX_NAME, INDEX_NAME):
-            if (self.out_dir / name).exists():
-                previous = read_json(self.out_dir / name)
-                break
-        if previous is None:
+        """Complete shards of an interrupted build with this fingerprint; a finished dataset (index.json)
+        is never touched, and shards of other inputs or options are never mixed in."""
+        if (self.out_dir / INDEX_NAME).exists():
+            raise FacedataError(f"{self.out_dir} holds a complete dataset (index.json): it is not modified")
+        if not (self.out_dir / PARTIAL_INDEX_NAME).exists():
             self._remove_shards(keep=0)
             return []
+        previous = read_json(self.out_dir / PARTIAL_INDEX_NAME)
         if previous.get("fingerprint") != self.fingerprint:
+            changes = "; ".join(differences(previous, self.layout, self.provenance)) or "fingerprint"
             raise FacedataError(
-                f"{self.out_dir} already holds shards built with different inputs or options; "
-                "use a new output directory (or delete this one)"
+                f"{self.out_dir} holds an interrupted build with other inputs or options ({changes}); "
+                "use a new output directory, the same options to resume it, or --overwrite"
             )
         kept: list[dict] = []
         per_shard = self.schema.samples_per_shard
@@ -124,10 +112,7 @@ class DatasetWriter:
         return kept
 
     def _remove_shards(self, keep: int) -> None:
-        """Delete temp files, stale indexes and every shard file from number `keep` on."""
-        index_path = self.out_dir / INDEX_NAME
-        if index_path.exists():
-            index_path.unlink()
+        """Delete temp files and every shard file from number `keep` on (never index.json)."""
         for path in self.out_dir.iterdir():
             match = SHARD_NAME.match(path.name)
             stale_temp = path.name.startswith(".shard-") and ".tmp" in path.name
@@ -252,6 +237,31 @@ class DatasetWriter:
             self.abort()
         elif not self._closed:
             self.close()
+
+
+def shard_layout(
+    backend: str, image_shape: tuple[int, ...], record_dtype: np.dtype, shard_bytes: int, block_samples: int
+) -> dict:
+    """The index's layout fields for these options: what, with the provenance, fixes every shard byte."""
+    record_dtype = np.dtype(record_dtype)
+    if record_dtype.names is None or "label" not in record_dtype.names:
+        raise FacedataError("record_dtype must be a structured dtype with a 'label' field")
+    if len(image_shape) != 3 or min(image_shape) <= 0:
+        raise FacedataError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape!r}")
+    shape = [int(x) for x in image_shape]
+    bytes_per_sample = int(np.prod(shape)) + record_dtype.itemsize
+    per_shard = samples_per_shard(shard_bytes, bytes_per_sample, block_samples)
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "backend": backend,
+        "image_shape": shape,
+        "record_dtype": dtype_to_json(record_dtype),
+        "bytes_per_sample": bytes_per_sample,
+        "block_samples": block_samples,
+        "unit_samples": BACKENDS.get(backend)().unit_samples(per_shard, block_samples, bytes_per_sample),
+        "samples_per_shard": per_shard,
+    }
 
 
 def _label_json(counts: dict[int, int]) -> dict[str, int]:

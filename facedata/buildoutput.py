@@ -1,0 +1,201 @@
+"""A build's output directory: a complete dataset is never modified by a rerun, and replaced only with
+`overwrite`, by a complete new one, through a staging directory swapped in at the end.
+
+What a build whose (layout, provenance) fingerprint is F does with DIR:
+- DIR holds a complete dataset (index.json) of F: nothing; "already complete" after a quick check
+  (every listed shard present with its recorded size; `verify` re-hashes every shard instead).
+- DIR holds a complete dataset of other inputs or options (or a damaged one): an error naming what
+  differs, unless `overwrite`; then the new dataset is built in STAGING = `DIR/../.DIR.staging` (same
+  filesystem; an interrupted staging build of F resumes there) and swapped in once complete.
+- DIR holds an interrupted build (index.partial.json): of F it resumes; of other options the writer
+  refuses it (naming the differences), unless `overwrite`, which discards it (no dataset to protect).
+- otherwise the build writes into DIR.
+
+The swap, after STAGING's index.json is written (atomically, last):
+1. exchange DIR and STAGING in one atomic `renameat2(RENAME_EXCHANGE)` (Linux); where it is not
+   available: rename DIR to TRASH = `DIR/../.DIR.old`, then STAGING to DIR;
+2. rename STAGING (now the old dataset) to TRASH, then delete TRASH.
+A SIGKILL at any instant leaves DIR holding the old or the new complete dataset, or (only in the
+fallback, between its two renames) no DIR and the complete new dataset in STAGING. Every build first
+recovers: DIR missing and STAGING complete -> STAGING becomes DIR; then TRASH is deleted. A leftover
+STAGING (killed after the exchange: it holds the old dataset) is deleted by the next build that finds DIR
+complete with its options, replaced by an `overwrite` build of other options, or swapped back in by an
+`overwrite` build of its own options.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facedata.errors import FacedataError
+from facedata.storage.index import INDEX_NAME, PARTIAL_INDEX_NAME, differences, fingerprint, load_index, read_json
+
+# What a build writes in its directory: shards, their temps, the partial index, plan/progress files, reports.
+BUILD_FILE = re.compile(
+    r"^(shard-\d{5,}\.[a-z0-9]+|index\.partial\.json|build-[\w.-]+|[\w-]+-report\.csv|\..+\.tmp-\d+)$"
+)
+
+
+def staging_dir(target: Path) -> Path:
+    return target.with_name(f".{target.name}.staging")
+
+
+def trash_dir(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+@dataclass
+class Output:
+    """Where a build writes (`directory`: DIR or its staging directory) and what it found there."""
+
+    target: Path
+    directory: Path
+    existing: dict[str, Any] | None = None  # index of the complete dataset of these options at DIR
+    fresh: bool = True  # `directory` held no earlier build of these options: its debris may go
+
+    def commit(self) -> None:
+        """Swap a complete staged dataset in at DIR (nothing to do when the build wrote into DIR)."""
+        if self.directory != self.target:
+            swap_in(self.target, self.directory)
+
+    def discard(self) -> None:
+        """After a failed fresh build: remove what it wrote, so that a corrected retry starts clean."""
+        if not self.fresh or not self.directory.is_dir():
+            return
+        _remove_build_files(self.directory)
+        if not any(self.directory.iterdir()):
+            self.directory.rmdir()
+
+
+def prepare_output(
+    out_dir: str | os.PathLike[str], layout: dict, provenance: dict, *, overwrite: bool, verify: bool
+) -> Output:
+    """Decide where a build of (layout, provenance) writes; see the module docstring. A symlinked DIR is
+    followed: its staging directory sits beside the real one (same filesystem) and the link stays."""
+    target = Path(out_dir).resolve()
+    recover(target)
+    wanted = fingerprint(layout, provenance)
+    if not (target / INDEX_NAME).is_file():
+        if overwrite and _partial_fingerprint(target) not in (None, wanted):
+            _remove_build_files(target)
+        return Output(target, target, fresh=_partial_fingerprint(target) is None)
+    index = load_index(target)
+    if index.get("fingerprint") == wanted:
+        problems = damage(target, index, verify)
+        if not problems:
+            _remove_tree(staging_dir(target), trash_dir(target))  # stale: e.g. the old dataset after an exchange
+            return Output(target, target, existing=index, fresh=False)
+        if not overwrite:
+            raise FacedataError(f"{target}: the complete dataset of these options is damaged ({problems[0]}); "
+                                "rebuild it with --overwrite")
+    elif not overwrite:
+        changes = "; ".join(differences(index, layout, provenance)) or "fingerprint"
+        raise FacedataError(
+            f"{target} holds a complete dataset built with other inputs or options ({changes}); it is left as "
+            "it is: use a new output directory, or --overwrite to replace it once the new one is complete"
+        )
+    staging = staging_dir(target)
+    if (staging / INDEX_NAME).is_file():
+        staged = load_index(staging)
+        if staged.get("fingerprint") == wanted and not damage(staging, staged, verify):
+            swap_in(target, staging)  # built by an earlier run that stopped before its swap
+            return Output(target, target, existing=staged, fresh=False)
+        _remove_tree(staging, trash_dir(target))
+    elif _partial_fingerprint(staging) not in (None, wanted):
+        _remove_tree(staging, trash_dir(target))
+    return Output(target, staging, fresh=_partial_fingerprint(staging) is None)
+
+
+def damage(directory: Path, index: dict, verify: bool) -> list[str]:
+    """Problems of a complete dataset: missing shards or sizes that differ from the index; `verify`
+    re-hashes and re-counts every shard."""
+    if verify:
+        from facedata.storage import verify_dataset
+
+        return verify_dataset(directory)
+    problems = []
+    for entry in index["shards"]:
+        path = directory / entry["file"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != entry.get("bytes"):
+            found = "missing" if size is None else f"{size:,} bytes"
+            problems.append(f"{entry['file']}: {found}, index.json says {entry.get('bytes'):,}")
+    return problems
+
+
+def recover(target: Path) -> None:
+    """Finish or clean up after a swap that was killed (see the module docstring)."""
+    staging, trash = staging_dir(target), trash_dir(target)
+    if not target.exists() and (staging / INDEX_NAME).is_file() and not damage(staging, load_index(staging), False):
+        os.rename(staging, target)
+        _sync_dir(target.parent)
+    if trash.exists():
+        shutil.rmtree(trash)
+
+
+def swap_in(target: Path, staging: Path) -> None:
+    """Put the complete dataset in `staging` at `target`; the old one is deleted once it is replaced."""
+    trash = trash_dir(target)
+    if not target.exists():
+        os.rename(staging, target)
+    elif _exchange(staging, target):
+        _sync_dir(target.parent)
+        os.rename(staging, trash)
+    else:
+        os.rename(target, trash)
+        os.rename(staging, target)
+    _sync_dir(target.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_tree(path: Path, trash: Path) -> None:
+    """Delete a directory beside DIR: renamed to TRASH first, so a kill mid-way leaves only TRASH."""
+    if path.exists():
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        return False
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if function(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _sync_dir(path: Path) -> None:
+    """Make renames in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _partial_fingerprint(directory: Path) -> str | None:
+    """Fingerprint of an interrupted build in `directory`, or None if there is none."""
+    path = directory / PARTIAL_INDEX_NAME
+    return str(read_json(path).get("fingerprint")) if path.is_file() else None
+
+
+def _remove_build_files(directory: Path) -> None:
+    for path in directory.iterdir():
+        if BUILD_FILE.match(path.name) and path.is_file():
+            path.unlink()

@@ -1,0 +1,80 @@
+"""What a build reports: the summary (also in index.json) and the CLI's table of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from facedata.buildworker import LABEL_ORDER, PLANNED, Job
+from facedata.samplers.mixing import MixPlan
+from facedata.samples import LABEL_NAMES
+from facedata.stages import STAGES
+
+
+def _label_dict(counts: np.ndarray) -> dict[str, int]:
+    return {LABEL_NAMES[lab]: int(c) for lab, c in zip(LABEL_ORDER, counts.tolist(), strict=True)}
+
+
+def build_summary(
+    job: Job, plan: np.ndarray, table: np.ndarray, skipped: list[dict[str, str]], mix: MixPlan | None
+) -> dict[str, Any]:
+    n_det = job.n_det
+    ok = plan["status"] == PLANNED
+    per_origin = {
+        "detections": _label_dict(table["counts"][:n_det].sum(axis=0)),
+        "landmarks": _label_dict(table["counts"][n_det:].sum(axis=0)),
+    }
+    summary: dict[str, Any] = {
+        "stage": job.stage.name,
+        "size": job.size,
+        "images": {"detections": n_det, "landmarks": job.n - n_det, "skipped": len(skipped)},
+        "planned": _label_dict(plan["labels"][ok].sum(axis=0)),
+        "samples_by_origin": per_origin,
+        "shortages": [] if mix is None else list(mix.shortages),
+        "mixing": "off: every planned sample written" if mix is None else mix.to_dict(),
+        "skipped": skipped,
+    }
+    summary.update(job.stage.report(plan["counters"][:n_det], ok[:n_det]) or {})
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The CLI's final table: samples per label, shards, bytes, seconds, shortages, skipped images."""
+    if summary.get("already_complete"):
+        checked = "shards re-hashed" if summary["verified"] else "shard sizes checked; --verify re-hashes"
+        return (f"{summary['out_dir']}: already complete with these inputs and options "
+                f"({summary['samples']:,} samples in {summary['shards']} shard(s), {checked}); nothing written")
+    lines = [f"{summary['stage']} shards ({summary['size']} px) in {summary.get('out_dir', '?')}", ""]
+    lines.append(f"{'label':<10} {'samples':>12}")
+    for name in ("negative", "positive", "part", "landmark"):
+        lines.append(f"{name:<10} {summary['label_counts'].get(name, 0):>12,}")
+    lines.append(f"{'total':<10} {summary['samples']:>12,}")
+    planned = summary.get("planned")
+    if planned:
+        mixing = summary.get("mixing")
+        ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
+        mixed = "mixed at " + ":".join(f"{ratio.get(str(lab), 0):g}" for lab in LABEL_ORDER) if ratio else "no mixing"
+        lines.append("planned before mixing: " + ", ".join(f"{k} {v:,}" for k, v in planned.items()) + f" ({mixed})")
+    lines.append("")
+    mb = summary["bytes"] / 1e6
+    lines.append(
+        f"shards {summary['shards']}, {mb:,.1f} MB, {summary['seconds']:.1f} s"
+        f" with {summary['workers']} worker(s)"
+    )
+    images = summary["images"]
+    lines.append(f"images: {images['detections']:,} detection, {images['landmarks']:,} landmark, "
+                 f"{images['skipped']:,} skipped")
+    stage = STAGES.get(summary["stage"])
+    if summary.get("resumed_plan_from_image"):
+        lines.append(f"resumed: {summary['resumed_plan_from_image']:,} images already {stage.verb} were not redone")
+    if summary.get("resumed_from_sample"):
+        lines.append(f"resumed after {summary['resumed_from_sample']:,} samples already in complete shards")
+    lines.extend(stage.summary_lines(summary))
+    for text in summary["shortages"]:
+        lines.append(f"shortage: {text}")
+    for item in summary["skipped"][:20]:
+        lines.append(f"skipped {item['path']}: {item['reason']}")
+    if len(summary["skipped"]) > 20:
+        lines.append(f"... and {len(summary['skipped']) - 20} more skipped images (see index.json summary)")
+    return "\n".join(lines)
