@@ -163,6 +163,7 @@ def built(out: Path, backend: str, n: int) -> float | None:
     index = out / "index.json"
     if index.exists() and ShardedDataset(out).index["samples"] == n:
         return None
+    shutil.rmtree(out, ignore_errors=True)  # the benchmark's own scratch build: a writer never reopens one
     return build(out, backend, n)
 
 

@@ -1,7 +1,8 @@
 """`facedata build STAGE`: manifests -> planned, mixed, rendered crops -> sharded dataset.
 
-The build is one deterministic *sample stream*: detection-manifest images in manifest order, then
-landmark-manifest images in manifest order; each image contributes the records its planner (or the
+The build is one deterministic *sample stream*: detection-manifest and landmark-manifest images, each in
+manifest order, interleaved evenly (`buildworker.interleaved_stream`, so landmark samples are spread over
+every shard rather than written last); each image contributes the records its planner (or the
 cascade + `label_detections`) produces, filtered by the class mix, in planner order. Every random draw
 and every mixing decision is a function of (seed, image id), so the stream, and therefore every shard
 byte (the writer rolls shards over at fixed sample counts), is the same for any worker count and any
@@ -151,6 +152,7 @@ def build_dataset(
         "seed": seed,
         "ratio": ratio_json(ratio) if mix else None,
         "allow_repeat": allow_repeat,
+        "stream": "interleaved",  # detection and landmark images merged evenly (buildworker.interleaved_stream)
         **spec.provenance(config),
         "inputs": {"detections": det_info, "landmarks": lmk_info},
         "command_line": command_line(),

@@ -54,7 +54,7 @@ def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
 
 def _write_reports(job: Job, plan: np.ndarray, out_dir: Path) -> None:
     """The stage's reports from the plan table's detection-image rows."""
-    rows = plan[: job.n_det]
+    rows = plan[job.detection_positions]
     status = [job.stage.verb if s == PLANNED else STATUS_NAME[int(s)] for s in rows["status"]]
     job.stage.write_reports(out_dir, job.detection_tasks, rows["counters"], status)
 

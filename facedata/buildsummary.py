@@ -20,10 +20,13 @@ def build_summary(
     job: Job, plan: np.ndarray, table: np.ndarray, skipped: list[dict[str, str]], mix: MixPlan | None
 ) -> dict[str, Any]:
     n_det = job.n_det
+    det = job.detection_positions
+    is_det = np.zeros(job.n, bool)
+    is_det[det] = True
     ok = plan["status"] == PLANNED
     per_origin = {
-        "detections": _label_dict(table["counts"][:n_det].sum(axis=0)),
-        "landmarks": _label_dict(table["counts"][n_det:].sum(axis=0)),
+        "detections": _label_dict(table["counts"][is_det].sum(axis=0)),
+        "landmarks": _label_dict(table["counts"][~is_det].sum(axis=0)),
     }
     summary: dict[str, Any] = {
         "stage": job.stage.name,
@@ -35,7 +38,7 @@ def build_summary(
         "mixing": "off: every planned sample written" if mix is None else mix.to_dict(),
         "skipped": skipped,
     }
-    summary.update(job.stage.report(plan["counters"][:n_det], ok[:n_det]) or {})
+    summary.update(job.stage.report(plan["counters"][det], ok[det]) or {})
     return summary
 
 

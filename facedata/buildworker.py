@@ -58,10 +58,24 @@ PROGRESS_DTYPE = np.dtype(
 )
 
 
+def interleaved_stream(n_detections: int, n_landmarks: int) -> np.ndarray:
+    """Stream position -> combined image index (detection i is i, landmark k is n_detections + k).
+
+    The two manifests are merged evenly, each in its own order: detection i sits at (i + 1/2) / D of the
+    stream and landmark k at (k + 1/2) / L (a tie puts the detection first). Landmark samples are thus
+    spread over every shard and read unit instead of filling the tail, so the readers' unit-local shuffle
+    mixes all four classes on any backend. A pure function of the two counts: worker-invariant.
+    """
+    d = np.arange(n_detections, dtype=np.int64)
+    k = np.arange(n_landmarks, dtype=np.int64)
+    keys = np.concatenate([(2 * d + 1) * max(n_landmarks, 1), (2 * k + 1) * max(n_detections, 1)])
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
 @dataclass
 class Job:
-    """Everything workers need; sent once to each worker. The stream: detection images, then landmark
-    images; stream image j is `task(j)`."""
+    """Everything workers need; sent once to each worker. The stream interleaves detection and landmark
+    images (`interleaved_stream`); stream image j is `task(j)`."""
 
     stage: Stage
     seed: int
@@ -70,6 +84,7 @@ class Job:
     config: BuildConfig
     record_dtype: np.dtype
     plan_path: str  # the plan file pass 2 reads its records from
+    _stream: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -87,11 +102,24 @@ class Job:
     def plan_dtype(self) -> np.dtype:
         return plan_dtype(len(self.stage.counters))
 
+    @property
+    def stream(self) -> np.ndarray:
+        """Combined image index of every stream position (computed once per process, 8 bytes an image)."""
+        if self._stream is None:
+            self._stream = interleaved_stream(self.n_det, self.n - self.n_det)
+        return self._stream
+
+    @property
+    def detection_positions(self) -> np.ndarray:
+        """Stream positions of the detection images, in detection-manifest order."""
+        return np.flatnonzero(self.stream < self.n_det)
+
     def task(self, j: int) -> ImageTask:
-        if j < self.n_det:
-            return self.detection_tasks[j]
+        c = int(self.stream[j])
+        if c < self.n_det:
+            return self.detection_tasks[c]
         assert self.landmark_tasks is not None
-        return self.landmark_tasks[j - self.n_det]
+        return self.landmark_tasks[c - self.n_det]
 
 
 _JOB: Job | None = None

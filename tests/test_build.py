@@ -28,6 +28,7 @@ from facedata.build import (
     parse_size,
 )
 from facedata.buildplan import PLAN_FILES
+from facedata.buildworker import interleaved_stream
 from facedata.cli import main
 from facedata.detect import CascadeConfig
 from facedata.errors import FacedataError
@@ -126,6 +127,28 @@ def test_pnet_without_mixing_writes_every_planned_sample_in_one_pass(corpus: dic
     assert summary["label_counts"] == summary["planned"] and summary["shortages"] == []
     assert load_index(out)["provenance"]["ratio"] is None
     check_dataset(out, corpus["det"], corpus["lmk"])
+
+
+def test_landmark_images_are_interleaved_with_detection_images(corpus: dict, tmp_path: Path) -> None:
+    """Landmark samples are spread over the whole stream (every shard), not written after all detection
+    samples, so a unit-local shuffle mixes the classes on any backend (issue 8 §5)."""
+    stream = interleaved_stream(5, 2)
+    assert stream.tolist() == [0, 5, 1, 2, 3, 6, 4]  # detection i at (i + 1/2) / 5, landmark k at (k + 1/2) / 2
+    big = interleaved_stream(1000, 333)
+    assert sorted(big.tolist()) == list(range(1333))
+    for part in (big[big < 1000], big[big >= 1000]):
+        assert (np.diff(part) > 0).all()  # each manifest keeps its own order
+    landmark_at = np.flatnonzero(big >= 1000)
+    assert np.abs(landmark_at / 1333 - (np.arange(333) + 0.5) / 333).max() < 0.01  # evenly spread
+
+    out = tmp_path / "mixed"
+    build_dataset(corpus["det"], corpus["lmk"], out, workers=1, mix=False, progress=False, **SMALL)
+    labels = ShardedDataset(out).labels()
+    positions = np.flatnonzero(labels == -2) / len(labels)
+    assert positions.min() < 0.1 and positions.max() > 0.9
+    # the longest run without a landmark sample is about one detection image's samples, not the whole
+    # detection part (before: all landmark samples after every detection sample)
+    assert np.diff(positions).max() < 0.1, np.diff(positions).max()
 
 
 @pytest.mark.parametrize("keep_progress", [True, False])

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from onnx_models import crop_net, designed_pnet, draw_faces, mtcnn_pnet
 
+from facedata.build import CascadeFactory
 from facedata.cli import main
 from facedata.detect import Cascade, CascadeConfig, ModelContract
 from facedata.detect.settings import DETECTION_THRESHOLDS, MINING_THRESHOLDS
@@ -73,8 +74,13 @@ def test_threshold_defaults_help_and_provenance(tmp_path):
     code, text, err = _invoke(["build", "rnet", "--detections", det, "--pnet", pnet, "-o", out, "--workers", "1",
                                "--min-face", "40", "--quiet"])
     assert code == 0, text + err
-    config = load_index(out)["provenance"]["detector"]["config"]
+    detector = load_index(out)["provenance"]["detector"]
+    config = detector["config"]
     assert tuple(config["thresholds"]) == MINING_THRESHOLDS and config["min_face"] == 40
+    assert detector["thresholds_used"] == [MINING_THRESHOLDS[0]]  # build rnet runs PNet alone
+    # the library's default is the mining setting too, not the detection one
+    library = CascadeFactory(str(pnet)).describe()
+    assert tuple(library["config"]["thresholds"]) == MINING_THRESHOLDS and library["thresholds_used"] == [0.3]
     report = pd.read_csv(out / "mining-report.csv")
     recorded = Cascade(pnet, config=CascadeConfig(min_face=config["min_face"], factor=config["factor"],
                                                   thresholds=tuple(config["thresholds"])))

@@ -41,17 +41,23 @@ class CascadeFactory:
     contract: Any = None  # facedata.detect.ModelContract; None = defaults
     threads: int = 1
 
-    def __call__(self) -> Any:
-        from facedata.detect import Cascade, CascadeConfig, ModelContract
+    def _config(self) -> Any:
+        """The given config, else the cascade defaults with the mining thresholds (recall for mining)."""
+        from facedata.detect import CascadeConfig
+        from facedata.detect.settings import MINING_THRESHOLDS
 
-        return Cascade(
-            self.pnet, self.rnet, None, self.config or CascadeConfig(), self.contract or ModelContract(),
-            threads=self.threads,
-        )
+        return self.config or CascadeConfig(thresholds=MINING_THRESHOLDS)
+
+    def __call__(self) -> Any:
+        from facedata.detect import Cascade, ModelContract
+
+        return Cascade(self.pnet, self.rnet, None, self._config(), self.contract or ModelContract(),
+                       threads=self.threads)
 
     def describe(self) -> dict[str, Any]:
-        """Provenance: model files with their sha256, and every cascade / contract option."""
-        from facedata.detect import CascadeConfig, ModelContract
+        """Provenance: model files with their sha256, every cascade / contract option, and the thresholds of
+        the stages that actually run (PNet alone for rnet, PNet + RNet for onet)."""
+        from facedata.detect import ModelContract
 
         def model(spec: Any) -> Any:
             if spec is None:
@@ -63,7 +69,8 @@ class CascadeFactory:
         return {
             "pnet": model(self.pnet),
             "rnet": model(self.rnet),
-            "config": asdict(self.config or CascadeConfig()),
+            "config": asdict(self._config()),
+            "thresholds_used": list(self._config().thresholds[: 1 if self.rnet is None else 2]),
             "contract": asdict(self.contract or ModelContract()),
         }
 
