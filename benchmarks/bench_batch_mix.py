@@ -1,15 +1,17 @@
-"""Class shares per batch on real built shards: the old default shuffle, the new one, and batch_mix.
+"""Class shares per batch on real built shards: layouts (as built, landmarks last) x orders x backends.
 
 Builds a PNet dataset (LMDB and Parquet) from the demo corpus (real JPEG encode/decode, the real
-samplers and writer; detection samples in image order, landmark samples last, as every build writes
-them), then reads the labels of every batch of a few epochs in three orders:
+samplers and writer). Builds interleave detection and landmark images (issue 8); the pre-issue-8 layout,
+every landmark sample after every detection sample, is emulated by moving the landmark samples' labels
+to the end. Each layout is read in three orders:
   - old default: the order before issue 8 (units permuted, samples shuffled inside windows of
     consecutive permuted units), reimplemented here from its description;
   - new default: `epoch_order` (every shuffle window takes one unit from each stratum of the file);
   - batch_mix 3:1:1:2: exact class counts per batch.
-For each class it prints the share per batch (min / mean / max / std over all full batches), the
-distinct source images per batch, what one epoch of the mix uses of each class, and numpy
-`iter_batches` throughput with and without the mix (noisy on a shared machine). Usage:
+It prints the landmark share per batch (min / mean / max / std over all full batches) and the distinct
+source images per batch for each backend's unit size (LMDB blocks, Parquet row groups), what one epoch
+of the mix uses of each class, and numpy `iter_batches` throughput with and without the mix (noisy on a
+shared machine). Usage:
     python benchmarks/bench_batch_mix.py [--wider 240] [--cuhk 60] [--batch 256] [--epochs 5] [--dir DIR]
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 from facedata.build import build_dataset
 from facedata.demo import build_demo_corpus
 from facedata.parsers import ingest
-from facedata.readers.order import MIX_LABELS, WINDOW_SAMPLES, epoch_order
+from facedata.readers.order import MIX_LABELS, WINDOW_SAMPLES, ReadOrder, epoch_order
 from facedata.samples import LABEL_NAMES
 from facedata.storage import ShardedDataset
 
@@ -67,9 +69,9 @@ def batch_stats(label_batches: np.ndarray, image_batches: np.ndarray) -> dict[st
     return stats
 
 
-def orders(ds: ShardedDataset, batch: int, epochs: int) -> dict[str, list[np.ndarray]]:
+def orders(ds: ShardedDataset, labels: np.ndarray, batch: int, epochs: int) -> dict[str, list[np.ndarray]]:
     n, unit = len(ds), ds.unit_samples
-    mixed = ds.read_order(batch, seed=0, batch_mix=MIX)
+    mixed = ReadOrder(n, unit, batch, seed=0, batch_mix=MIX, labels=labels)
     return {
         "old default": [old_epoch_order(n, unit, 0, e) for e in range(epochs)],
         "new default": [epoch_order(n, unit, seed=0, epoch=e) for e in range(epochs)],
@@ -103,20 +105,24 @@ def main() -> None:
         labels = ds.labels()
         images = ds.read_range(0, len(ds))[1]["image_index"].astype(np.int64)
         images[labels == MIX_LABELS[-1]] += 1 << 32  # landmark samples index the other manifest
+        last = np.argsort(labels == MIX_LABELS[-1], kind="stable")  # the pre-issue-8 layout: landmarks last
+        layouts = {"interleaved (as built)": (labels, images), "landmarks last (before)": (labels[last], images[last])}
         counts = ", ".join(f"{LABEL_NAMES[c]} {int((labels == c).sum()):,}" for c in MIX_LABELS)
         print(f"## Class shares per batch: {args.wider} WIDER + {args.cuhk} CUHK demo images, PNet, "
-              f"{len(ds):,} samples ({counts}), LMDB units of {ds.unit_samples}, batch {args.batch}, "
-              f"{args.epochs} epochs\n")
-        print("| order | class | min | mean | max | std |\n|---|---|---|---|---|---|")
-        for name, epoch_orders in orders(ds, args.batch, args.epochs).items():
-            full = [o[: len(o) // args.batch * args.batch] for o in epoch_orders]
-            order = np.concatenate(full)
-            stats = batch_stats(labels[order].reshape(-1, args.batch), images[order].reshape(-1, args.batch))
-            for key, (lo, mean, hi, std) in stats.items():
-                if key == "images":
-                    print(f"| {name} | distinct images per batch | {lo:.0f} | {mean:.1f} | {hi:.0f} | {std:.1f} |")
-                else:
-                    print(f"| {name} | {key} | {lo:.1%} | {mean:.1%} | {hi:.1%} | {std:.1%} |")
+              f"{len(ds):,} samples ({counts}), batch {args.batch}, {args.epochs} epochs\n")
+        print("| backend (unit) | layout | order | landmark share min / mean / max (std) | distinct images "
+              "per batch min / mean / max |\n|---|---|---|---|---|")
+        for backend, path in paths.items():
+            data = ShardedDataset(path)
+            for layout, (lab, img) in layouts.items():
+                for name, epoch_orders in orders(data, lab, args.batch, args.epochs).items():
+                    full = [o[: len(o) // args.batch * args.batch] for o in epoch_orders]
+                    order = np.concatenate(full)
+                    stats = batch_stats(lab[order].reshape(-1, args.batch), img[order].reshape(-1, args.batch))
+                    lo, mean, hi, std = stats[LABEL_NAMES[MIX_LABELS[-1]]]
+                    ilo, imean, ihi, _ = stats["images"]
+                    print(f"| {backend} ({data.unit_samples:,}) | {layout} | {name} | {lo:.1%} / {mean:.1%} / "
+                          f"{hi:.1%} ({std:.1%}) | {ilo:.0f} / {imean:.0f} / {ihi:.0f} |")
         usage = ds.read_order(args.batch, seed=0, batch_mix=MIX).class_usage()
         print(f"\nbatch_mix {MIX}, one epoch uses (class: used / available): "
               + ", ".join(f"{name} {used:,} / {have:,} ({used / have:.2f}x)" for name, (have, used) in usage.items()))
