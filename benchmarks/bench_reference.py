@@ -34,6 +34,7 @@ from bench_build import background, draw_face, facedata_command
 from measure import Peak, mb, run_measured
 
 from facedata.manifest import ManifestBuilder, make_provenance
+from facedata.realdata import realdata_dir
 from facedata.samples import image_rng
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "pytorch-mtcnn-reference"
@@ -136,10 +137,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=None, help="WIDER images (default 300)")
     parser.add_argument("--landmark-faces", type=int, default=None, help="CUHK faces (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="facedata workers (the reference uses 1 process)")
-    parser.add_argument("--realdata", type=Path, default=Path(os.environ.get("FACEDATA_REALDATA", "")))
+    parser.add_argument("--realdata", type=Path, default=realdata_dir(),
+                        help="real-data folder (default: FACEDATA_REALDATA or ../shared/realdata)")
     parser.add_argument("--workdir", type=Path,
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-reference")
     args, _ = parser.parse_known_args()  # run_all.py passes every benchmark the same arguments
+    if args.realdata is None:
+        raise SystemExit("the real-data folder was not found: pass --realdata or set FACEDATA_REALDATA")
     args.images = args.images or (100 if args.small else 300)
     args.landmark_faces = args.landmark_faces or (300 if args.small else 1000)
     root = args.workdir / f"corpus-{args.images}-{args.landmark_faces}"

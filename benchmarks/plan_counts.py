@@ -12,7 +12,6 @@ mixing and the landmark share the default 3:1:1:2 mix reaches (2/7 = 28.6 % when
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from facedata.manifest import Manifest
 from facedata.parsers import ingest
+from facedata.realdata import realdata_dir
 from facedata.samplers import CropRecipe, LandmarkRecipe, mixing_plan, plan_crops, plan_landmarks
 from facedata.samplers.tasks import task_table
 from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS, image_rng
@@ -80,9 +80,12 @@ RECIPES = {  # name: (crop recipe, landmark recipe)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--realdata", type=Path, default=Path(os.environ.get("FACEDATA_REALDATA", "")))
+    parser.add_argument("--realdata", type=Path, default=realdata_dir(),
+                        help="real-data folder (default: FACEDATA_REALDATA or ../shared/realdata)")
     parser.add_argument("--limit", type=int, help="first N WIDER images only (a quick look)")
     args = parser.parse_args()
+    if args.realdata is None:
+        raise SystemExit("the real-data folder was not found: pass --realdata or set FACEDATA_REALDATA")
     start = time.perf_counter()
     wider, cuhk = wider_train(args.realdata, args.limit), cuhk_train(args.realdata)
     print(f"WIDER train: {len(wider.images):,} images, {len(wider.faces):,} faces; "
