@@ -61,7 +61,7 @@ import pyarrow as pa
 
 from facedata import __version__
 from facedata.buildoptions import parse_ratio, parse_roots, parse_size
-from facedata.buildoutput import Output, prepare_output
+from facedata.buildoutput import Output, output_lock, prepare_output
 from facedata.buildplan import RECORDS_NAME
 from facedata.buildprovenance import ManifestInput, load_tasks, manifest_sha256, ratio_json
 from facedata.buildrun import PROGRESS_NAME, run_build
@@ -159,34 +159,36 @@ def build_dataset(
         **(extra_provenance or {}),
     }
     layout = shard_layout(backend, (spec.size, spec.size, 3), record_dtype, shard_bytes, block_samples)
-    output = prepare_output(out_dir, layout, provenance, overwrite=overwrite, verify=verify)
-    if output.existing is not None:
-        return _already_complete(output, verify)
-    _check_images(det_tasks, "detections")
-    if lmk_tasks is not None:
-        _check_images(lmk_tasks, "landmarks")
-    job = Job(spec, seed, det_tasks, lmk_tasks, config, record_dtype, str(output.directory.resolve() / RECORDS_NAME))
-    chunk = chunk_images or max(1, min(spec.chunk_images, -(-job.n // (workers * 16))))
+    with output_lock(out_dir):  # one build at a time per DIR
+        output = prepare_output(out_dir, layout, provenance, overwrite=overwrite, verify=verify)
+        if output.existing is not None:
+            return _already_complete(output, verify)
+        _check_images(det_tasks, "detections")
+        if lmk_tasks is not None:
+            _check_images(lmk_tasks, "landmarks")
+        plan_path = str(output.directory.resolve() / RECORDS_NAME)
+        job = Job(spec, seed, det_tasks, lmk_tasks, config, record_dtype, plan_path)
+        chunk = chunk_images or max(1, min(spec.chunk_images, -(-job.n // (workers * 16))))
 
-    runner = Runner(job, workers)  # fork before any LMDB env exists in this process
-    ok = False
-    try:
-        summary = run_build(
-            runner, job, output.directory, backend=backend, mix_ratio=ratio if mix else None,
-            allow_repeat=allow_repeat, shard_bytes=shard_bytes, block_samples=block_samples,
-            provenance=provenance, progress=progress, strict=strict, chunk=chunk, on_write=on_write,
-            on_plan=on_plan, started=started,
-        )
-        ok = True
-    except FacedataError:
-        if not strict:  # a --strict stop keeps its plan for the retry once the image is mended
-            output.discard()
-        raise
-    finally:
-        runner.close(ok)
-    output.commit()
-    summary.update(seconds=round(time.perf_counter() - started, 3), workers=workers, out_dir=str(out_dir))
-    return summary
+        runner = Runner(job, workers)  # fork before any LMDB env exists in this process
+        ok = False
+        try:
+            summary = run_build(
+                runner, job, output.directory, backend=backend, mix_ratio=ratio if mix else None,
+                allow_repeat=allow_repeat, shard_bytes=shard_bytes, block_samples=block_samples,
+                provenance=provenance, progress=progress, strict=strict, chunk=chunk, on_write=on_write,
+                on_plan=on_plan, started=started,
+            )
+            ok = True
+        except FacedataError:
+            if not strict:  # a --strict stop keeps its plan for the retry once the image is mended
+                output.discard()
+            raise
+        finally:
+            runner.close(ok)
+        output.commit()
+        summary.update(seconds=round(time.perf_counter() - started, 3), workers=workers, out_dir=str(out_dir))
+        return summary
 
 
 def _already_complete(output: Output, verified: bool) -> dict[str, Any]:

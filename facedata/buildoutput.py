@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,36 @@ class Output:
         _remove_build_files(self.directory)
         if not any(self.directory.iterdir()):
             self.directory.rmdir()
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def output_lock(out_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on DIR for a build: a second build of the same DIR (another process, or the
+    same one) stops at once with a clear error instead of interleaving its writes, swaps and deletions with
+    the first. An flock on `.DIR.lock` beside DIR: the kernel releases it when the holder exits, even on
+    SIGKILL, so a killed build never leaves a stale lock. The small lock file stays."""
+    target = Path(out_dir).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(target)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise FacedataError(
+                f"{target}: another build is writing this directory (pid {holder}, lock {path}); wait for it "
+                "to finish, or stop it and run again (an interrupted build resumes)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def prepare_output(

@@ -17,7 +17,7 @@ import pytest
 from build_fixtures import demo_manifests
 from click.testing import CliRunner
 
-from facedata.buildoutput import recover, staging_dir, swap_in, trash_dir
+from facedata.buildoutput import output_lock, recover, staging_dir, swap_in, trash_dir
 from facedata.cli import main
 from facedata.errors import FacedataError
 from facedata.storage import verify_dataset
@@ -267,3 +267,27 @@ def test_overwrite_through_a_symlinked_output_keeps_the_link(corpus: dict, tmp_p
     cli("build", "pnet", *corpus["inputs"], "-o", link, *OPTIONS, "--seed", "1", "--overwrite")
     assert link.is_symlink() and contents(real) == contents(corpus["root"] / "reference1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "pnet"] and list(real.parent.iterdir()) == [real]
+
+
+
+def test_a_second_build_of_the_same_directory_is_refused_while_the_first_runs(corpus: dict, tmp_path: Path) -> None:
+    """Two builds never write one DIR at once (same process or another); the lock dies with its holder,
+    even on SIGKILL, so a killed build never blocks the next one."""
+    out = tmp_path / "locked"
+    with output_lock(out):
+        refused = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, code=2)
+    assert "another build is writing this directory" in refused and "Traceback" not in refused
+    assert not out.exists()  # nothing written
+    code = f"from facedata.buildoutput import output_lock; import time; lock = output_lock({str(out)!r}); " \
+           "lock.__enter__(); print('locked', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        refused = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, code=2)
+        assert f"pid {holder.pid}" in refused
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    cli("build", "pnet", *corpus["inputs"], "-o", out, "--seed", "0", *OPTIONS)
+    assert contents(out) == {k: v[1] for k, v in corpus["reference"]["0"].items() if k.startswith("shard-")}
