@@ -87,25 +87,36 @@ def output_lock(out_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on DIR for a build: a second build of the same DIR (another process, or the
     same one) stops at once with a clear error instead of interleaving its writes, swaps and deletions with
     the first. An flock on `.DIR.lock` beside DIR: the kernel releases it when the holder exits, even on
-    SIGKILL, so a killed build never leaves a stale lock. The small lock file stays."""
+    SIGKILL, so a killed build never leaves a stale lock. The holder removes the file when it is done; a
+    lock taken on a file that was removed meanwhile is dropped and taken again on the new file."""
     target = Path(out_dir).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     path = lock_path(target)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
             raise FacedataError(
                 f"{target}: another build is writing this directory (pid {holder}, lock {path}); wait for it "
                 "to finish, or stop it and run again (an interrupted build resumes)"
             ) from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the previous holder removed that file after we opened it
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        path.unlink(missing_ok=True)  # while still holding the lock
+        os.close(fd)
 
 
 def prepare_output(
