@@ -101,8 +101,8 @@ class Conversion:
             lowest = np.where(used, np.minimum(lowest, vis[:, column].astype(np.int8)), lowest)
         mask = complete & (self.weight > 0).any(axis=1)
         total[~mask] = np.nan
-        dtype = np.result_type(pts.dtype, np.float32)
-        return total.reshape(len(pts), -1).astype(dtype), np.where(mask, lowest, 0).astype(np.int8), mask
+        coords = total.reshape(len(pts), 2 * len(self.index)).astype(np.result_type(pts.dtype, np.float32))
+        return coords, np.where(mask, lowest, 0).astype(np.int8), mask
 
 
 def route(source: str, target: str) -> tuple[str, ...]:
