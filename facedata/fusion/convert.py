@@ -88,26 +88,29 @@ class Conversion:
             raise FacedataError(
                 f"landmark map {' -> '.join(self.route)}: scheme {self.source!r} has {n_source} points, need "
                 f"points (N, {2 * n_source}) and visible (N, {n_source}); got {pts.shape} and {vis.shape}")
-        xy = pts.reshape(len(pts), n_source, 2).astype(np.float64)
-        present = (vis > 0) & np.isfinite(xy).all(axis=2)
-        xy[~present] = 0.0
-        total = np.zeros((len(pts), len(self.index), 2))
-        complete = np.ones((len(pts), len(self.index)), bool)
-        lowest = np.full((len(pts), len(self.index)), np.iinfo(np.int8).max, np.int8)
+        vis = vis.astype(np.int8)
+        planes = np.stack([pts[:, 0::2], pts[:, 1::2]]).astype(np.float64)  # (2, N, S): x and y
+        present = (vis > 0) & np.isfinite(planes).all(axis=0)
+        planes = np.where(present, planes, 0.0)
+        n_target = len(self.index)
+        total = np.zeros((2, len(pts), n_target))
+        complete = np.ones((len(pts), n_target), bool)
+        lowest = np.full((len(pts), n_target), np.iinfo(np.int8).max, np.int8)
         for column, weight in zip(self.index.T, self.weight.T, strict=True):
             used = weight > 0
-            total += xy[:, column] * weight[None, :, None]
-            complete &= present[:, column] | ~used
-            lowest = np.where(used, np.minimum(lowest, vis[:, column].astype(np.int8)), lowest)
+            total += np.take(planes, column, axis=2) * weight
+            complete &= np.take(present, column, axis=1) | ~used
+            lowest = np.where(used, np.minimum(lowest, np.take(vis, column, axis=1)), lowest)
         mask = complete & (self.weight > 0).any(axis=1)
-        total[~mask] = np.nan
-        coords = total.reshape(len(pts), 2 * len(self.index)).astype(np.result_type(pts.dtype, np.float32))
+        coords = np.empty((len(pts), 2 * n_target), np.result_type(pts.dtype, np.float32))
+        coords[:, 0::2], coords[:, 1::2] = np.where(mask, total, np.nan)
         return coords, np.where(mask, lowest, 0).astype(np.int8), mask
 
 
 def route(source: str, target: str) -> tuple[str, ...]:
     """The shortest chain of registered maps from source to target; an error if there is none or several."""
-    SCHEMES.get(source), SCHEMES.get(target)
+    for name in (source, target):
+        SCHEMES.get(name)  # an unknown name fails here, listing the known ones
     paths: list[tuple[str, ...]] = [(source,)]
     seen = {source}
     while paths:
@@ -133,7 +136,8 @@ def conversion(source: str, target: str, via: Sequence[str] = ()) -> Conversion:
     result = Conversion.identity(source)
     for a, b in zip(chain, chain[1:], strict=False):
         if map_name(a, b) not in MAPS:
-            SCHEMES.get(a), SCHEMES.get(b)
+            for name in (a, b):
+                SCHEMES.get(name)
             raise FacedataError(f"no landmark map from {a} to {b} (asked for the route {' -> '.join(chain)})")
         result = result.then(Conversion.from_map(MAPS.get(map_name(a, b))))
     return result
