@@ -18,6 +18,26 @@ SIZES = {"mtcnn5": 5, "ibug68": 68, "wflw98": 98, "lapa106": 106, "coco17": 17, 
 FIXED = {"mtcnn5": [2], "ibug68": [8, 27, 28, 29, 30, 33, 51, 57, 62, 66],
          "wflw98": [16, 51, 52, 53, 54, 57, 79, 85, 90, 94], "lapa106": [16, 51, 52, 53, 54, 60, 87, 93, 98, 102],
          "coco17": [0], "aflw19": [13, 16, 18], "cofw29": [20, 21, 24, 25, 26, 27, 28]}
+# spec sections 2.6, 5.1 and 6.1, copied literally from mmpose's swap pairs / PFLD's Mirror98.txt
+PUBLISHED = {
+    "mtcnn5": [1, 0, 2, 4, 3],
+    "ibug68": [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 27, 28,
+               29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40, 54, 53, 52, 51, 50, 49, 48,
+               59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65],
+    "wflw98": [32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+               5, 4, 3, 2, 1, 0, 46, 45, 44, 43, 42, 50, 49, 48, 47, 37, 36, 35, 34, 33, 41, 40, 39, 38, 51, 52, 53,
+               54, 59, 58, 57, 56, 55, 72, 71, 70, 69, 68, 75, 74, 73, 64, 63, 62, 61, 60, 67, 66, 65, 82, 81, 80, 79,
+               78, 77, 76, 87, 86, 85, 84, 83, 92, 91, 90, 89, 88, 95, 94, 93, 97, 96],
+    "lapa106": [32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7,
+                6, 5, 4, 3, 2, 1, 0, 46, 45, 44, 43, 42, 50, 49, 48, 47, 37, 36, 35, 34, 33, 41, 40, 39, 38, 51, 52,
+                53, 54, 65, 64, 63, 62, 61, 60, 59, 58, 57, 56, 55, 79, 78, 77, 76, 75, 82, 81, 80, 83, 70, 69, 68,
+                67, 66, 73, 72, 71, 74, 90, 89, 88, 87, 86, 85, 84, 95, 94, 93, 92, 91, 100, 99, 98, 97, 96, 103, 102,
+                101, 105, 104],
+    "coco17": [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15],
+    "aflw19": [5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 14, 13, 12, 17, 16, 15, 18],
+    "cofw29": [1, 0, 3, 2, 6, 7, 4, 5, 9, 8, 11, 10, 14, 15, 12, 13, 17, 16, 19, 18, 20, 21, 23, 22, 24, 25, 26, 27,
+               28],
+}
 # COCO bodies: only head and torso are near-symmetric (limbs move on their own), normalised by the shoulders
 RIGID = {"coco17": ([0, 1, 2, 3, 4, 5, 6, 11, 12], (5, 6))}
 
@@ -33,9 +53,10 @@ def test_every_scheme_is_registered_with_its_size_and_a_source():
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_flip_permutation_is_an_involution_with_the_published_fixed_points(name):
+def test_flip_permutation_is_the_published_involution_with_its_fixed_points(name):
     scheme = SCHEMES.get(name)
     perm = scheme.flip_permutation
+    assert perm.tolist() == PUBLISHED[name]
     assert sorted(perm.tolist()) == list(range(scheme.num_points))
     assert (perm[perm] == np.arange(scheme.num_points)).all()
     assert np.flatnonzero(perm == np.arange(scheme.num_points)).tolist() == FIXED[name]

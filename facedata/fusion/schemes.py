@@ -120,21 +120,32 @@ IBUG68 = _scheme(
     "interocular: mmpose KeypointNME DEFAULT_KEYPOINT_INDICES['300w'] = outer eye corners",
 )
 
+# WFLW and LaPa share the contour, the two-edged brows, the nose bridge, the mouth and the trailing pupils.
+_CONTOUR_33 = ("contour", numbered("contour", 33))
+_BROWS_18 = ("brows", numbered("left_brow_upper", 5) + numbered("left_brow_lower", 4)
+             + numbered("right_brow_upper", 5) + numbered("right_brow_lower", 4))
+_MOUTH_20 = ("mouth", numbered("outer_lip", 12) + numbered("inner_lip", 8))
+_PUPILS = ("eyes", ("left_pupil", "right_pupil"))
+_CONTOUR_BROWS_BRIDGE_FLIP = [*_reversed_run(0, 32), 46, 45, 44, 43, 42, 50, 49, 48, 47, 37, 36, 35, 34, 33,
+                              41, 40, 39, 38, 51, 52, 53, 54]
+
+
+def _mouth_pupils_flip(outer: int) -> list[int]:
+    """Flip of the 12 + 8 lip points starting at `outer`, then the two pupils."""
+    inner = outer + 12
+    return [*_reversed_run(outer, outer + 6), *_reversed_run(outer + 7, outer + 11),
+            *_reversed_run(inner, inner + 4), inner + 7, inner + 6, inner + 5, inner + 9, inner + 8]
+
+
 # WFLW: 0-32 contour (16 chin); brows 33-37 upper + 38-41 lower (image-left), 42-46 upper + 47-50 lower; 51-54
 # bridge (54 tip), 55-59 nostrils; 60-67 / 68-75 eyes (60, 72 outer corners); 76-87 outer lip (76, 82 corners),
 # 88-95 inner lip; 96 / 97 pupils.
 WFLW98 = _scheme(
     "wflw98", "WFLW 98 points",
-    [("contour", numbered("contour", 33)),
-     ("brows", numbered("left_brow_upper", 5) + numbered("left_brow_lower", 4)
-      + numbered("right_brow_upper", 5) + numbered("right_brow_lower", 4)),
-     ("nose", numbered("nose_bridge", 4) + numbered("nostrils", 5)),
-     ("eyes", numbered("left_eye", 8) + numbered("right_eye", 8)),
-     ("mouth", numbered("outer_lip", 12) + numbered("inner_lip", 8)),
-     ("eyes", ("left_pupil", "right_pupil"))],
-    [*_reversed_run(0, 32), 46, 45, 44, 43, 42, 50, 49, 48, 47, 37, 36, 35, 34, 33, 41, 40, 39, 38,
-     51, 52, 53, 54, *_reversed_run(55, 59), 72, 71, 70, 69, 68, 75, 74, 73, 64, 63, 62, 61, 60, 67, 66, 65,
-     *_reversed_run(76, 82), *_reversed_run(83, 87), *_reversed_run(88, 92), 95, 94, 93, 97, 96],
+    [_CONTOUR_33, _BROWS_18, ("nose", numbered("nose_bridge", 4) + numbered("nostrils", 5)),
+     ("eyes", numbered("left_eye", 8) + numbered("right_eye", 8)), _MOUTH_20, _PUPILS],
+    [*_CONTOUR_BROWS_BRIDGE_FLIP, *_reversed_run(55, 59),
+     72, 71, 70, 69, 68, 75, 74, 73, 64, 63, 62, 61, 60, 67, 66, 65, *_mouth_pupils_flip(76)],
     (60, 72),
     "order: WFLW README + spec 1.5 (checked on 314 real faces); permutation: mmpose@759b39c1 wflw.py, "
     "identical to polarisZhao/PFLD-pytorch@b00750c3:data/Mirror98.txt; interocular: mmpose "
@@ -145,16 +156,11 @@ WFLW98 = _scheme(
 # nose sides 55-57 / 63-65 and eye centres 74 / 83 inserted; 104 / 105 pupils (duplicates of 74 / 83).
 LAPA106 = _scheme(
     "lapa106", "LaPa / JD-106 points",
-    [("contour", numbered("contour", 33)),
-     ("brows", numbered("left_brow_upper", 5) + numbered("left_brow_lower", 4)
-      + numbered("right_brow_upper", 5) + numbered("right_brow_lower", 4)),
-     ("nose", numbered("nose_bridge", 4) + numbered("nose_lower", 11)),
+    [_CONTOUR_33, _BROWS_18, ("nose", numbered("nose_bridge", 4) + numbered("nose_lower", 11)),
      ("eyes", numbered("left_eye", 8) + ("left_eye_centre",) + numbered("right_eye", 8) + ("right_eye_centre",)),
-     ("mouth", numbered("outer_lip", 12) + numbered("inner_lip", 8)),
-     ("eyes", ("left_pupil", "right_pupil"))],
-    [*_reversed_run(0, 32), 46, 45, 44, 43, 42, 50, 49, 48, 47, 37, 36, 35, 34, 33, 41, 40, 39, 38,
-     51, 52, 53, 54, *_reversed_run(55, 65), 79, 78, 77, 76, 75, 82, 81, 80, 83, 70, 69, 68, 67, 66, 73, 72, 71, 74,
-     *_reversed_run(84, 90), *_reversed_run(91, 95), *_reversed_run(96, 100), 103, 102, 101, 105, 104],
+     _MOUTH_20, _PUPILS],
+    [*_CONTOUR_BROWS_BRIDGE_FLIP, *_reversed_run(55, 65),
+     79, 78, 77, 76, 75, 82, 81, 80, 83, 70, 69, 68, 67, 66, 73, 72, 71, 74, *_mouth_pupils_flip(84)],
     (66, 79),
     "order: spec 2.5 (mmpose lapa.py swap pairs + 2 real faces; JDAI-CV/FaceX-Zoo@f8f3cf1e read_info.py); "
     "permutation: open-mmlab/mmpose@759b39c1:configs/_base_/datasets/lapa.py; interocular: mmpose "
