@@ -7,6 +7,8 @@ points (N, 2T), visibility (N, T) and mask (N, T): mask 1 where the target point
 points are all present (a mean is masked unless every one of its sources is present). Where mask is 0 the
 coordinates are NaN and the visibility 0: never a sentinel value. A point counts as present where its
 visibility is > 0 and both coordinates are finite; a target point's visibility is the lowest of its sources'.
+So in every output mask == (visible > 0) == finite coordinates: maps never fill a point they cannot source,
+and the mask is returned ready for a manifest's mask column or a loss.
 """
 
 from __future__ import annotations
