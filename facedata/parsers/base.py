@@ -42,12 +42,19 @@ class ParseOptions:
 
 
 class Format(Protocol):
+    """A file format. A folder corpus (LaPa split, folder of `.pts` files) also defines
+    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it."""
+
     name: str
     description: str
 
     def sniff(self, path: Path, head: bytes) -> bool: ...
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest: ...
+
+
+def reads_folders(fmt: Format) -> bool:
+    return callable(getattr(fmt, "sniff_folder", None))
 
 
 FORMATS: Registry[Format] = Registry("format")
@@ -318,7 +325,9 @@ class ImageChecker:
 # 54_Rescue_rescuepeople_54_29 (x = 1050, w = -26, h = 50: 26 px out) and 7_Cheering_Cheering_7_17 (x = 0, w = -11,
 # h = 5: 11 px out, touching the image); CUHK boxes and points (13,466 faces; LFW 250x250, net_7876 400x400) stay
 # at least 11 px inside; the points of WFLW test faces cut by the border (1,966 faces, 98 points on WIDER images)
-# reach 0.42 x the face size outside.
+# reach 0.42 x the face size outside. For a landmark face the face size is the larger of its box and its points'
+# extent (WFLW rectangles can be smaller than the points they belong to): real WFLW points far outside the image
+# (x = -104.8 on 28_Sports_Fan_Sports_Fan_28_201, a face cut by the border) are kept, as published.
 OUTSIDE_PX = 2.0  # integer boxes and the +1 pixel convention put a right/bottom edge at W or W + 1
 BOX_NAMES = ("x1", "y1", "x2", "y2")
 
@@ -443,6 +452,9 @@ def _outside(
     limit = np.where(is_x, width[:, None], height[:, None])
     excess = np.maximum(-coords, coords - limit)
     extent = np.maximum(np.abs(coords[:, 2] - coords[:, 0]), np.abs(coords[:, 3] - coords[:, 1]))
+    if coords.shape[1] > 4:  # the face's size is the larger of its box and its points' extent
+        span = [np.ptp(coords[:, 4 + axis :: 2], axis=1) for axis in (0, 1)]
+        extent = np.maximum(extent, np.maximum(*span))
     tolerance = OUTSIDE_PX + np.nan_to_num(np.minimum(extent, np.maximum(width, height)))
     over = np.nan_to_num(excess - tolerance[:, None], nan=-np.inf)
     worst = np.argmax(over, axis=1)
@@ -470,6 +482,7 @@ class FaceArrays:
     points: np.ndarray | None = None  # (N, K, 2)
     scheme: str | None = None
     lines: np.ndarray | None = None
+    derived_box: bool = False  # boxes are the points' extent (manifest box_source = "derived")
 
 
 def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: FaceArrays) -> None:
@@ -486,6 +499,7 @@ def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: Fac
         scheme=faces.scheme,
         points=faces.points,
         source_lines=faces.lines,
+        derived_box=faces.derived_box,
     )
 
 
@@ -496,6 +510,8 @@ def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: Fac
 def sniff_format(path: str | os.PathLike[str]) -> str:
     """The one registered format whose sniff accepts the file; FacedataError otherwise."""
     path = Path(path)
+    if path.is_dir():
+        return _sniff_folder(path)
     if not path.is_file():
         raise FacedataError(f"{path}: no such file")
     with open(path, "rb") as fh:
@@ -511,6 +527,16 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     raise FacedataError(f"{path}: ambiguous format, matches {', '.join(matches)}; pass --format")
 
 
+def _sniff_folder(path: Path) -> str:
+    matches = [name for name, fmt in FORMATS if reads_folders(fmt) and fmt.sniff_folder(path)]  # type: ignore[attr-defined]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(name for name, fmt in FORMATS if reads_folders(fmt))
+    if not matches:
+        raise FacedataError(f"{path}: no folder format recognised its contents (folder formats: {known})")
+    raise FacedataError(f"{path}: ambiguous folder, matches {', '.join(matches)}; pass --format")
+
+
 def ingest(
     source: str | os.PathLike[str],
     format: str | None = None,
@@ -518,18 +544,25 @@ def ingest(
     strict: bool = False,
     split: str | None = None,
 ) -> tuple[Manifest, Rejects]:
-    """Parse one annotation file into a Manifest; with `images`, check and probe every image.
+    """Parse one annotation file (or a folder corpus) into a Manifest; with `images`, check and probe every image.
 
     Without `images` the manifest is annotations only: sizes stay unknown (faces are not checked against
-    them) and the root's directory is recorded as "" in provenance["roots"]. An `images` root that holds
-    none of the annotated images is a FacedataError (a wrong root, not a dataset without images).
+    them) and the root's directory is recorded as "" in provenance["roots"]; a folder corpus holds its images,
+    so its image root defaults to the folder. An `images` root that holds none of the annotated images is a
+    FacedataError (a wrong root, not a dataset without images).
     """
     path = Path(source)
-    if not path.is_file():
-        raise FacedataError(f"{path}: no such file")
+    folder = path.is_dir()
+    if not folder and not path.is_file():
+        raise FacedataError(f"{path}: no such file or folder")
     name = format or sniff_format(path)
     fmt = FORMATS.get(name)
+    if folder != reads_folders(fmt):
+        what = "a folder" if reads_folders(fmt) else "a file"
+        raise FacedataError(f"{path}: format {name} reads {what}, got {'a folder' if folder else 'a file'}")
     root = None
+    if images is None and folder:
+        images = path
     if images is not None:
         root = Path(images)
         if not root.is_dir():
@@ -551,7 +584,10 @@ def _load_formats() -> None:
     """Import every parser module so each registers itself in FORMATS."""
     from facedata.parsers import (  # noqa: F401
         cuhk_lfw,
+        ibug_pts,
+        lapa,
         mtcnn_list,
+        wflw,
         wider_mat,
         wider_testlist,
         wider_txt,

@@ -1,0 +1,127 @@
+"""Helpers shared by the landmark corpora (WFLW, LaPa, iBUG `.pts`): boxes derived from points, point lines,
+and the folder corpora where one annotation file describes one face of one image.
+
+A face without an annotated box gets the extent of its points (x1 y1 x2 y2 = min x, min y, max x, max y)
+as its box, flagged `box_source` = "derived" in the manifest: training crops are then cut around the
+points, the way PFLD crops WFLW faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facedata.errors import Rejects
+from facedata.manifest import Manifest, ManifestBuilder, make_provenance
+from facedata.parsers.base import (
+    IMAGE_EXTENSIONS,
+    ParseOptions,
+    check_images_and_faces,
+    image_id_for,
+    infer_split,
+    to_numbers,
+)
+
+POINT_FIELDS = ("x", "y")
+
+
+def points_extent(points: np.ndarray) -> np.ndarray:
+    """(N, K, 2) points -> (N, 4) boxes x1 y1 x2 y2 spanning the present (finite) points."""
+    return np.column_stack([np.nanmin(points, axis=1), np.nanmax(points, axis=1)])
+
+
+def point_names(count: int) -> list[str]:
+    """x0 y0 x1 y1 ... : the field names of `count` interleaved points (0-based, as the spec numbers them)."""
+    return [f"{axis}{i}" for i in range(count) for axis in "xy"]
+
+
+def parse_point_lines(
+    path: Path, texts: Sequence[str], lines: Sequence[int], rejects: Rejects
+) -> np.ndarray | None:
+    """One `x y` point per line -> (K, 2), or None after rejecting the first bad line (one face per file:
+    a face with a broken point is skipped whole)."""
+    rows = [text.split() for text in texts]
+    for row, line in zip(rows, lines, strict=True):
+        if len(row) != 2:
+            rejects.reject(path, line, "fields", f"expected 2 fields (x y), got {len(row)}", kind="wrong field count")
+            return None
+    values, ok = to_numbers(path, rows, lines, POINT_FIELDS, rejects)
+    return values if ok.all() else None
+
+
+def find_image(root: Path, folders: Sequence[str], stem: str) -> str:
+    """Relative path of the image named `stem` in the first of `folders` (under root) holding one; if none
+    does, the .jpg path in the first folder (then reported as a missing image)."""
+    for folder in folders:
+        for ext in IMAGE_EXTENSIONS:
+            rel = f"{folder}/{stem}{ext}" if folder else f"{stem}{ext}"
+            if (root / rel).is_file():
+                return rel
+    return f"{folders[0]}/{stem}.jpg" if folders[0] else f"{stem}.jpg"
+
+
+@dataclass
+class FileFace:
+    """One face read from its own annotation file."""
+
+    file: Path
+    rel_image: str
+    points: np.ndarray  # (K, 2), 0-based
+
+
+def folder_manifest(
+    folder: Path,
+    options: ParseOptions,
+    faces: Sequence[FileFace],
+    *,
+    fmt: str,
+    source: str,
+    root: str,
+    scheme: str,
+    files: Sequence[Path],
+    **extra: Any,
+) -> Manifest:
+    """Check each face's image (errors name the face's own annotation file) and build the manifest: one image
+    and one face with a derived box per file, in file order. Provenance lists every annotation file read."""
+    builder = ManifestBuilder(source, infer_split(folder, options.split), root)
+    image_ids: list[str] = []
+    kept: list[FileFace] = []
+    for face in faces:
+        box = points_extent(face.points[None])
+        checked = check_images_and_faces(
+            face.file,
+            options,
+            [(face.rel_image, None)],
+            np.zeros(1, np.int64),
+            box,
+            same=box,
+            lines=None,
+            points=face.points[None],
+            point_names=point_names(len(face.points)),
+        )
+        if not checked.keep_image[0]:
+            continue
+        image_id = image_id_for(face.rel_image)
+        if not builder.add_image(image_id, face.rel_image, width=checked.width[0], height=checked.height[0]):
+            options.rejects.reject(face.file, None, "image", f"image {face.rel_image!r} is annotated by an "
+                                   "earlier file too; this file is skipped", kind="duplicate image")
+            continue
+        image_ids.append(image_id)
+        kept.append(face)
+    if kept:
+        builder.add_faces(
+            np.asarray(image_ids, dtype=object),
+            points_extent(np.stack([f.points for f in kept])),
+            scheme=scheme,
+            points=np.stack([f.points for f in kept]),
+            derived_box=True,
+        )
+    roots = {root: str(Path(options.images or folder).resolve())}
+    return builder.build(
+        make_provenance(fmt, list(files), roots, folder=str(folder.resolve()), records=len(files),
+                        rejects=len(options.rejects), **extra)
+    )
