@@ -64,6 +64,18 @@ def find_image(root: Path, folders: Sequence[str], stem: str) -> str:
     return f"{folders[0]}/{stem}.jpg" if folders[0] else f"{stem}.jpg"
 
 
+def _reject_second(rejects: Rejects, face: FileFace, earlier: FileFace) -> None:
+    """A second file for the same image: the same points are the same face (reported, kept once, like a
+    repeated line); other points contradict the first file and the second is skipped."""
+    where = f"{face.rel_image!r} is annotated by {earlier.file} too"
+    if np.array_equal(face.points, earlier.points):
+        rejects.reject(face.file, None, "face", f"duplicate face: {where}, with the same points; kept once",
+                       kind="duplicate face", fatal=False)
+    else:
+        rejects.reject(face.file, None, "image", f"{where}, with other points; this file is skipped",
+                       kind="duplicate image")
+
+
 @dataclass
 class FileFace:
     """One face read from its own annotation file."""
@@ -90,7 +102,12 @@ def folder_manifest(
     builder = ManifestBuilder(source, infer_split(folder, options.split), root)
     image_ids: list[str] = []
     kept: list[FileFace] = []
+    first: dict[str, FileFace] = {}
     for face in faces:
+        image_id = image_id_for(face.rel_image)
+        if image_id in first:
+            _reject_second(options.rejects, face, first[image_id])
+            continue
         box = points_extent(face.points[None])
         checked = check_images_and_faces(
             face.file,
@@ -102,14 +119,12 @@ def folder_manifest(
             lines=None,
             points=face.points[None],
             point_names=point_names(len(face.points)),
+            derived_box=True,
         )
+        first[image_id] = face
         if not checked.keep_image[0]:
             continue
-        image_id = image_id_for(face.rel_image)
-        if not builder.add_image(image_id, face.rel_image, width=checked.width[0], height=checked.height[0]):
-            options.rejects.reject(face.file, None, "image", f"image {face.rel_image!r} is annotated by an "
-                                   "earlier file too; this file is skipped", kind="duplicate image")
-            continue
+        builder.add_image(image_id, face.rel_image, width=checked.width[0], height=checked.height[0])
         image_ids.append(image_id)
         kept.append(face)
     if kept:

@@ -120,7 +120,7 @@ class Wflw:
         boxes = v[:, 2 * POINTS : 2 * POINTS + 4] if annotated else points_extent(points)
         checked = check_images_and_faces(
             path, options, [(rels[row], int(lines[row])) for row in image_rows], owner, boxes, same=v,
-            lines=lines[face_rows], points=points, point_names=TEST_COLUMNS,
+            lines=lines[face_rows], points=points, point_names=TEST_COLUMNS, derived_box=not annotated,
         )
         builder = ManifestBuilder(SOURCE, infer_split(path, options.split), ROOT)
         image_ids: list[str] = []
