@@ -134,6 +134,23 @@ def image_id_for(rel_path: str) -> str:
     return rel_path[:dot] if dot > name_start else rel_path
 
 
+def group_by_image(rels: Sequence[str | None]) -> tuple[list[int], np.ndarray, list[int]]:
+    """For lines naming their image (None = rejected line): the rows kept, each kept row's image (first-seen
+    order; a repeated path is one image with one face per line), and each image's first row."""
+    image_index: dict[str, int] = {}
+    face_rows = [row for row, rel in enumerate(rels) if rel is not None]
+    owner = np.array(
+        [image_index.setdefault(image_id_for(rels[row]), len(image_index)) for row in face_rows],  # type: ignore[arg-type]
+        np.int64,
+    )
+    return face_rows, owner, [face_rows[k] for k in np.unique(owner, return_index=True)[1]]
+
+
+def image_order(owner: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The kept faces image by image (the manifest's order), file order within an image."""
+    return np.flatnonzero(keep)[np.argsort(owner[keep], kind="stable")]
+
+
 def check_rel_path(raw: str, rejects: Rejects, path: Path, line: int | None) -> str | None:
     """Normalised relative path, or None after rejecting an absolute or `..` path."""
     text = raw.replace("\\", "/")

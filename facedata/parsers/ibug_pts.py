@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facedata.errors import FacedataError, InputError, Rejects
+from facedata.errors import InputError, Rejects
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, is_number, read_lines, register
-from facedata.parsers.landmarks import FileFace, find_image, folder_manifest, parse_point_lines
+from facedata.parsers.landmarks import FolderFormat, folder_manifest, parse_point_lines, read_faces
 
 SCHEME = "ibug68"
 POINTS = 68
@@ -100,35 +100,30 @@ def image_folders(rel_dir: Path) -> list[str]:
     return [here]
 
 
-class IbugPts:
+class IbugPts(FolderFormat):
     name = "ibug_pts"
     description = (
         "folder of iBUG .pts files (300W, 300VW; pass the folder) with their images; 1-based -> 0-based (ibug68)"
     )
-
-    def sniff(self, path: Path, head: bytes) -> bool:
-        return False  # a folder corpus
 
     def sniff_folder(self, path: Path) -> bool:
         return next(path.rglob("*.pts"), None) is not None
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         files = sorted(path.rglob("*.pts"))
-        if not files:
-            raise FacedataError(f"{path}: no .pts files")
-        root = Path(options.images or path)
-        faces = []
-        headerless = 0
-        for file in files:
-            points, header = read_pts_file(file, options.rejects)
-            headerless += not header
-            if points is not None:
-                rel_dir = file.parent.relative_to(path)
-                faces.append(FileFace(file, find_image(root, image_folders(rel_dir), file.stem), points))
+        headerless: list[Path] = []
+
+        def read(file: Path, rejects: Rejects) -> np.ndarray | None:
+            points, header = read_pts_file(file, rejects)
+            if not header:
+                headerless.append(file)
+            return points
+
+        faces = read_faces(path, options, files, read, image_folders)
         video = all(f.parent.name == "annot" for f in files)
         return folder_manifest(
             path, options, faces, fmt=self.name, source="ibug_300vw" if video else "ibug_300w", root=ROOT,
-            scheme=SCHEME, files=files, headerless_files=headerless,
+            scheme=SCHEME, files=files, headerless_files=len(headerless),
             coordinate_origin={"source": 1, "stored": 0, "converted": "x - 1, y - 1"},
         )
 

@@ -8,14 +8,14 @@ points, the way PFLD crops WFLW faces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facedata.errors import Rejects
+from facedata.errors import FacedataError, Rejects
 from facedata.manifest import Manifest, ManifestBuilder, make_provenance
 from facedata.parsers.base import (
     IMAGE_EXTENSIONS,
@@ -74,6 +74,34 @@ def _reject_second(rejects: Rejects, face: FileFace, earlier: FileFace) -> None:
     else:
         rejects.reject(face.file, None, "image", f"{where}, with other points; this file is skipped",
                        kind="duplicate image")
+
+
+class FolderFormat:
+    """Base of the folder corpora (`sniff_folder` recognises one): never sniffed as a single file."""
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        return False
+
+
+def read_faces(
+    folder: Path,
+    options: ParseOptions,
+    files: Sequence[Path],
+    read: Callable[[Path, Rejects], np.ndarray | None],
+    image_folders: Callable[[Path], Sequence[str]],
+) -> list[FileFace]:
+    """The face of each annotation file `read` accepts, with its image: the file's name in the first of
+    `image_folders(file's folder relative to the corpus folder)` holding it, under the image root."""
+    if not files:
+        raise FacedataError(f"{folder}: no annotation files")
+    root = Path(options.images or folder)
+    faces = []
+    for file in files:
+        points = read(file, options.rejects)
+        if points is not None:
+            faces.append(FileFace(file, find_image(root, image_folders(file.parent.relative_to(folder)), file.stem),
+                                  points))
+    return faces
 
 
 @dataclass

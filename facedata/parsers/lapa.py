@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facedata.errors import FacedataError, InputError, Rejects
+from facedata.errors import InputError, Rejects
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, read_lines, register
-from facedata.parsers.landmarks import FileFace, find_image, folder_manifest, parse_point_lines
+from facedata.parsers.landmarks import FolderFormat, folder_manifest, parse_point_lines, read_faces
 
 SCHEME = "lapa106"
 POINTS = 106
@@ -51,28 +51,18 @@ def read_lapa_file(path: Path, rejects: Rejects) -> np.ndarray | None:
     return parse_point_lines(path, [t for _, t in rest], [n for n, _ in rest], rejects)
 
 
-class LaPa:
+class LaPa(FolderFormat):
     name = "lapa"
     description = (
         "LaPa split folder (pass the folder): landmarks/*.txt (count line, 106 'x y' lines) + images/ (lapa106)"
     )
-
-    def sniff(self, path: Path, head: bytes) -> bool:
-        return False  # a folder corpus
 
     def sniff_folder(self, path: Path) -> bool:
         return (path / "landmarks").is_dir() and (path / "images").is_dir()
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         files = sorted((path / "landmarks").glob("*.txt"))
-        if not files:
-            raise FacedataError(f"{path / 'landmarks'}: no .txt landmark files")
-        root = Path(options.images or path)
-        faces = []
-        for file in files:
-            points = read_lapa_file(file, options.rejects)
-            if points is not None:
-                faces.append(FileFace(file, find_image(root, ["images"], file.stem), points))
+        faces = read_faces(path, options, files, read_lapa_file, lambda _: ["images"])
         return folder_manifest(path, options, faces, fmt=self.name, source=SOURCE, root=ROOT, scheme=SCHEME,
                                files=files)
 

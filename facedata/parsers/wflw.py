@@ -31,7 +31,9 @@ from facedata.parsers.base import (
     check_images_and_faces,
     check_rel_path,
     first_line,
+    group_by_image,
     image_id_for,
+    image_order,
     infer_split,
     is_number,
     looks_like_image_path,
@@ -108,12 +110,7 @@ class Wflw:
         self, path: Path, options: ParseOptions, values: np.ndarray, rels: list[str | None], lines: np.ndarray,
         fields: int, records: int,
     ) -> Manifest:
-        face_rows = [row for row, rel in enumerate(rels) if rel is not None]
-        image_index: dict[str, int] = {}
-        owner = np.array(
-            [image_index.setdefault(image_id_for(rels[row]), len(image_index)) for row in face_rows], np.int64
-        )
-        image_rows = [face_rows[k] for k in np.unique(owner, return_index=True)[1]]
+        face_rows, owner, image_rows = group_by_image(rels)
         v = values[face_rows]
         points = v[:, : 2 * POINTS].reshape(-1, POINTS, 2)
         annotated = fields == 207
@@ -130,7 +127,7 @@ class Wflw:
             image_ids.append(image_id_for(rel))
             builder.add_image(image_ids[-1], rel, width=checked.width[index], height=checked.height[index],
                               event=rel.split("/", 1)[0] if "/" in rel else None)
-        kept = np.flatnonzero(checked.keep_face)[np.argsort(owner[checked.keep_face], kind="stable")]
+        kept = image_order(owner, checked.keep_face)
         flag = subset_flag(path)
         if annotated:
             attributes = {name: v[kept, 2 * POINTS + 4 + j] for j, name in enumerate(WFLW_ATTRIBUTES)}
