@@ -88,21 +88,27 @@ class Wflw:
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         lines = read_lines(path, f"one face per line: {GRAMMAR[207]} (or {GRAMMAR[197]})")
         rejects = Rejects()  # collected here, passed on in file order by replay()
-        numbered = [(n, text.split()) for n, text in enumerate(lines, start=1) if text]
-        fields = len(numbered[0][1]) if len(numbered[0][1]) in FIELDS else 207
-        columns = FIELDS[fields]
-        rows: list[tuple[int, list[str]]] = []
-        for number, tokens in numbered:
-            if len(tokens) != fields:
-                rejects.reject(path, number, "fields", f"expected {fields} fields ({GRAMMAR[fields]}), got "
-                               f"{len(tokens)}", kind="wrong field count")
-            else:
-                rows.append((number, tokens))
-        numbers = [n for n, _ in rows]
-        values, ok = parse_table(path, [" ".join(t[:-1]) for _, t in rows], numbers, columns, rejects)
+        numbered = [(n, text) for n, text in enumerate(lines, start=1) if text]
+        first = len(numbered[0][1].split())
+        fields = first if first in FIELDS else 207
+        numbers: list[int] = []
+        texts: list[str] = []
+        raw_paths: list[str] = []
+        for number, text in numbered:
+            count = len(text.split())
+            if count != fields:
+                rejects.reject(path, number, "fields", f"expected {fields} fields ({GRAMMAR[fields]}), got {count}",
+                               kind="wrong field count")
+                continue
+            head, raw = text.rsplit(None, 1)
+            numbers.append(number)
+            texts.append(head)
+            raw_paths.append(raw)
+        values, ok = parse_table(path, texts, numbers, FIELDS[fields], rejects)
         if fields == 207:
             check_codes(path, values[:, -6:], numbers, WFLW_ATTRIBUTES, FLAG_CODES, ok, rejects)
-        rels = [check_rel_path(t[-1], rejects, path, n) if ok[i] else None for i, (n, t) in enumerate(rows)]
+        rels = [check_rel_path(raw, rejects, path, n) if ok[i] else None
+                for i, (n, raw) in enumerate(zip(numbers, raw_paths, strict=True))]
         replay(rejects, options.rejects)
         return self._build(path, options, values, rels, np.asarray(numbers, np.int64), fields, len(numbered))
 
