@@ -61,11 +61,12 @@ def formats() -> None:
 
 
 @main.command()
-@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
 @click.option("--format", "format_name", metavar="NAME",
               help="Annotation format (default: sniffed; see `formats`).")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
-              help="Image root: check and probe images, and check faces against the image size.")
+              help="Image root: check and probe images, and check faces against the image size "
+                   "(a folder SOURCE holds its images: default the folder).")
 @click.option("--split", help="Split name (default: from the file name, e.g. train/val/test).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad item instead of skipping it.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -78,7 +79,7 @@ def ingest(
     source: Path, format_name: str | None, images: Path | None, split: str | None, strict: bool,
     rejects_path: Path | None, output: Path, quiet: bool,
 ) -> None:
-    """Parse an annotation file into a manifest.
+    """Parse an annotation file, or a folder corpus (a LaPa split, a folder of .pts files), into a manifest.
 
     Bad items are skipped and listed in the rejects report (--strict stops at the first): malformed lines,
     face counts that disagree with the face lines, repeated identical face lines (kept once), and with
@@ -90,7 +91,7 @@ def ingest(
     _refuse_same_file(source, output, "-o/--output")
     _refuse_same_file(source, report, "--rejects")
     _refuse_same_file(output, report, "--rejects")
-    if images is None:
+    if images is None and not source.is_dir():
         _note(quiet, "notice: no --images given: image files are not checked, image sizes stay unknown "
                      "and faces are not checked against them")
     manifest, rejects = ingest_file(source, format=format_name, images=images, strict=strict, split=split)

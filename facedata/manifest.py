@@ -19,6 +19,8 @@ from facedata.errors import FacedataError
 from facedata.faces import degenerate
 from facedata.paths import atomic_write, sha256_file
 from facedata.schema import (
+    BOX_ANNOTATED,
+    BOX_DERIVED,
     FACE_ATTRIBUTES,
     FACE_COLUMNS,
     IMAGE_COLUMNS,
@@ -32,7 +34,8 @@ _META_KEY = b"facedata"
 
 _PANDAS_DTYPES: dict[str, Any] = {
     **{
-        name: "str" for name in ("image_id", "root", "rel_path", "split", "source", "event", "tags", "scheme")
+        name: "str"
+        for name in ("image_id", "root", "rel_path", "split", "source", "event", "tags", "scheme", "box_source")
     },
     "width": "Int32",
     "height": "Int32",
@@ -91,6 +94,8 @@ class Manifest:
                 f"{path}: manifest schema version {version}, expected one of {sorted(SCHEMA_UPGRADES)}"
             )
         for name, default in SCHEMA_UPGRADES[version].items():
+            if name in table.column_names:
+                continue
             table = table.append_column(name, pa.array([default] * len(table), MANIFEST_SCHEMA.field(name).type))
         return from_table(table, info.get("provenance", {}))
 
@@ -201,8 +206,10 @@ class ManifestBuilder:
         visible: np.ndarray | None = None,
         head_pose: np.ndarray | None = None,
         source_lines: np.ndarray | None = None,
+        derived_box: bool = False,
     ) -> None:
-        """boxes (N, 4) x1 y1 x2 y2; points (N, K, 2); visible (N, K); head_pose (N, 3) yaw pitch roll.
+        """boxes (N, 4) x1 y1 x2 y2; points (N, K, 2); visible (N, K); head_pose (N, 3) yaw pitch roll in
+        degrees (schema docstring); derived_box: the boxes are the points' extent, not annotations.
 
         `image_id` is one id for all N faces, or an (N,) array of ids so a parser can add a whole
         file in one vectorised call.
@@ -221,6 +228,7 @@ class ManifestBuilder:
             "y2": boxes[:, 3],
             "invalid": np.zeros(n, bool) if invalid is None else np.asarray(invalid, bool),
             "source_lines": source_lines,
+            "box_source": np.full(n, BOX_DERIVED if derived_box else BOX_ANNOTATED, dtype=object),
         }
         for name in FACE_ATTRIBUTES:
             values = (attributes or {}).get(name)
@@ -241,7 +249,7 @@ class ManifestBuilder:
         if not self._face_blocks:
             return Manifest(images, empty_faces(), provenance)
         columns: dict[str, Any] = {}
-        for name in ("image_id", "x1", "y1", "x2", "y2", "invalid", *FACE_ATTRIBUTES):
+        for name in ("image_id", "x1", "y1", "x2", "y2", "invalid", "box_source", *FACE_ATTRIBUTES):
             columns[name] = np.concatenate([b[name] for b in self._face_blocks])
         total = len(columns["x1"])
         columns["face_id"] = np.arange(total, dtype=np.int64)

@@ -7,17 +7,30 @@ given. Samplers that reproduce the MTCNN "+1" area convention apply it themselve
 
 Landmarks: `points` is a flat float32 list [x0, y0, x1, y1, ...] of 2K values in the same pixel frame,
 `visible` an int8 list of K codes (COCO/Datumaro): 0 absent (no valid coordinate), 1 hidden, 2 visible.
-`scheme` names the landmark layout (see facedata.fusion.schemes).
+`scheme` names the landmark layout (see facedata.fusion.schemes; a name the registry does not know yet,
+e.g. `wflw98`, `lapa106`, `ibug68`, is stored as given). Points are 0-based: sources in the 1-based Matlab
+convention (iBUG `.pts`) are converted on ingest and say so in provenance["coordinate_origin"]. Points may lie
+outside the image (WFLW has x = -104.8): they are kept. A face without an annotated box gets the extent of its
+present points as its box, with `box_source` = "derived" (else "annotated").
+
+Head pose: `pitch`, `yaw`, `roll` in **degrees**, one sign convention for every source (the 3DDFA
+`Pose_Para` convention, checked on AFLW2000-3D/300W-LP in the landmark-formats spec, section 3.4):
+positive yaw = the face turned towards image-left, positive pitch = head tilted up, positive roll = the
+image-right eye lower (clockwise in the displayed image, y down). Sources in radians are converted; a
+horizontal flip negates yaw and roll and keeps pitch. NaN = not annotated.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-# Version history: 1 (issue 2); 2 adds the face flag `ignore`. A reader accepts every version listed in
-# SCHEMA_UPGRADES and fills the columns added since with their defaults; writers write SCHEMA_VERSION.
-SCHEMA_VERSION = 2
-SCHEMA_UPGRADES: dict[int, dict[str, bool]] = {1: {"ignore": False}, 2: {}}
+# Version history: 1 (issue 2); 2 adds the face flag `ignore`; 3 adds the WFLW attribute `make_up` and
+# `box_source`. A reader accepts every version listed in SCHEMA_UPGRADES and fills the columns added since
+# with their defaults; writers write SCHEMA_VERSION.
+SCHEMA_VERSION = 3
+BOX_ANNOTATED, BOX_DERIVED = "annotated", "derived"
+_ADDED_IN_3: dict[str, object] = {"make_up": -1, "box_source": BOX_ANNOTATED}
+SCHEMA_UPGRADES: dict[int, dict[str, object]] = {1: {"ignore": False, **_ADDED_IN_3}, 2: _ADDED_IN_3, 3: {}}
 
 # Official WIDER Face column order after x y w h (wider_face_split readme; the val data confirms it:
 # only blur and occlusion take the value 2 and `invalid` has 585 ones).
@@ -30,8 +43,12 @@ WIDER_ATTRIBUTE_CODES: dict[str, dict[int, str]] = {
     "occlusion": {0: "no occlusion", 1: "partial occlusion", 2: "heavy occlusion"},
     "pose": {0: "typical pose", 1: "atypical pose"},
 }
+# WFLW's six 0/1 flags (pose expression illumination make-up occlusion blur; official README order) share
+# WIDER's columns and code meanings (WFLW blur 1 = "blurred", occlusion 1 = "occluded"); make-up is new.
+WFLW_ATTRIBUTES: tuple[str, ...] = ("pose", "expression", "illumination", "make_up", "occlusion", "blur")
+ATTRIBUTE_CODES: dict[str, dict[int, str]] = {**WIDER_ATTRIBUTE_CODES, "make_up": {0: "no make-up", 1: "make-up"}}
 # Attributes stored as int8 with -1 = unknown; `invalid` is stored as a bool flag instead.
-FACE_ATTRIBUTES: tuple[str, ...] = tuple(a for a in WIDER_ATTRIBUTES if a != "invalid")
+FACE_ATTRIBUTES: tuple[str, ...] = (*(a for a in WIDER_ATTRIBUTES if a != "invalid"), "make_up")
 UNKNOWN_ATTRIBUTE = -1
 
 VISIBILITY_ABSENT, VISIBILITY_HIDDEN, VISIBILITY_VISIBLE = 0, 1, 2
@@ -63,6 +80,7 @@ FACE_FIELDS: list[pa.Field] = [
     *[pa.field(name, pa.int8()) for name in FACE_ATTRIBUTES],
     pa.field("invalid", pa.bool_()),
     pa.field("degenerate", pa.bool_()),  # width or height <= 0
+    pa.field("box_source", pa.string()),  # "annotated", or "derived" from the extent of the points
     pa.field("ignore", pa.bool_()),  # removed by `filter` but kept as an ignore region (see facedata.filters)
     pa.field("source_line", pa.int32()),  # 1-based line in the source file, when it has lines
 ]

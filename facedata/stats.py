@@ -27,7 +27,7 @@ from facedata.errors import FacedataError
 from facedata.faces import degenerate as is_degenerate
 from facedata.faces import face_boxes, flagged
 from facedata.manifest import Manifest
-from facedata.schema import FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE, WIDER_ATTRIBUTE_CODES
+from facedata.schema import ATTRIBUTE_CODES, FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE
 
 DEFAULT_INPUTS: tuple[tuple[int, int], ...] = ((320, 240), (480, 360), (640, 480))
 DEFAULT_MIN_FACE = 10.0
@@ -136,10 +136,10 @@ def _size_histogram(sizes: np.ndarray) -> dict[str, Any]:
 
 
 def _attributes(faces: pd.DataFrame) -> dict[str, dict[str, int]]:
-    """Counts per code name for each WIDER attribute; faces without the attribute count as unknown."""
+    """Counts per code name for each attribute (WIDER, WFLW); faces without the attribute count as unknown."""
     out: dict[str, dict[str, int]] = {}
     for name in (*FACE_ATTRIBUTES, "invalid"):
-        codes = WIDER_ATTRIBUTE_CODES[name]
+        codes = ATTRIBUTE_CODES[name]
         values = faces[name].astype("int64") if name == "invalid" else faces[name]
         counts = values.value_counts()
         table = {label: int(counts.get(code, 0)) for code, label in codes.items()}

@@ -25,7 +25,9 @@ from facedata.parsers.base import (
     check_images_and_faces,
     check_rel_path,
     first_line,
+    group_by_image,
     image_id_for,
+    image_order,
     infer_split,
     is_number,
     looks_like_image_path,
@@ -87,13 +89,7 @@ class CuhkLfwNet:
             for row, (raw, number) in enumerate(entries)
         ]
         replay(rejects, options.rejects)
-        # a repeated image (several lines) is one image with one face per line
-        image_index: dict[str, int] = {}
-        face_rows = [row for row, rel in enumerate(rels) if rel is not None]
-        owner = np.array(
-            [image_index.setdefault(image_id_for(rels[row]), len(image_index)) for row in face_rows], np.int64
-        )
-        image_rows = [face_rows[k] for k in np.unique(owner, return_index=True)[1]]
+        face_rows, owner, image_rows = group_by_image(rels)
         v = values[face_rows]
         boxes = v[:, [0, 2, 1, 3]]  # x1 x2 y1 y2 -> x1 y1 x2 y2
         points = v[:, 4:].reshape(-1, 5, 2)
@@ -123,10 +119,7 @@ class CuhkLfwNet:
                 tags={"subset": subset} if subset else None,
             )
             image_ids.append(image_id)
-        keep = checked.keep_face
-        # faces are added image by image (the manifest's order), file order within an image
-        order = np.argsort(owner[keep], kind="stable")
-        kept = np.flatnonzero(keep)[order]
+        kept = image_order(owner, checked.keep_face)
         add_all_faces(
             builder,
             image_ids,
