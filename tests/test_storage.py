@@ -510,9 +510,21 @@ def _resident_fraction(path: Path) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="posix_fadvise and mincore semantics of Linux")
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
-def test_shuffled_read_asks_the_kernel_for_units_ahead(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("whole_files", [True, False])
+def test_shuffled_read_asks_the_kernel_for_units_ahead(
+    tmp_path: Path, backend: str, whole_files: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Cold reads: the first batch of an epoch already has every unit of the next READAHEAD_BYTES on its
-    way into the page cache (in bulk), instead of each page faulting in when a gather touches it."""
+    way into the page cache (in bulk), instead of each page faulting in when a gather touches it: whole
+    files read sequentially for a set small against RAM, unit hints otherwise (RAM share 0 here)."""
+    from facedata.storage import reader
+
+    if not whole_files:
+        monkeypatch.setattr(reader, "WHOLE_READ_RAM_SHARE", 0.0)
+    whole_reads: list[str] = []
+    read_file = reader._read_file_into_cache
+    monkeypatch.setattr(reader, "_read_file_into_cache",
+                        lambda path, size: (whole_reads.append(path.name), read_file(path, size)))
     write_dataset(tmp_path, backend, 20_000, shard_samples=8192, chunk=5000)  # 3 shards of 4 MB at most
     shards = sorted(tmp_path.glob("shard-*"))
     drop_cached_pages(shards)
@@ -524,6 +536,7 @@ def test_shuffled_read_asks_the_kernel_for_units_ahead(tmp_path: Path, backend: 
     while min(_resident_fraction(shard) for shard in shards) < 0.99 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [round(_resident_fraction(shard), 2) for shard in shards] == [1.0] * len(shards)
+    assert sorted(whole_reads) == ([shard.name for shard in shards] if whole_files else [])
 
 
 @pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="preadv(RWF_NOWAIT) is Linux only")
