@@ -143,6 +143,7 @@ def filter_command(
     from facedata.filters import apply_filters, rules_from_options
     from facedata.manifest import Manifest
 
+    _refuse_same_file(source, output, "-o/--output")  # the input manifest is never overwritten
     rules = rules_from_options(min_size, drop_invalid, where, drop_empty_images, removed)
     if not rules:
         raise FacedataError("no filter rule given (--min-size, --drop-invalid, --where, --drop-empty-images)")

@@ -276,6 +276,18 @@ def test_ingest_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
     assert source.read_text() == BAD_WIDER and not (tmp_path / "m.parquet").exists()
 
 
+def test_filter_refuses_to_overwrite_its_input(val_manifest: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "val.parquet"
+    manifest.write_bytes(val_manifest.read_bytes())
+    link = tmp_path / "link.parquet"
+    link.symlink_to(manifest)
+    for target in (manifest, tmp_path / "." / manifest.name, link):
+        result = run("filter", manifest, "--min-size", "10", "-o", target)
+        assert result.exit_code == 2 and result.stderr.startswith("error: -o/--output ")
+        assert "is the same file as" in result.stderr and result.stderr.count("\n") == 1
+    assert manifest.read_bytes() == val_manifest.read_bytes()
+
+
 def test_ingest_box_outside_the_image_console_script(tmp_path: Path) -> None:
     """A real subprocess: the default skips and reports the image, --strict stops with one line."""
     script = Path(sys.executable).with_name("facedata")
