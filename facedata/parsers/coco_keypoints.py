@@ -75,6 +75,7 @@ class _Collected:
     kpt_len: list[int] = field(default_factory=list)
     kpts: array = field(default_factory=lambda: array("d"))
     face_valid: list[bool] = field(default_factory=list)
+    face_fields: bool = False  # some annotation has `face_kpts` (a COCO-WholeBody file)
     images: list[tuple[Any, Any, Any, Any]] = field(default_factory=list)  # id, file_name, width, height
 
     def hook(self, pairs: list[tuple[str, Any]]) -> Any:
@@ -96,6 +97,7 @@ class _Collected:
         self.num_keypoints.append(record.get("num_keypoints"))
         problem = None
         valid = bool(record.get("face_valid", False)) if self.wholebody else True
+        self.face_fields |= "face_kpts" in record
         self.face_valid.append(valid)
         box_key = "face_box" if self.wholebody and valid else "bbox"  # no valid face: the person's box
         kpt_key = "face_kpts" if self.wholebody else "keypoints"
@@ -172,6 +174,7 @@ def load(path: Path, wholebody: bool) -> tuple[_Collected, list[dict[str, Any]]]
 class _Images:
     rels: list[str]
     ids: dict[Any, int]  # COCO image id -> index
+    rejected: set[Any]  # ids of image entries already reported: their annotations go with them, unreported
     declared: list[tuple[Any, Any]]  # width, height from the JSON
 
 
@@ -181,6 +184,7 @@ def check_images(path: Path, collected: _Collected, rejects: Rejects) -> _Images
     ids: dict[Any, int] = {}
     declared: list[tuple[Any, Any]] = []
     owner_of_name: dict[str, Any] = {}
+    rejected: set[Any] = set()
     for coco_id, name, width, height in collected.images:
         where = f"image id {coco_id}"
         if not _is_int(coco_id):
@@ -189,23 +193,27 @@ def check_images(path: Path, collected: _Collected, rejects: Rejects) -> _Images
         if coco_id in ids:
             rejects.reject(path, None, "id", f"{where}: duplicate image id; this one skipped", kind="duplicate id")
             continue
+        rejected.add(coco_id)
         if not isinstance(name, str) or not name.strip():
             rejects.reject(path, None, "file_name", f"{where}: expected a file name, got {_short(name)}",
                            kind="bad path")
             continue
-        rel = check_rel_path(name, rejects, path, None)
+        local = Rejects()  # check_rel_path's reason, re-reported naming the image id and the JSON field
+        rel = check_rel_path(name, local, path, None)
         if rel is None:
+            rejects.reject(path, None, "file_name", f"{where}: {local.items[0].reason}", kind="bad path")
             continue
         key = image_id_for(rel)
         if key in owner_of_name:
             rejects.reject(path, None, "file_name", f"{where}: {rel!r} is also image id {owner_of_name[key]}; "
                            "this one skipped", kind="duplicate image")
             continue
+        rejected.discard(coco_id)
         owner_of_name[key] = coco_id
         ids[coco_id] = len(rels)
         rels.append(rel)
         declared.append((width, height))
-    return _Images(rels, ids, declared)
+    return _Images(rels, ids, rejected - set(ids), declared)
 
 
 def check_annotations(path: Path, collected: _Collected, images: _Images, rejects: Rejects) -> np.ndarray:
@@ -220,6 +228,8 @@ def check_annotations(path: Path, collected: _Collected, images: _Images, reject
         elif ann in seen:
             rejects.reject(path, None, "id", f"{where}: duplicate annotation id (first in image id {seen[ann]}); "
                            "this one skipped", kind="duplicate id")
+        elif image in images.rejected:
+            seen[ann] = image
         elif not _is_int(image) or image not in images.ids:
             seen[ann] = image
             rejects.reject(path, None, "image_id", f"{where}: no image with this id", kind="unknown image")
@@ -323,6 +333,8 @@ class CocoKeypoints:
         if wholebody and requested not in (None, WHOLEBODY_FACE):
             raise FacedataError(f"--scheme {requested}: --wholebody-face reads {WHOLEBODY_FACE} points")
         collected, categories = load(path, wholebody)
+        if wholebody and collected.ann_id and not collected.face_fields:
+            raise FacedataError(f"--wholebody-face: no annotation of {path} has face_kpts (not COCO-WholeBody)")
         rejects = options.rejects
         images = check_images(path, collected, rejects)
         ok = check_annotations(path, collected, images, rejects)
