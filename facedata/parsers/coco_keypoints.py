@@ -159,7 +159,7 @@ def load(path: Path, wholebody: bool) -> tuple[_Collected, list[dict[str, Any]]]
     """Decode the file through the collecting hook: (collected records, categories)."""
     collected = _Collected(wholebody)
     try:
-        with open(path, "rb") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # text mode: the file is held once, as str, not also as bytes
             document = json.load(fh, object_pairs_hook=collected.hook)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(path, getattr(exc, "lineno", None), "file", f"not valid JSON ({exc})") from None
