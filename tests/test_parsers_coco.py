@@ -252,6 +252,35 @@ def _duplicate_image(raw: dict) -> int:
     return raw["images"][1]["id"]
 
 
+def _string_image_id(raw: dict) -> str:
+    raw["images"][0]["id"] = "397133"  # its annotations (would be "unknown image": int 397133) removed
+    raw["annotations"] = [a for a in raw["annotations"] if a["image_id"] != 397133]
+    return "397133"
+
+
+def _same_file_name(raw: dict) -> int:
+    raw["images"][1]["file_name"] = raw["images"][0]["file_name"].replace(".jpg", ".png")
+    return raw["images"][1]["id"]
+
+
+def _short_bbox(raw: dict) -> int:
+    ann = _first_with_points(raw)
+    ann["bbox"] = ann["bbox"][:3]
+    return ann["id"]
+
+
+def _no_box_no_points(raw: dict) -> int:
+    ann = next(a for a in raw["annotations"] if a["num_keypoints"] == 0)
+    del ann["bbox"]
+    return ann["id"]
+
+
+def _bad_crowd(raw: dict) -> int:
+    ann = _first_with_points(raw)
+    ann["iscrowd"] = "no"
+    return ann["id"]
+
+
 # kind -> (break the JSON, returns the id named, field, reason pattern)
 BAD = {
     "keypoints length": (_break_keypoint_length, "keypoints", r"expected 51 values \(17 points x y v\), got 50"),
@@ -264,6 +293,11 @@ BAD = {
     "file_name escaping": (_escaping_name, "file_name", r"relative to the image root without '\.\.'"),
     "absolute file_name": (_absolute_name, "file_name", r"relative to the image root"),
     "duplicate image id": (_duplicate_image, "id", r"duplicate image id"),
+    "non-integer image id": (_string_image_id, "id", r"expected an integer image id"),
+    "file_name of another image": (_same_file_name, "file_name", r"is also image id 397133"),
+    "bbox of 3 numbers": (_short_bbox, "bbox", r"expected 4 numbers \[x, y, w, h\]"),
+    "no bbox, no points": (_no_box_no_points, "bbox", r"no box and no labelled keypoint"),
+    "iscrowd": (_bad_crowd, "iscrowd", r"expected 0 or 1, got \"no\""),
 }
 
 
@@ -286,6 +320,18 @@ def test_bad_input_skipped_or_strict(realdata: Path, tmp_path: Path, kind: str) 
     with pytest.raises(InputError) as err:
         ingest(path, strict=True)
     assert str(path) in str(err.value) and f": {field}: " in str(err.value) and str(named) in str(err.value)
+
+
+def test_identical_annotation_kept_once_even_strict(realdata: Path, tmp_path: Path) -> None:
+    raw = _mini(realdata)
+    twin = dict(_first_with_points(raw), id=1)
+    raw["annotations"].append(twin)
+    path = tmp_path / "person_keypoints_twin.json"
+    path.write_text(json.dumps(raw))
+    for strict in (False, True):
+        manifest, rejects = ingest(path, strict=strict)
+        assert len(manifest.faces) == len(raw["annotations"]) - 1 and manifest.provenance["duplicates"] == 1
+        assert [item.kind for item in rejects.items] == ["duplicate face"]
 
 
 def test_bad_json_and_missing_lists(tmp_path: Path) -> None:

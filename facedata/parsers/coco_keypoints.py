@@ -93,18 +93,21 @@ class _Collected:
     def _annotation(self, record: dict[str, Any]) -> None:
         self.ann_id.append(record.get("id"))
         self.image_id.append(record.get("image_id"))
-        self.iscrowd.append(record.get("iscrowd", 0))
+        crowd = record.get("iscrowd", 0)
+        self.iscrowd.append(crowd)
         self.num_keypoints.append(record.get("num_keypoints"))
         problem = None
         valid = bool(record.get("face_valid", False)) if self.wholebody else True
         self.face_fields |= "face_kpts" in record
         self.face_valid.append(valid)
-        box_key = "face_box" if self.wholebody and valid else "bbox"  # no valid face: the person's box
+        box_key = "face_box" if self.wholebody and valid else "bbox"  # no valid face: the person's box (_box_key)
         kpt_key = "face_kpts" if self.wholebody else "keypoints"
         box = _numbers(record.get(box_key))
         if record.get(box_key) is not None and (box is None or len(box) != 4):
             problem = (box_key, f"expected 4 numbers [x, y, w, h], got {_short(record.get(box_key))}")
             box = None
+        if crowd not in (0, 1) or isinstance(crowd, bool):
+            problem = problem or ("iscrowd", f"expected 0 or 1, got {_short(crowd)}")
         self.bbox.extend(box if box is not None else array("d", [np.nan] * 4))
         values = _numbers(record.get(kpt_key)) if valid else array("d")
         if values is None:
@@ -255,58 +258,76 @@ class _Faces:
 
 
 def check_values(path: Path, collected: _Collected, count: int, ok: np.ndarray, rejects: Rejects) -> _Faces:
-    """Check keypoint lengths and values, visibility, num_keypoints and boxes column-wise (sets ok = False)."""
-    n = len(ok)
-    lengths = np.asarray(collected.kpt_len, np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    valid = np.asarray(collected.face_valid, bool)
-    kpt_key, box_key = ("face_kpts", "face_box") if collected.wholebody else ("keypoints", "bbox")
-    wanted = np.where(valid, 3 * count, 0)
-    for i in np.flatnonzero(ok & (lengths != wanted)):
-        _reject(path, collected, i, kpt_key, f"expected {3 * count} values ({count} points x y v), got {lengths[i]}",
-                "wrong point count", rejects)
-        ok[i] = False
-    flat = np.frombuffer(collected.kpts, np.float64) if len(collected.kpts) else np.zeros(0)
-    take = ok & valid
-    values = np.zeros((n, count, 3))
-    if take.any():
-        values[take] = flat[starts[take, None] + np.arange(3 * count)].reshape(-1, count, 3)
-    v = values[..., 2]
-    if collected.wholebody:  # COCO-WholeBody: float visibilities, v > 0 = reliable (its data_format.md)
-        bad_v = ~np.isfinite(v) | (v < 0)
-    else:
-        bad_v = ~np.isin(v, VISIBILITY)
-    bad_xy = ~np.isfinite(values[..., :2]).all(axis=2)
-    for i in np.flatnonzero(ok & (bad_v | bad_xy).any(axis=1)):
-        j = int(np.flatnonzero(bad_v[i] | bad_xy[i])[0])
-        what = f"visibility {v[i, j]:g}, expected 0, 1 or 2" if bad_v[i, j] else "a coordinate that is not finite"
-        _reject(path, collected, i, kpt_key, f"point {j} has {what}", "bad keypoint", rejects)
-        ok[i] = False
-    present = v > 0
-    declared = collected.num_keypoints
+    """Check keypoints, num_keypoints and boxes column-wise (rejected annotations get ok = False)."""
+    values = _keypoint_values(path, collected, count, ok, rejects)
+    present = values[..., 2] > 0
     if not collected.wholebody:
+        declared = collected.num_keypoints
         for i in np.flatnonzero(ok):
             if declared[i] is not None and declared[i] != int(present[i].sum()):
                 _reject(path, collected, i, "num_keypoints", f"says {declared[i]}, {int(present[i].sum())} "
                         "keypoints have v > 0", "wrong point count", rejects)
                 ok[i] = False
-    raw = np.frombuffer(collected.bbox, np.float64).reshape(n, 4) if n else np.zeros((0, 4))
+    points = np.where(present[..., None], values[..., :2], np.nan)
+    boxes, derived = _boxes(path, collected, points, ok, rejects)
+    visible = np.where(present, VISIBILITY_VISIBLE if collected.wholebody else values[..., 2], 0).astype(np.int8)
+    crowd = np.asarray([c == 1 for c in collected.iscrowd], bool)
+    valid = np.asarray(collected.face_valid, bool)
+    return _Faces(boxes, derived, points, visible, crowd | ~valid, present.any(axis=1))
+
+
+def _keypoint_values(path: Path, collected: _Collected, count: int, ok: np.ndarray, rejects: Rejects) -> np.ndarray:
+    """(N, K, 3) x y v of every annotation (zeros where rejected or without a valid face), lengths and values
+    checked: 3K numbers, finite coordinates, v in 0/1/2 (WholeBody faces: any v >= 0, v > 0 = reliable)."""
+    lengths = np.asarray(collected.kpt_len, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    valid = np.asarray(collected.face_valid, bool)
+    key = "face_kpts" if collected.wholebody else "keypoints"
+    for i in np.flatnonzero(ok & (lengths != np.where(valid, 3 * count, 0))):
+        _reject(path, collected, i, key, f"expected {3 * count} values ({count} points x y v), got {lengths[i]}",
+                "wrong point count", rejects)
+        ok[i] = False
+    values = np.zeros((len(ok), count, 3))
+    take = ok & valid
+    if take.any():
+        flat = np.frombuffer(collected.kpts, np.float64)
+        values[take] = flat[starts[take, None] + np.arange(3 * count)].reshape(-1, count, 3)
+    v = values[..., 2]
+    bad_v = (~np.isfinite(v) | (v < 0)) if collected.wholebody else ~np.isin(v, VISIBILITY)
+    bad_xy = ~np.isfinite(values[..., :2]).all(axis=2)
+    expected = "a number >= 0" if collected.wholebody else "0, 1 or 2"
+    for i in np.flatnonzero(ok & (bad_v | bad_xy).any(axis=1)):
+        j = int(np.flatnonzero(bad_v[i] | bad_xy[i])[0])
+        what = f"visibility {v[i, j]:g}, expected {expected}" if bad_v[i, j] else "a coordinate that is not finite"
+        _reject(path, collected, i, key, f"point {j} has {what}", "bad keypoint", rejects)
+        ok[i] = False
+    return values
+
+
+def _boxes(
+    path: Path, collected: _Collected, points: np.ndarray, ok: np.ndarray, rejects: Rejects
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) x1 y1 x2 y2 from `[x, y, w, h]`, or the extent of the labelled points where there is no box
+    (derived mask); a negative size, or neither a box nor a point, is rejected."""
+    raw = np.frombuffer(collected.bbox, np.float64).reshape(-1, 4)
     has_box = np.isfinite(raw).all(axis=1)
     for i in np.flatnonzero(ok & has_box & ((raw[:, 2] < 0) | (raw[:, 3] < 0))):
-        _reject(path, collected, i, box_key, f"negative size w = {raw[i, 2]:g}, h = {raw[i, 3]:g}", "bad box",
-                rejects)
+        _reject(path, collected, i, _box_key(collected, i), f"negative size w = {raw[i, 2]:g}, h = {raw[i, 3]:g}",
+                "bad box", rejects)
         ok[i] = False
-    for i in np.flatnonzero(ok & ~has_box & ~present.any(axis=1)):
-        _reject(path, collected, i, box_key, "no box and no labelled keypoint", "bad box", rejects)
+    for i in np.flatnonzero(ok & ~has_box & ~np.isfinite(points).any(axis=(1, 2))):
+        _reject(path, collected, i, _box_key(collected, i), "no box and no labelled keypoint", "bad box", rejects)
         ok[i] = False
-    points = np.where(present[..., None], values[..., :2], np.nan)
     boxes = np.column_stack([raw[:, :2], raw[:, :2] + raw[:, 2:]])
-    derived = ~has_box
+    derived = ~has_box & ok
     if derived.any():
         boxes[derived] = points_extent(points[derived])
-    crowd = np.asarray([c == 1 for c in collected.iscrowd], bool)
-    return _Faces(boxes, derived, points, np.where(present, VISIBILITY_VISIBLE if collected.wholebody else v, 0)
-                  .astype(np.int8), crowd | ~valid, present.any(axis=1))
+    return boxes, ~has_box
+
+
+def _box_key(collected: _Collected, i: int) -> str:
+    """The JSON field a row's box comes from (a WholeBody person without a valid face: the person's bbox)."""
+    return "face_box" if collected.wholebody and collected.face_valid[i] else "bbox"
 
 
 def _reject(path: Path, collected: _Collected, i: int, name: str, reason: str, kind: str, rejects: Rejects) -> None:
@@ -379,7 +400,7 @@ class CocoKeypoints:
         manifest = builder.build(provenance(
             self.name, path, ROOT, options, records=len(collected.ann_id), duplicates=checked.repeats,
             scheme=scheme, wholebody_face=collected.wholebody, crowd=int(faces.ignore[f].sum()), **extra))
-        return _per_face_columns(manifest, faces, f, scheme)
+        return _per_face_columns(manifest, faces, f)
 
     @staticmethod
     def _same_size(path: Path, options: ParseOptions, images: _Images, checked: Any) -> np.ndarray:
@@ -396,7 +417,7 @@ class CocoKeypoints:
         return same
 
 
-def _per_face_columns(manifest: Manifest, faces: _Faces, rows: np.ndarray, scheme: str) -> Manifest:
+def _per_face_columns(manifest: Manifest, faces: _Faces, rows: np.ndarray) -> Manifest:
     """Set what the builder takes per call, not per face: visibility, `ignore` (crowds), `box_source`, and no
     points for a person without labelled keypoints."""
     table = manifest.faces
@@ -407,7 +428,6 @@ def _per_face_columns(manifest: Manifest, faces: _Faces, rows: np.ndarray, schem
     table["box_source"] = np.where(faces.derived[rows], BOX_DERIVED, BOX_ANNOTATED)
     bare = ~faces.with_points[rows]
     table.loc[bare, ["scheme", "points", "visible"]] = None
-    assert (table["scheme"].dropna() == scheme).all()
     return manifest
 
 
