@@ -125,6 +125,15 @@ def test_68_points_refused_without_scheme(realdata: Path, name: str) -> None:
     assert set(manifest.faces["scheme"]) == {"ibug68"}
 
 
+def test_17_points_need_a_person_category(realdata: Path, tmp_path: Path) -> None:
+    raw = json.loads((realdata / "coco_val2017/mmpose/test_coco.json").read_text())
+    raw["categories"] = [{"id": 1, "name": "face", "supercategory": "person", "keypoints": []}]
+    path = tmp_path / "faces17.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(FacedataError, match=r"17 keypoints .*could be coco17 or another 17-point order"):
+        ingest(path)
+
+
 def test_300vw_reexport_without_bbox_derives_box(realdata: Path) -> None:
     manifest, _ = ingest(realdata / "300vw/mmpose/anno_300vw.json", images=realdata / "300vw/mmpose",
                          format_options={"scheme": "ibug68"})
