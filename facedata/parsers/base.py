@@ -597,7 +597,7 @@ def ingest(
     format_options = format_options or {}
     unknown = sorted(set(format_options) - set(getattr(fmt, "options", ())))
     if unknown:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        flags = ", ".join("--" + option.replace("_", "-") for option in unknown)
         raise FacedataError(f"{flags}: not an option of format {name}")
     root = None
     if images is None and folder:
