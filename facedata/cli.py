@@ -69,6 +69,10 @@ def formats() -> None:
                    "(a folder SOURCE holds its images: default the folder).")
 @click.option("--split", help="Split name (default: from the file name, e.g. train/val/test).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad item instead of skipping it.")
+@click.option("--scheme", metavar="NAME",
+              help="Landmark scheme of the keypoints (coco_keypoints; default: from keypoint names or count).")
+@click.option("--wholebody-face", is_flag=True,
+              help="COCO-WholeBody: read the 68 face points (face_kpts) instead of the body keypoints.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Rejects report (CSV; default OUT.rejects.csv, written when items were skipped, "
                    "a stale one removed otherwise).")
@@ -77,7 +81,7 @@ def formats() -> None:
 @_quiet_option
 def ingest(
     source: Path, format_name: str | None, images: Path | None, split: str | None, strict: bool,
-    rejects_path: Path | None, output: Path, quiet: bool,
+    scheme: str | None, wholebody_face: bool, rejects_path: Path | None, output: Path, quiet: bool,
 ) -> None:
     """Parse an annotation file, or a folder corpus (a LaPa split, a folder of .pts files), into a manifest.
 
@@ -94,7 +98,9 @@ def ingest(
     if images is None and not source.is_dir():
         _note(quiet, "notice: no --images given: image files are not checked, image sizes stay unknown "
                      "and faces are not checked against them")
-    manifest, rejects = ingest_file(source, format=format_name, images=images, strict=strict, split=split)
+    given = {"scheme": scheme, "wholebody_face": wholebody_face or None}
+    manifest, rejects = ingest_file(source, format=format_name, images=images, strict=strict, split=split,
+                                    format_options={k: v for k, v in given.items() if v is not None})
     output.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(output)
     fmt = manifest.provenance.get("source_format", format_name)

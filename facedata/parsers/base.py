@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,11 +39,13 @@ class ParseOptions:
     images: Path | None = None  # image root; None -> annotations only (no image checks)
     split: str | None = None  # override; else inferred from the file name (train/val/test) or "unknown"
     found_images: int = 0  # images found under the root so far (ImageChecker counts; 0 => wrong root?)
+    format_options: dict[str, Any] = field(default_factory=dict)  # format-specific (Format.options), e.g. scheme
 
 
 class Format(Protocol):
     """A file format. A folder corpus (LaPa split, folder of `.pts` files) also defines
-    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it."""
+    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it.
+    A format with options of its own (e.g. the COCO keypoint scheme) lists their names in `options`."""
 
     name: str
     description: str
@@ -573,13 +575,15 @@ def ingest(
     images: str | os.PathLike[str] | None = None,
     strict: bool = False,
     split: str | None = None,
+    format_options: dict[str, Any] | None = None,
 ) -> tuple[Manifest, Rejects]:
     """Parse one annotation file (or a folder corpus) into a Manifest; with `images`, check and probe every image.
 
     Without `images` the manifest is annotations only: sizes stay unknown (faces are not checked against
     them) and the root's directory is recorded as "" in provenance["roots"]; a folder corpus holds its images,
     so its image root defaults to the folder. An `images` root that holds none of the annotated images is a
-    FacedataError (a wrong root, not a dataset without images).
+    FacedataError (a wrong root, not a dataset without images). `format_options` (name -> value, given only when
+    set; the CLI flag is `--name-with-dashes`) must be options the format declares.
     """
     path = Path(source)
     folder = path.is_dir()
@@ -590,6 +594,11 @@ def ingest(
     if folder != reads_folders(fmt):
         what = "a folder" if reads_folders(fmt) else "a file"
         raise FacedataError(f"{path}: format {name} reads {what}, got {'a folder' if folder else 'a file'}")
+    format_options = format_options or {}
+    unknown = sorted(set(format_options) - set(getattr(fmt, "options", ())))
+    if unknown:
+        flags = ", ".join("--" + option.replace("_", "-") for option in unknown)
+        raise FacedataError(f"{flags}: not an option of format {name}")
     root = None
     if images is None and folder:
         images = path
@@ -598,7 +607,7 @@ def ingest(
         if not root.is_dir():
             raise FacedataError(f"{root}: image root is not a directory")
     rejects = Rejects(strict=strict)
-    options = ParseOptions(rejects=rejects, images=root, split=split)
+    options = ParseOptions(rejects=rejects, images=root, split=split, format_options=format_options)
     manifest = fmt.parse(path, options)
     missing = rejects.by_kind().get(MISSING_IMAGE, [])
     if root is not None and missing and options.found_images == 0:
@@ -613,6 +622,7 @@ def ingest(
 def _load_formats() -> None:
     """Import every parser module so each registers itself in FORMATS."""
     from facedata.parsers import (  # noqa: F401
+        coco_keypoints,
         cuhk_lfw,
         ibug_pts,
         lapa,
