@@ -613,10 +613,12 @@ def ingest(
 def _load_formats() -> None:
     """Import every parser module so each registers itself in FORMATS."""
     from facedata.parsers import (  # noqa: F401
+        aflw2000_3d,
         cuhk_lfw,
         ibug_pts,
         lapa,
         mtcnn_list,
+        w300lp,
         wflw,
         wider_mat,
         wider_testlist,

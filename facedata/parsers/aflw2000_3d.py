@@ -1,0 +1,71 @@
+"""AFLW2000-3D (3DDFA, Zhu et al. CVPR 2016): a folder of `imageNNNNN.mat` fits beside `imageNNNNN.jpg` -> `ibug68`
+with head pose. Ingested by passing the folder (`facedata ingest AFLW2000 -o ...`); the image root is the folder.
+
+Each `.mat` (landmark-formats spec, section 3.3): the 68 points are the first two rows (x, y; 0-based pixels of the
+450x450 image) of `pt3d_68` (3x68, fitted by 3DDFA; row 2 is depth, not stored); the pose is `Pose_Para` 1x7
+`[pitch, yaw, roll, tdx, tdy, tdz, scale]` in radians, stored in degrees with facedata.schema's sign convention
+(3DDFA's own, checked on the real samples by the tests). `pt2d` (2x21) is the original AFLW 21-point annotation with
+-1 for missing points: a different scheme, not read (never as 68 points). One face per image, its box derived from
+the points.
+
+Bad input, per file (the face is skipped, the file named): an empty or unreadable `.mat`, a missing `pt3d_68` or
+`Pose_Para`, either of another shape or not numeric or finite, angles beyond +-pi; a missing image or one resolving
+outside the folder; with probing, points beyond the image tolerance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facedata.errors import FacedataError, Rejects
+from facedata.manifest import Manifest
+from facedata.parsers.base import ParseOptions, register
+from facedata.parsers.landmarks import (
+    POSE_PARA,
+    POSE_PARA_SHAPE,
+    FileFace,
+    FolderFormat,
+    find_image,
+    first_mat_variables,
+    folder_manifest,
+    pose_degrees,
+    read_mat,
+)
+
+SCHEME = "ibug68"
+POINTS = 68
+SOURCE = ROOT = "aflw2000_3d"
+SHAPES = {"pt3d_68": (3, POINTS), POSE_PARA: POSE_PARA_SHAPE}
+
+
+def read_fit(folder: Path, root: Path, file: Path, rejects: Rejects) -> FileFace | None:
+    """The face of one `.mat` (points, pose, image beside it), or None after rejecting the file."""
+    data = read_mat(file, SHAPES, rejects)
+    pose = None if data is None else pose_degrees(file, data[POSE_PARA], rejects)
+    if data is None or pose is None:
+        return None
+    rel_dir = file.parent.relative_to(folder).as_posix().removeprefix(".")
+    return FileFace(file, find_image(root, [rel_dir], file.stem), data["pt3d_68"][:2].T, pose=pose)
+
+
+class Aflw2000(FolderFormat):
+    name = "aflw2000_3d"
+    description = (
+        "AFLW2000-3D folder (pass the folder): image*.mat (pt3d_68 rows x y, Pose_Para) with the .jpg images; "
+        "model-fitted ibug68 points + pose in degrees"
+    )
+
+    def sniff_folder(self, path: Path) -> bool:
+        return {"pt3d_68", POSE_PARA} <= first_mat_variables(path)
+
+    def parse(self, path: Path, options: ParseOptions) -> Manifest:
+        files = sorted(path.rglob("*.mat"))
+        if not files:
+            raise FacedataError(f"{path}: no .mat files")
+        root = Path(options.images or path)
+        faces = [face for file in files if (face := read_fit(path, root, file, options.rejects)) is not None]
+        return folder_manifest(path, options, faces, fmt=self.name, source=SOURCE, root=ROOT, scheme=SCHEME,
+                               files=files, pose_unit="degrees (Pose_Para radians converted)")
+
+
+register(Aflw2000())
