@@ -615,6 +615,7 @@ def _load_formats() -> None:
     from facedata.parsers import (  # noqa: F401
         aflw2000_3d,
         cuhk_lfw,
+        dlib_xml,
         ibug_pts,
         lapa,
         mtcnn_list,
