@@ -447,6 +447,15 @@ def test_dlib_bad_items(realdata: Path, tmp_path: Path, name: str, element: str,
         ingest(path, images=tmp_path, strict=True)
 
 
+def test_dlib_repeated_box_kept_once(realdata: Path, tmp_path: Path) -> None:
+    body = ("<image file='2007_007763.jpg'>\n<box top='1' left='2' width='30' height='30'/>\n"
+            "<box top='1' left='2' width='30' height='30'/>\n</image>\n")
+    manifest, rejects = ingest(dlib_file(tmp_path, realdata, body), images=tmp_path, strict=True)
+    assert len(manifest.faces) == 1 and manifest.provenance["duplicates"] == 1
+    (item,) = rejects.items
+    assert (item.line, item.kind) == (7, "duplicate face") and "identical to the face at line 6" in item.reason
+
+
 def test_dlib_malformed_xml_and_wrong_root(realdata: Path, tmp_path: Path) -> None:
     path = dlib_file(tmp_path, realdata, "<image file='2007_007763.jpg'>\n<box top='1'\n</image>\n")
     with pytest.raises(InputError, match=r"training.xml:7: xml: malformed XML"):

@@ -17,35 +17,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facedata.errors import FacedataError, Rejects
+from facedata.errors import Rejects
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, register
 from facedata.parsers.landmarks import (
     POSE_PARA,
-    POSE_PARA_SHAPE,
     FileFace,
     FolderFormat,
     find_image,
     first_mat_variables,
     folder_manifest,
-    pose_degrees,
-    read_mat,
+    mat_files,
+    read_fit,
 )
 
 SCHEME = "ibug68"
 POINTS = 68
 SOURCE = ROOT = "aflw2000_3d"
-SHAPES = {"pt3d_68": (3, POINTS), POSE_PARA: POSE_PARA_SHAPE}
+POINTS_KEY = "pt3d_68"
 
 
-def read_fit(folder: Path, root: Path, file: Path, rejects: Rejects) -> FileFace | None:
+def read_face(folder: Path, root: Path, file: Path, rejects: Rejects) -> FileFace | None:
     """The face of one `.mat` (points, pose, image beside it), or None after rejecting the file."""
-    data = read_mat(file, SHAPES, rejects)
-    pose = None if data is None else pose_degrees(file, data[POSE_PARA], rejects)
-    if data is None or pose is None:
+    fit = read_fit(file, POINTS_KEY, (3, POINTS), rejects)
+    if fit is None:
         return None
     rel_dir = file.parent.relative_to(folder).as_posix().removeprefix(".")
-    return FileFace(file, find_image(root, [rel_dir], file.stem), data["pt3d_68"][:2].T, pose=pose)
+    return FileFace(file, find_image(root, [rel_dir], file.stem), fit[0][:2].T, pose=fit[1])
 
 
 class Aflw2000(FolderFormat):
@@ -56,14 +54,12 @@ class Aflw2000(FolderFormat):
     )
 
     def sniff_folder(self, path: Path) -> bool:
-        return {"pt3d_68", POSE_PARA} <= first_mat_variables(path)
+        return {POINTS_KEY, POSE_PARA} <= first_mat_variables(path)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
-        files = sorted(path.rglob("*.mat"))
-        if not files:
-            raise FacedataError(f"{path}: no .mat files")
+        files = mat_files(path)
         root = Path(options.images or path)
-        faces = [face for file in files if (face := read_fit(path, root, file, options.rejects)) is not None]
+        faces = [face for file in files if (face := read_face(path, root, file, options.rejects)) is not None]
         return folder_manifest(path, options, faces, fmt=self.name, source=SOURCE, root=ROOT, scheme=SCHEME,
                                files=files, pose_unit="degrees (Pose_Para radians converted)")
 

@@ -127,6 +127,23 @@ def pose_degrees(path: Path, pose_para: np.ndarray, rejects: Rejects) -> np.ndar
     return np.degrees([yaw, pitch, roll])
 
 
+def read_fit(
+    path: Path, points_key: str, shape: tuple[int, int], rejects: Rejects
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the `points_key` array, (yaw, pitch, roll) in degrees) of a 3DDFA fit `.mat`; None after rejecting it."""
+    data = read_mat(path, {points_key: shape, POSE_PARA: POSE_PARA_SHAPE}, rejects)
+    pose = None if data is None else pose_degrees(path, data[POSE_PARA], rejects)
+    return None if data is None or pose is None else (data[points_key], pose)
+
+
+def mat_files(folder: Path) -> list[Path]:
+    """Every `.mat` below a folder of fits, sorted; a folder without any is an error, not an empty corpus."""
+    files = sorted(folder.rglob("*.mat"))
+    if not files:
+        raise FacedataError(f"{folder}: no .mat files")
+    return files
+
+
 def first_mat_variables(folder: Path) -> set[str]:
     """Variable names of the first `.mat` file found below `folder` (empty if none): sniffs a folder of fits."""
     path = next(folder.rglob("*.mat"), None)

@@ -31,26 +31,25 @@ from pathlib import Path
 
 import numpy as np
 
-from facedata.errors import FacedataError, Rejects
+from facedata.errors import Rejects
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, image_id_for, register
 from facedata.parsers.landmarks import (
     POSE_PARA,
-    POSE_PARA_SHAPE,
     FileFace,
     FolderFormat,
     find_image,
     first_mat_variables,
     folder_manifest,
-    pose_degrees,
+    mat_files,
+    read_fit,
     read_mat,
 )
 
 SCHEME = "ibug68"
 POINTS = 68
 SOURCE = ROOT = "300w_lp"
-IMAGE_SHAPES = {"pt2d": (2, POINTS), POSE_PARA: POSE_PARA_SHAPE}
 LANDMARK_SHAPES = {"pts_2d": (POINTS, 2)}
 LANDMARK_SUFFIX = "_pts"
 FLIP_SUFFIX = "_Flip"
@@ -78,8 +77,6 @@ def _original(rel_image: str) -> str | None:
 def _read_faces(folder: Path, options: ParseOptions, files: Sequence[Path]) -> tuple[list[FileFace], dict[str, int]]:
     """One face per image: points from `pts_2d` where the image has one, else `pt2d`; pose from the image's `.mat`.
     Returns the faces (in file order of their points file) and how many took their points from each key."""
-    if not files:
-        raise FacedataError(f"{folder}: no .mat files")
     root = Path(options.images or folder)
     rejects = options.rejects
     fits: dict[str, tuple[Path, str, np.ndarray, np.ndarray]] = {}  # image id -> (file, image, pt2d, pose)
@@ -92,11 +89,10 @@ def _read_faces(folder: Path, options: ParseOptions, files: Sequence[Path]) -> t
                 rel = find_image(root, [_image_folder(rel_dir)], file.stem.removesuffix(LANDMARK_SUFFIX))
                 landmarks[image_id_for(rel)] = (file, rel, data["pts_2d"])
             continue
-        data = read_mat(file, IMAGE_SHAPES, rejects)
-        pose = None if data is None else pose_degrees(file, data[POSE_PARA], rejects)
-        if data is not None and pose is not None:
+        fit = read_fit(file, "pt2d", (2, POINTS), rejects)
+        if fit is not None:
             rel = find_image(root, [_image_folder(rel_dir)], file.stem)
-            fits[image_id_for(rel)] = (file, rel, data["pt2d"].T, pose)
+            fits[image_id_for(rel)] = (file, rel, fit[0].T, fit[1])
     stale = _stale_points(fits, landmarks.keys(), rejects)
     faces, used = [], {"pts_2d": 0, "pt2d": 0}
     for image_id in sorted((fits.keys() - stale) | landmarks.keys()):
@@ -174,7 +170,7 @@ class W300LP(FolderFormat):
         return "pts_2d" in names or ({"pt2d", POSE_PARA} <= names and "pt3d_68" not in names)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
-        files = sorted(path.rglob("*.mat"))
+        files = mat_files(path)
         faces, used = _read_faces(path, options, files)
         return folder_manifest(path, options, faces, fmt=self.name, source=SOURCE, root=ROOT, scheme=SCHEME,
                                files=files, points_from=used, flipped=sum(bool(f.tags) for f in faces),
