@@ -167,12 +167,16 @@ def test_300w_lp_landmarks_form_from_real_mmpose_points(realdata: Path, tmp_path
 
 
 def test_300w_lp_points_from_pts_2d_pose_from_the_fit(realdata: Path, tmp_path: Path) -> None:
+    """Also: a model `.mat` in the release's Code/ folder, sorted first, neither breaks sniffing nor is rejected."""
     pt2d, pose = lp_sample(realdata)
+    (tmp_path / "Code").mkdir()
+    scipy.io.savemat(str(tmp_path / "Code/Model_Shape.mat"), {"mu_shape": np.zeros((3, 1))})
     write_fit(tmp_path / "IBUG", LP_NAME, realdata)
     (tmp_path / "landmarks/IBUG").mkdir(parents=True)
     scipy.io.savemat(str(tmp_path / f"landmarks/IBUG/{LP_NAME}_pts.mat"), {"pts_2d": pt2d.T + 1.5})
+    assert sniff_format(tmp_path) == "300w_lp"
     manifest, rejects = ingest(tmp_path)
-    assert len(rejects) == 0 and len(manifest.faces) == 1
+    assert len(rejects) == 0 and len(manifest.faces) == 1 and manifest.provenance["other_mat_files"] == 1
     face = manifest.faces.iloc[0]
     assert points(face)[0].tolist() == pytest.approx((pt2d[:, 0] + 1.5).tolist(), abs=1e-4)
     assert face["yaw"] == pytest.approx(np.degrees(pose[0, 1]), abs=1e-3)

@@ -15,6 +15,7 @@ outside the folder; with probing, points beyond the image tolerance.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from facedata.errors import Rejects
@@ -35,6 +36,7 @@ SCHEME = "ibug68"
 POINTS = 68
 SOURCE = ROOT = "aflw2000_3d"
 POINTS_KEY = "pt3d_68"
+NAME = re.compile(r"image\d+")  # image00002 ... image04375
 
 
 def read_face(folder: Path, root: Path, file: Path, rejects: Rejects) -> FileFace | None:
@@ -54,14 +56,15 @@ class Aflw2000(FolderFormat):
     )
 
     def sniff_folder(self, path: Path) -> bool:
-        return {POINTS_KEY, POSE_PARA} <= first_mat_variables(path)
+        return {POINTS_KEY, POSE_PARA} <= first_mat_variables(path, NAME)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
-        files = mat_files(path)
+        files, others = mat_files(path, NAME)
         root = Path(options.images or path)
         faces = [face for file in files if (face := read_face(path, root, file, options.rejects)) is not None]
         return folder_manifest(path, options, faces, fmt=self.name, source=SOURCE, root=ROOT, scheme=SCHEME,
-                               files=files, pose_unit="degrees (Pose_Para radians converted)")
+                               files=files, other_mat_files=others,
+                               pose_unit="degrees (Pose_Para radians converted)")
 
 
 register(Aflw2000())

@@ -9,6 +9,7 @@ points, the way PFLD crops WFLW faces.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,17 +137,20 @@ def read_fit(
     return None if data is None or pose is None else (data[points_key], pose)
 
 
-def mat_files(folder: Path) -> list[Path]:
-    """Every `.mat` below a folder of fits, sorted; a folder without any is an error, not an empty corpus."""
-    files = sorted(folder.rglob("*.mat"))
+def mat_files(folder: Path, name: re.Pattern[str]) -> tuple[list[Path], int]:
+    """The `.mat` files below a folder of fits whose stem matches the corpus' naming, sorted, and how many other
+    `.mat` files were passed over (e.g. model files in a release's `Code/` folder); none matching is an error."""
+    every = sorted(folder.rglob("*.mat"))
+    files = [path for path in every if name.fullmatch(path.stem)]
     if not files:
-        raise FacedataError(f"{folder}: no .mat files")
-    return files
+        raise FacedataError(f"{folder}: no .mat files named like {name.pattern}")
+    return files, len(every) - len(files)
 
 
-def first_mat_variables(folder: Path) -> set[str]:
-    """Variable names of the first `.mat` file found below `folder` (empty if none): sniffs a folder of fits."""
-    path = next(folder.rglob("*.mat"), None)
+def first_mat_variables(folder: Path, name: re.Pattern[str]) -> set[str]:
+    """Variable names of the first `.mat` below `folder` whose stem matches `name` (empty if none): sniffs a folder
+    of fits by content, not by name alone."""
+    path = next((p for p in folder.rglob("*.mat") if name.fullmatch(p.stem)), None)
     if path is None:
         return set()
     with open(path, "rb") as fh:

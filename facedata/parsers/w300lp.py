@@ -1,7 +1,9 @@
 """300W-LP (3DDFA, Zhu et al. CVPR 2016): a folder of per-image `.mat` fits and/or `landmarks/*_pts.mat` -> `ibug68`
 with head pose. Ingested by passing the folder (`facedata ingest 300W_LP -o ...`); the image root is the folder.
 
-Two forms, read together when both are present (landmark-formats spec, section 3):
+Only `.mat` files named like 300W-LP's (`<SUBSET>_<orig-name>_<k>[_pts].mat`) are read; others (model files of
+the release's `Code/` folder) are passed over and counted in provenance["other_mat_files"]. Two forms, read together
+when both are present (landmark-formats spec, section 3):
 - `<SUBSET>/<name>.mat` beside `<SUBSET>/<name>.jpg`: `pt2d` 2x68 (row 0 x, row 1 y) and `Pose_Para` 1x7
   `[pitch, yaw, roll, tdx, tdy, tdz, scale]` in radians, stored in degrees (facedata.schema's convention, which is
   3DDFA's own: positive yaw = face turned towards image-left; checked on the real samples by the tests).
@@ -55,6 +57,7 @@ LANDMARK_SUFFIX = "_pts"
 FLIP_SUFFIX = "_Flip"
 FLIP_TOLERANCE_DEG = 5.0  # a refit of the mirror may move the angles a little; a sign error moves them by 2 x angle
 FLIP_RESIDUAL = 0.2  # of the outer-eye-corner distance (the spec's mirror-permutation check)
+NAME = re.compile(r".+_\d+(_pts)?")  # <SUBSET>_<orig-name>_<k>[_pts]
 _ROTATED = re.compile(r"^(?P<face>.+)_(?P<k>\d+)$")  # <SUBSET>_<orig-name>_<k>: k = profiling (rotation) step
 
 
@@ -166,14 +169,15 @@ class W300LP(FolderFormat):
     )
 
     def sniff_folder(self, path: Path) -> bool:
-        names = first_mat_variables(path)
+        names = first_mat_variables(path, NAME)
         return "pts_2d" in names or ({"pt2d", POSE_PARA} <= names and "pt3d_68" not in names)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
-        files = mat_files(path)
+        files, others = mat_files(path, NAME)
         faces, used = _read_faces(path, options, files)
         return folder_manifest(path, options, faces, fmt=self.name, source=SOURCE, root=ROOT, scheme=SCHEME,
-                               files=files, points_from=used, flipped=sum(bool(f.tags) for f in faces),
+                               files=files, other_mat_files=others, points_from=used,
+                               flipped=sum(bool(f.tags) for f in faces),
                                pose_unit="degrees (Pose_Para radians converted)")
 
 
