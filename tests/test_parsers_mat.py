@@ -421,6 +421,8 @@ XML_DEFECTS = [  # (id, box element replacing GOOD_BOX or image attributes, fiel
     ("absolute path", "<image file='/etc/2007_007763.jpg'>", "path", "bad path", "relative"),
     ("dotdot path", "<image file='../2007_007763.jpg'>", "path", "bad path", "'..'"),
     ("missing image", "<image file='nope.jpg'>", "image", "missing image", "missing image file"),
+    ("wrong size", "<image file='2007_007763.jpg' width='375' height='500'>", "width", "size mismatch",
+     "declares 375x500, the image file '2007_007763.jpg' is 500x375"),
     ("box no width", "<box top='1' left='2' height='3'/>", "width", "bad number", "got missing"),
     ("box float", "<box top='1.5' left='2' width='3' height='3'/>", "top", "bad number", "'1.5'"),
     ("bad ignore", "<box top='1' left='2' width='3' height='3' ignore='yes'/>", "ignore", "bad attribute", "0 or 1"),

@@ -17,7 +17,7 @@ item drops its whole image (an unlabelled face in a kept image would be cut as b
 attribute: an `<image>` without `file`, an absolute or `..` path, a box attribute missing or not an integer, an
 `ignore` value other than 0/1, a part without name/x/y, a non-numeric coordinate, a part name outside 0..67 or
 given twice, a box with parts but not 68; a missing image, one resolving outside the root, or (probing) a face
-beyond the image tolerance.
+beyond the image tolerance, or (probing) an image whose size is not the `<image>`'s declared width x height.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 from facedata.errors import InputError, Rejects
 from facedata.manifest import Manifest, ManifestBuilder
 from facedata.parsers.base import (
+    CheckedImages,
     ParseOptions,
     check_images_and_faces,
     check_rel_path,
@@ -67,6 +68,7 @@ class XmlImage:
     line: int
     rel: str | None  # None = rejected
     boxes: list[XmlBox] = field(default_factory=list)
+    size: tuple[str, str] = ("", "")  # the declared width and height attributes ("" = not given)
 
 
 class _Reader:
@@ -119,6 +121,7 @@ class _Reader:
             self.rejects.reject(self.path, line, "file", "<image> without a file attribute", kind="missing field")
             return
         self.images[-1].rel = check_rel_path(attrs["file"], self.rejects, self.path, line)
+        self.images[-1].size = (attrs.get("width", "").strip(), attrs.get("height", "").strip())
 
     def _box(self, line: int, attrs: dict[str, str]) -> None:
         values = []
@@ -189,6 +192,22 @@ def _faces(images: list[XmlImage]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     )
 
 
+def _check_declared_sizes(
+    path: Path, images: list[XmlImage], checked: CheckedImages, owner: np.ndarray, rejects: Rejects
+) -> None:
+    """Drop (in `checked`) each probed image whose size differs from the XML's width/height: a resized or wrong
+    image file, whose boxes would not fit it."""
+    for i, image in enumerate(images):
+        probed = (checked.width[i], checked.height[i])
+        if not checked.keep_image[i] or probed[0] is None or not all(image.size):
+            continue
+        if image.size != (str(probed[0]), str(probed[1])):
+            rejects.reject(path, image.line, "width", f"the XML declares {image.size[0]}x{image.size[1]}, the image "
+                           f"file {image.rel!r} is {probed[0]}x{probed[1]} (image dropped)", kind="size mismatch")
+            checked.keep_image[i] = False
+    checked.keep_face &= checked.keep_image[owner]
+
+
 class DlibXml:
     name = "dlib_xml"
     description = "dlib imglab XML (training.xml, *_with_face_landmarks.xml): boxes, optional 68 parts (ibug68), ignore"
@@ -206,6 +225,7 @@ class DlibXml:
             same=np.column_stack([boxes, ignore, points.reshape(len(boxes), -1)]), lines=lines,
             points=points if has_parts else None, point_names=point_names(POINTS) if has_parts else (),
         )
+        _check_declared_sizes(path, images, checked, owner, options.rejects)
         builder = ManifestBuilder(SOURCE, infer_split(path, options.split), ROOT)
         for i, image in enumerate(images):
             if checked.keep_image[i]:
