@@ -622,11 +622,14 @@ def ingest(
 def _load_formats() -> None:
     """Import every parser module so each registers itself in FORMATS."""
     from facedata.parsers import (  # noqa: F401
+        aflw2000_3d,
         coco_keypoints,
         cuhk_lfw,
+        dlib_xml,
         ibug_pts,
         lapa,
         mtcnn_list,
+        w300lp,
         wflw,
         wider_mat,
         wider_testlist,

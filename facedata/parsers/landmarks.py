@@ -1,5 +1,6 @@
-"""Helpers shared by the landmark corpora (WFLW, LaPa, iBUG `.pts`): boxes derived from points, point lines,
-and the folder corpora where one annotation file describes one face of one image.
+"""Helpers shared by the landmark corpora (WFLW, LaPa, iBUG `.pts`, 300W-LP, AFLW2000-3D): boxes derived from
+points, point lines, per-face `.mat` files with their 3DDFA pose, and the folder corpora where one annotation file
+describes one face of one image.
 
 A face without an annotated box gets the extent of its points (x1 y1 x2 y2 = min x, min y, max x, max y)
 as its box, flagged `box_source` = "derived" in the manifest: training crops are then cut around the
@@ -8,6 +9,7 @@ points, the way PFLD crops WFLW faces.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from facedata.errors import FacedataError, Rejects
+from facedata.errors import FacedataError, InputError, Rejects
 from facedata.manifest import Manifest, ManifestBuilder, make_provenance
 from facedata.parsers.base import (
     IMAGE_EXTENSIONS,
@@ -25,6 +27,7 @@ from facedata.parsers.base import (
     infer_split,
     to_numbers,
 )
+from facedata.parsers.wider_mat import MAT_MAGIC, load_mat, mat_variables
 
 POINT_FIELDS = ("x", "y")
 
@@ -76,6 +79,84 @@ def _reject_second(rejects: Rejects, face: FileFace, earlier: FileFace) -> None:
                        kind="duplicate image")
 
 
+def _poses(faces: Sequence[FileFace]) -> np.ndarray | None:
+    """(N, 3) yaw pitch roll of the faces (NaN where not annotated), or None when no face has a pose."""
+    if all(f.pose is None for f in faces):
+        return None
+    return np.stack([np.full(3, np.nan) if f.pose is None else f.pose for f in faces])
+
+
+# 3DDFA `Pose_Para` (300W-LP, AFLW2000-3D): 1x7 [pitch, yaw, roll, tdx, tdy, tdz, scale], angles in radians, signs as
+# facedata.schema documents (checked on the real samples, landmark-formats spec section 3.4).
+POSE_PARA = "Pose_Para"
+POSE_PARA_SHAPE = (1, 7)
+
+
+def read_mat(path: Path, shapes: dict[str, tuple[int, int]], rejects: Rejects) -> dict[str, np.ndarray] | None:
+    """The named variables of a MATLAB v5 file as float64 arrays, each of its expected shape with finite values;
+    None after rejecting the file (empty, unreadable, a variable missing, of another shape or not numeric)."""
+    try:
+        data = load_mat(path, list(shapes))
+    except InputError as exc:
+        rejects.reject(exc.file, exc.line, exc.field, exc.message, kind="unreadable file")
+        return None
+    out = {}
+    for key, shape in shapes.items():
+        value = np.asarray(data[key])
+        if value.shape != shape or value.dtype.kind not in "iuf":
+            rejects.reject(path, None, key, f"expected a {shape[0]}x{shape[1]} numeric array, got "
+                           f"{'x'.join(map(str, value.shape)) or 'a scalar'} of {value.dtype}", kind="wrong shape")
+            return None
+        value = value.astype(np.float64)
+        if not np.isfinite(value).all():
+            rejects.reject(path, None, key, f"expected finite numbers, got {value[~np.isfinite(value)][0]}",
+                           kind="bad number")
+            return None
+        out[key] = value
+    return out
+
+
+def pose_degrees(path: Path, pose_para: np.ndarray, rejects: Rejects) -> np.ndarray | None:
+    """3DDFA Pose_Para (1x7, radians) -> (yaw, pitch, roll) in degrees; None after rejecting an angle beyond pi
+    (degrees written where radians belong)."""
+    pitch, yaw, roll = pose_para[0, :3]
+    worst = float(np.abs(pose_para[0, :3]).max())
+    if worst > np.pi:
+        rejects.reject(path, None, POSE_PARA, f"angles [pitch yaw roll] must be radians within +-pi, got "
+                       f"{worst:g}", kind="bad pose")
+        return None
+    return np.degrees([yaw, pitch, roll])
+
+
+def read_fit(
+    path: Path, points_key: str, shape: tuple[int, int], rejects: Rejects
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the `points_key` array, (yaw, pitch, roll) in degrees) of a 3DDFA fit `.mat`; None after rejecting it."""
+    data = read_mat(path, {points_key: shape, POSE_PARA: POSE_PARA_SHAPE}, rejects)
+    pose = None if data is None else pose_degrees(path, data[POSE_PARA], rejects)
+    return None if data is None or pose is None else (data[points_key], pose)
+
+
+def mat_files(folder: Path, name: re.Pattern[str]) -> tuple[list[Path], int]:
+    """The `.mat` files below a folder of fits whose stem matches the corpus' naming, sorted, and how many other
+    `.mat` files were passed over (e.g. model files in a release's `Code/` folder); none matching is an error."""
+    every = sorted(folder.rglob("*.mat"))
+    files = [path for path in every if name.fullmatch(path.stem)]
+    if not files:
+        raise FacedataError(f"{folder}: no .mat files named like {name.pattern}")
+    return files, len(every) - len(files)
+
+
+def first_mat_variables(folder: Path, name: re.Pattern[str]) -> set[str]:
+    """Variable names of the first `.mat` below `folder` whose stem matches `name` (empty if none): sniffs a folder
+    of fits by content, not by name alone."""
+    path = next((p for p in folder.rglob("*.mat") if name.fullmatch(p.stem)), None)
+    if path is None:
+        return set()
+    with open(path, "rb") as fh:
+        return mat_variables(path, fh.read(len(MAT_MAGIC)))
+
+
 class FolderFormat:
     """Base of the folder corpora (`sniff_folder` recognises one): never sniffed as a single file."""
 
@@ -111,6 +192,8 @@ class FileFace:
     file: Path
     rel_image: str
     points: np.ndarray  # (K, 2), 0-based
+    pose: np.ndarray | None = None  # (3,) yaw pitch roll in degrees (facedata.schema), None = not annotated
+    tags: dict[str, Any] | None = None  # per-image tags (e.g. 300W-LP `flipped`)
 
 
 def folder_manifest(
@@ -152,7 +235,7 @@ def folder_manifest(
         first[image_id] = face
         if not checked.keep_image[0]:
             continue
-        builder.add_image(image_id, face.rel_image, width=checked.width[0], height=checked.height[0])
+        builder.add_image(image_id, face.rel_image, width=checked.width[0], height=checked.height[0], tags=face.tags)
         image_ids.append(image_id)
         kept.append(face)
     if kept:
@@ -161,6 +244,7 @@ def folder_manifest(
             points_extent(np.stack([f.points for f in kept])),
             scheme=scheme,
             points=np.stack([f.points for f in kept]),
+            head_pose=_poses(kept),
             derived_box=True,
         )
     roots = {root: str(Path(options.images or folder).resolve())}

@@ -36,7 +36,7 @@ def mat_variables(path: Path, head: bytes) -> set[str]:
         return set()
     try:
         return {name for name, _, _ in scipy.io.whosmat(str(path))}
-    except (ValueError, OSError, TypeError):
+    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError):
         return set()
 
 
@@ -46,7 +46,7 @@ def load_mat(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
         raise InputError(path, None, "file", "empty file; expected a MATLAB v5 .mat file")
     try:
         data = scipy.io.loadmat(str(path), variable_names=keys)
-    except (ValueError, OSError, TypeError) as exc:
+    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError) as exc:
         raise InputError(path, None, "file", f"not a readable MATLAB v5 .mat file ({exc})") from None
     missing = [k for k in keys if k not in data]
     if missing:
