@@ -220,3 +220,21 @@ def test_provenance_names_inputs_with_sha256(fused: Manifest, inputs: dict[str, 
     assert [f["sha256"] for f in files] == [sha256_file(inputs["wflw"]), sha256_file(inputs["ibug"])]
     assert fused.provenance["command"].startswith("facedata fuse") or "fuse" in fused.provenance["command"]
     assert fused.provenance["roots"]["ibug"].endswith("300vw/mmpose/001")
+
+
+def test_stats_on_a_fused_manifest(inputs: dict[str, Path]) -> None:
+    import json
+
+    result = run("stats", inputs["dir"] / "fused.parquet", "--json")
+    assert result.exit_code == 0, result.output
+    landmarks = json.loads(result.output)["landmarks"]
+    wflw = landmarks["schemes"]["wflw98"]
+    assert wflw["by_source"] == {"ibug_300vw": 2, "wflw": 314} and wflw["box_derived"] == 316
+    # eyes: 314 WFLW faces with 18/18 points, 2 iBUG faces with 12/18
+    assert wflw["group_coverage"]["eyes"] == round((314 * 18 + 2 * 12) / (316 * 18), 4)
+    assert wflw["group_coverage"]["nose"] == 1.0
+    assert landmarks["pose_source"] == {"estimated": 316}
+    assert sum(landmarks["pose"]["yaw"].values()) == 316
+    assert landmarks["ear_min"]["unknown"] == 2  # the iBUG faces lack WFLW's eyelid mid-points
+    text = run("stats", inputs["dir"] / "fused.parquet").output
+    assert "points present per group: contour" in text and "ear_min: <0.05" in text
