@@ -26,6 +26,7 @@ from facedata.schema import (
     FACE_COLUMNS,
     IMAGE_COLUMNS,
     MANIFEST_SCHEMA,
+    POSE_ANNOTATED,
     SCHEMA_UPGRADES,
     SCHEMA_VERSION,
     UNKNOWN_ATTRIBUTE,
@@ -277,6 +278,7 @@ class ManifestBuilder:
             ]
         )
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
+        columns["pose_source"] = np.where(np.isfinite(pose).any(axis=1), POSE_ANNOTATED, None)
         columns["degenerate"] = degenerate(np.stack([columns[k] for k in ("x1", "y1", "x2", "y2")], axis=1))
         columns["ignore"] = np.zeros(total, bool)
         faces = with_defaults(pd.DataFrame(columns))

@@ -99,6 +99,28 @@ def test_mirror_keeps_the_image_left_eye_on_the_left(fused: Manifest, image: str
     assert sorted(np.flatnonzero(flipped_visible == 0)) == sorted(np.flatnonzero(visible == 0))
 
 
+def test_mirrored_face_has_mirrored_estimated_pose(fused: Manifest, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Flip x and apply wflw98's permutation: the estimated pose must come out with yaw and roll negated and
+    pitch kept (the schema's flip rule), which a left/right mix-up in the 3D face or the maps would break."""
+    faces = fused.faces.iloc[:20]
+    mirrored = []
+    for pts, vis in zip(faces["points"], faces["visible"], strict=True):
+        xy = np.asarray(pts, np.float64).reshape(98, 2)
+        mirrored.append((np.column_stack([999.0 - xy[:, 0], xy[:, 1]])[WFLW_FLIP], np.asarray(vis)[WFLW_FLIP]))
+    builder = ManifestBuilder("mirror", "test", "m")
+    builder.add_image("m", "m.jpg")
+    builder.add_faces("m", np.tile([0, 0, 10, 10], (20, 1)), scheme="wflw98",
+                      points=np.stack([m[0] for m in mirrored]), visible=np.stack([m[1] for m in mirrored]))
+    builder.build({"roots": {"m": ""}}).write(tmp_path / "m.parquet")
+    assert run("fuse", tmp_path / "m.parquet", "--to", "wflw98", "-o", tmp_path / "o.parquet").exit_code == 0
+    flipped = Manifest.read(tmp_path / "o.parquet").faces
+    original = faces[["pitch", "yaw", "roll"]].to_numpy(np.float64)
+    expected = original * np.array([1, -1, -1])
+    np.testing.assert_allclose(flipped[["pitch", "yaw", "roll"]].to_numpy(np.float64), expected, atol=0.05)
+    assert np.abs(original[:, 1]).max() > 10  # the check is not only about frontal faces
+    np.testing.assert_allclose(flipped["ear_left"], faces["ear_right"], rtol=1e-5)
+
+
 def hand_made(scheme: str, n: int, eye: dict[int, tuple[float, float]], head_pose=None) -> Manifest:
     """One face of `scheme` with the given points set (others at (0, 0))."""
     points = np.zeros((1, n, 2))
@@ -157,9 +179,10 @@ def test_estimated_pose_agrees_with_aflw2000_annotation(realdata: Path, tmp_path
     faces = Manifest.read(tmp_path / "o.parquet").faces
     assert (faces["pose_source"] == "estimated").all()
     error = np.abs(faces[["pitch", "yaw", "roll"]].to_numpy(np.float64) - np.array(annotated))
-    # measured: median 4.0 / 1.8 / 0.9 deg, max 16.4 / 8.9 / 20.0 (pitch / yaw / roll) on the 16 samples
-    assert (np.median(error, axis=0) < 6).all(), np.median(error, axis=0)
-    assert (error < 25).all(), error.max(axis=0)
+    # measured: median 4.0 / 1.8 / 0.9 deg, max 16.4 / 8.9 / 20.0 (pitch / yaw / roll) on the 16 samples;
+    # PFLD's NOSE_LEFT copy bug gives yaw median 5.1, max 15.1
+    assert (np.median(error, axis=0) < [6, 3, 2]).all(), np.median(error, axis=0)
+    assert (error.max(axis=0) < [20, 12, 25]).all(), error.max(axis=0)
     # the sign convention: the profile image02420 (yaw +70.9, facing image-left) comes out positive
     assert faces.loc[faces["image_id"] == "image02420", "yaw"].iloc[0] > 50
 
@@ -238,3 +261,23 @@ def test_stats_on_a_fused_manifest(inputs: dict[str, Path]) -> None:
     assert landmarks["ear_min"]["unknown"] == 2  # the iBUG faces lack WFLW's eyelid mid-points
     text = run("stats", inputs["dir"] / "fused.parquet").output
     assert "points present per group: contour" in text and "ear_min: <0.05" in text
+
+
+def test_schema_3_manifest_reads_with_fusion_defaults(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A manifest written before schema 4 has none of the fusion columns: it reads with weight 1, NaN EAR and
+    no pose source, and fuses."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(inputs["ibug"])
+    meta = json.loads(table.schema.metadata[b"facedata"])
+    assert meta["schema_version"] == 4
+    meta["schema_version"] = 3
+    old = table.drop_columns(["pose_source", "ear_left", "ear_right", "ear_min", "mouth_open", "weight"])
+    pq.write_table(old.replace_schema_metadata({b"facedata": json.dumps(meta).encode()}), tmp_path / "v3.parquet")
+    faces = Manifest.read(tmp_path / "v3.parquet").faces
+    assert (faces["weight"] == 1).all() and faces["ear_min"].isna().all() and faces["pose_source"].isna().all()
+    assert run("fuse", tmp_path / "v3.parquet", "--to", "ibug68", "-o", tmp_path / "o.parquet").exit_code == 0
+    fused = Manifest.read(tmp_path / "o.parquet").faces
+    assert fused["ear_min"].notna().all() and (fused["pose_source"] == "estimated").all()
