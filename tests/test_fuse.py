@@ -153,6 +153,19 @@ def test_ear_on_hand_made_faces(tmp_path: Path) -> None:
             assert np.isnan(face["ear_left"]) and np.isnan(face["ear_min"])
 
 
+def test_faces_without_landmarks_are_kept_and_counted(inputs: dict[str, Path], tmp_path: Path) -> None:
+    builder = ManifestBuilder("hand", "test", "hand")
+    builder.add_image("a", "a.jpg")
+    builder.add_faces("a", np.array([[0, 0, 100, 100]]), scheme="ibug68", points=read_pts(inputs["pts"])[None])
+    builder.add_faces("a", np.array([[200, 0, 300, 100]]))  # e.g. an ignore box of a dlib XML file
+    builder.build({"roots": {"hand": ""}}).write(tmp_path / "h.parquet")
+    result = run("fuse", tmp_path / "h.parquet", "--to", "wflw98", "-o", tmp_path / "o.parquet")
+    assert result.exit_code == 0 and "h.parquet: 1 faces without landmarks kept as they are" in result.output
+    faces = Manifest.read(tmp_path / "o.parquet").faces
+    assert faces["scheme"].tolist()[0] == "wflw98" and faces["scheme"].isna().tolist() == [False, True]
+    assert faces["pose_source"].tolist()[0] == "estimated" and faces["pose_source"].isna().tolist()[1]
+
+
 def test_annotated_pose_is_kept_and_flagged(tmp_path: Path, inputs: dict[str, Path]) -> None:
     points = read_pts(inputs["pts"])
     manifest = hand_made("ibug68", 68, dict(enumerate(map(tuple, points))), head_pose=np.array([[10.0, -5.0, 2.0]]))

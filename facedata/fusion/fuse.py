@@ -262,7 +262,8 @@ def _weigh(manifest: Manifest, rules: Sequence[WeightRule], repeat: bool, report
                              "by_source": {str(k): int(v) for k, v in by_source.items()}})
     if not repeat:
         return Manifest(manifest.images, faces.assign(weight=weight.astype(np.float32)), manifest.provenance)
-    copies = np.rint(weight).astype(np.int64)
+    copies = np.maximum(np.rint(weight), 1).astype(np.int64)  # a repeat never drops a face
     repeated = faces.loc[np.repeat(faces.index.to_numpy(), copies)].reset_index(drop=True)
     repeated["face_id"] = np.arange(len(repeated), dtype=np.int64)
+    repeated["weight"] = np.float32(1.0)  # the copies are the weight
     return Manifest(manifest.images, repeated, manifest.provenance)
