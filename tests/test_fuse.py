@@ -54,7 +54,8 @@ def inputs(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 def fused(inputs: dict[str, Path]) -> Manifest:
     result = run("fuse", inputs["wflw"], inputs["ibug"], "--to", "wflw98", "-o", inputs["dir"] / "fused.parquet")
     assert result.exit_code == 0, result.output
-    assert "68/98 points per face: contour 17/33, brows 10/18, nose 9/9, eyes 12/18, mouth 20/20" in result.output
+    groups = "contour 17/33, brows 10/18, nose 9/9, eyes 12/18, mouth 20/20"
+    assert f"68/98 points per face (30 masked): {groups}" in result.output
     return Manifest.read(inputs["dir"] / "fused.parquet")
 
 
@@ -295,3 +296,22 @@ def test_schema_3_manifest_reads_with_fusion_defaults(inputs: dict[str, Path], t
     assert run("fuse", tmp_path / "v3.parquet", "--to", "ibug68", "-o", tmp_path / "o.parquet").exit_code == 0
     fused = Manifest.read(tmp_path / "o.parquet").faces
     assert fused["ear_min"].notna().all() and (fused["pose_source"] == "estimated").all()
+
+
+def test_overlapping_inputs_keep_each_face_once(realdata: Path, tmp_path: Path) -> None:
+    """WFLW's attribute subsets overlap (the blur and occlusion lists share faces): fused, a shared face is kept
+    once and an image whose faces were all repeats does not stay behind as a face-less image."""
+    lists = realdata / "wflw" / "WFLW_annotations" / "list_98pt_test"
+    lines = {name: (lists / f"list_98pt_test_{name}.txt").read_text().splitlines() for name in ("blur", "occlusion")}
+    shared = set(lines["blur"]) & set(lines["occlusion"])
+    assert shared
+    for name in lines:
+        source = lists / f"list_98pt_test_{name}.txt"
+        assert run("ingest", source, "-o", tmp_path / f"{name}.parquet", "-q").exit_code == 0
+    result = run("fuse", tmp_path / "blur.parquet", tmp_path / "occlusion.parquet", "--to", "wflw98",
+                 "-o", tmp_path / "o.parquet")
+    assert result.exit_code == 0, result.output
+    assert f"{len(shared)} faces repeat a face of an earlier input" in result.output
+    fused = Manifest.read(tmp_path / "o.parquet")
+    assert len(fused.faces) == len(set(lines["blur"]) | set(lines["occlusion"]))
+    assert fused.images["image_id"].isin(fused.faces["image_id"]).all()

@@ -83,10 +83,11 @@ class SourceReport:
     group_sizes: dict[str, int]
 
     def line(self) -> str:
-        total = sum(self.present.values())
+        total, size = sum(self.present.values()), sum(self.group_sizes.values())
         groups = ", ".join(f"{g} {self.present[g]:.3g}/{n}" for g, n in self.group_sizes.items())
-        return (f"input {self.input} {self.source} ({self.scheme}, {self.route}): {self.faces} faces, "
-                f"{total:.3g}/{sum(self.group_sizes.values())} points per face: {groups}")
+        route = self.route if "->" in self.route else "no map"
+        return (f"input {self.input} {self.source} ({self.scheme}, {route}): {self.faces} faces, "
+                f"{total:.3g}/{size} points per face ({size - total:.3g} masked): {groups}")
 
 
 @dataclass
@@ -96,12 +97,16 @@ class FuseReport:
     without_landmarks: dict[str, int] = field(default_factory=dict)  # input path -> faces kept without points
     pose: dict[str, int] = field(default_factory=dict)
     rules: list[dict[str, Any]] = field(default_factory=list)
+    repeats: dict[str, Any] = field(default_factory=dict)  # faces dropped as repeats of an earlier input's face
     faces_out: int = 0
 
     def lines(self) -> list[str]:
         out = [f"target {self.target}: {self.faces_out} faces written"]
         out += [s.line() for s in self.sources]
         out += [f"{path}: {n} faces without landmarks kept as they are" for path, n in self.without_landmarks.items()]
+        if self.repeats:
+            out.append(f"{self.repeats['faces']} faces repeat a face of an earlier input (same image file, same "
+                       f"points; e.g. overlapping WFLW subsets), kept once: first {self.repeats['first']}")
         out.append("pose: " + ", ".join(f"{n} {kind}" for kind, n in self.pose.items()))
         for rule in self.rules:
             per = ", ".join(f"{k} {v}" for k, v in rule["by_source"].items()) or "none"
@@ -110,7 +115,8 @@ class FuseReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "faces": self.faces_out, "pose": self.pose, "rules": self.rules,
-                "sources": [vars(s) for s in self.sources], "without_landmarks": self.without_landmarks}
+                "sources": [vars(s) for s in self.sources], "without_landmarks": self.without_landmarks,
+                "repeats": self.repeats}
 
 
 def fuse_files(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], target: str,
@@ -143,9 +149,10 @@ def fuse(manifests: Sequence[tuple[str, Manifest]], target: str, rules: Sequence
         imgs, mapped = _namespaced(number, len(manifests) > 1, manifest, mapped, roots)
         images.append(imgs)
         faces.append(mapped)
-    all_faces = pd.concat(faces, ignore_index=True)
+    all_images, all_faces = _drop_repeats(pd.concat(images, ignore_index=True), pd.concat(faces, ignore_index=True),
+                                          roots, report)
     all_faces["face_id"] = np.arange(len(all_faces), dtype=np.int64)
-    fused = Manifest(pd.concat(images, ignore_index=True), with_defaults(all_faces), {})
+    fused = Manifest(all_images, with_defaults(all_faces), {})
     _derive(fused.faces, target, report)
     fused = _weigh(fused, rules, repeat, report)
     report.faces_out = len(fused.faces)
@@ -221,6 +228,26 @@ def _namespaced(number: int, prefix: bool, manifest: Manifest, faces: pd.DataFra
         images["image_id"] = f"{number}:" + images["image_id"]
         faces = faces.assign(image_id=f"{number}:" + faces["image_id"])
     return images, faces
+
+
+def _drop_repeats(images: pd.DataFrame, faces: pd.DataFrame, roots: dict[str, str],
+                  report: FuseReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the first of faces with the same image file and the same points (inputs that overlap, like WFLW's
+    attribute subsets); an image left without faces by this goes too (it is not a negative: its faces are
+    already in the earlier input's copy of it)."""
+    files = images["root"].map(roots).fillna("") + "/" + images["rel_path"]
+    file_of = dict(zip(images["image_id"], files, strict=True))
+    has = faces["scheme"].notna().to_numpy(bool)
+    keys = pd.Series([(file_of[i], np.asarray(p).tobytes()) if h else (None, k)
+                      for k, (i, p, h) in enumerate(zip(faces["image_id"], faces["points"], has, strict=True))])
+    repeat = keys.duplicated().to_numpy(bool)
+    if not repeat.any():
+        return images, faces
+    first = faces.loc[repeat, "image_id"].iloc[0]
+    report.repeats = {"faces": int(repeat.sum()), "first": f"{first} ({file_of[first]})"}
+    emptied = set(faces.loc[repeat, "image_id"]) - set(faces.loc[~repeat, "image_id"])
+    return (images.loc[~images["image_id"].isin(emptied)].reset_index(drop=True),
+            faces.loc[~repeat].reset_index(drop=True))
 
 
 def _derive(faces: pd.DataFrame, target: str, report: FuseReport) -> None:
