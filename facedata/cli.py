@@ -187,6 +187,28 @@ def stats(source: Path, as_json: bool, markdown: bool, inputs: str, min_face: fl
 
 
 @main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--to", "target", required=True, metavar="SCHEME",
+              help="Target landmark scheme (wflw98, ibug68, lapa106, mtcnn5, ...).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Fused manifest to write (.parquet; never one of the inputs).")
+@click.option("--weight", "weights", multiple=True, metavar="QUERY=K",
+              help="Multiply the weight of faces matching QUERY (the --where language) by K, e.g. "
+                   "\"ear_min < 0.1=3\" or \"yaw > 30 or yaw < -30=2\" (repeatable; rules multiply).")
+@click.option("--repeat", is_flag=True, help="Write matching faces K times instead of setting their weight.")
+@_quiet_option
+def fuse(inputs: tuple[Path, ...], target: str, output: Path, weights: tuple[str, ...], repeat: bool,
+         quiet: bool) -> None:
+    """Map landmark manifests to one scheme with masks, derived columns (EAR, mouth, pose) and weights."""
+    from facedata.fusion.fuse import fuse_files
+
+    report = fuse_files(inputs, output, target, weights, repeat)
+    for line in report.lines():
+        _note(quiet, line)
+    _note(quiet, f"wrote {output}")
+
+
+@main.command()
 @click.option("-o", "--output", default="demo_out", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic corpus.")

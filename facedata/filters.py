@@ -31,6 +31,8 @@ IGNORE, DROP = "ignore", "drop"
 REMOVED_MODES = (IGNORE, DROP)
 # Derived columns a --where query may use besides the manifest's face and image columns.
 DERIVED_COLUMNS = {"box_w": "face width x2 - x1 (px)", "box_h": "face height y2 - y1 (px)"}
+# Everything a face-level query may name: image columns, face columns, derived columns.
+QUERY_COLUMNS = [*IMAGE_COLUMNS, *(c for c in FACE_COLUMNS if c != "image_id"), *DERIVED_COLUMNS]
 _LIST_COLUMNS = frozenset(f.name for f in FACE_FIELDS if pa.types.is_list(f.type))
 
 
@@ -96,12 +98,11 @@ class Where:
         return f"where {self.query}"
 
     def apply(self, manifest: Manifest) -> Manifest:
-        face_columns = [*IMAGE_COLUMNS, *(c for c in FACE_COLUMNS if c != "image_id"), *DERIVED_COLUMNS]
         try:
-            query = parse_query(self.query, face_columns)
+            query = parse_query(self.query, QUERY_COLUMNS)
             if query.names <= set(IMAGE_COLUMNS):
-                return _with_images(manifest, _evaluate(query, manifest.images))
-            keep = _evaluate(query, face_table(manifest))
+                return _with_images(manifest, evaluate_rows(query, manifest.images))
+            keep = evaluate_rows(query, face_table(manifest))
         except QueryError as exc:
             raise FacedataError(f"--where {self.query!r}: {exc}") from None
         return remove_faces(manifest, ~keep, self.removed)
@@ -244,7 +245,7 @@ def _active(faces: pd.DataFrame) -> pd.DataFrame:
     return faces.loc[~faces["ignore"].to_numpy(bool)]
 
 
-def _evaluate(query: Query, frame: pd.DataFrame) -> np.ndarray:
+def evaluate_rows(query: Query, frame: pd.DataFrame) -> np.ndarray:
     """The query's mask on `frame`. WIDER attributes' -1 counts as unknown, like a null; a column
     unknown for every row is an error."""
 

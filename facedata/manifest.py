@@ -19,12 +19,14 @@ from facedata.errors import FacedataError
 from facedata.faces import degenerate
 from facedata.paths import atomic_write, sha256_file
 from facedata.schema import (
+    ADDED_IN_4,
     BOX_ANNOTATED,
     BOX_DERIVED,
     FACE_ATTRIBUTES,
     FACE_COLUMNS,
     IMAGE_COLUMNS,
     MANIFEST_SCHEMA,
+    POSE_ANNOTATED,
     SCHEMA_UPGRADES,
     SCHEMA_VERSION,
     UNKNOWN_ATTRIBUTE,
@@ -35,7 +37,8 @@ _META_KEY = b"facedata"
 _PANDAS_DTYPES: dict[str, Any] = {
     **{
         name: "str"
-        for name in ("image_id", "root", "rel_path", "split", "source", "event", "tags", "scheme", "box_source")
+        for name in ("image_id", "root", "rel_path", "split", "source", "event", "tags", "scheme", "box_source",
+                     "pose_source")
     },
     "width": "Int32",
     "height": "Int32",
@@ -52,6 +55,7 @@ _PANDAS_DTYPES: dict[str, Any] = {
     "degenerate": "bool",
     "ignore": "bool",
     "source_line": "Int32",
+    **{name: "float32" for name in ("ear_left", "ear_right", "ear_min", "mouth_open", "weight")},
 }
 
 
@@ -121,7 +125,7 @@ class Manifest:
 
 def to_table(manifest: Manifest) -> pa.Table:
     images = manifest.images[IMAGE_COLUMNS]
-    faces = manifest.faces[FACE_COLUMNS]
+    faces = with_defaults(manifest.faces)[FACE_COLUMNS]
     unknown = set(faces["image_id"]) - set(images["image_id"])
     if unknown:
         raise FacedataError(f"{len(unknown)} face(s) refer to images not in the manifest")
@@ -141,6 +145,13 @@ def from_table(table: pa.Table, provenance: dict[str, Any]) -> Manifest:
     images = frame[IMAGE_COLUMNS].drop_duplicates("image_id", ignore_index=True)
     faces = frame.loc[frame["face_id"].notna(), FACE_COLUMNS].reset_index(drop=True)
     return Manifest(_typed(images), _typed(faces), provenance)
+
+
+def with_defaults(faces: pd.DataFrame) -> pd.DataFrame:
+    """Faces with the schema-4 columns a producer left out (pose_source, EAR, weight...) at their defaults."""
+    missing = {name: default for name, default in ADDED_IN_4.items() if name not in faces.columns}
+    return _typed(faces.assign(**{k: pd.Series([v] * len(faces), index=faces.index, dtype=object)
+                                  for k, v in missing.items()})) if missing else faces
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -267,10 +278,11 @@ class ManifestBuilder:
             ]
         )
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
+        columns["pose_source"] = np.where(np.isfinite(pose).any(axis=1), POSE_ANNOTATED, None)
         columns["degenerate"] = degenerate(np.stack([columns[k] for k in ("x1", "y1", "x2", "y2")], axis=1))
         columns["ignore"] = np.zeros(total, bool)
-        faces = _typed(pd.DataFrame(columns)[FACE_COLUMNS])
-        return Manifest(images, faces, provenance)
+        faces = with_defaults(pd.DataFrame(columns))
+        return Manifest(images, faces[FACE_COLUMNS], provenance)
 
 
 def _concat_optional(blocks: list[dict[str, Any]], key: str, fill: Any) -> list[Any]:

@@ -18,6 +18,13 @@ Head pose: `pitch`, `yaw`, `roll` in **degrees**, one sign convention for every 
 positive yaw = the face turned towards image-left, positive pitch = head tilted up, positive roll = the
 image-right eye lower (clockwise in the displayed image, y down). Sources in radians are converted; a
 horizontal flip negates yaw and roll and keeps pitch. NaN = not annotated.
+
+Fused landmark manifests (`facedata fuse`, schema 4): a point without a true source in the face's scheme has
+NaN coordinates and visibility 0, so mask == (visible > 0) == finite coordinates and no separate mask column
+is stored (facedata.fusion.convert). `pose_source` says where pitch/yaw/roll come from ("annotated", or
+"estimated" with solvePnP against facedata.fusion.derived's generic 3D face; null = no pose). `ear_left`,
+`ear_right`, `ear_min` (eye aspect ratio, image-left / image-right eye) and `mouth_open` are derived from the
+points (NaN where a point they need is masked); `weight` is the sampling weight of `fuse --weight` (1 = none).
 """
 
 from __future__ import annotations
@@ -25,12 +32,21 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Version history: 1 (issue 2); 2 adds the face flag `ignore`; 3 adds the WFLW attribute `make_up` and
-# `box_source`. A reader accepts every version listed in SCHEMA_UPGRADES and fills the columns added since
+# `box_source`; 4 adds the fusion columns `pose_source`, `ear_left`, `ear_right`, `ear_min`, `mouth_open`, `weight`.
+# A reader accepts every version listed in SCHEMA_UPGRADES and fills the columns added since
 # with their defaults; writers write SCHEMA_VERSION.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BOX_ANNOTATED, BOX_DERIVED = "annotated", "derived"
+POSE_ANNOTATED, POSE_ESTIMATED = "annotated", "estimated"
 _ADDED_IN_3: dict[str, object] = {"make_up": -1, "box_source": BOX_ANNOTATED}
-SCHEMA_UPGRADES: dict[int, dict[str, object]] = {1: {"ignore": False, **_ADDED_IN_3}, 2: _ADDED_IN_3, 3: {}}
+# Columns added in 4 with the value a face without them has (also filled in when a writer leaves them out).
+ADDED_IN_4: dict[str, object] = {
+    "pose_source": None, "ear_left": float("nan"), "ear_right": float("nan"), "ear_min": float("nan"),
+    "mouth_open": float("nan"), "weight": 1.0,
+}
+SCHEMA_UPGRADES: dict[int, dict[str, object]] = {
+    1: {"ignore": False, **_ADDED_IN_3, **ADDED_IN_4}, 2: {**_ADDED_IN_3, **ADDED_IN_4}, 3: ADDED_IN_4, 4: {},
+}
 
 # Official WIDER Face column order after x y w h (wider_face_split readme; the val data confirms it:
 # only blur and occlusion take the value 2 and `invalid` has 585 ones).
@@ -83,6 +99,12 @@ FACE_FIELDS: list[pa.Field] = [
     pa.field("box_source", pa.string()),  # "annotated", or "derived" from the extent of the points
     pa.field("ignore", pa.bool_()),  # removed by `filter` but kept as an ignore region (see facedata.filters)
     pa.field("source_line", pa.int32()),  # 1-based line in the source file, when it has lines
+    pa.field("pose_source", pa.string()),  # "annotated" / "estimated" / null (no pose)
+    pa.field("ear_left", pa.float32()),  # eye aspect ratio of the image-left eye (facedata.fusion.derived)
+    pa.field("ear_right", pa.float32()),
+    pa.field("ear_min", pa.float32()),  # the smaller of the two (NaN if either is unknown)
+    pa.field("mouth_open", pa.float32()),  # inner-lip gap over mouth width
+    pa.field("weight", pa.float32()),  # sampling weight (fuse --weight); 1 = none
 ]
 
 # On disk a manifest is one Parquet table, one row per face plus one row (null face_id) per image

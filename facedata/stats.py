@@ -27,7 +27,7 @@ from facedata.errors import FacedataError
 from facedata.faces import degenerate as is_degenerate
 from facedata.faces import face_boxes, flagged
 from facedata.manifest import Manifest
-from facedata.schema import ATTRIBUTE_CODES, FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE
+from facedata.schema import ATTRIBUTE_CODES, BOX_DERIVED, FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE
 
 DEFAULT_INPUTS: tuple[tuple[int, int], ...] = ((320, 240), (480, 360), (640, 480))
 DEFAULT_MIN_FACE = 10.0
@@ -43,6 +43,8 @@ _PER_IMAGE_BUCKETS: tuple[tuple[str, int, float], ...] = (
 )
 # Face size edges (px) for max(w, h): [0, 4), [4, 8), ... [512, 1024), [1024, inf).
 _SIZE_EDGES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_POSE_EDGES: tuple[float, ...] = (-60, -30, -15, 15, 30, 60)  # degrees
+_EAR_EDGES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)  # PFPLD keeps closed eyes at EAR <= 0.1
 _NUMBER = re.compile(r"-?\d+(\.\d+)?%?")
 
 
@@ -99,7 +101,7 @@ def compute_stats(
             "invalid_or_degenerate": int(flagged(boxes, faces["invalid"].to_numpy(bool)).sum()),
         },
         "attributes": _attributes(faces),
-        "landmarks": _landmarks(faces),
+        "landmarks": _landmarks(faces, images),
         "survival": _survival(manifest, w, h, inputs, min_face, resize),
     }
 
@@ -154,22 +156,54 @@ def _attributes(faces: pd.DataFrame) -> dict[str, dict[str, int]]:
     return out
 
 
-def _landmarks(faces: pd.DataFrame) -> dict[str, Any]:
+def _landmarks(faces: pd.DataFrame, images: pd.DataFrame) -> dict[str, Any]:
+    """Per scheme: faces, points with coordinates, and (landmark corpora) faces per source, the share of each
+    point group's points present (mask coverage), pose and EAR histograms, faces whose box is derived."""
     has = faces["scheme"].notna()
-    schemes: dict[str, dict[str, int]] = {}
+    sources = images.set_index("image_id")["source"].reindex(faces["image_id"]).to_numpy(object)
+    schemes: dict[str, dict[str, Any]] = {}
     for scheme, group in faces.loc[has].groupby("scheme", sort=True):
         n_points = group["points"].map(len).to_numpy() // 2
-        visible = group["visible"].map(lambda v: int((np.asarray(v) > 0).sum()))
+        present = [np.asarray(v) > 0 for v in group["visible"]]
         schemes[str(scheme)] = {
             "faces": int(len(group)),
             "points_per_face": int(n_points.max()) if len(n_points) else 0,
-            "points_with_coordinates": int(visible.sum()),
+            "points_with_coordinates": int(sum(int(p.sum()) for p in present)),
+            "by_source": {str(k): int(v) for k, v in pd.Series(sources[group.index]).value_counts(sort=False).items()},
+            "group_coverage": _group_coverage(str(scheme), present),
+            "box_derived": int((group["box_source"] == BOX_DERIVED).sum()),
         }
     return {
         "faces_with_landmarks": int(has.sum()),
         "faces_without_landmarks": int((~has).sum()),
         "schemes": schemes,
+        "pose_source": {str(k): int(v) for k, v in faces.loc[has, "pose_source"].value_counts().items()},
+        "pose": {a: _histogram(faces.loc[has, a], _POSE_EDGES) for a in ("yaw", "pitch", "roll")},
+        "ear_min": _histogram(faces.loc[has, "ear_min"], _EAR_EDGES),
     }
+
+
+def _group_coverage(scheme: str, present: list[np.ndarray]) -> dict[str, float]:
+    """Share of each point group's points present over the faces (empty for an unregistered scheme)."""
+    from facedata.fusion.schemes import SCHEMES
+
+    if scheme not in SCHEMES or not present or len({len(p) for p in present}) != 1:
+        return {}
+    stacked = np.stack(present)
+    return {g: round(float(stacked[:, list(idx)].mean()), 4) for g, idx in SCHEMES.get(scheme).groups.items()}
+
+
+def _histogram(values: pd.Series, edges: tuple[float, ...]) -> dict[str, int]:
+    """Counts per bin [lo, hi), plus `unknown` for NaN; empty when every value is unknown."""
+    data = values.to_numpy(np.float64)
+    known = data[np.isfinite(data)]
+    if not len(known):
+        return {}
+    bounds = np.array([-np.inf, *edges, np.inf])
+    counts, _ = np.histogram(known, bins=bounds)
+    labels = [f"<{edges[0]:g}", *(f"{lo:g}..{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)),
+              f">={edges[-1]:g}"]
+    return {**{label: int(c) for label, c in zip(labels, counts, strict=True)}, "unknown": int(len(data) - len(known))}
 
 
 def _survival(
@@ -293,6 +327,17 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
         ]
         + [["(none)", lm["faces_without_landmarks"], 0, 0]],
     )
+    for scheme, info in lm["schemes"].items():
+        out.append(f"{scheme}: by source " + ", ".join(f"{k} {v}" for k, v in info["by_source"].items())
+                   + f"; boxes derived from the points: {info['box_derived']}")
+        if info["group_coverage"]:
+            out.append("  points present per group: "
+                       + ", ".join(f"{g} {100 * c:.1f}%" for g, c in info["group_coverage"].items()))
+    if lm["pose_source"]:
+        out.append("pose source: " + ", ".join(f"{k} {v}" for k, v in lm["pose_source"].items()))
+    for name, hist in [*lm["pose"].items(), ("ear_min", lm["ear_min"])]:
+        if hist:
+            out.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in hist.items()))
     surv = stats["survival"]
     heading(f"Input-resolution survival (faces under {surv['min_face']:g} px)")
     table(

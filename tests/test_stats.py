@@ -170,7 +170,10 @@ def test_landmark_coverage_and_unknown_attributes() -> None:
     builder.add_faces("p3", np.array([[0, 0, 20, 20]]))
     stats = compute_stats(builder.build({}))
     lm = stats["landmarks"]
-    assert lm["schemes"] == {"mtcnn5": {"faces": 2, "points_per_face": 5, "points_with_coordinates": 9}}
+    assert lm["schemes"] == {"mtcnn5": {
+        "faces": 2, "points_per_face": 5, "points_with_coordinates": 9, "by_source": {"cuhk_lfw_net": 2},
+        # the nose (point 2) is absent on p2; eyes and mouth corners are present on both faces
+        "group_coverage": {"eyes": 1.0, "nose": 0.5, "mouth": 1.0}, "box_derived": 0}}
     assert lm["faces_with_landmarks"] == 2 and lm["faces_without_landmarks"] == 1
     assert stats["attributes"]["blur"]["unknown"] == 3
     assert stats["survival"]["faces_unknown_size"] == 1
