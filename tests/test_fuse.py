@@ -315,3 +315,26 @@ def test_overlapping_inputs_keep_each_face_once(realdata: Path, tmp_path: Path) 
     fused = Manifest.read(tmp_path / "o.parquet")
     assert len(fused.faces) == len(set(lines["blur"]) | set(lines["occlusion"]))
     assert fused.images["image_id"].isin(fused.faces["image_id"]).all()
+
+
+def test_fused_300w_lp_face_keeps_its_points_masks_and_annotated_pose(
+    realdata: Path, inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The issue's pair: a real 300W-LP face (pt2d 2x68 + Pose_Para in radians, read here with scipy) fused
+    with WFLW faces into wflw98: slots per the published table, the rest masked, the annotated pose kept."""
+    folder = realdata / "300w_lp"
+    assert run("ingest", folder, "-o", tmp_path / "lp.parquet", "-q").exit_code == 0
+    result = run("fuse", inputs["wflw"], tmp_path / "lp.parquet", "--to", "wflw98", "-o", tmp_path / "f.parquet")
+    assert result.exit_code == 0, result.output
+    fused = Manifest.read(tmp_path / "f.parquet")
+    points, visible = face_of(fused, "IBUG_image_008_1_0")
+    mat = scipy.io.loadmat(folder / "IBUG" / "IBUG_image_008_1_0.mat")
+    source = np.asarray(mat["pt2d"], np.float64).T  # (68, 2)
+    assert np.isnan(points[SPEC_MASKED_98]).all() and (visible[SPEC_MASKED_98] == 0).all()
+    for k, j in SPEC_68_TO_98.items():
+        np.testing.assert_allclose(points[j], source[k], atol=1e-3)
+    row = fused.faces.loc[fused.faces["image_id"].str.endswith("IBUG_image_008_1_0")].iloc[0]
+    pitch, yaw, roll = np.degrees(np.asarray(mat["Pose_Para"], np.float64).ravel()[:3])
+    assert row["pose_source"] == "annotated"
+    np.testing.assert_allclose([row["pitch"], row["yaw"], row["roll"]], [pitch, yaw, roll], atol=1e-3)
+    assert abs(row["yaw"]) > 30  # a large-pose face, as 300W-LP is for
