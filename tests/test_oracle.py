@@ -232,8 +232,9 @@ def test_cli_lists_samples_a_renderer_bug_spoiled(real: dict, tmp_path: Path, mo
                                                   ) -> None:
     """Rotated crops warped the wrong way round: labels still re-derive (the records are right), shard
     hashes match, only the pixels are wrong, and `verify --pixels` names each spoiled sample."""
-    right = render_module.pixel_crop_matrix
-    monkeypatch.setattr(render_module, "pixel_crop_matrix", lambda crop, angle: right(crop, -angle))
+    right = render_module.pixel_crop_matrices
+    monkeypatch.setattr(render_module, "pixel_crop_matrices",
+                        lambda crops, angles, size=None: right(crops, -np.asarray(angles), size))
     out = tmp_path / "spoiled"
     build_dataset(real["det"], real["lmk"], out, workers=1, progress=False, mix=False)
     monkeypatch.undo()

@@ -123,6 +123,15 @@ def _sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     return out
 
 
+def _rotated(image: np.ndarray, crop: np.ndarray, angle: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """The image rotated `angle` degrees about the crop centre, at the continuous points xs x ys (a grid)."""
+    x1, y1, x2, y2 = crop
+    qx, qy = np.meshgrid(xs, ys)
+    # the rotated image shows at q the source point that the rotation carried there: rotate q back
+    sx, sy = rotate_about(qx, qy, (x1 + x2) / 2, (y1 + y2) / 2, -angle)
+    return _sample_bilinear(image, sx - 0.5, sy - 0.5)
+
+
 def _window(image: np.ndarray, crop: np.ndarray, angle: float) -> np.ndarray:
     """The crop window of the image rotated `angle` degrees about the crop centre, float (h, w, C)."""
     x1, y1, x2, y2 = (int(v) for v in crop)
@@ -133,10 +142,7 @@ def _window(image: np.ndarray, crop: np.ndarray, angle: float) -> np.ndarray:
         if sx2 > sx1 and sy2 > sy1:
             out[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
         return out
-    qx, qy = np.meshgrid(x1 + np.arange(x2 - x1) + 0.5, y1 + np.arange(y2 - y1) + 0.5)
-    # the rotated image shows at q the source point that the rotation carried there: rotate q back
-    sx, sy = rotate_about(qx, qy, (x1 + x2) / 2, (y1 + y2) / 2, -angle)
-    return _sample_bilinear(image, sx - 0.5, sy - 0.5)
+    return _rotated(image, crop, angle, x1 + np.arange(x2 - x1) + 0.5, y1 + np.arange(y2 - y1) + 0.5)
 
 
 def _resize_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
@@ -167,11 +173,17 @@ def _resize_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
 def recut(image: np.ndarray, crop: np.ndarray, angle: float, mirror: bool, size: int, interpolation: str
           ) -> np.ndarray:
     """(size, size, C) uint8: one sample re-cut from a decoded BGR image."""
-    window = _window(image, np.asarray(crop, np.float64), float(angle))
-    h, w = window.shape[:2]
-    mode = "linear" if interpolation == "linear" else "area" if min(h, w) >= size else "area_up"
-    rows = np.tensordot(_resize_weights(h, size, mode), window, axes=(1, 0))  # (size, w, C)
-    resized = np.einsum("lk,ikc->ilc", _resize_weights(w, size, mode), rows)
+    crop = np.asarray(crop, np.float64)
+    if angle != 0 and interpolation == "linear":  # one bilinear read at each output pixel's crop point
+        centres = np.arange(size) + 0.5
+        x1, y1, x2, y2 = crop
+        resized = _rotated(image, crop, angle, x1 + centres * (x2 - x1) / size, y1 + centres * (y2 - y1) / size)
+    else:
+        window = _window(image, crop, float(angle))
+        h, w = window.shape[:2]
+        mode = "linear" if interpolation == "linear" else "area" if min(h, w) >= size else "area_up"
+        rows = np.tensordot(_resize_weights(h, size, mode), window, axes=(1, 0))  # (size, w, C)
+        resized = np.einsum("lk,ikc->ilc", _resize_weights(w, size, mode), rows)
     out = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return out[:, ::-1] if mirror else out
 

@@ -11,6 +11,15 @@ and targets agree exactly):
    scheme's flip permutation;
 4. resize to size x size.
 
+In pixels (render): output pixel (i, j) of a size x size sample is the rotated image at the continuous crop
+point (x1 + (i + 0.5) * w / size, y1 + (j + 0.5) * h / size), w, h the crop's width and height (x mirrored
+after). Unrotated crops and every "area" crop resize the exact step-2 window with cv2.resize; a rotated
+"linear" crop samples those points directly: each is rotated back about the crop centre to a source
+point (sx, sy) and read bilinearly at pixel index (sx - 0.5, sy - 0.5), zero outside the image (one
+cv2.warpAffine to the output size: one interpolation, not a warp of the whole window then a resize). The
+two agree as the angle goes to 0 whenever the crop is at least size x size (cv2.resize's INTER_LINEAR
+reads the same points; it clamps them to the window's edge pixels only when enlarging).
+
 Targets are expressed in the crop before resizing, normalised by the crop width/height, so they do not
 depend on the output size: box offsets (gt - crop) / size, landmark points (p - crop corner) / size.
 """
@@ -38,16 +47,21 @@ def crop_centres(crops: np.ndarray) -> np.ndarray:
     return np.stack([(c[:, 0] + c[:, 2]) / 2, (c[:, 1] + c[:, 3]) / 2], axis=1)
 
 
-def pixel_crop_matrix(crop: np.ndarray, angle: float) -> np.ndarray:
-    """2x3 cv2.warpAffine matrix from image pixel indices to crop pixel indices (steps 1-2 above).
+def pixel_crop_matrices(crops: np.ndarray, angles: np.ndarray, size: int | None = None) -> np.ndarray:
+    """(N, 2, 3) cv2.warpAffine matrices from image pixel indices to sample pixel indices (steps 1-2 above).
 
-    Pixel index i covers the continuous interval [i, i + 1), so a rotation about continuous point c
-    is a rotation about pixel index c - 0.5.
+    Pixel index k covers the continuous interval [k, k + 1), so a rotation about continuous point c is a
+    rotation about pixel index c - 0.5. Without `size` the target is the crop window at its own size
+    (crop pixel k is the continuous point x1 + k + 0.5); with it, the size x size output whose pixel j is
+    the continuous point x1 + (j + 0.5) * w / size, i.e. crop pixel index k maps to (k + 0.5) * size / w - 0.5.
     """
-    crop = np.asarray(crop, np.float64).reshape(4)
-    m = rotation_matrices(crop_centres(crop) - 0.5, np.array([angle]))[0]
-    m[0, 2] -= crop[0]
-    m[1, 2] -= crop[1]
+    c = np.asarray(crops, np.float64).reshape(-1, 4)
+    m = rotation_matrices(crop_centres(c) - 0.5, np.asarray(angles, np.float64))
+    m[:, :, 2] -= c[:, :2]
+    if size is not None:
+        scale = size / (c[:, 2:] - c[:, :2])  # (N, 2): x and y
+        m *= scale[:, :, None]
+        m[:, :, 2] += 0.5 * scale - 0.5
     return m
 
 
