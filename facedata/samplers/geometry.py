@@ -11,14 +11,18 @@ and targets agree exactly):
    scheme's flip permutation;
 4. resize to size x size.
 
-In pixels (render): output pixel (i, j) of a size x size sample is the rotated image at the continuous crop
-point (x1 + (i + 0.5) * w / size, y1 + (j + 0.5) * h / size), w, h the crop's width and height (x mirrored
-after). Unrotated crops and every "area" crop resize the exact step-2 window with cv2.resize; a rotated
-"linear" crop samples those points directly: each is rotated back about the crop centre to a source
-point (sx, sy) and read bilinearly at pixel index (sx - 0.5, sy - 0.5), zero outside the image (one
-cv2.warpAffine to the output size: one interpolation, not a warp of the whole window then a resize). The
-two agree as the angle goes to 0 whenever the crop is at least size x size (cv2.resize's INTER_LINEAR
-reads the same points; it clamps them to the window's edge pixels only when enlarging).
+Pixels (render): a point of the rotated image is read from the source by rotating it back about the crop
+centre to (sx, sy) and interpolating bilinearly at pixel index (sx - 0.5, sy - 0.5), zero outside the image.
+- rotated, "linear" (the default): output pixel (i, j) reads the crop point
+  (x1 + (i + 0.5) * w / size, y1 + (j + 0.5) * h / size), w and h the crop's width and height: one
+  cv2.warpAffine straight to size x size, one interpolation;
+- rotated, "area": the crop window's pixel centres (x1 + k + 0.5, y1 + l + 0.5) are read (a warp at the
+  crop's own size), then cv2.resize with INTER_AREA (a box filter cannot be folded into the warp);
+- unrotated: the zero-padded slice image[y1:y2, x1:x2], then cv2.resize (INTER_LINEAR or INTER_AREA).
+  INTER_LINEAR reads the same crop points as the rotated rule when shrinking (when enlarging it clamps
+  them to the slice's edge pixels), so a rotated linear crop tends to the unrotated one as the angle
+  goes to 0.
+The size x size result is then flipped if `mirror`.
 
 Targets are expressed in the crop before resizing, normalised by the crop width/height, so they do not
 depend on the output size: box offsets (gt - crop) / size, landmark points (p - crop corner) / size.

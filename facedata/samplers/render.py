@@ -23,12 +23,13 @@ def _cut(image: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
 def render(image: np.ndarray, records: np.ndarray, size: int, interpolation: str = "linear") -> np.ndarray:
     """(N, size, size, 3) uint8 crops of `records` (crop, angle, mirror fields) from a BGR HWC image.
 
-    Crop boxes must be whole pixels. Output pixel (i, j) shows the continuous crop point
-    (x1 + (i + 0.5) * w / size, y1 + (j + 0.5) * h / size) of the rotated image (geometry's module doc).
-    Unrotated crops are a slice + cv2.resize. Rotated "linear" crops are one cv2.warpAffine straight to
-    size x size (bilinear at those points, zero border): a warp of ~150 px windows cost 3x the resize of
-    every crop. Rotated "area" crops cannot compose the box filter into the warp: they warp the whole crop
-    window (bilinear at its pixel centres, zero border), then cv2.resize it with INTER_AREA.
+    Crop boxes must be whole pixels (geometry's module doc has the full rule). Unrotated crops are a slice
+    + cv2.resize. Rotated "linear" crops are one cv2.warpAffine straight to size x size: output pixel (i, j)
+    reads the source bilinearly (zero outside) at pixel index p - 0.5, p the crop point
+    (x1 + (i + 0.5) * w / size, y1 + (j + 0.5) * h / size) rotated back about the crop centre. (Warping
+    each ~150 px window before the resize took 3x the time of resizing every crop of a PNet build.)
+    Rotated "area" crops warp the window at its own size (crop pixel k reads the point x1 + k + 0.5 rotated
+    back), then resize it with INTER_AREA. Mirroring flips the result.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
