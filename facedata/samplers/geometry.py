@@ -11,6 +11,19 @@ and targets agree exactly):
    scheme's flip permutation;
 4. resize to size x size.
 
+Pixels (render): a point of the rotated image is read from the source by rotating it back about the crop
+centre to (sx, sy) and interpolating bilinearly at pixel index (sx - 0.5, sy - 0.5), zero outside the image.
+- rotated, "linear" (the default): output pixel (i, j) reads the crop point
+  (x1 + (i + 0.5) * w / size, y1 + (j + 0.5) * h / size), w and h the crop's width and height: one
+  cv2.warpAffine straight to size x size, one interpolation;
+- rotated, "area": the crop window's pixel centres (x1 + k + 0.5, y1 + l + 0.5) are read (a warp at the
+  crop's own size), then cv2.resize with INTER_AREA (a box filter cannot be folded into the warp);
+- unrotated: the zero-padded slice image[y1:y2, x1:x2], then cv2.resize (INTER_LINEAR or INTER_AREA).
+  INTER_LINEAR reads the same crop points as the rotated rule when shrinking (when enlarging it clamps
+  them to the slice's edge pixels), so a rotated linear crop tends to the unrotated one as the angle
+  goes to 0.
+The size x size result is then flipped if `mirror`.
+
 Targets are expressed in the crop before resizing, normalised by the crop width/height, so they do not
 depend on the output size: box offsets (gt - crop) / size, landmark points (p - crop corner) / size.
 """
@@ -38,16 +51,21 @@ def crop_centres(crops: np.ndarray) -> np.ndarray:
     return np.stack([(c[:, 0] + c[:, 2]) / 2, (c[:, 1] + c[:, 3]) / 2], axis=1)
 
 
-def pixel_crop_matrix(crop: np.ndarray, angle: float) -> np.ndarray:
-    """2x3 cv2.warpAffine matrix from image pixel indices to crop pixel indices (steps 1-2 above).
+def pixel_crop_matrices(crops: np.ndarray, angles: np.ndarray, size: int | None = None) -> np.ndarray:
+    """(N, 2, 3) cv2.warpAffine matrices from image pixel indices to sample pixel indices (steps 1-2 above).
 
-    Pixel index i covers the continuous interval [i, i + 1), so a rotation about continuous point c
-    is a rotation about pixel index c - 0.5.
+    Pixel index k covers the continuous interval [k, k + 1), so a rotation about continuous point c is a
+    rotation about pixel index c - 0.5. Without `size` the target is the crop window at its own size
+    (crop pixel k is the continuous point x1 + k + 0.5); with it, the size x size output whose pixel j is
+    the continuous point x1 + (j + 0.5) * w / size, i.e. crop pixel index k maps to (k + 0.5) * size / w - 0.5.
     """
-    crop = np.asarray(crop, np.float64).reshape(4)
-    m = rotation_matrices(crop_centres(crop) - 0.5, np.array([angle]))[0]
-    m[0, 2] -= crop[0]
-    m[1, 2] -= crop[1]
+    c = np.asarray(crops, np.float64).reshape(-1, 4)
+    m = rotation_matrices(crop_centres(c) - 0.5, np.asarray(angles, np.float64))
+    m[:, :, 2] -= c[:, :2]
+    if size is not None:
+        scale = size / (c[:, 2:] - c[:, :2])  # (N, 2): x and y
+        m *= scale[:, :, None]
+        m[:, :, 2] += 0.5 * scale - 0.5
     return m
 
 
