@@ -62,8 +62,9 @@ class TopDownStage(Stage):
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
         t = summary["topdown"]
         return [
-            f"topdown: {t['samples']:,} crops of {t['persons']:,} annotations; skipped: {t['ignored']:,} crowd/ignored, "
-            f"{t['no_points']:,} without a labelled point, {t['degenerate']:,} degenerate boxes",
+            f"topdown: {t['samples']:,} crops of {t['persons']:,} annotations; skipped: "
+            f"{t['ignored']:,} crowd/ignored, {t['no_points']:,} without a labelled point, "
+            f"{t['degenerate']:,} degenerate boxes",
             f"  images without a crop: {t['images_without_samples']:,} "
             f"(of which only crowd/ignored annotations: {t['images_only_ignored']:,})",
         ]
