@@ -19,6 +19,8 @@ from facedata.errors import FacedataError
 from facedata.manifest import Manifest
 from facedata.parsers import ingest
 from facedata.readers.heatmaps import TopDownTargets, decode_heatmaps
+from facedata.samplers.tasks import ImageTask
+from facedata.samplers.topdown import TopDownRecipe, plan_topdown
 from facedata.storage import ShardedDataset
 
 COCO_MINI = "coco_val2017/coco_mini/annotations/person_keypoints_val2017.json"
@@ -240,3 +242,14 @@ def test_a_face_landmark_manifest_builds_and_refuses_half_body(realdata: Path, t
     assert out["target"].shape == (len(data), 68, 64, 48)  # the default heatmap; pass heatmap=(64, 64) for 256x256
     with pytest.raises(FacedataError, match="half-body needs upper-body joints; scheme ibug68 has none"):
         TopDownTargets.for_dataset(tmp_path / "out", half_body=True)
+
+
+def test_a_box_crossing_the_border_is_clipped_first_as_mmpose() -> None:
+    """mmpose clips x2 to width - 1 before _xywh2cs: box (600, 100)-(700, 300) in a 640-wide image has its
+    centre at ((600 + 639) / 2, 200) and a width of 39 (so the height sets the scale)."""
+    task = ImageTask(image_index=0, image_id="a", path="a.jpg", width=640, height=480, origin=0,
+                     boxes=np.array([[600, 100, 700, 300]], np.float32), face_index=np.array([0], np.int32),
+                     usable=np.array([True]), points=np.full((1, 17, 2), 5.0, np.float32))
+    records, counters = plan_topdown(task, TopDownRecipe(scheme="coco17", num_points=17))
+    assert np.allclose(records["center"][0], [619.5, 200.0]) and np.allclose(records["scale"][0], [0.9375, 1.25])
+    assert records["box"][0].tolist() == [600, 100, 700, 300] and counters == [1, 1, 0, 0, 0]

@@ -69,7 +69,7 @@ def topdown_dtype(num_points: int) -> np.dtype:
         ("reserved", "i1"),
         ("image_index", "<i4"),  # row of the image in the keypoint manifest
         ("face_index", "<i4"),  # row of the person (face) in its faces table
-        ("box", "<f4", (4,)),  # annotated box x1 y1 x2 y2, image pixels
+        ("box", "<f4", (4,)),  # annotated box x1 y1 x2 y2, image pixels (as annotated, not clipped)
         ("center", "<f4", (2,)),  # crop centre, image pixels
         ("scale", "<f4", (2,)),  # mmpose scale (w, h) / 200 with padding, without the margin
         ("affine", "<f8", (2, 3)),  # image -> stored crop
@@ -80,8 +80,8 @@ def topdown_dtype(num_points: int) -> np.dtype:
 
 def box_to_center_scale(box: np.ndarray, input_size: tuple[int, int], padding: float = PADDING
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """mmpose `_xywh2cs` without jitter: centre of x1 y1 x2 y2, the box grown to the input's aspect ratio,
-    scale = size / 200 * padding."""
+    """mmpose `_xywh2cs` without jitter (on the sanitised box): centre of x1 y1 x2 y2, the box grown to the
+    input's aspect ratio, scale = size / 200 * padding."""
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
     aspect = input_size[0] / input_size[1]
@@ -91,6 +91,14 @@ def box_to_center_scale(box: np.ndarray, input_size: tuple[int, int], padding: f
         w = h * aspect
     center = np.array([x1 + 0.5 * (x2 - x1), y1 + 0.5 * (y2 - y1)])
     return center, np.array([w, h]) / PIXEL_STD * padding
+
+
+def sanitised_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    """mmpose's box clean-up (`_load_coco_keypoint_annotation_kernel`): x1, y1 >= 0 and x2 <= width - 1,
+    y2 <= height - 1; a box still degenerate after it is left as is (its centre is the annotation's)."""
+    x1, y1 = max(0.0, float(box[0])), max(0.0, float(box[1]))
+    x2, y2 = min(width - 1.0, float(box[2])), min(height - 1.0, float(box[3]))
+    return np.array([x1, y1, x2, y2]) if x2 > x1 and y2 > y1 else np.asarray(box, np.float64)
 
 
 def affine_transform(center: np.ndarray, scale_w: float, rotation: float, output: tuple[int, int]) -> np.ndarray:
@@ -147,7 +155,8 @@ def plan_topdown(task: ImageTask, recipe: TopDownRecipe) -> tuple[np.ndarray, li
     out = np.zeros(int(keep.sum()), topdown_dtype(k))
     stored = recipe.stored
     for row, i in enumerate(np.flatnonzero(keep)):
-        center, scale = box_to_center_scale(boxes[i], recipe.input, recipe.padding)
+        center, scale = box_to_center_scale(sanitised_box(boxes[i], task.width, task.height), recipe.input,
+                                            recipe.padding)
         # the stored crop: same centre and zoom as the input crop, `stored` instead of `input` pixels
         matrix = affine_transform(center, scale[0] * stored[0] / recipe.input[0], 0.0, stored)
         rec = out[row]
