@@ -18,9 +18,11 @@ from facedata.cli import main
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
 from facedata.parsers import ingest
+from facedata.preview import draw_sample, write_preview
 from facedata.readers.heatmaps import TopDownTargets, decode_heatmaps
 from facedata.samplers.tasks import ImageTask
 from facedata.samplers.topdown import TopDownRecipe, plan_topdown
+from facedata.samples import LABEL_LANDMARK
 from facedata.storage import ShardedDataset
 
 COCO_MINI = "coco_val2017/coco_mini/annotations/person_keypoints_val2017.json"
@@ -253,3 +255,15 @@ def test_a_box_crossing_the_border_is_clipped_first_as_mmpose() -> None:
     records, counters = plan_topdown(task, TopDownRecipe(scheme="coco17", num_points=17))
     assert np.allclose(records["center"][0], [619.5, 200.0]) and np.allclose(records["scale"][0], [0.9375, 1.25])
     assert records["box"][0].tolist() == [600, 100, 700, 300] and counters == [1, 1, 0, 0, 0]
+
+
+def test_preview_draws_the_keypoints_on_topdown_crops(dotted: Path) -> None:
+    shown = write_preview(dotted / "out", dotted / "preview.png", cell=160)
+    assert shown == {LABEL_LANDMARK: 1} and (dotted / "preview.png").stat().st_size > 0
+    pixels, records = ShardedDataset(dotted / "out").read(np.array([0]))
+    drawn = draw_sample(pixels[0], records[0], 160)
+    zoom = 160 / 320
+    for j in DOTS:
+        x, y = np.round(records[0]["keypoints"][j] * zoom).astype(int)
+        assert drawn[y, x].tolist() == [0, 0, 255]  # the point colour at every labelled keypoint
+    assert (drawn[:, 121:] == 0).all()  # 240 x 320 fitted into 160 x 160: black bar on the right
