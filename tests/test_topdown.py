@@ -267,3 +267,24 @@ def test_preview_draws_the_keypoints_on_topdown_crops(dotted: Path) -> None:
         x, y = np.round(records[0]["keypoints"][j] * zoom).astype(int)
         assert drawn[y, x].tolist() == [0, 0, 255]  # the point colour at every labelled keypoint
     assert (drawn[:, 121:] == 0).all()  # 240 x 320 fitted into 160 x 160: black bar on the right
+
+
+def test_half_body_centres_the_input_on_the_upper_or_lower_joints(coco: Path) -> None:
+    """mmpose TopDownHalfBodyTransform: with > 8 labelled joints the input is centred on the mean of the
+    upper-body (0-10) or lower-body (11-16) joints; without scale/rotation that mean lands at (96, 128)."""
+    data = ShardedDataset(coco / "w1")
+    pixels, records = data.read(np.arange(len(data)))
+    targets = TopDownTargets.for_dataset(coco / "w1", half_body=True, flip=False, seed=4, half_body_prob=1.0,
+                                         scale_factor=0.0, rotation_prob=0.0)
+    out = targets(pixels, records, 0)
+    many = records["visible"].sum(axis=1) > 8
+    assert many.sum() >= 10
+    groups = (np.arange(17) < 11, np.arange(17) >= 11)
+    centred = []
+    for i in np.flatnonzero(many):
+        labelled = records["visible"][i] > 0
+        means = [out["keypoints"][i][labelled & g].mean(axis=0) for g in groups if (labelled & g).sum() > 2]
+        centred.append(min(np.abs(m - [96, 128]).max() for m in means))
+    assert max(centred) < 1e-3
+    few = np.flatnonzero(~many)[0]  # too few joints: the whole-box crop, the central window of the stored crop
+    assert np.allclose(out["transform"][few], records["affine"][few] - [[0, 0, 24], [0, 0, 32]], atol=1e-4)
