@@ -158,7 +158,7 @@ def build_dataset(
         "command_line": command_line(),
         **(extra_provenance or {}),
     }
-    layout = shard_layout(backend, (spec.size, spec.size, 3), record_dtype, shard_bytes, block_samples)
+    layout = shard_layout(backend, spec.image_shape(config), record_dtype, shard_bytes, block_samples)
     with output_lock(out_dir):  # one build at a time per DIR
         output = prepare_output(out_dir, layout, provenance, overwrite=overwrite, verify=verify)
         if output.existing is not None:

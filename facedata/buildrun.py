@@ -117,7 +117,7 @@ def run_build(
         skipped.append({"image_id": task.image_id, "path": task.path, "reason": reason})
 
     writer = DatasetWriter(
-        out_dir, backend=backend, image_shape=(job.size, job.size, 3), record_dtype=job.record_dtype,
+        out_dir, backend=backend, image_shape=job.image_shape, record_dtype=job.record_dtype,
         provenance=provenance, shard_bytes=shard_bytes, block_samples=block_samples, resume=True,
     )
     with writer:

@@ -28,9 +28,10 @@ def build_summary(
         "detections": _label_dict(table["counts"][is_det].sum(axis=0)),
         "landmarks": _label_dict(table["counts"][~is_det].sum(axis=0)),
     }
+    h, w, _ = job.image_shape
     summary: dict[str, Any] = {
         "stage": job.stage.name,
-        "size": job.size,
+        "size": h if h == w else f"{w}x{h}",
         "images": {"detections": n_det, "landmarks": job.n - n_det, "skipped": len(skipped)},
         "planned": _label_dict(plan["labels"][ok].sum(axis=0)),
         "samples_by_origin": per_origin,

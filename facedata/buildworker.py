@@ -91,6 +91,10 @@ class Job:
         return self.stage.size
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.stage.image_shape(self.config)
+
+    @property
     def n_det(self) -> int:
         return len(self.detection_tasks)
 
@@ -221,8 +225,8 @@ class _Samples:
             self.notes[j] = note
 
     def result(self) -> ChunkResult:
-        size, job = self.job.size, self.job
-        pixels = np.concatenate(self.pixels) if self.pixels else np.zeros((0, size, size, 3), np.uint8)
+        job = self.job
+        pixels = np.concatenate(self.pixels) if self.pixels else np.zeros((0, *job.image_shape), np.uint8)
         records = np.concatenate(self.records) if self.records else np.zeros(0, job.record_dtype)
         return ChunkResult(pixels, records, self.progress, self.notes)
 

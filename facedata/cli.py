@@ -396,26 +396,45 @@ def inspect(directory: Path, as_json: bool) -> None:
 # --- issue 3/4: build pnet|rnet|onet, preview ---------------------------------------------------------
 
 
+_STORE_OPTIONS = [  # output, parallelism and safety options of every build
+    click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="Shard directory: an interrupted build there resumes; a complete one is never modified "
+                 "(same inputs and options: 'already complete'; others: an error unless --overwrite)."),
+    click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
+                 show_default=True),
+    click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
+    click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, integer=True),
+                 help="Every random choice comes from (seed, image id)."),
+    click.option("--shard-size", default="256MB", show_default=True,
+                 help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
+    click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
+                 help="Image root override (repeatable; NAME is the manifest's root name)."),
+    click.option("--strict", is_flag=True,
+                 help="Stop at the first unreadable image instead of skipping it."),
+    click.option("--overwrite", is_flag=True,
+                 help="Replace a complete dataset of other inputs or options in -o; it stays readable until "
+                 "the new one is complete (built beside it, then swapped in)."),
+    click.option("--verify", is_flag=True,
+                 help="When -o already holds this build, re-hash its shards (default: check their sizes)."),
+    _quiet_option,
+]
+
+
+def _store_options(func):
+    """Output, parallelism and safety options shared by every build."""
+    for option in reversed(_STORE_OPTIONS):
+        func = option(func)
+    return func
+
+
 def _build_options(func):
-    """Inputs, output, parallelism, mixing and landmark options shared by the three builds."""
+    """Inputs, mixing and landmark options shared by the three cascade builds (plus `_store_options`)."""
     options = [
         click.option("--detections", required=True,
                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Detection manifest (e.g. WIDER train)."),
         click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="5-point landmark manifest (e.g. CUHK LFW/net_7876)."),
-        click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Shard directory: an interrupted build there resumes; a complete one is never modified "
-                     "(same inputs and options: 'already complete'; others: an error unless --overwrite)."),
-        click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
-                     show_default=True),
-        click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
-        click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, integer=True),
-                     help="Every random choice comes from (seed, image id)."),
-        click.option("--shard-size", default="256MB", show_default=True,
-                     help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
-        click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
-                     help="Image root override (repeatable; NAME is the manifest's root name)."),
         click.option("--ratio", default="3:1:1:2", show_default=True,
                      help="neg:pos:part:landmark mix, or 'all' to keep every planned sample."),
         click.option("--allow-repeat", is_flag=True,
@@ -441,15 +460,8 @@ def _build_options(func):
         click.option("--part-iou", default=0.4, show_default=True, type=Number(0, 1), help="Part: IoU at least this."),
         click.option("--pos-iou", default=0.65, show_default=True, type=Number(0, 1),
                      help="Positive: IoU at least this."),
-        click.option("--strict", is_flag=True,
-                     help="Stop at the first unreadable image instead of skipping it."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace a complete dataset of other inputs or options in -o; it stays readable until "
-                     "the new one is complete (built beside it, then swapped in)."),
-        click.option("--verify", is_flag=True,
-                     help="When -o already holds this build, re-hash its shards (default: check their sizes)."),
-        _quiet_option,
     ]
+    func = _store_options(func)
     for option in reversed(options):
         func = option(func)
     return func
@@ -497,7 +509,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
 
 @main.group()
 def build() -> None:
-    """Build sharded training data for a cascade stage (pnet, rnet, onet)."""
+    """Build sharded training data: a cascade stage (pnet, rnet, onet) or top-down keypoint crops (topdown)."""
 
 
 def _given(**options: tuple[str, object]) -> dict[str, object]:
@@ -606,6 +618,52 @@ def build_rnet(**options) -> None:
 def build_onet(**options) -> None:
     """ONet (48 px): hard examples mined with PNet + RNet + landmark samples, in shards."""
     _mining_build("onet", **options)
+
+
+@build.command(name="topdown")
+@click.option("--keypoints", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Keypoint manifest: COCO person keypoints (coco17) or any face landmark manifest of one scheme.")
+@click.option("--input", "input_size", default="192x256", show_default=True, metavar="WxH",
+              help="Network input (w x h): the crop's aspect ratio and zoom (mmpose: 192x256, 288x384).")
+@click.option("--margin", default=1.25, show_default=True, type=Number(1, 4),
+              help="Stored crop size relative to --input, same centre and zoom: real pixels for read-time "
+                   "rotation and scale augmentation (1 = the input crop only).")
+@click.option("--keep-unlabelled", is_flag=True,
+              help="Also crop persons without a labelled keypoint (all target weights 0).")
+@click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear", show_default=True)
+@_store_options
+def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabelled: bool, interpolation: str,
+                  output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
+                  roots: tuple[str, ...], strict: bool, overwrite: bool, verify: bool, quiet: bool) -> None:
+    """Top-down keypoint crops (HRNet/Lite-HRNet/SimpleBaseline): one crop per person or face, mmpose's
+    centre/scale (padding 1.25, 200 px unit); heatmaps are made at read time (facedata.readers.heatmaps)."""
+    from facedata.build import build_dataset, format_summary, parse_roots, parse_size
+    from facedata.fusion.schemes import SCHEMES
+    from facedata.manifest import Manifest
+    from facedata.paths import sha256_file
+    from facedata.samplers.topdown import TopDownRecipe, manifest_scheme
+
+    manifest = Manifest.read(keypoints)
+    scheme = manifest_scheme(manifest)
+    recipe = TopDownRecipe(input=_parse_wxh(input_size, "--input"), margin=margin, keep_unlabelled=keep_unlabelled,
+                           scheme=scheme, num_points=SCHEMES.get(scheme).num_points, interpolation=interpolation)
+    files = {"keypoints_file": {"name": keypoints.name, "sha256": sha256_file(keypoints)}}
+    summary = build_dataset(
+        manifest, None, output, stage="topdown", backend=backend, crop_recipe=recipe, mix=False, seed=seed,
+        workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
+        progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify,
+    )
+    click.echo(format_summary(summary))
+
+
+def _parse_wxh(text: str, option: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FacedataError(f"{option} {text!r}: expected WIDTHxHEIGHT, e.g. 192x256") from None
+    if w < 1 or h < 1:
+        raise FacedataError(f"{option} {text!r}: both sides must be >= 1 px")
+    return w, h
 
 
 @main.command()

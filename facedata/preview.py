@@ -2,7 +2,8 @@
 
 The point is to *see* that labels fit pixels: for positives and parts the face box implied by the box
 offsets (gt = crop + offset x side, i.e. offset + (0, 0, 1, 1) in crop units) is drawn on the crop, for
-landmark samples the 5 (or K) points. Crops are upscaled with nearest neighbour so 12 px stays legible.
+landmark samples the 5 (or K) points, for top-down crops the keypoints (and the COCO skeleton). Crops are
+upscaled with nearest neighbour so 12 px stays legible.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from facedata.storage import ShardedDataset
 LABEL_ROWS = (LABEL_POSITIVE, LABEL_PART, LABEL_NEGATIVE, LABEL_LANDMARK)
 _BOX_COLOUR = {LABEL_POSITIVE: (0, 220, 0), LABEL_PART: (0, 200, 255)}
 _POINT_COLOUR = (0, 0, 255)
+# COCO person skeleton (categories[0]["skeleton"], 1-based there; spec landmark-formats.md §5.1), 0-based here
+COCO17_SKELETON = [(a - 1, b - 1) for a, b in (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9), (8, 10), (9, 11),
+    (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7))]
+COCO17_POINTS = 17
 _HEADER = 26
 _PAD = 4
 _CHUNK = 1 << 16
@@ -35,8 +41,30 @@ def _labels(dataset: ShardedDataset) -> np.ndarray:
     return out
 
 
+def draw_topdown(pixels: np.ndarray, record: np.void, cell: int) -> np.ndarray:
+    """A top-down crop fitted into cell x cell (aspect kept, black bars) with its labelled keypoints and, for
+    coco17 (17 points), the COCO skeleton between labelled points."""
+    h, w = pixels.shape[:2]
+    zoom = cell / max(h, w)
+    img = np.zeros((cell, cell, 3), np.uint8)
+    small = cv2.resize(pixels, (max(1, round(w * zoom)), max(1, round(h * zoom))), interpolation=cv2.INTER_AREA)
+    img[: small.shape[0], : small.shape[1]] = small
+    points = np.asarray(record["keypoints"], np.float64) * zoom
+    shown = (np.asarray(record["visible"]) > 0) & np.isfinite(points).all(axis=1)
+    if len(points) == COCO17_POINTS:
+        for a, b in COCO17_SKELETON:
+            if shown[a] and shown[b]:
+                pa, pb = (tuple(int(round(v)) for v in points[k]) for k in (a, b))
+                cv2.line(img, pa, pb, (0, 200, 255), 1, cv2.LINE_AA)
+    for x, y in points[shown]:
+        cv2.circle(img, (int(round(x)), int(round(y))), max(2, cell // 60), _POINT_COLOUR, -1, cv2.LINE_AA)
+    return img
+
+
 def draw_sample(pixels: np.ndarray, record: np.void, cell: int) -> np.ndarray:
     """One crop upscaled to cell x cell with its box (pos/part) or points (landmark) drawn on it."""
+    if "keypoints" in (record.dtype.names or ()):
+        return draw_topdown(pixels, record, cell)
     img = cv2.resize(pixels, (cell, cell), interpolation=cv2.INTER_NEAREST)
     label = int(record["label"])
     if label in _BOX_COLOUR:

@@ -29,7 +29,7 @@ import sys
 
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
-from collections.abc import Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -64,6 +64,7 @@ class MindSporeBatchSource:
         self, path: str | os.PathLike[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
         num_shards: int = 1, shard_id: int = 0, drop_last: bool = False, epoch: int = 0,
         image_format: str = "uint8_hwc", channels: str = "bgr", batch_mix: str | Sequence[float] | None = None,
+        targets: Callable[..., dict[str, np.ndarray]] | None = None,
     ) -> None:
         check_image_options(image_format, channels)
         if not 0 <= shard_id < num_shards:
@@ -75,7 +76,9 @@ class MindSporeBatchSource:
         self.channels = channels
         self.order = self.data.read_order(batch_size, seed=seed, shuffle=shuffle, world_size=num_shards,
                                           drop_last=drop_last, batch_mix=batch_mix)
-        self.column_names = ["image", *self.data.record_dtype.names]
+        self.targets = targets  # e.g. facedata.readers.heatmaps.TopDownTargets: its columns replace the records'
+        self.column_names = list(targets(*self.data.read(np.zeros(0, np.int64)), 0)) if targets else \
+            ["image", *self.data.record_dtype.names]
         self.sampler = EpochSampler(len(self))
         self.set_epoch(epoch)
         self._orders: dict[int, np.ndarray] = {}  # epoch -> this shard's order (the pipeline may run ahead)
@@ -96,8 +99,13 @@ class MindSporeBatchSource:
         epoch, batch = divmod(i, len(self))
         order = self._rank_order(self.epoch if epoch == 0 else epoch - 1)
         pixels, records = self.data.read(order[batch * self.batch_size : (batch + 1) * self.batch_size])
+        if self.targets is not None:
+            columns = self.targets(pixels, records, self.epoch if epoch == 0 else epoch - 1)
+            pixels = columns.pop("image")
         pixels = to_channels(pixels, self.channels)
         image = float_chw(pixels) if self.image_format == "float_chw" else pixels
+        if self.targets is not None:
+            return (image, *columns.values())
         fields = (records[name].astype(np.int32) if name == "label" else np.ascontiguousarray(records[name])
                   for name in records.dtype.names)
         return (image, *fields)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import platform
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,12 @@ _RING_ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")
 def to_tensors(pixels: np.ndarray, records: np.ndarray, image_format: str) -> dict[str, Any]:
     """A numpy batch as a dict of tensors (shared memory with the arrays where possible)."""
     return {"image": _image_tensor(pixels, image_format), **_record_tensors(records)}
+
+
+def target_tensors(columns: dict[str, np.ndarray], image_format: str) -> dict[str, Any]:
+    """The read-time targets' columns as tensors (the image converted like the stored one)."""
+    return {name: _image_tensor(value, image_format) if name == "image" else torch.from_numpy(value)
+            for name, value in columns.items()}
 
 
 def _record_tensors(records: np.ndarray) -> dict[str, torch.Tensor]:
@@ -183,6 +189,9 @@ class ShardIterableDataset(IterableDataset):
 
     `batch_mix` ("3:1:1:2"): exact class counts per batch; `channels="rgb"`: RGB instead of the stored BGR.
 
+    `targets` (facedata.readers.heatmaps.TopDownTargets, top-down datasets): each batch is the targets' columns
+    (input image, heatmaps, weights, ...) made from the stored crops with the epoch's draws; not packed.
+
     `packed=True`: inside DataLoader workers, yield `PackedBatch`es or `RingBatch`es (received as dicts,
     see the module doc); a custom `collate_fn` then sees those objects (call `.unpack()`), or pass
     packed=False.
@@ -192,10 +201,11 @@ class ShardIterableDataset(IterableDataset):
         self, path: str | os.PathLike[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
         image_format: str = "uint8_hwc", rank: int | None = None, world_size: int | None = None,
         drop_last: bool = False, epoch: int = 0, packed: bool = True, batch_mix: str | Sequence[float] | None = None,
-        channels: str = "bgr",
+        channels: str = "bgr", targets: Callable[..., dict[str, np.ndarray]] | None = None,
     ) -> None:
         check_image_options(image_format, channels)
         self.data = ShardedDataset(path)
+        self.targets = targets
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -222,7 +232,7 @@ class ShardIterableDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any] | PackedBatch | RingBatch]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        pack = self.packed and info is not None
+        pack = self.packed and info is not None and self.targets is None
         packed: list[PackedBatch | RingBatch] = []
         shape, dtype = self.data.image_shape, self.data.record_dtype
         into_shared = pack and self.image_format == "uint8_hwc"
@@ -238,7 +248,9 @@ class ShardIterableDataset(IterableDataset):
             world_size=self.world_size, worker=worker, num_workers=num_workers, drop_last=self.drop_last,
             batch_mix=self.batch_mix, channels=self.channels, out=allocate if into_shared else None,
         ):
-            if packed:
+            if self.targets is not None:
+                yield target_tensors(self.targets(pixels, records, self.epoch), self.image_format)
+            elif packed:
                 yield packed.pop()
             elif pack:  # float_chw: the float image and the record bytes travel as two tensors
                 rows = torch.from_numpy(np.ascontiguousarray(records).view(np.uint8))

@@ -57,6 +57,10 @@ class Stage:
             raise FacedataError(f"build {self.name} plans from geometry: it takes no mining recipe or detector")
         return BuildConfig(crop, landmarks)
 
+    def image_shape(self, config: BuildConfig) -> tuple[int, int, int]:
+        """(h, w, 3) of the stored samples."""
+        return self.size, self.size, 3
+
     def record_dtype(self, config: BuildConfig) -> np.dtype:
         return sample_dtype(len(config.landmarks.flip_permutation))
 
