@@ -396,14 +396,15 @@ def inspect(directory: Path, as_json: bool) -> None:
 # --- issue 3/4: build pnet|rnet|onet, preview ---------------------------------------------------------
 
 
-def _build_options(func):
-    """Inputs, output, parallelism, mixing and landmark options shared by the three builds."""
-    options = [
-        click.option("--detections", required=True,
-                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="Detection manifest (e.g. WIDER train)."),
-        click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="5-point landmark manifest (e.g. CUHK LFW/net_7876)."),
+def _options(func, options: list):
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _shared_build_options() -> list:
+    """Output, parallelism and safety options of every build command."""
+    return [
         click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Shard directory: an interrupted build there resumes; a complete one is never modified "
                      "(same inputs and options: 'already complete'; others: an error unless --overwrite)."),
@@ -416,12 +417,35 @@ def _build_options(func):
                      help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
         click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
                      help="Image root override (repeatable; NAME is the manifest's root name)."),
+        click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
+                     show_default=True),
+        click.option("--strict", is_flag=True,
+                     help="Stop at the first unreadable image instead of skipping it."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace a complete dataset of other inputs or options in -o; it stays readable until "
+                     "the new one is complete (built beside it, then swapped in)."),
+        click.option("--verify", is_flag=True,
+                     help="When -o already holds this build, re-hash its shards (default: check their sizes)."),
+        _quiet_option,
+    ]
+
+
+def _shared_options(func):
+    return _options(func, _shared_build_options())
+
+
+def _build_options(func):
+    """Inputs, output, parallelism, mixing and landmark options shared by the three cascade builds."""
+    return _options(func, [
+        click.option("--detections", required=True,
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Detection manifest (e.g. WIDER train)."),
+        click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="5-point landmark manifest (e.g. CUHK LFW/net_7876)."),
         click.option("--ratio", default="3:1:1:2", show_default=True,
                      help="neg:pos:part:landmark mix, or 'all' to keep every planned sample."),
         click.option("--allow-repeat", is_flag=True,
                      help="Repeat samples of short classes (counted in the index)."),
-        click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
-                     show_default=True),
         click.option("--landmark-shifts", default=100, show_default=True, type=Number(0, 1000, integer=True),
                      help="Shifted crops per landmark face."),
         click.option("--landmark-variants", type=click.Choice(["random", "reference"]), default="random",
@@ -441,18 +465,8 @@ def _build_options(func):
         click.option("--part-iou", default=0.4, show_default=True, type=Number(0, 1), help="Part: IoU at least this."),
         click.option("--pos-iou", default=0.65, show_default=True, type=Number(0, 1),
                      help="Positive: IoU at least this."),
-        click.option("--strict", is_flag=True,
-                     help="Stop at the first unreadable image instead of skipping it."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace a complete dataset of other inputs or options in -o; it stays readable until "
-                     "the new one is complete (built beside it, then swapped in)."),
-        click.option("--verify", is_flag=True,
-                     help="When -o already holds this build, re-hash its shards (default: check their sizes)."),
-        _quiet_option,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+        *_shared_build_options(),
+    ])
 
 
 def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Path, backend: str,
@@ -606,6 +620,51 @@ def build_rnet(**options) -> None:
 def build_onet(**options) -> None:
     """ONet (48 px): hard examples mined with PNet + RNet + landmark samples, in shards."""
     _mining_build("onet", **options)
+
+
+@build.command(name="pfld")
+@click.option("--landmarks", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Landmark manifest (repeatable; all in one scheme: fuse first).")
+@click.option("--size", default=112, show_default=True, type=Number(8, 1024, integer=True), help="Crop side.")
+@click.option("--expand", default=1.2, show_default=True, type=Number(0.1, 10),
+              help="Crop side over the larger side of the box (PFLD: 1.2).")
+@click.option("--box", type=click.Choice(["landmarks", "annotated"]), default="landmarks", show_default=True,
+              help="Square around the present points' extent, or around the annotated face box.")
+@click.option("--variants", default=10, show_default=True, type=Number(1, 1000, integer=True),
+              help="Samples per face: the un-augmented crop plus augmented ones.")
+@click.option("--max-rotation", default=30.0, show_default=True, type=Number(0, 180),
+              help="Rotation range of augmented variants (degrees).")
+@click.option("--jitter", default=0.1, show_default=True, type=Number(0, 1),
+              help="Centre jitter range as a fraction of the crop side.")
+@click.option("--scale-low", default=0.9, show_default=True, type=Number(0.1, 10), help="Crop side scale, low.")
+@click.option("--scale-high", default=1.25, show_default=True, type=Number(0.1, 10), help="Crop side scale, high.")
+@click.option("--no-mirror", is_flag=True, help="No random mirroring (needed for a scheme without a flip permutation).")
+@click.option("--max-tries", default=20, show_default=True, type=Number(1, 1000, integer=True),
+              help="Draws per augmented variant before it is dropped (a draw is redrawn when a point leaves the crop).")
+@click.option("--repeat-by", type=click.Choice(["weight"]),
+              help="weight: a face gets max(1, round(weight)) x --variants samples (fuse --weight).")
+@_shared_options
+def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, variants: int, max_rotation: float,
+               jitter: float, scale_low: float, scale_high: float, no_mirror: bool, max_tries: int,
+               repeat_by: str | None, output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
+               roots: tuple[str, ...], interpolation: str, strict: bool, overwrite: bool, verify: bool,
+               quiet: bool) -> None:
+    """PFLD (112 px): landmark face crops with augmented variants, masks, Euler angles and attribute flags."""
+    from facedata.build import format_summary, parse_roots, parse_size
+    from facedata.manifest import Manifest
+    from facedata.stages.pfld import build_pfld as run
+
+    if scale_low > scale_high:
+        raise click.UsageError(f"--scale-low {scale_low:g} is above --scale-high {scale_high:g}")
+    recipe = {"size": size, "expand": expand, "box": box, "variants": variants, "max_rotation": max_rotation,
+              "jitter": jitter, "scale_low": scale_low, "scale_high": scale_high, "mirror": not no_mirror,
+              "max_tries": max_tries, "repeat_by": repeat_by, "interpolation": interpolation}
+    names = sorted({name for path in landmarks for name in Manifest.root_names(path)})
+    summary = run(list(landmarks), output, recipe, backend=backend, workers=workers, seed=seed,
+                  shard_bytes=parse_size(shard_size), roots=parse_roots(roots, names), progress=not quiet,
+                  strict=strict, overwrite=overwrite, verify=verify)
+    click.echo(format_summary(summary))
 
 
 @main.command()

@@ -157,8 +157,9 @@ def build_pfld(landmarks: list[str | os.PathLike[str]], out_dir: str | os.PathLi
 
     merged, scheme, info = load_inputs(landmarks)
     corpora = sorted(set(merged.images["source"]))
-    stage = replace(STAGES.get("pfld"), recipe=PfldRecipe(scheme=scheme, **recipe),
-                    faces=face_columns(merged, corpora), corpora=tuple(corpora))
+    pfld = PfldRecipe(scheme=scheme, **recipe)
+    stage = replace(STAGES.get("pfld"), size=pfld.size, recipe=pfld, faces=face_columns(merged, corpora),
+                    corpora=tuple(corpora))
 
     no_detections = Manifest(merged.images.iloc[:0], merged.faces.iloc[:0], merged.provenance)
     extra = {**options.pop("extra_provenance", {}), "pfld_inputs": info}
