@@ -179,6 +179,7 @@ def test_masks_survive_mirroring(real: dict[str, Path], tmp_path: Path) -> None:
         assert (rec["mask"].astype(bool) == expected).all()
         points = rec["landmarks"].reshape(98, 2)
         assert np.isnan(points[~expected]).all() and ((points[expected] >= 0) & (points[expected] <= 1)).all()
+        assert points[60, 0] < points[72, 0] and points[0, 0] < points[32, 0]  # image-left stays left
 
 
 def test_mixed_schemes_are_refused(real: dict[str, Path], dots: Path, tmp_path: Path) -> None:
