@@ -223,3 +223,27 @@ def test_attributes_flags_and_corpus(real: dict[str, Path], dots: Path, tmp_path
     assert (second["attributes"] == 0).all() and (second["has_attributes"] == 0).all()
     index = json.loads((tmp_path / "o" / "index.json").read_text())
     assert index["provenance"]["pfld_corpora"][int(recs["corpus"][0])] == "dots"
+
+
+@pytest.mark.parametrize("box", ["landmarks", "annotated"])
+def test_unaugmented_crop_is_the_expanded_square(dots: Path, tmp_path: Path, box: str) -> None:
+    """Spec 8.1: square around the centre of the points' extent (or the annotated box), 1.2 x its larger side;
+    the corner face's crop leaves the image and is zero-padded."""
+    manifest = Manifest.read(dots)
+    manifest.faces.loc[0, ["x1", "y1", "x2", "y2"]] = [120.0, 100.0, 260.0, 300.0]
+    manifest.faces["box_source"] = "annotated"
+    manifest.write(tmp_path / "m.parquet")
+    assert run("build", "pfld", "--landmarks", tmp_path / "m.parquet", "-o", tmp_path / "o", "-q", "--variants", 1,
+               "--box", box, "--expand", 1.5).exit_code == 0
+    pixels, recs = records(tmp_path / "o")
+    for rec, face in zip(recs, manifest.faces.itertuples(), strict=True):
+        if box == "annotated":
+            low, high = np.array([face.x1, face.y1]), np.array([face.x2, face.y2])
+        else:
+            pts = np.asarray(face.points, np.float64).reshape(-1, 2)
+            low, high = pts.min(axis=0), pts.max(axis=0)
+        side = 1.5 * (high - low).max()
+        expected = np.concatenate([(low + high) / 2 - side / 2, (low + high) / 2 + side / 2])
+        np.testing.assert_allclose(rec["crop"], expected, atol=1.0)
+    corner = pixels[1]
+    assert rec["crop"][0] < 0 and (corner[:3, :3] == 0).all()  # outside the image: black padding
