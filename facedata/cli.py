@@ -511,7 +511,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
 
 @main.group()
 def build() -> None:
-    """Build sharded training data for a cascade stage (pnet, rnet, onet)."""
+    """Build sharded training data: a cascade stage (pnet, rnet, onet) or PFLD landmark crops (pfld)."""
 
 
 def _given(**options: tuple[str, object]) -> dict[str, object]:
