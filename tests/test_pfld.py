@@ -180,6 +180,8 @@ def test_masks_survive_mirroring(real: dict[str, Path], tmp_path: Path) -> None:
         points = rec["landmarks"].reshape(98, 2)
         assert np.isnan(points[~expected]).all() and ((points[expected] >= 0) & (points[expected] <= 1)).all()
         assert points[60, 0] < points[72, 0] and points[0, 0] < points[32, 0]  # image-left stays left
+    result = run("preview", tmp_path / "o", "-o", tmp_path / "sheet.png")  # masked (NaN) points are not drawn
+    assert result.exit_code == 0 and "landmark 12" in result.output, result.output
 
 
 def test_mixed_schemes_are_refused(real: dict[str, Path], dots: Path, tmp_path: Path) -> None:
