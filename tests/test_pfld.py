@@ -188,6 +188,11 @@ def test_mixed_schemes_are_refused(real: dict[str, Path], dots: Path, tmp_path: 
     result = run("build", "pfld", "--landmarks", real["aflw"], "--landmarks", dots, "-o", tmp_path / "o")
     assert result.exit_code != 0 and "fuse first" in result.output and "mtcnn5 (dots.parquet)" in result.output
     assert "Traceback" not in result.output
+    manifest = Manifest.read(dots)
+    manifest.faces["points"] = None
+    manifest.write(tmp_path / "none.parquet")
+    result = run("build", "pfld", "--landmarks", tmp_path / "none.parquet", "-o", tmp_path / "o")
+    assert result.exit_code != 0 and "no face of none.parquet has landmark points" in result.output
 
 
 def test_a_scheme_without_flip_permutation_needs_no_mirror() -> None:
@@ -249,3 +254,15 @@ def test_unaugmented_crop_is_the_expanded_square(dots: Path, tmp_path: Path, box
         np.testing.assert_allclose(rec["crop"], expected, atol=1.0)
     corner = pixels[1]
     assert rec["crop"][0] < 0 and (corner[:3, :3] == 0).all()  # outside the image: black padding
+
+
+def test_a_missing_image_is_skipped_and_named(dots: Path, tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes((dots.parent / "a.png").read_bytes())
+    result = run("build", "pfld", "--landmarks", dots, "--images", f"dots={tmp_path / 'imgs'}", "-o", tmp_path / "o",
+                 "--variants", 3)
+    assert result.exit_code == 0 and "skipped" in result.output and "b.png: file not found" in result.output
+    assert len(ShardedDataset(tmp_path / "o")) == 3
+    result = run("build", "pfld", "--landmarks", dots, "--images", f"dots={tmp_path / 'imgs'}", "-o", tmp_path / "s",
+                 "--strict")
+    assert result.exit_code != 0 and "b.png" in result.output and "Traceback" not in result.output

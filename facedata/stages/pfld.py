@@ -118,8 +118,10 @@ def load_inputs(paths: list[str | os.PathLike[str]]) -> tuple[Any, str, list[dic
         info.append({**manifest_info(m, str(Path(path).resolve())), "first_image": image_rows,
                      "first_face": face_rows})
         image_rows, face_rows = image_rows + len(m.images), face_rows + len(m.faces)
-    if len(schemes) != 1:
-        found = ", ".join(f"{s} ({Path(p).name})" for s, p in schemes.items()) or "none"
+    if not schemes:
+        raise FacedataError(f"--landmarks: no face of {', '.join(Path(p).name for p in paths)} has landmark points")
+    if len(schemes) > 1:
+        found = ", ".join(f"{s} ({Path(p).name})" for s, p in schemes.items())
         raise FacedataError(f"--landmarks: the inputs must share one landmark scheme, found {found}; "
                             "fuse first (facedata fuse --to SCHEME)")
     images = pd.concat([m.images for m in manifests], ignore_index=True)
