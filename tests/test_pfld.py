@@ -266,3 +266,16 @@ def test_a_missing_image_is_skipped_and_named(dots: Path, tmp_path: Path) -> Non
     result = run("build", "pfld", "--landmarks", dots, "--images", f"dots={tmp_path / 'imgs'}", "-o", tmp_path / "s",
                  "--strict")
     assert result.exit_code != 0 and "b.png" in result.output and "Traceback" not in result.output
+
+
+def test_the_torch_reader_returns_every_pfld_field(dots: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from facedata.readers.torch import ShardIterableDataset
+
+    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 4).exit_code == 0
+    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(tmp_path / "o", batch_size=8, seed=0),
+                                                  batch_size=None, num_workers=0)))
+    batch = batch.unpack() if hasattr(batch, "unpack") else batch
+    assert tuple(batch["image"].shape) == (8, 112, 112, 3) and tuple(batch["landmarks"].shape) == (8, 10)
+    assert tuple(batch["euler"].shape) == (8, 3) and tuple(batch["attributes"].shape) == (8, 6)
+    assert {"mask", "has_attributes", "ear", "corpus", "weight", "pose_source"} <= set(batch)
