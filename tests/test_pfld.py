@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from facedata.cli import main
 from facedata.errors import FacedataError
-from facedata.fusion.schemes import SCHEMES, LandmarkScheme, register
+from facedata.fusion.schemes import SCHEMES, LandmarkScheme
 from facedata.manifest import Manifest, ManifestBuilder
 from facedata.samplers.pfld import PfldRecipe
 from facedata.storage import ShardedDataset, verify_dataset
@@ -195,10 +195,9 @@ def test_mixed_schemes_are_refused(real: dict[str, Path], dots: Path, tmp_path: 
     assert result.exit_code != 0 and "no face of none.parquet has landmark points" in result.output
 
 
-def test_a_scheme_without_flip_permutation_needs_no_mirror() -> None:
-    if "line3" not in SCHEMES:
-        register(LandmarkScheme("line3", "test", ("a", "b", "c"), {"all": (0, 1, 2)}, (0, 1, 2), (0, 2), "image",
-                                "test"))
+def test_a_scheme_without_flip_permutation_needs_no_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(SCHEMES._items, "line3", LandmarkScheme(  # registered for this test only
+        "line3", "test", ("a", "b", "c"), {"all": (0, 1, 2)}, (0, 1, 2), (0, 2), "image", "test"))
     with pytest.raises(FacedataError, match="no flip permutation: pass --no-mirror"):
         PfldRecipe(scheme="line3")
     assert not PfldRecipe(scheme="line3", mirror=False).mirror
