@@ -75,7 +75,7 @@ from facedata.samplers.mined import MiningRecipe
 from facedata.samplers.mixing import DEFAULT_RATIO
 from facedata.samplers.tasks import TaskTable
 from facedata.samples import LABEL_NAMES, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
-from facedata.stages import STAGES
+from facedata.stages import STAGES, Stage
 from facedata.stages.mined import MINING_REPORT_NAME, CascadeFactory
 from facedata.storage.writer import shard_layout
 from facedata.workerpool import Runner, pool_context
@@ -91,7 +91,7 @@ def build_dataset(
     landmarks: ManifestInput | None,
     out_dir: str | os.PathLike[str],
     *,
-    stage: str = "pnet",
+    stage: str | Stage = "pnet",
     backend: str = "lmdb",
     crop_recipe: CropRecipe | None = None,
     landmark_recipe: LandmarkRecipe | None = None,
@@ -127,7 +127,7 @@ def build_dataset(
     error unless `overwrite`, and then it is replaced only once the new one is complete.
     """
     started = time.perf_counter()
-    spec = STAGES.get(stage)
+    spec = STAGES.get(stage) if isinstance(stage, str) else stage  # a Stage: a registered one with its inputs
     config = spec.configure(crop_recipe, landmark_recipe, mining_recipe, detector)
     ratio = dict(DEFAULT_RATIO if ratio is None else ratio)
     if mix and not (all(0 <= v < math.inf for v in ratio.values()) and ratio.get(LABEL_POSITIVE, 0) > 0):
@@ -146,7 +146,7 @@ def build_dataset(
     provenance: dict[str, Any] = {
         "builder": "facedata.build",
         "facedata_version": __version__,
-        "stage": stage,
+        "stage": spec.name,
         "size": spec.size,
         "backend": backend,
         "seed": seed,

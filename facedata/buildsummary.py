@@ -8,7 +8,7 @@ import numpy as np
 
 from facedata.buildworker import LABEL_ORDER, PLANNED, Job
 from facedata.samplers.mixing import MixPlan
-from facedata.samples import LABEL_NAMES
+from facedata.samples import LABEL_NAMES, ORIGIN_DETECTIONS
 from facedata.stages import STAGES
 
 
@@ -39,7 +39,8 @@ def build_summary(
         "mixing": "off: every planned sample written" if mix is None else mix.to_dict(),
         "skipped": skipped,
     }
-    summary.update(job.stage.report(plan["counters"][det], ok[det]) or {})
+    counted = det if job.stage.counts_origin == ORIGIN_DETECTIONS else np.flatnonzero(~is_det)
+    summary.update(job.stage.report(plan["counters"][counted], ok[counted]) or {})
     return summary
 
 

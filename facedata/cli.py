@@ -427,9 +427,16 @@ def _store_options(func):
     return func
 
 
+_interpolation_option = click.option(
+    "--interpolation", type=click.Choice(["linear", "area"]), default="linear", show_default=True,
+    help="Resampling of the crops (cv2 INTER_LINEAR or INTER_AREA).",
+)
+
+
 def _build_options(func):
     """Inputs, mixing and landmark options shared by the three cascade builds (plus `_store_options`)."""
     options = [
+        _interpolation_option,
         click.option("--detections", required=True,
                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Detection manifest (e.g. WIDER train)."),
@@ -439,8 +446,6 @@ def _build_options(func):
                      help="neg:pos:part:landmark mix, or 'all' to keep every planned sample."),
         click.option("--allow-repeat", is_flag=True,
                      help="Repeat samples of short classes (counted in the index)."),
-        click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear",
-                     show_default=True),
         click.option("--landmark-shifts", default=100, show_default=True, type=Number(0, 1000, integer=True),
                      help="Shifted crops per landmark face."),
         click.option("--landmark-variants", type=click.Choice(["random", "reference"]), default="random",
@@ -509,7 +514,8 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
 
 @main.group()
 def build() -> None:
-    """Build sharded training data: a cascade stage (pnet, rnet, onet) or top-down keypoint crops (topdown)."""
+    """Build sharded training data: a cascade stage (pnet, rnet, onet), PFLD landmark crops (pfld) or top-down
+    keypoint crops (topdown)."""
 
 
 def _given(**options: tuple[str, object]) -> dict[str, object]:
@@ -630,7 +636,7 @@ def build_onet(**options) -> None:
                    "rotation and scale augmentation (1 = the input crop only).")
 @click.option("--keep-unlabelled", is_flag=True,
               help="Also crop persons without a labelled keypoint (all target weights 0).")
-@click.option("--interpolation", type=click.Choice(["linear", "area"]), default="linear", show_default=True)
+@_interpolation_option
 @_store_options
 def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabelled: bool, interpolation: str,
                   output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
@@ -664,6 +670,52 @@ def _parse_wxh(text: str, option: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise FacedataError(f"{option} {text!r}: both sides must be >= 1 px")
     return w, h
+
+
+@build.command(name="pfld")
+@click.option("--landmarks", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Landmark manifest (repeatable; all in one scheme: fuse first).")
+@click.option("--size", default=112, show_default=True, type=Number(8, 1024, integer=True), help="Crop side.")
+@click.option("--expand", default=1.2, show_default=True, type=Number(0.1, 10),
+              help="Crop side over the larger side of the box (PFLD: 1.2).")
+@click.option("--box", type=click.Choice(["landmarks", "annotated"]), default="landmarks", show_default=True,
+              help="Square around the present points' extent, or around the annotated face box.")
+@click.option("--variants", default=10, show_default=True, type=Number(1, 1000, integer=True),
+              help="Samples per face: the un-augmented crop plus augmented ones.")
+@click.option("--max-rotation", default=30.0, show_default=True, type=Number(0, 180),
+              help="Rotation range of augmented variants (degrees).")
+@click.option("--jitter", default=0.1, show_default=True, type=Number(0, 1),
+              help="Centre jitter range as a fraction of the crop side.")
+@click.option("--scale-low", default=0.9, show_default=True, type=Number(0.1, 10), help="Crop side scale, low.")
+@click.option("--scale-high", default=1.25, show_default=True, type=Number(0.1, 10), help="Crop side scale, high.")
+@click.option("--no-mirror", is_flag=True, help="No random mirroring (needed for a scheme without a flip permutation).")
+@click.option("--max-tries", default=20, show_default=True, type=Number(1, 1000, integer=True),
+              help="Draws per augmented variant before it is dropped (a draw is redrawn when a point leaves the crop).")
+@click.option("--repeat-by", type=click.Choice(["weight"]),
+              help="weight: a face gets max(1, round(weight)) x --variants samples (fuse --weight).")
+@_interpolation_option
+@_store_options
+def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, variants: int, max_rotation: float,
+               jitter: float, scale_low: float, scale_high: float, no_mirror: bool, max_tries: int,
+               repeat_by: str | None, output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
+               roots: tuple[str, ...], interpolation: str, strict: bool, overwrite: bool, verify: bool,
+               quiet: bool) -> None:
+    """PFLD (112 px): landmark face crops with augmented variants, masks, Euler angles and attribute flags."""
+    from facedata.build import format_summary, parse_roots, parse_size
+    from facedata.manifest import Manifest
+    from facedata.stages.pfld import build_pfld as run
+
+    if scale_low > scale_high:
+        raise click.UsageError(f"--scale-low {scale_low:g} is above --scale-high {scale_high:g}")
+    recipe = {"size": size, "expand": expand, "box": box, "variants": variants, "max_rotation": max_rotation,
+              "jitter": jitter, "scale_low": scale_low, "scale_high": scale_high, "mirror": not no_mirror,
+              "max_tries": max_tries, "repeat_by": repeat_by, "interpolation": interpolation}
+    names = sorted({name for path in landmarks for name in Manifest.root_names(path)})
+    summary = run(list(landmarks), output, recipe, backend=backend, workers=workers, seed=seed,
+                  shard_bytes=parse_size(shard_size), roots=parse_roots(roots, names), progress=not quiet,
+                  strict=strict, overwrite=overwrite, verify=verify)
+    click.echo(format_summary(summary))
 
 
 @main.command()

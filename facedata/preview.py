@@ -74,7 +74,7 @@ def draw_sample(pixels: np.ndarray, record: np.void, cell: int) -> np.ndarray:
     elif label == LABEL_LANDMARK:
         points = np.asarray(record["landmarks"], np.float64).reshape(-1, 2) * cell
         radius = max(2, cell // 40)
-        for x, y in points:
+        for x, y in points[np.isfinite(points).all(axis=1)]:  # masked points (NaN, e.g. pfld) have no place
             cv2.circle(img, (int(round(x)), int(round(y))), radius, _POINT_COLOUR, -1, cv2.LINE_AA)
     return img
 

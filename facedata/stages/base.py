@@ -44,6 +44,7 @@ class Stage:
     verb: str = "planned"  # what pass 1 does to an image, in the summary
     chunk_images: int = 32  # images per worker task, at most (mining an image takes ~40x longer)
     counters: tuple[str, ...] = ()  # per-image counts the planner returns (kept in the plan table)
+    counts_origin: int = ORIGIN_DETECTIONS  # the manifest whose images `report` sums the counters of
 
     def configure(
         self, crop: CropRecipe | None, landmarks: LandmarkRecipe | None, mining: MiningRecipe | None,
@@ -90,7 +91,8 @@ class Stage:
                 "mining_recipe": None, "detector": None}
 
     def report(self, counters: np.ndarray, planned: np.ndarray) -> dict[str, Any] | None:
-        """Sections of the summary from the detection images' counters (rows where `planned`), or None."""
+        """Sections of the summary from the counters of the `counts_origin` images (rows where `planned`), or
+        None."""
         return None
 
     def write_reports(self, directory: Path, tasks: TaskTable, counters: np.ndarray, status: list[str]) -> None:
