@@ -4,7 +4,8 @@ pnet/rnet/onet builds are checked by facedata.oracle.labels / pixels, pfld and t
 facedata.oracle.keypoints (which stage: the recipe index.json records). The manifests a build recorded (path
 and content hash in provenance["inputs"], pfld's in "pfld_inputs") are used when they are still there and
 unchanged, so `--detections/--landmarks` (pfld: every input, in order; topdown: `--keypoints`, whose path
-build topdown does not record) are needed only when the files moved. A manifest given explicitly is used as given, with a warning when its hash differs from the recorded one.
+build topdown does not record) are needed only when the files moved. A manifest given explicitly is used as
+given, with a warning when its hash differs from the recorded one.
 """
 
 from __future__ import annotations
