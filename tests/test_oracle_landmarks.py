@@ -20,9 +20,9 @@ from facedata.oracle.keypoints import (
     TopDownOracle,
     TopDownRules,
     annotated_euler,
-    oracle_labels,
     verify_topdown_pixels,
 )
+from facedata.oracle.labels import run_checks
 from facedata.oracle.pixels import verify_pixels
 from facedata.parsers import ingest
 from facedata.samples import ORIGIN_LANDMARKS
@@ -116,7 +116,7 @@ def _pfld_check(pfld: Path, records: np.ndarray):
     manifest, _ = pfld_manifest(index)
     prov = index["provenance"]
     oracle = PfldOracle(manifest, PfldRules.from_recipe(prov["pfld_recipe"]), prov["pfld_corpora"])
-    return oracle_labels(oracle, records)
+    return run_checks(oracle.check, records)
 
 
 def _corrupt_pfld(records: np.ndarray, what: str) -> int:
@@ -166,7 +166,7 @@ def _topdown_check(topdown: Path, records: np.ndarray):
     index = everything(topdown / "shards")[2]
     oracle = TopDownOracle(Manifest.read(topdown / "coco.parquet"),
                            TopDownRules.from_recipe(index["provenance"]["topdown_recipe"]))
-    return oracle_labels(oracle, records)
+    return run_checks(oracle.check, records)
 
 
 @pytest.mark.parametrize("what", ["affine", "keypoints", "visible", "scale", "center"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
-from facedata.oracle.labels import DetectionRules, LabelReport, LandmarkRules, verify_labels
+from facedata.oracle.labels import DetectionRules, LabelReport, LandmarkRules, run_checks, verify_labels
 from facedata.oracle.pixels import PixelReport, verify_pixels
 from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 
@@ -165,7 +165,7 @@ def verify_build_labels(path: str | os.PathLike[str], detections: ManifestArg = 
     `landmarks`: one manifest, or (pfld) every input in the build's order; `keypoints`: a topdown build's
     manifest. Returns (report, warnings about given manifests that differ from the build's).
     """
-    from facedata.oracle.keypoints import PfldOracle, PfldRules, TopDownOracle, TopDownRules, oracle_labels
+    from facedata.oracle.keypoints import PfldOracle, PfldRules, TopDownOracle, TopDownRules
     from facedata.storage import ShardedDataset
 
     dataset = ShardedDataset(path)
@@ -177,11 +177,11 @@ def verify_build_labels(path: str | os.PathLike[str], detections: ManifestArg = 
             manifest, notes = pfld_manifest(index, _many(landmarks))
             oracle = PfldOracle(manifest, _rules(PfldRules.from_recipe, prov["pfld_recipe"]),
                                 list(prov.get("pfld_corpora", [])))
-            return oracle_labels(oracle, dataset, max_listed), notes
+            return run_checks(oracle.check, dataset, max_listed), notes
         if stage == "topdown":
             manifest, notes = topdown_manifest(index, keypoints if keypoints is not None else detections)
             oracle = TopDownOracle(manifest, _rules(TopDownRules.from_recipe, prov["topdown_recipe"]))
-            return oracle_labels(oracle, dataset, max_listed), notes
+            return run_checks(oracle.check, dataset, max_listed), notes
         detection_rules, landmark_rules = rules_from_index(index)
         det, lmk, notes = build_manifests(index, detections, _one(landmarks))
         report = verify_labels(dataset, det, lmk, detection_rules=detection_rules, landmark_rules=landmark_rules,

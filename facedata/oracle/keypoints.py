@@ -32,14 +32,17 @@ topdown (mmpose 0.x `_xywh2cs` / `get_affine_transform`):
   (stored = ceil(input x margin)) at the input's zoom input_w / (200 x scale_w);
 - keypoints = that affine applied to the manifest points (NaN where absent); visible = labelled; mirror 0.
 Pixels: the stored crop re-read through the record's own affine (dst pixel index -> source pixel index by
-the inverse, bilinear, zero outside), within the detection crops' tolerance.
+the inverse, bilinear, zero outside), within the detection crops' tolerance (cv2.warpAffine has no area
+filter, so `--interpolation area` builds re-cut the same way). pfld crops follow the detection crops' rule
+(oracle.pixels.recut). Measured on real builds (every sample): COCO mini topdown 68 crops mean <= 0.25,
+max 5 (linear and area); pfld on AFLW2000-3D / 300-W mean <= 0.16, max 4.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,7 +52,7 @@ from facedata.errors import FacedataError
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest
 from facedata.oracle.geometry import landmark_targets, usable
-from facedata.oracle.labels import FaceTable, LabelReport, _Checks, record_chunks
+from facedata.oracle.labels import FaceTable, _Checks, _pick, face_check
 from facedata.oracle.pixels import (
     TOLERANCE,
     PixelReport,
@@ -71,10 +74,6 @@ ANGLE_ATOL = 1e-3  # degrees (float32 storage, asin near +-90)
 POINT_ATOL = 1e-2  # topdown keypoints, stored-crop pixels (the build solves its affine in float32)
 
 
-def _pick(cls: type, values: Mapping[str, Any]) -> Any:
-    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-
 @dataclass(frozen=True)
 class PfldRules:
     scheme: str
@@ -90,6 +89,7 @@ class PfldRules:
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> PfldRules:
+        """The rules from index.json's `pfld_recipe`."""
         return _pick(cls, recipe)
 
 
@@ -103,8 +103,9 @@ class TopDownRules:
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> TopDownRules:
+        """The rules from index.json's `topdown_recipe` (its `input` is a JSON list)."""
         rules = _pick(cls, recipe)
-        return TopDownRules(tuple(rules.input), *(getattr(rules, f.name) for f in fields(cls)[1:]))
+        return replace(rules, input=tuple(rules.input))
 
     @property
     def stored(self) -> tuple[int, int]:
@@ -119,19 +120,6 @@ def _close_nan(checks: _Checks, rows: np.ndarray, name: str, expected: np.ndarra
     near = np.where(np.isnan(exp), True, np.abs(found - exp) <= atol)
     checks.add(name, rows, ~(same_nan & near).all(axis=1),
                lambda k: f"expected {exp[k].round(5).tolist()}, found {found[k].round(5).tolist()}")
-
-
-def _face_ok(checks: _Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray, why: str) -> np.ndarray:
-    """Flag rows whose image/face index is not a face of its image that `ok` allows; returns the good mask."""
-    image = checks.records["image_index"][rows].astype(np.int64)
-    face = checks.records["face_index"][rows].astype(np.int64)
-    exists = (face >= 0) & (face < len(table.boxes))
-    safe = np.where(exists, face, 0)
-    belongs = exists & (image >= 0) & (image < len(table.widths)) & (table.image_of_face[safe] == image)
-    good = belongs & ok[safe]
-    checks.add("face_index", rows, ~good, lambda k: f"face row {face[k]} is not a face of image {image[k]}"
-               if not belongs[k] else f"face row {face[k]} cannot be sampled ({why})")
-    return good
 
 
 def _fixed(checks: _Checks, rows: np.ndarray, name: str, value: int) -> None:
@@ -184,7 +172,7 @@ class PfldOracle:
         rows = np.arange(len(r))
         _fixed(checks, rows, "label", LABEL_LANDMARK)
         _fixed(checks, rows, "origin", ORIGIN_LANDMARKS)
-        good = _face_ok(checks, rows, self.table, self.sampled,
+        good = face_check(checks, rows, self.table, self.sampled,
                         f"invalid, ignored, degenerate or fewer than {self.rules.min_points} points")
         rows = rows[good]
         face = r["face_index"][rows].astype(np.int64)
@@ -319,7 +307,7 @@ class TopDownOracle:
         _fixed(checks, rows, "origin", ORIGIN_DETECTIONS)
         _fixed(checks, rows, "mirror", 0)
         why = "crowd, ignored, invalid, degenerate" + ("" if rules.keep_unlabelled else " or without a labelled point")
-        rows = rows[_face_ok(checks, rows, self.table, self.sampled, why)]
+        rows = rows[face_check(checks, rows, self.table, self.sampled, why)]
         face = r["face_index"][rows].astype(np.int64)
         image = r["image_index"][rows].astype(np.int64)
         box = self.table.boxes[face].astype(np.float64)
@@ -344,20 +332,6 @@ class TopDownOracle:
         _close_nan(checks, rows, "keypoints", mapped, POINT_ATOL)
         labelled = np.isfinite(points).all(axis=2).astype(np.int64)
         checks.close(rows, "visible", labelled, 0)
-
-
-def oracle_labels(oracle: PfldOracle | TopDownOracle, dataset: Any, max_listed: int = 20) -> LabelReport:
-    """Run one stage oracle over every record chunk of `dataset` (array, iterable or reader)."""
-    report = LabelReport()
-    start = 0
-    for records in record_chunks(dataset):
-        report.by_label[LABEL_LANDMARK] = report.by_label.get(LABEL_LANDMARK, 0) + len(records)
-        checks = _Checks(records, start)
-        oracle.check(checks)
-        checks.fold(report, max_listed)
-        report.checked += len(records)
-        start += len(records)
-    return report
 
 
 def warp_through(image: np.ndarray, affine: np.ndarray, size: tuple[int, int]) -> np.ndarray:
