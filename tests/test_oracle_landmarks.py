@@ -206,3 +206,17 @@ def test_an_altered_pixel_fails_the_topdown_recut(topdown: Path) -> None:
     pixels[7, 100, 80] = np.where(pixels[7, 100, 80] < 128, 255, 0)
     report = verify_topdown_pixels((pixels, records), manifest, n=len(records))
     assert [r.index for r in report.failures] == [7]
+
+
+def test_an_annotated_box_build_without_mirrors_passes_and_a_mirror_fails(pfld: Path, tmp_path: Path) -> None:
+    result = run("build", "pfld", "--landmarks", pfld / "aflw2000_3d.parquet", "-o", tmp_path / "o", "--box",
+                 "annotated", "--no-mirror", "--variants", 3, "--workers", 1, "-q")
+    assert result.exit_code == 0, result.output
+    assert run("verify", tmp_path / "o", "--labels", "--pixels", 20).exit_code == 0
+    _, records, index = everything(tmp_path / "o")
+    manifest, _ = pfld_manifest(index)
+    oracle = PfldOracle(manifest, PfldRules.from_recipe(index["provenance"]["pfld_recipe"]),
+                        index["provenance"]["pfld_corpora"])
+    records["mirror"][4] = 1
+    report = run_checks(oracle.check, records)
+    assert "mirror" in report.by_field and report.listed[0].index == 4
