@@ -331,21 +331,25 @@ def detect(
 @click.option("--detections", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detection manifest the dataset was built from (default: the one index.json records, "
               "if unchanged).")
-@click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--landmarks", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="Landmark manifest the dataset was built from (default: the one index.json records, "
-              "if unchanged).")
+              "if unchanged); a pfld build: repeat for each input, in the build's order.")
+@click.option("--keypoints", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Keypoint manifest a topdown dataset was built from (build topdown records its hash, not "
+              "its path).")
 @click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
               help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
 @click.option("--max-listed", default=20, show_default=True,
               help="Label mismatches and pixel failures listed (all are counted).")
 def verify(
     directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,
-    landmarks: Path | None, roots: tuple[str, ...], max_listed: int,
+    landmarks: tuple[Path, ...], keypoints: Path | None, roots: tuple[str, ...], max_listed: int,
 ) -> None:
     """Re-hash every shard of DIRECTORY and check its sample and label counts against index.json.
 
     --labels and --pixels check the samples themselves with an oracle that shares no code with the
-    samplers; the manifests are the ones index.json records unless --detections/--landmarks say otherwise.
+    samplers (pnet/rnet/onet, pfld and topdown builds); the manifests are the ones index.json records unless
+    --detections/--landmarks/--keypoints say otherwise.
     """
     from facedata.storage import verify_dataset
 
@@ -357,10 +361,10 @@ def verify(
         sys.exit(1)
     click.echo(f"{directory}: all shards verified")
     failed = False
-    if labels or ((detections or landmarks) and not n_pixels):
+    if labels or ((detections or landmarks or keypoints) and not n_pixels):
         from facedata.oracle import verify_build_labels
 
-        report, notes = verify_build_labels(directory, detections, landmarks, max_listed)
+        report, notes = verify_build_labels(directory, detections, landmarks, max_listed, keypoints=keypoints)
         for note in notes:
             click.echo(f"warning: {note}", err=True)
         click.echo(report.summary())
@@ -371,7 +375,7 @@ def verify(
         from facedata.oracle import verify_build_pixels
 
         pixel_report, notes = verify_build_pixels(directory, n_pixels, seed=seed, detections=detections,
-                                                  landmarks=landmarks, images=roots)
+                                                  landmarks=landmarks, images=roots, keypoints=keypoints)
         for note in notes:
             click.echo(f"warning: {note}", err=True)
         click.echo(pixel_report.summary(max_listed))

@@ -4,6 +4,8 @@ It shares no code with facedata.samplers or facedata.detect: IoU, box offsets, l
 (mirror and rotation), ignore-region cover, the usable-face rule and the crop warp are written again
 from the documented conventions, so "0 mismatches" means the samplers agree with the documentation,
 not with themselves. It reads only the manifests, the shards and the record layout (facedata.samples).
+pnet/rnet/onet builds: labels.py / pixels.py; pfld and topdown builds: keypoints.py (crop squares, projected
+points and masks, Euler angles through the augmentation, mmpose centre/scale and affine).
 """
 
 from facedata.oracle.dataset import (

@@ -261,6 +261,20 @@ def _by_image(images: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     yield from zip(unique.tolist(), np.split(order, starts[1:]), strict=True)
 
 
+def face_check(checks: _Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray, why: str) -> np.ndarray:
+    """Flag rows whose face_index is not a face of their image, or not one `ok` allows (`why` says which
+    faces those are); returns the mask of good rows."""
+    face = checks.records["face_index"][rows].astype(np.int64)
+    image = checks.records["image_index"][rows].astype(np.int64)
+    exists = (face >= 0) & (face < len(table.boxes))
+    safe = np.where(exists, face, 0)
+    belongs = exists & (table.image_of_face[safe] == image)
+    good = belongs & ok[safe]
+    checks.add("face_index", rows, ~good, lambda k: f"face row {face[k]} is not a face of image {image[k]}"
+               if not belongs[k] else f"face row {face[k]} cannot be sampled ({why})")
+    return good
+
+
 class _Oracle:
     def __init__(self, manifests: dict[int, Manifest | None], detection: DetectionRules, landmark: LandmarkRules,
                  atol: float) -> None:
@@ -327,18 +341,7 @@ class _Oracle:
         return rows[shape_ok & placed]
 
     def _face_check(self, checks: _Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray) -> np.ndarray:
-        """Flag rows whose face_index is not a face of their image, or not one `ok` allows."""
-        face = checks.records["face_index"][rows].astype(np.int64)
-        image = checks.records["image_index"][rows].astype(np.int64)
-        exists = (face >= 0) & (face < len(table.boxes))
-        safe = np.where(exists, face, 0)
-        belongs = exists & (table.image_of_face[safe] == image)
-        good = belongs & ok[safe]
-        checks.add("face_index", rows, ~good,
-                   lambda k: f"face row {face[k]} is not a face of image {image[k]}" if not belongs[k]
-                   else f"face row {face[k]} cannot be sampled (invalid, ignored, degenerate, too small or "
-                   "without every point)")
-        return good
+        return face_check(checks, rows, table, ok, "invalid, ignored, degenerate, too small or without every point")
 
     def _detections(self, checks: _Checks, rows: np.ndarray, table: FaceTable) -> None:
         r, rules = checks.records, self.det
@@ -454,6 +457,11 @@ def verify_labels(
     """
     oracle = _Oracle({ORIGIN_DETECTIONS: det_manifest, ORIGIN_LANDMARKS: lmk_manifest},
                      detection_rules or DetectionRules(), landmark_rules or LandmarkRules(), atol)
+    return run_checks(oracle.check, dataset, max_listed)
+
+
+def run_checks(check: Callable[[_Checks], None], dataset: Any, max_listed: int = 20) -> LabelReport:
+    """Run a stage oracle's `check` over every record chunk of `dataset` (see verify_labels) and count."""
     report = LabelReport()
     start = 0
     for records in record_chunks(dataset):
@@ -461,7 +469,7 @@ def verify_labels(
         for label in np.unique(labels).tolist():
             report.by_label[label] = report.by_label.get(label, 0) + int((labels == label).sum())
         checks = _Checks(records, start)
-        oracle.check(checks)
+        check(checks)
         checks.fold(report, max_listed)
         report.checked += len(records)
         start += len(records)

@@ -97,11 +97,12 @@ class PixelReport:
 
 def pick_samples(records: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Sorted indices of min(n, len) samples drawn from `seed`: up to a quarter each from the mirrored and
-    the rotated samples (when there are any), the rest uniformly from the others."""
+    the rotated samples (when there are any; records without an `angle` have none), the rest uniformly
+    from the others."""
     rng = np.random.default_rng([seed, 0x9E3779B9])
     n = min(n, len(records))
     mirrored = records["mirror"] != 0
-    rotated = records["angle"] != 0
+    rotated = records["angle"] != 0 if "angle" in records.dtype.names else np.zeros(len(records), bool)
     chosen: list[np.ndarray] = []
     taken = np.zeros(len(records), bool)
     for pool in (np.flatnonzero(mirrored & ~rotated), np.flatnonzero(rotated)):
