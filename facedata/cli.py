@@ -659,7 +659,7 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
                            scheme=scheme, num_points=SCHEMES.get(scheme).num_points, interpolation=interpolation)
     files = {"keypoints_file": {"name": keypoints.name, "sha256": sha256_file(keypoints)}}
     summary = build_dataset(
-        manifest, None, output, stage="topdown", backend=backend, crop_recipe=recipe, mix=False, seed=seed,
+        keypoints, None, output, stage="topdown", backend=backend, crop_recipe=recipe, mix=False, seed=seed,
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
         progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify,
     )

@@ -90,11 +90,17 @@ def test_a_real_topdown_build_passes_labels_and_pixels(topdown: Path) -> None:
     assert "all labels re-derived, 0 mismatches" in result.output and "0 outside tolerance" in result.output
 
 
-def test_topdown_without_its_manifest_names_the_option(topdown: Path) -> None:
-    result = run("verify", topdown / "shards", "--labels")
-    assert result.exit_code != 0
-    assert result.output.strip().splitlines()[-1] == (
-        "error: index.json does not record where the keypoints manifest is; pass --keypoints")
+def test_topdown_takes_its_recorded_manifest_or_names_the_option(topdown: Path, tmp_path: Path) -> None:
+    result = run("verify", topdown / "shards", "--labels")  # the path index.json records
+    assert result.exit_code == 0 and "0 mismatches" in result.output, result.output
+    moved = tmp_path / "coco.parquet"
+    (topdown / "coco.parquet").rename(moved)
+    try:
+        result = run("verify", topdown / "shards", "--labels")
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert "is missing; pass --keypoints" in result.output.strip().splitlines()[-1]
+    finally:
+        moved.rename(topdown / "coco.parquet")
 
 
 def test_a_stage_the_oracle_does_not_know_is_one_line(pfld: Path, tmp_path: Path) -> None:
