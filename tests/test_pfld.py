@@ -6,6 +6,7 @@ sampler's helpers."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.io
 from click.testing import CliRunner
+from conftest import require_framework
 from scipy.spatial.transform import Rotation
 
 from facedata.cli import main
@@ -267,14 +269,41 @@ def test_a_missing_image_is_skipped_and_named(dots: Path, tmp_path: Path) -> Non
     assert result.exit_code != 0 and "b.png" in result.output and "Traceback" not in result.output
 
 
-def test_the_torch_reader_returns_every_pfld_field(dots: Path, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+def test_every_reader_returns_every_pfld_field_in_one_order(dots: Path, tmp_path: Path) -> None:
+    """numpy, PyTorch and MindSpore give the same fields (the record's, in its order) with the same values
+    for the same seed; MindSpore's label is int32 and PyTorch's int64 (their losses' types), the rest as stored."""
+    torch = require_framework("torch")
+    require_framework("mindspore.dataset", load=False)
+    from facedata.readers.mindspore import MindSporeBatchSource
     from facedata.readers.torch import ShardIterableDataset
 
-    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 4).exit_code == 0
-    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(tmp_path / "o", batch_size=8, seed=0),
+    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 6).exit_code == 0
+    data = ShardedDataset(tmp_path / "o")
+    fields = list(data.record_dtype.names)
+    assert {"landmarks", "mask", "euler", "attributes", "has_attributes", "ear", "weight", "corpus"} <= set(fields)
+    pixels, recs = next(data.iter_batches(8, seed=3))
+    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(tmp_path / "o", batch_size=8, seed=3),
                                                   batch_size=None, num_workers=0)))
-    batch = batch.unpack() if hasattr(batch, "unpack") else batch
-    assert tuple(batch["image"].shape) == (8, 112, 112, 3) and tuple(batch["landmarks"].shape) == (8, 10)
-    assert tuple(batch["euler"].shape) == (8, 3) and tuple(batch["attributes"].shape) == (8, 6)
-    assert {"mask", "has_attributes", "ear", "corpus", "weight", "pose_source"} <= set(batch)
+    source = MindSporeBatchSource(tmp_path / "o", 8, seed=3)
+    columns = dict(zip(source.column_names, source[0], strict=True))
+    assert list(batch) == list(columns) == ["image", *fields]
+    assert np.array_equal(batch["image"].numpy(), pixels) and np.array_equal(columns["image"], pixels)
+    for name in fields:
+        for got in (batch[name].numpy(), columns[name]):
+            assert np.array_equal(got, recs[name], equal_nan=got.dtype.kind == "f"), name
+            assert name == "label" or got.dtype == recs[name].dtype, name
+    assert batch["label"].dtype == torch.int64 and columns["label"].dtype == np.int32
+    assert batch["mask"].dtype == torch.uint8 and batch["landmarks"].shape == (8, 10)
+
+
+def test_batch_mix_is_refused_on_pfld_shards(dots: Path, tmp_path: Path) -> None:
+    """Every pfld record is a landmark sample: a class mix does not apply, and every reader says so."""
+    require_framework("torch")
+    from facedata.readers.torch import ShardIterableDataset
+
+    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 2).exit_code == 0
+    message = "batch_mix '0:0:0:1' does not apply: every sample of the dataset is landmark (label -2)"
+    with pytest.raises(FacedataError, match=re.escape(message)):
+        next(ShardedDataset(tmp_path / "o").iter_batches(4, batch_mix="0:0:0:1"))
+    with pytest.raises(FacedataError, match="does not apply"):
+        ShardIterableDataset(tmp_path / "o", 4, batch_mix="3:1:1:2")
