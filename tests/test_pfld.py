@@ -6,6 +6,7 @@ sampler's helpers."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -13,13 +14,15 @@ import numpy as np
 import pytest
 import scipy.io
 from click.testing import CliRunner
+from conftest import require_framework
 from scipy.spatial.transform import Rotation
 
 from facedata.cli import main
 from facedata.errors import FacedataError
 from facedata.fusion.schemes import SCHEMES, LandmarkScheme
 from facedata.manifest import Manifest, ManifestBuilder
-from facedata.samplers.pfld import PfldRecipe
+from facedata.preview import draw_sample
+from facedata.samplers.pfld import PfldRecipe, pfld_dtype
 from facedata.storage import ShardedDataset, verify_dataset
 
 MTCNN5_FLIP = [1, 0, 2, 4, 3]  # spec 6.1
@@ -267,14 +270,101 @@ def test_a_missing_image_is_skipped_and_named(dots: Path, tmp_path: Path) -> Non
     assert result.exit_code != 0 and "b.png" in result.output and "Traceback" not in result.output
 
 
-def test_the_torch_reader_returns_every_pfld_field(dots: Path, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+def test_every_reader_returns_every_pfld_field_in_one_order(dots: Path, tmp_path: Path) -> None:
+    """numpy, PyTorch and MindSpore give the same fields (the record's, in its order) with the same values
+    for the same seed; MindSpore's label is int32 and PyTorch's int64 (their losses' types), the rest as stored."""
+    torch = require_framework("torch")
+    require_framework("mindspore.dataset", load=False)
+    from facedata.readers.mindspore import MindSporeBatchSource
     from facedata.readers.torch import ShardIterableDataset
 
-    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 4).exit_code == 0
-    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(tmp_path / "o", batch_size=8, seed=0),
+    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 6).exit_code == 0
+    data = ShardedDataset(tmp_path / "o")
+    fields = list(data.record_dtype.names)
+    assert {"landmarks", "mask", "euler", "attributes", "has_attributes", "ear", "weight", "corpus"} <= set(fields)
+    pixels, recs = next(data.iter_batches(8, seed=3))
+    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(tmp_path / "o", batch_size=8, seed=3),
                                                   batch_size=None, num_workers=0)))
-    batch = batch.unpack() if hasattr(batch, "unpack") else batch
-    assert tuple(batch["image"].shape) == (8, 112, 112, 3) and tuple(batch["landmarks"].shape) == (8, 10)
-    assert tuple(batch["euler"].shape) == (8, 3) and tuple(batch["attributes"].shape) == (8, 6)
-    assert {"mask", "has_attributes", "ear", "corpus", "weight", "pose_source"} <= set(batch)
+    source = MindSporeBatchSource(tmp_path / "o", 8, seed=3)
+    columns = dict(zip(source.column_names, source[0], strict=True))
+    assert list(batch) == list(columns) == ["image", *fields]
+    assert np.array_equal(batch["image"].numpy(), pixels) and np.array_equal(columns["image"], pixels)
+    for name in fields:
+        for got in (batch[name].numpy(), columns[name]):
+            assert np.array_equal(got, recs[name], equal_nan=got.dtype.kind == "f"), name
+            assert name == "label" or got.dtype == recs[name].dtype, name
+    assert batch["label"].dtype == torch.int64 and columns["label"].dtype == np.int32
+    assert batch["mask"].dtype == torch.uint8 and batch["landmarks"].shape == (8, 10)
+
+
+def test_batch_mix_is_refused_on_pfld_shards(dots: Path, tmp_path: Path) -> None:
+    """Every pfld record is a landmark sample: a class mix does not apply, and every reader says so."""
+    require_framework("torch")
+    from facedata.readers.torch import ShardIterableDataset
+
+    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 2).exit_code == 0
+    message = "batch_mix '0:0:0:1' does not apply: every sample of the dataset is landmark (label -2)"
+    with pytest.raises(FacedataError, match=re.escape(message)):
+        next(ShardedDataset(tmp_path / "o").iter_batches(4, batch_mix="0:0:0:1"))
+    with pytest.raises(FacedataError, match="does not apply"):
+        ShardIterableDataset(tmp_path / "o", 4, batch_mix="3:1:1:2")
+
+
+def _pfld_record(yaw: float, mask: list[int], masked_xy: tuple[float, float] = (np.nan, np.nan)) -> np.ndarray:
+    """One mtcnn5 pfld record: a frontal five-point layout centred in the crop, point 4 at `masked_xy`."""
+    rec = np.zeros(1, pfld_dtype(5))
+    points = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.5], [0.38, 0.65], [0.62, 0.65]])
+    points[4] = masked_xy if not mask[4] else points[4]
+    rec["label"], rec["landmarks"], rec["mask"], rec["euler"] = -2, points.reshape(-1), mask, (0.0, yaw, 0.0)
+    return rec
+
+
+def _colour_pixels(image: np.ndarray, bgr: tuple[int, int, int]) -> np.ndarray:
+    """(n, 2) x, y of pixels within 60 of the colour (anti-aliasing blends the edges)."""
+    ys, xs = np.nonzero(np.abs(image.astype(int) - bgr).max(axis=2) < 60)
+    return np.column_stack([xs, ys])
+
+
+def test_preview_draws_the_euler_axes_towards_the_yaw(tmp_path: Path) -> None:
+    """Schema convention: positive yaw = the face turned towards image-left, so the facing axis (blue) leaves
+    the face centre to the left for yaw +40 and to the right for -40; without a pose no axis is drawn."""
+    crop = np.zeros((112, 112, 3), np.uint8)
+    centre_x = 0.5 * 224
+    facing = {}
+    for yaw in (40.0, -40.0):
+        sheet = draw_sample(crop, _pfld_record(yaw, [1, 1, 1, 1, 1])[0], 224)
+        facing[yaw] = _colour_pixels(sheet, (255, 0, 0))[:, 0].mean() - centre_x
+        assert len(_colour_pixels(sheet, (0, 255, 0))) > 20  # the up axis
+    assert facing[40.0] < -10 and facing[-40.0] > 10, facing
+    frontal = draw_sample(crop, _pfld_record(0.0, [1, 1, 1, 1, 1])[0], 224)
+    assert abs(_colour_pixels(frontal, (0, 255, 0))[:, 0].mean() - centre_x) < 3  # up axis straight up
+    unknown = _pfld_record(0.0, [1, 1, 1, 1, 1])
+    unknown["euler"] = np.nan
+    assert len(_colour_pixels(draw_sample(crop, unknown[0], 224), (255, 0, 0))) == 0
+
+
+def test_preview_draws_masked_points_apart_from_present_ones() -> None:
+    """A present point is a filled dot; a masked point with coordinates a hollow ring; masked points without
+    coordinates (pfld's NaN) are counted in the cell's caption."""
+    crop = np.zeros((112, 112, 3), np.uint8)
+    hollow = draw_sample(crop, _pfld_record(0.0, [1, 1, 1, 1, 0], (0.62, 0.65))[0], 224)
+    red = (0, 0, 255)
+    for (x, y), filled in (((0.35, 0.4), True), ((0.62, 0.65), False)):
+        cx, cy = round(x * 224), round(y * 224)
+        assert (np.abs(hollow[cy, cx].astype(int) - red).max() < 60) == filled
+        ring = hollow[cy - 8 : cy + 9, cx - 8 : cx + 9]
+        assert len(_colour_pixels(ring, red)) > 8  # the dot or its ring
+    full = draw_sample(crop, _pfld_record(0.0, [1, 1, 1, 1, 1])[0], 224)
+    nan = draw_sample(crop, _pfld_record(0.0, [1, 1, 1, 1, 0])[0], 224)
+    caption = np.s_[200:, :100]
+    assert (full[caption] == 0).all() and (nan[caption] > 150).sum() > 30
+
+
+def test_preview_sheet_of_real_pfld_shards_is_a_png_with_axes(real: dict[str, Path], tmp_path: Path) -> None:
+    assert run("build", "pfld", "--landmarks", real["aflw"], "-o", tmp_path / "o", "-q", "--variants", 2).exit_code == 0
+    result = run("preview", tmp_path / "o", "-o", tmp_path / "sheet.png", "--cell", 160)
+    assert result.exit_code == 0, result.output
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert (tmp_path / "sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.shape[1] > 160
+    for colour in ((255, 255, 0), (0, 255, 0), (255, 0, 0)):  # the three axes of the annotated poses
+        assert len(_colour_pixels(sheet, colour)) > 100, colour

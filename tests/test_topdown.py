@@ -94,7 +94,7 @@ def test_dots_land_on_their_pixels_in_the_stored_crop(dotted: Path) -> None:
     pixels, records = data.read(np.arange(len(data)))
     assert len(data) == 1 and pixels.shape == (1, 320, 240, 3)  # 192x256 input x margin 1.25
     rec = records[0]
-    assert rec["visible"].tolist() == [1 if j in DOTS else 0 for j in range(17)]
+    assert rec["visible"].tolist() == [2 if j in DOTS else 0 for j in range(17)]  # the JSON's v
     # independent geometry: centre of the box at the crop centre, zoom 256 / (204.8 * 1.25) = 1
     x, y, w, h = BOX
     for j, ((dx, dy), colour) in DOTS.items():
@@ -147,7 +147,7 @@ def test_keep_unlabelled_keeps_persons_without_points(dotted: Path) -> None:
     run("build", "topdown", "--keypoints", str(dotted / "dots.parquet"), "-o", str(dotted / "all"),
         "--keep-unlabelled", "--workers", "1", "-q")
     records = ShardedDataset(dotted / "all").read(np.arange(2))[1]
-    assert records["visible"].sum(axis=1).tolist() == [5, 0]  # the crowd annotation is still never used
+    assert (records["visible"] > 0).sum(axis=1).tolist() == [5, 0]  # the crowd annotation is still never used
     out = TopDownTargets.for_dataset(dotted / "all")(*ShardedDataset(dotted / "all").read(np.arange(2)))
     assert out["target_weight"][1].sum() == 0
 
@@ -169,7 +169,7 @@ def test_centre_and_scale_equal_mmpose_on_a_real_annotation(coco: Path) -> None:
     assert np.allclose(row["center"], [443.365, 208.73], atol=1e-3)
     assert np.allclose(row["scale"], [1.3013, 1.7351], atol=1e-4)
     assert math.isclose(row["affine"][0, 0], 0.7377, abs_tol=1e-4)  # the uniform zoom to 192 x 256
-    assert row["visible"].sum() == 13
+    assert (row["visible"] > 0).sum() == 13
 
 
 def test_heatmaps_of_the_ground_truth_decode_back_to_it(coco: Path) -> None:
@@ -277,7 +277,7 @@ def test_half_body_centres_the_input_on_the_upper_or_lower_joints(coco: Path) ->
     targets = TopDownTargets.for_dataset(coco / "w1", half_body=True, flip=False, seed=4, half_body_prob=1.0,
                                          scale_factor=0.0, rotation_prob=0.0)
     out = targets(pixels, records, 0)
-    many = records["visible"].sum(axis=1) > 8
+    many = (records["visible"] > 0).sum(axis=1) > 8
     assert many.sum() >= 10
     groups = (np.arange(17) < 11, np.arange(17) >= 11)
     centred = []
@@ -288,3 +288,18 @@ def test_half_body_centres_the_input_on_the_upper_or_lower_joints(coco: Path) ->
     assert max(centred) < 1e-3
     few = np.flatnonzero(~many)[0]  # too few joints: the whole-box crop, the central window of the stored crop
     assert np.allclose(out["transform"][few], records["affine"][few] - [[0, 0, 24], [0, 0, 32]], atol=1e-4)
+
+
+def test_stored_visibility_equals_the_coco_json(coco: Path, realdata: Path) -> None:
+    """COCO's v = 1 (labelled, hidden) and v = 2 (visible) survive into the records, matched by image and box."""
+    doc = json.loads((realdata / COCO_MINI).read_text())
+    names = {img["id"]: img["file_name"] for img in doc["images"]}
+    by_box = {(names[a["image_id"]], *np.round(a["bbox"], 2)): a["keypoints"][2::3] for a in doc["annotations"]}
+    data = ShardedDataset(coco / "w1")
+    records = data.read(np.arange(len(data)))[1]
+    files = Manifest.read(coco / "coco.parquet").images["rel_path"].tolist()
+    for rec in records:
+        x1, y1, x2, y2 = (float(v) for v in rec["box"])
+        key = (files[rec["image_index"]], *np.round([x1, y1, x2 - x1, y2 - y1], 2))
+        assert rec["visible"].tolist() == by_box[key], key
+    assert {1, 2} <= set(np.unique(records["visible"]).tolist())

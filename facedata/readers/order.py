@@ -13,7 +13,8 @@ same samples in the same batches. Reads stay unit-local (LMDB blocks / Parquet r
   above); the streams cycle, and a pass continues into the next epoch, so within a class every sample
   is used once before any is used twice. An epoch has as many batches as without a mix (about
   n_samples / batch_size, all full), so scarce classes repeat and abundant ones are spread over
-  epochs; `ReadOrder.class_usage()` says how many samples of each class an epoch uses.
+  epochs; `ReadOrder.class_usage()` says how many samples of each class an epoch uses. A dataset of one
+  class (pfld, topdown: every record is a landmark sample) refuses a mix: there is nothing to mix.
 
 The global order is cut into contiguous equal slices per rank (padded by wrapping around, or truncated
 with drop_last); a rank's batches are dealt round-robin to its loader workers, so a DataLoader that
@@ -153,6 +154,10 @@ class ReadOrder:
             raise ValueError("a batch_mix needs one label per sample")
         self.counts = mix_counts(self.batch_size, parse_batch_mix(batch_mix))
         self._members = [np.flatnonzero(labels == label) for label in MIX_LABELS]
+        present = [label for label, members in zip(MIX_LABELS, self._members, strict=True) if len(members)]
+        if len(present) == 1:  # pfld and topdown datasets: one label, nothing to mix
+            raise FacedataError(f"batch_mix {batch_mix!r} does not apply: every sample of the dataset is "
+                                f"{LABEL_NAMES[present[0]]} (label {present[0]}); read it without batch_mix")
         for label, count, members in zip(MIX_LABELS, self.counts.tolist(), self._members, strict=True):
             if count and not len(members):
                 raise FacedataError(f"batch_mix {batch_mix!r}: the dataset has no {LABEL_NAMES[label]} samples "

@@ -10,7 +10,8 @@
 Samples and batches are dicts: `image` (uint8 HWC, or float32 CHW normalised (x - 127.5) / 128; BGR as
 stored, or RGB with `channels="rgb"`) plus one tensor per record field (`bbox`, `landmarks`, ...), with
 `label` as int64, the class-target type of `F.cross_entropy` (the other fields keep their stored types).
-`batch_mix="3:1:1:2"` gives every batch exact neg:pos:part:landmark counts (readers/order.py).
+`batch_mix="3:1:1:2"` gives every batch exact neg:pos:part:landmark counts (readers/order.py; refused on the
+one-class pfld and topdown datasets).
 
 Moving a batch from a worker costs one shared-memory segment per tensor, which dominated loading
 (11 tensors per batch). So by default (`packed=True`) a worker yields a `PackedBatch`: the image plus

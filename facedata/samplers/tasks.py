@@ -38,6 +38,7 @@ class ImageTask:
     face_index: np.ndarray  # (N,) int32 rows in the faces table
     usable: np.ndarray  # (N,) bool
     points: np.ndarray | None  # (N, K, 2) float32, NaN where a point is absent; None without points
+    visible: np.ndarray | None = None  # (N, K) int8 manifest codes 0 absent / 1 hidden / 2 visible; None: 2 if present
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +51,7 @@ class FaceArrays:
     order: np.ndarray  # face rows sorted by image (stable)
     starts: np.ndarray  # (n_images + 1,) faces of image i are order[starts[i]:starts[i + 1]]
     points: np.ndarray | None  # (F, K, 2) float32 or None
+    visible: np.ndarray | None  # (F, K) int8 visibility codes (0 where points is NaN) or None
 
     def faces_of(self, image_index: int) -> np.ndarray:
         return self.order[self.starts[image_index] : self.starts[image_index + 1]]
@@ -67,34 +69,41 @@ def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
     usable = usable_rows(faces, min_face)
     order = np.argsort(image_of_face, kind="stable")
     starts = np.searchsorted(image_of_face[order], np.arange(len(image_ids) + 1))
-    return FaceArrays(boxes, usable, image_of_face, order, starts, _points(faces))
+    return FaceArrays(boxes, usable, image_of_face, order, starts, *_points(faces))
 
 
-def _points(faces: pd.DataFrame) -> np.ndarray | None:
-    """(F, K, 2) float32 with NaN for faces without points and for absent (visibility 0) points."""
+def _points(faces: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(F, K, 2) float32 with NaN for faces without points and for absent (visibility 0) points, and the
+    (F, K) int8 visibility codes kept as annotated (COCO's 1 hidden / 2 visible; 2 where a face's points have
+    no codes, 0 wherever the point is NaN)."""
     import pandas as pd
 
-    from facedata.schema import VISIBILITY_ABSENT
+    from facedata.schema import VISIBILITY_ABSENT, VISIBILITY_VISIBLE
 
     if "points" not in faces or len(faces) == 0:
-        return None
+        return None, None
     values = faces["points"].tolist()
     sizes = {len(v) for v in values if v is not None and not (np.isscalar(v) and pd.isna(v))}
     if not sizes:
-        return None
+        return None, None
     if len(sizes) > 1:
         raise FacedataError(
             f"faces have different numbers of landmark values {sorted(sizes)}; fuse schemes first"
         )
     k2 = sizes.pop()
     out = np.full((len(values), k2 // 2, 2), np.nan, np.float32)
+    codes = np.zeros((len(values), k2 // 2), np.int8)
     for row, (pts, vis) in enumerate(zip(values, faces["visible"].tolist(), strict=True)):
         if pts is None or (np.isscalar(pts) and pd.isna(pts)):
             continue
         out[row] = np.asarray(pts, np.float32).reshape(-1, 2)
         if vis is not None and not (np.isscalar(vis) and pd.isna(vis)):
             out[row, np.asarray(vis) == VISIBILITY_ABSENT] = np.nan
-    return out
+            codes[row] = vis
+        else:
+            codes[row] = VISIBILITY_VISIBLE
+    codes[np.isnan(out).any(axis=2)] = VISIBILITY_ABSENT
+    return out, codes
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,7 +126,7 @@ class TaskTable:
 
     def __getitem__(self, i: int) -> ImageTask:
         rows = self.faces.faces_of(i)
-        points = self.faces.points
+        points, visible = self.faces.points, self.faces.visible
         return ImageTask(
             image_index=i,
             image_id=self.ids[i],
@@ -129,6 +138,7 @@ class TaskTable:
             face_index=rows.astype(np.int32),
             usable=self.faces.usable[rows],
             points=None if points is None else points[rows],
+            visible=None if visible is None else visible[rows],
         )
 
 

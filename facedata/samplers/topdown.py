@@ -74,7 +74,7 @@ def topdown_dtype(num_points: int) -> np.dtype:
         ("scale", "<f4", (2,)),  # mmpose scale (w, h) / 200 with padding, without the margin
         ("affine", "<f8", (2, 3)),  # image -> stored crop
         ("keypoints", "<f4", (num_points, 2)),  # in stored-crop pixels; NaN where absent
-        ("visible", "i1", (num_points,)),  # 1 labelled, 0 absent
+        ("visible", "i1", (num_points,)),  # the manifest's code: 2 visible, 1 labelled but hidden, 0 absent
     ])
 
 
@@ -149,6 +149,7 @@ def plan_topdown(task: ImageTask, recipe: TopDownRecipe) -> tuple[np.ndarray, li
     points = task.points if task.points is not None else np.full((len(task.boxes), k, 2), np.nan, np.float32)
     labelled = ~np.isnan(points).any(axis=2) if len(points) else np.zeros((0, k), bool)
     has_points = labelled.any(axis=1) if k else np.zeros(len(task.boxes), bool)
+    codes = np.where(labelled, 2, 0) if task.visible is None else np.where(labelled, task.visible, 0)
     boxes = task.boxes.astype(np.float64)
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     keep = task.usable & ~degenerate & (has_points | recipe.keep_unlabelled)
@@ -164,7 +165,7 @@ def plan_topdown(task: ImageTask, recipe: TopDownRecipe) -> tuple[np.ndarray, li
         rec["image_index"], rec["face_index"] = task.image_index, task.face_index[i]
         rec["box"], rec["center"], rec["scale"], rec["affine"] = boxes[i], center, scale, matrix
         rec["keypoints"] = apply_affine(matrix, points[i])
-        rec["visible"] = labelled[i]
+        rec["visible"] = codes[i]
     unusable = ~task.usable
     counters = [len(task.boxes), len(out), int(unusable.sum()),
                 int((task.usable & ~degenerate & ~has_points).sum()) if not recipe.keep_unlabelled else 0,
