@@ -30,7 +30,8 @@ topdown (mmpose 0.x `_xywh2cs` / `get_affine_transform`):
   input's aspect ratio, scale = (w, h) / 200 x padding;
 - affine = the similarity with no rotation that maps the centre to the middle of the stored crop
   (stored = ceil(input x margin)) at the input's zoom input_w / (200 x scale_w);
-- keypoints = that affine applied to the manifest points (NaN where absent); visible = labelled; mirror 0.
+- keypoints = that affine applied to the manifest points (NaN where absent); visible = the manifest's codes
+  (2 visible, 1 labelled but hidden, 0 absent); mirror 0.
 Pixels: the stored crop re-read through the record's own affine (dst pixel index -> source pixel index by
 the inverse, bilinear, zero outside), within the detection crops' tolerance (cv2.warpAffine has no area
 filter, so `--interpolation area` builds re-cut the same way). pfld crops follow the detection crops' rule
@@ -330,8 +331,8 @@ class TopDownOracle:
         points = self.points[face]
         mapped = np.einsum("nij,nkj->nki", affine[:, :, :2], points) + affine[:, None, :, 2]
         _close_nan(checks, rows, "keypoints", mapped, POINT_ATOL)
-        labelled = np.isfinite(points).all(axis=2).astype(np.int64)
-        checks.close(rows, "visible", labelled, 0)
+        codes = self.table.codes if self.table.codes is not None else np.zeros(self.points.shape[:2], np.int64)
+        checks.close(rows, "visible", codes[face], 0)
 
 
 def warp_through(image: np.ndarray, affine: np.ndarray, size: tuple[int, int]) -> np.ndarray:

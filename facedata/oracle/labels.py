@@ -150,6 +150,7 @@ class FaceTable:
     order: np.ndarray  # face rows sorted by image
     starts: np.ndarray  # faces of image i: order[starts[i]:starts[i + 1]]
     points: np.ndarray | None  # (F, K, 2) float64, NaN where absent; None without points
+    codes: np.ndarray | None  # (F, K) visibility as annotated (0 absent, 1 hidden, 2 visible; 2 if not given)
     widths: np.ndarray  # (I,) float64, NaN when unknown
     heights: np.ndarray
 
@@ -164,11 +165,13 @@ class FaceTable:
         if IGNORE_COLUMN in faces:
             flagged = flagged | faces[IGNORE_COLUMN].fillna(False).to_numpy(bool)
         order = np.argsort(image_of_face, kind="stable")
+        points = _points(faces)
         return cls(
             boxes=faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).reshape(-1, 4),
             flagged=flagged, image_of_face=image_of_face, order=order,
             starts=np.searchsorted(image_of_face[order], np.arange(len(images) + 1)),
-            points=_points(faces), widths=images["width"].to_numpy(np.float64, na_value=np.nan),
+            points=points, codes=None if points is None else _codes(faces, points),
+            widths=images["width"].to_numpy(np.float64, na_value=np.nan),
             heights=images["height"].to_numpy(np.float64, na_value=np.nan),
         )
 
@@ -193,6 +196,17 @@ def _points(faces: Any) -> np.ndarray | None:
             if isinstance(vis, list | np.ndarray):
                 out[row, np.asarray(vis) == VISIBILITY_ABSENT] = np.nan
     return out
+
+
+def _codes(faces: Any, points: np.ndarray) -> np.ndarray:
+    """(F, K) visibility codes: the annotated ones, 2 for present points of a face without codes, 0 where a
+    point is absent (NaN)."""
+    codes = np.full(points.shape[:2], 2, np.int64)
+    for row, vis in enumerate(faces["visible"].tolist()):
+        if isinstance(vis, list | np.ndarray) and len(vis) == points.shape[1]:
+            codes[row] = np.asarray(vis, np.int64)
+    codes[~np.isfinite(points).all(axis=2)] = 0
+    return codes
 
 
 class _Checks:
