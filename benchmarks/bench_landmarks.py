@@ -1,0 +1,158 @@
+"""Landmark builds: `facedata build pfld` and `facedata build topdown` against the decode floor of the same
+run and against the reference approach (one PNG per sample + a text list, landmark_reference.py) on the same
+faces: wall, samples/s, CPU, peak memory of the process tree (measure.py), files and bytes left, bytes
+written.
+
+Corpus: the 16 real AFLW2000-3D images (450 x 450 JPEG, one 68-point face each, annotated pose) of
+realdata, each replicated `--copies` times under a new image id (symlinks: the same pixels, different ids,
+so every draw differs). The decode floor is cv2.imread of every replicated image once in one process,
+measured before and after the builds (their mean is the ratio's base; this machine is shared and drifts).
+Ratios `x floor` are build wall x workers / floor, `x ref` the reference's wall over the build's.
+
+    python benchmarks/bench_landmarks.py [--small] [--copies 40] [--workers N] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from bench_build import facedata_command
+from measure import Peak, mb, run_measured
+
+from facedata.fusion.schemes import SCHEMES
+from facedata.manifest import Manifest
+from facedata.realdata import realdata_dir
+
+REFERENCE = Path(__file__).resolve().with_name("landmark_reference.py")
+
+
+def make_corpus(root: Path, realdata: Path, copies: int) -> tuple[Path, Path, Path, int]:
+    """(manifest, reference list, flip permutation file, images) of the AFLW2000-3D sample x copies."""
+    manifest_path, list_path, flip_path = root / "aflw.parquet", root / "list.txt", root / "flip.txt"
+    if manifest_path.exists():
+        return manifest_path, list_path, flip_path, len(Manifest.read(manifest_path).images)
+    import pandas as pd
+
+    from facedata.parsers import ingest
+
+    source, _ = ingest(realdata / "aflw2000_3d")
+    images_dir = root / "images"
+    images, faces = [], []
+    for k in range(copies):
+        prefix = f"r{k:04d}"
+        (images_dir / prefix).mkdir(parents=True, exist_ok=True)
+        for rel in source.images["rel_path"]:
+            link = images_dir / prefix / Path(rel).name
+            if not link.exists():
+                link.symlink_to(realdata / "aflw2000_3d" / rel)
+        im = source.images.copy()
+        im["image_id"] = prefix + "/" + im["image_id"]
+        im["rel_path"] = prefix + "/" + im["rel_path"].map(lambda p: Path(p).name)
+        im["root"] = "bench"
+        fa = source.faces.copy()
+        fa["image_id"] = prefix + "/" + fa["image_id"]
+        fa["face_id"] = np.arange(len(fa)) + k * len(fa)
+        images.append(im)
+        faces.append(fa)
+    merged = Manifest(pd.concat(images, ignore_index=True), pd.concat(faces, ignore_index=True),
+                      {"roots": {"bench": str(images_dir.resolve())}})
+    merged.write(manifest_path)
+    lines = []
+    paths = dict(zip(merged.images["image_id"], merged.images["rel_path"], strict=True))
+    for row in merged.faces.itertuples():
+        pts = np.asarray(row.points, np.float64).reshape(-1, 2)
+        values = [row.x1, row.y1, row.x2, row.y2, *pts.ravel(), row.pitch, row.yaw, row.roll]
+        lines.append(" ".join([str(images_dir / paths[row.image_id]), *(f"{v:.3f}" for v in values)]))
+    list_path.write_text("\n".join(lines) + "\n")
+    flip_path.write_text(" ".join(str(i) for i in SCHEMES.get("ibug68").flip_permutation.tolist()) + "\n")
+    return manifest_path, list_path, flip_path, len(merged.images)
+
+
+def decode_floor(root: Path) -> float:
+    """Seconds to cv2.imread every corpus image once in one process."""
+    files = sorted((root / "images").rglob("*.jpg"))
+    start = time.perf_counter()
+    for f in files:
+        cv2.imread(str(f), cv2.IMREAD_COLOR)
+    return time.perf_counter() - start
+
+
+def tree(path: Path) -> tuple[int, int]:
+    """(files, bytes) under path."""
+    files = [f for f in path.rglob("*") if f.is_file()]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def run_facedata(stage: str, manifest: Path, out: Path, workers: int, extra: list[str]) -> tuple[float, Peak, int]:
+    from facedata.storage.index import load_index
+
+    shutil.rmtree(out, ignore_errors=True)
+    option = "--landmarks" if stage == "pfld" else "--keypoints"
+    cmd = [*facedata_command(), "build", stage, option, str(manifest), "-o", str(out), "--workers", str(workers),
+           "--quiet", *extra]
+    wall, peak, _ = run_measured(cmd)
+    return wall, peak, int(load_index(out)["samples"])
+
+
+def run_reference(kind: str, listing: Path, flip: Path, out: Path) -> tuple[float, Peak, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    wall, peak, text = run_measured([sys.executable, str(REFERENCE), kind, str(listing), str(flip), str(out)])
+    return wall, peak, int(text.split()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="8 copies (128 faces; a quick run)")
+    parser.add_argument("--copies", type=int, default=None, help="copies of the 16 faces (default 40)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--format", default="lmdb", choices=["lmdb", "parquet"])
+    parser.add_argument("--realdata", type=Path, default=realdata_dir(),
+                        help="real-data folder (default: FACEDATA_REALDATA or ../shared/realdata)")
+    parser.add_argument("--workdir", type=Path,
+                        default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-landmarks")
+    args, _ = parser.parse_known_args()  # run_all.py passes every benchmark the same arguments
+    if args.realdata is None:
+        raise SystemExit("the real-data folder was not found: pass --realdata or set FACEDATA_REALDATA")
+    copies = args.copies or (8 if args.small else 40)
+    root = args.workdir / f"corpus-{copies}"
+    manifest, listing, flip, n_images = make_corpus(root, args.realdata, copies)
+    floors = [decode_floor(root)]
+    fmt = ["--format", args.format]
+    runs = {
+        ("pfld", "facedata build pfld"): run_facedata("pfld", manifest, root / "out-pfld", args.workers, fmt),
+        ("pfld", "reference (PNG per sample + list)"): run_reference("pfld", listing, flip, root / "ref-pfld"),
+        ("topdown", "facedata build topdown"): run_facedata("topdown", manifest, root / "out-topdown", args.workers,
+                                                            fmt),
+        ("topdown", "reference (PNG per sample + list)"): run_reference("topdown", listing, flip,
+                                                                        root / "ref-topdown"),
+    }
+    floors.append(decode_floor(root))
+    floor = sum(floors) / 2
+    print(f"Landmark builds on {n_images} faces (16 AFLW2000-3D images x {copies}), facedata {args.format}, "
+          f"{args.workers} worker(s), reference 1 process; {os.cpu_count()} core(s), shared machine: indicative\n")
+    print(f"decode floor (cv2.imread of every image, 1 core): {floors[0]:.2f} s before / {floors[1]:.2f} s after, "
+          f"{n_images / floor:,.0f} images/s\n")
+    print("| stage | run | samples | wall | samples/s | x floor | ref wall / wall | CPU (tree) | peak PSS anon | "
+          "peak RSS incl. file pages | files left | bytes left | bytes / sample | bytes written |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (stage, name), (wall, peak, samples) in runs.items():
+        files, size = tree(root / (("out-" if name.startswith("facedata") else "ref-") + stage))
+        ref_wall = runs[(stage, "reference (PNG per sample + list)")][0]
+        workers = args.workers if name.startswith("facedata") else 1
+        print(f"| {stage} | {name} | {samples:,} | {wall:.1f} s | {samples / wall:,.0f} | "
+              f"{wall * workers / floor:.1f} | {ref_wall / wall:.2f} | {peak.cpu:.1f} s | {mb(peak.anon)} | "
+              f"{mb(peak.rss)} | {files:,} | {mb(size)} | {size / max(samples, 1):,.0f} | {mb(peak.written)} |")
+    print("\n(walls include process start-up; corpus generation is not timed; the reference computes its Euler "
+          "angles by solvePnP, facedata carries the annotated ones)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
