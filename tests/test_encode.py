@@ -139,3 +139,36 @@ def test_a_damaged_encoded_image_names_its_block_and_sample(realdata: Path, tmp_
         os.close(fd)
     with pytest.raises(FacedataError, match=r"block 1: sample 0 does not decode to a 64x48x3 image"):
         ShardedDataset(tmp_path / "d").read(np.arange(20))
+
+
+def test_encoded_shards_are_worker_invariant_and_described(pfld_builds: dict[tuple[str, str], Path],
+                                                           tmp_path: Path) -> None:
+    from facedata.storage.index import describe
+
+    source = pfld_builds["lmdb", "jpeg"]
+    aflw = source.parent / "aflw.parquet"
+    run("build", "pfld", "--landmarks", aflw, "-o", tmp_path / "two", "--variants", 3, "--encode", "jpeg",
+        "--workers", 2, "-q")
+    shas = [[s["sha256"] for s in load_index(p)["shards"]] for p in (source, tmp_path / "two")]
+    assert shas[0] == shas[1]
+    assert "stored jpeg" in describe(load_index(source))
+
+
+def test_topdown_png_round_trips(pfld_builds: dict[tuple[str, str], Path], tmp_path: Path) -> None:
+    aflw = pfld_builds["lmdb", "raw"].parent / "aflw.parquet"
+    for encode in ("raw", "png"):
+        run("build", "topdown", "--keypoints", aflw, "-o", tmp_path / encode, "--encode", encode, "-q")
+    raw, png = everything(tmp_path / "raw"), everything(tmp_path / "png")
+    assert png[0].shape == (16, 320, 240, 3)
+    assert np.array_equal(png[0], raw[0]) and png[1].tobytes() == raw[1].tobytes()
+
+
+def test_mindspore_reader_decodes_like_the_numpy_reader(pfld_builds: dict[tuple[str, str], Path]) -> None:
+    pytest.importorskip("mindspore.dataset")
+    from facedata.readers.mindspore import MindSporeBatchSource
+
+    path = pfld_builds["parquet", "jpeg"]
+    source = MindSporeBatchSource(path, 16, seed=3)
+    dataset = source.dataset(num_parallel_workers=1, python_multiprocessing=False)
+    images = np.concatenate([b["image"] for b in dataset.create_dict_iterator(num_epochs=1, output_numpy=True)])
+    assert np.array_equal(images, everything(path)[0])
