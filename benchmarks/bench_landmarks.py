@@ -7,7 +7,10 @@ Corpus: the 16 real AFLW2000-3D images (450 x 450 JPEG, one 68-point face each, 
 realdata, each replicated `--copies` times under a new image id (symlinks: the same pixels, different ids,
 so every draw differs). The decode floor is cv2.imread of every replicated image once in one process,
 measured before and after the builds (their mean is the ratio's base; this machine is shared and drifts).
-Ratios `x floor` are build wall x workers / floor, `x ref` the reference's wall over the build's.
+Ratios `x floor` are build wall x workers / floor, `ref wall / wall` the reference's wall over the build's.
+Then `build pfld --encode raw|png|jpeg`: build samples/s, bytes per sample, and one epoch's read speed
+(ShardedDataset.iter_batches, batches of 256, in this process, page cache warmed by a first epoch) with the JPEG
+error against the raw build.
 
     python benchmarks/bench_landmarks.py [--small] [--copies 40] [--workers N] [--workdir DIR]
 """
@@ -133,6 +136,8 @@ def main() -> int:
         ("topdown", "reference (PNG per sample + list)"): run_reference("topdown", listing, flip,
                                                                         root / "ref-topdown"),
     }
+    encoded = {e: run_facedata("pfld", manifest, root / f"out-pfld-{e}", args.workers, [*fmt, "--encode", e])
+               for e in ("png", "jpeg")}
     floors.append(decode_floor(root))
     floor = sum(floors) / 2
     print(f"Landmark builds on {n_images} faces (16 AFLW2000-3D images x {copies}), facedata {args.format}, "
@@ -151,7 +156,40 @@ def main() -> int:
               f"{mb(peak.rss)} | {files:,} | {mb(size)} | {size / max(samples, 1):,.0f} | {mb(peak.written)} |")
     print("\n(walls include process start-up; corpus generation is not timed; the reference computes its Euler "
           "angles by solvePnP, facedata carries the annotated ones)")
+    print_encodings(root, {"raw": runs[("pfld", "facedata build pfld")], **encoded})
     return 0
+
+
+def read_epoch(path: Path) -> tuple[float, np.ndarray]:
+    """(samples/s of one epoch of a freshly opened dataset, after a warm-up epoch of another instance (warm page
+    cache, empty decoded-unit cache); every image in reader order)."""
+    from facedata.storage import ShardedDataset
+
+    for _ in ShardedDataset(path).iter_batches(256, seed=1):
+        pass
+    data = ShardedDataset(path)
+    start = time.perf_counter()
+    images = [pixels.copy() for pixels, _ in data.iter_batches(256, seed=1)]
+    return len(data) / (time.perf_counter() - start), np.concatenate(images)
+
+
+def print_encodings(root: Path, runs: dict[str, tuple[float, Peak, int]]) -> None:
+    print("\n`build pfld --encode`: size and speed (read: numpy reader, one process, warm page cache, every unit "
+          "decoded once)\n")
+    print("| encode | build wall | build samples/s | peak PSS anon | bytes / sample | size vs raw | "
+          "read samples/s | error vs raw (mean / worst sample mean / max, grey levels) |")
+    print("|---|---|---|---|---|---|---|---|")
+    raw_images = None
+    for encode, (wall, peak, samples) in runs.items():
+        path = root / ("out-pfld" if encode == "raw" else f"out-pfld-{encode}")
+        size = tree(path)[1]
+        speed, images = read_epoch(path)
+        if raw_images is None:
+            raw_images, raw_size = images, size
+        diff = np.abs(images.astype(np.int16) - raw_images)
+        error = f"{diff.mean():.2f} / {diff.reshape(len(diff), -1).mean(axis=1).max():.2f} / {diff.max()}"
+        print(f"| {encode} | {wall:.1f} s | {samples / wall:,.0f} | {mb(peak.anon)} | {size / samples:,.0f} | "
+              f"{size / raw_size:.2f} | {speed:,.0f} | {error} |")
 
 
 if __name__ == "__main__":
