@@ -27,11 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from bench_build import facedata_command
+from bench_reference import parse_with_realdata
 from measure import Peak, mb, run_measured
 
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest
-from facedata.realdata import realdata_dir
 
 REFERENCE = Path(__file__).resolve().with_name("landmark_reference.py")
 
@@ -116,13 +116,7 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=None, help="copies of the 16 faces (default 40)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--format", default="lmdb", choices=["lmdb", "parquet"])
-    parser.add_argument("--realdata", type=Path, default=realdata_dir(),
-                        help="real-data folder (default: FACEDATA_REALDATA or ../shared/realdata)")
-    parser.add_argument("--workdir", type=Path,
-                        default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-landmarks")
-    args, _ = parser.parse_known_args()  # run_all.py passes every benchmark the same arguments
-    if args.realdata is None:
-        raise SystemExit("the real-data folder was not found: pass --realdata or set FACEDATA_REALDATA")
+    args = parse_with_realdata(parser, "facedata-bench-landmarks")
     copies = args.copies or (8 if args.small else 40)
     root = args.workdir / f"corpus-{copies}"
     manifest, listing, flip, n_images = make_corpus(root, args.realdata, copies)
