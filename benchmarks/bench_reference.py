@@ -131,19 +131,25 @@ def run_facedata(det: Path, lmk: Path, out: Path, workers: int, recipe: str) -> 
     return wall, peak, before, after, _dir_bytes(out)
 
 
+def parse_with_realdata(parser: argparse.ArgumentParser, workdir: str) -> argparse.Namespace:
+    """Add --realdata and --workdir (default $TMPDIR/`workdir`) to a benchmark's parser and parse; unknown
+    arguments are ignored (run_all.py passes every benchmark the same ones)."""
+    parser.add_argument("--realdata", type=Path, default=realdata_dir(),
+                        help="real-data folder (default: FACEDATA_REALDATA or ../shared/realdata)")
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / workdir)
+    args, _ = parser.parse_known_args()
+    if args.realdata is None:
+        raise SystemExit("the real-data folder was not found: pass --realdata or set FACEDATA_REALDATA")
+    return args
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="100 images and 300 landmark faces (a quick run)")
     parser.add_argument("--images", type=int, default=None, help="WIDER images (default 300)")
     parser.add_argument("--landmark-faces", type=int, default=None, help="CUHK faces (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="facedata workers (the reference uses 1 process)")
-    parser.add_argument("--realdata", type=Path, default=realdata_dir(),
-                        help="real-data folder (default: FACEDATA_REALDATA or ../shared/realdata)")
-    parser.add_argument("--workdir", type=Path,
-                        default=Path(os.environ.get("TMPDIR", "/tmp")) / "facedata-bench-reference")
-    args, _ = parser.parse_known_args()  # run_all.py passes every benchmark the same arguments
-    if args.realdata is None:
-        raise SystemExit("the real-data folder was not found: pass --realdata or set FACEDATA_REALDATA")
+    args = parse_with_realdata(parser, "facedata-bench-reference")
     args.images = args.images or (100 if args.small else 300)
     args.landmark_faces = args.landmark_faces or (300 if args.small else 1000)
     root = args.workdir / f"corpus-{args.images}-{args.landmark_faces}"

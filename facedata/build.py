@@ -113,6 +113,7 @@ def build_dataset(
     on_plan: Callable[[int], None] | None = None,
     overwrite: bool = False,
     verify: bool = False,
+    encoding: str = "raw",
 ) -> dict[str, Any]:
     """Build (or resume) a shard directory for `stage`; returns the summary (also in index.json).
 
@@ -125,6 +126,7 @@ def build_dataset(
     A complete dataset in `out_dir` is never modified (facedata.buildoutput): of the same inputs and
     options the summary says `already_complete` (`verify` re-hashes its shards first); of others it is an
     error unless `overwrite`, and then it is replaced only once the new one is complete.
+    `encoding` stores each sample's image raw or as one PNG/JPEG (facedata.storage.codec).
     """
     started = time.perf_counter()
     spec = STAGES.get(stage) if isinstance(stage, str) else stage  # a Stage: a registered one with its inputs
@@ -158,7 +160,7 @@ def build_dataset(
         "command_line": command_line(),
         **(extra_provenance or {}),
     }
-    layout = shard_layout(backend, spec.image_shape(config), record_dtype, shard_bytes, block_samples)
+    layout = shard_layout(backend, spec.image_shape(config), record_dtype, shard_bytes, block_samples, encoding)
     with output_lock(out_dir):  # one build at a time per DIR
         output = prepare_output(out_dir, layout, provenance, overwrite=overwrite, verify=verify)
         if output.existing is not None:
@@ -177,7 +179,7 @@ def build_dataset(
                 runner, job, output.directory, backend=backend, mix_ratio=ratio if mix else None,
                 allow_repeat=allow_repeat, shard_bytes=shard_bytes, block_samples=block_samples,
                 provenance=provenance, progress=progress, strict=strict, chunk=chunk, on_write=on_write,
-                on_plan=on_plan, started=started,
+                on_plan=on_plan, started=started, encoding=encoding,
             )
             ok = True
         except FacedataError:

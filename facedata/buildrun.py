@@ -102,7 +102,7 @@ def run_build(
     runner: Runner, job: Job, out_dir: Path, *, backend: str, mix_ratio: dict[int, float] | None,
     allow_repeat: bool, shard_bytes: int, block_samples: int, provenance: dict[str, Any], progress: bool,
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
-    started: float,
+    started: float, encoding: str = "raw",
 ) -> dict[str, Any]:
     """Plan, then render (two passes); without mixing (`mix_ratio` None) both in one pass, since every
     planned sample is written: each image is decoded once and its samples go straight to the writer."""
@@ -118,7 +118,7 @@ def run_build(
 
     writer = DatasetWriter(
         out_dir, backend=backend, image_shape=job.image_shape, record_dtype=job.record_dtype,
-        provenance=provenance, shard_bytes=shard_bytes, block_samples=block_samples, resume=True,
+        provenance=provenance, shard_bytes=shard_bytes, block_samples=block_samples, resume=True, encoding=encoding,
     )
     with writer:
         plan = PlanFile(out_dir, writer.fingerprint, job.plan_dtype, job.record_dtype, n)

@@ -436,6 +436,12 @@ _interpolation_option = click.option(
     help="Resampling of the crops (cv2 INTER_LINEAR or INTER_AREA).",
 )
 
+_encode_option = click.option(
+    "--encode", type=click.Choice(["raw", "png", "jpeg"]), default="raw", show_default=True,
+    help="Store each sample's image raw, as PNG (lossless, decoded bit-exact) or JPEG (quality 95, lossy); "
+         "readers decode, so they return the same arrays.",
+)
+
 
 def _build_options(func):
     """Inputs, mixing and landmark options shared by the three cascade builds (plus `_store_options`)."""
@@ -641,9 +647,10 @@ def build_onet(**options) -> None:
 @click.option("--keep-unlabelled", is_flag=True,
               help="Also crop persons without a labelled keypoint (all target weights 0).")
 @_interpolation_option
+@_encode_option
 @_store_options
 def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabelled: bool, interpolation: str,
-                  output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
+                  encode: str, output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
                   roots: tuple[str, ...], strict: bool, overwrite: bool, verify: bool, quiet: bool) -> None:
     """Top-down keypoint crops (HRNet/Lite-HRNet/SimpleBaseline): one crop per person or face, mmpose's
     centre/scale (padding 1.25, 200 px unit); heatmaps are made at read time (facedata.readers.heatmaps)."""
@@ -662,6 +669,7 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
         keypoints, None, output, stage="topdown", backend=backend, crop_recipe=recipe, mix=False, seed=seed,
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
         progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify,
+        encoding=encode,
     )
     click.echo(format_summary(summary))
 
@@ -699,12 +707,13 @@ def _parse_wxh(text: str, option: str) -> tuple[int, int]:
 @click.option("--repeat-by", type=click.Choice(["weight"]),
               help="weight: a face gets max(1, round(weight)) x --variants samples (fuse --weight).")
 @_interpolation_option
+@_encode_option
 @_store_options
 def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, variants: int, max_rotation: float,
                jitter: float, scale_low: float, scale_high: float, no_mirror: bool, max_tries: int,
                repeat_by: str | None, output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
-               roots: tuple[str, ...], interpolation: str, strict: bool, overwrite: bool, verify: bool,
-               quiet: bool) -> None:
+               roots: tuple[str, ...], interpolation: str, encode: str, strict: bool, overwrite: bool,
+               verify: bool, quiet: bool) -> None:
     """PFLD (112 px): landmark face crops with augmented variants, masks, Euler angles and attribute flags."""
     from facedata.build import format_summary, parse_roots, parse_size
     from facedata.manifest import Manifest
@@ -718,7 +727,7 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
     names = sorted({name for path in landmarks for name in Manifest.root_names(path)})
     summary = run(list(landmarks), output, recipe, backend=backend, workers=workers, seed=seed,
                   shard_bytes=parse_size(shard_size), roots=parse_roots(roots, names), progress=not quiet,
-                  strict=strict, overwrite=overwrite, verify=verify)
+                  strict=strict, overwrite=overwrite, verify=verify, encoding=encode)
     click.echo(format_summary(summary))
 
 

@@ -27,6 +27,16 @@ class ShardSchema:
     block_samples: int
     unit_samples: int
     samples_per_shard: int
+    encoding: str = "raw"  # facedata.storage.codec.ENCODINGS: raw pixels or one PNG/JPEG per sample
+
+    @classmethod
+    def from_index(cls, index: dict) -> ShardSchema:
+        """The schema an index.json (or a writer's layout) describes; indexes without `image_encoding` are raw."""
+        from facedata.storage.index import dtype_from_json
+
+        return cls(tuple(int(x) for x in index["image_shape"]), dtype_from_json(index["record_dtype"]),  # type: ignore[arg-type]
+                   int(index["block_samples"]), int(index["unit_samples"]), int(index["samples_per_shard"]),
+                   index.get("image_encoding", "raw"))
 
     @property
     def image_bytes(self) -> int:

@@ -168,7 +168,8 @@ def describe(index: dict) -> str:
         f"backend        {index['backend']}  (format {index['format']} v{index['version']})",
         f"samples        {samples:,}  in {len(index['shards'])} shard(s)"
         f" of up to {index['samples_per_shard']:,}",
-        f"image          {'x'.join(map(str, index['image_shape']))} uint8; record fields: "
+        f"image          {'x'.join(map(str, index['image_shape']))} uint8, stored "
+        f"{index.get('image_encoding', 'raw')}; record fields: "
         + ", ".join(str(item[0]) for item in index["record_dtype"]),
         f"bytes          {index.get('bytes', 0):,}  ({per_sample:.1f} per sample, raw {raw})",
         f"read unit      {index['unit_samples']:,} samples (block {index['block_samples']:,})",

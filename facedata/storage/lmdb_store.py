@@ -1,7 +1,9 @@
 """LMDB backend: one single-file env per shard, one value per block of samples.
 
 Key = big-endian uint64 block number inside the shard (sorted, so writes use `append=True`); value =
-the block's pixels (n*H*W*C bytes) followed by its records (n * itemsize bytes). The schema lives in a
+the block's pixels (n*H*W*C bytes) followed by its records (n * itemsize bytes). With encoded images
+(`image_encoding` png/jpeg) the value is n (uint32 LE), the end offsets of the n images (uint32 LE each,
+counted from the first image byte), the images end to end, then the records. The schema lives in a
 named DB `__meta__`, the blocks in a named DB `blocks` (a named DB's entry in the main DB would
 break `append` order if both shared it). The shard is written into a work env with a fixed commit
 pattern, then `copyfd(compact=True)` produces the final file: two identical writes give identical
@@ -22,6 +24,7 @@ import numpy as np
 
 from facedata.errors import FacedataError
 from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache
+from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _META_KEY = b"schema"
@@ -50,7 +53,13 @@ class LmdbSink:
         self.commit_every = max(1, _COMMIT_BYTES // block_bytes)
 
     def write(self, pixels: np.ndarray, records: np.ndarray) -> None:
-        value = pixels.tobytes() + records.tobytes()
+        if self.schema.encoding == RAW:
+            value = pixels.tobytes() + records.tobytes()
+        else:
+            images = encode_images(pixels, self.schema.encoding)
+            ends = np.cumsum([len(b) for b in images], dtype=np.uint64).astype("<u4")
+            value = b"".join([np.uint32(len(images)).astype("<u4").tobytes(), ends.tobytes(), *images,
+                              records.tobytes()])
         if not self.txn.put(block_key(self.block), value, append=True, db=self.blocks_db):
             raise FacedataError(f"{self.target.name}: LMDB refused block {self.block} (key order)")
         self.block += 1
@@ -64,6 +73,7 @@ class LmdbSink:
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "image_shape": list(self.schema.image_shape),
+            "image_encoding": self.schema.encoding,
             "record_dtype": dtype_to_json(self.schema.record_dtype),
             "block_samples": self.schema.block_samples,
             "samples": self.samples,
@@ -229,6 +239,8 @@ class LmdbSource:
         value = self.txn.get(block_key(unit))
         if value is None:
             raise FacedataError(f"{self.path.name}: block {unit} is missing")
+        if self.schema.encoding != RAW:
+            return self._decode_block(unit, value)
         bps = self.schema.bytes_per_sample
         n = len(value) // bps
         if n * bps != len(value):
@@ -237,6 +249,18 @@ class LmdbSource:
         pixels = pixels.reshape((n, *self.schema.image_shape))
         records = np.frombuffer(value, self.schema.record_dtype, n, offset=n * self.schema.image_bytes)
         return pixels, records
+
+    def _decode_block(self, unit: int, value: memoryview) -> tuple[np.ndarray, np.ndarray]:
+        where = f"{self.path.name}: block {unit}"
+        size = len(value)
+        n = int(np.frombuffer(value, "<u4", 1)[0]) if size >= 4 else -1
+        head = 4 + 4 * n
+        ends = np.frombuffer(value, "<u4", n, 4) if 0 <= n and head <= size else None
+        body = int(ends[-1]) if ends is not None and n else 0
+        if ends is None or head + body + n * self.schema.record_dtype.itemsize != size:
+            raise FacedataError(f"{where}: size {size} does not match its encoded layout")
+        pixels = decode_images(np.frombuffer(value, np.uint8, body, head), ends, self.schema.image_shape, where)
+        return pixels, np.frombuffer(value, self.schema.record_dtype, n, offset=head + body)
 
     def will_need(self, unit: int) -> Callable[[], None] | None:
         """posix_fadvise(WILLNEED) on the block's bytes: the env maps the file with readahead off (random

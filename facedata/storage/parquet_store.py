@@ -8,7 +8,9 @@ chunk: raw crops barely compress, and so every column chunk is its PLAIN values 
 The reader exploits that: it parses the page headers itself and takes the values straight from the
 memory-mapped file (the image column zero-copy), instead of pyarrow's decode of every row group. Any
 other valid layout of the same schema (compressed or dictionary pages, BOOLEAN fields, files rewritten
-by other tools) is read through pyarrow instead, row group by row group.
+by other tools) is read through pyarrow instead, row group by row group. With encoded images
+(`image_encoding` png/jpeg) `image` is a `binary` column of one PNG/JPEG per row, read through pyarrow and
+decoded (facedata.storage.codec).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 
 from facedata.errors import FacedataError
 from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, read_into_page_cache
+from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
 _ROW_GROUP_BYTES = 48 << 20
@@ -41,7 +44,8 @@ _PHYSICAL = {"INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"), "FLOAT": np.dty
 
 
 def arrow_schema(schema: ShardSchema) -> pa.Schema:
-    fields = [pa.field("image", pa.binary(schema.image_bytes), nullable=False)]
+    image_type = pa.binary(schema.image_bytes) if schema.encoding == RAW else pa.binary()
+    fields = [pa.field("image", image_type, nullable=False)]
     for name in schema.record_dtype.names:
         base, shape = schema.record_dtype[name].base, schema.record_dtype[name].shape
         value_type = pa.from_numpy_dtype(base)
@@ -53,6 +57,7 @@ def arrow_schema(schema: ShardSchema) -> pa.Schema:
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "image_shape": list(schema.image_shape),
+        "image_encoding": schema.encoding,
         "record_dtype": dtype_to_json(schema.record_dtype),
     }
     return pa.schema(fields, metadata={_META_KEY: canonical_json(meta).encode()})
@@ -71,9 +76,12 @@ class ParquetSink:
 
     def write(self, pixels: np.ndarray, records: np.ndarray) -> None:
         n = len(records)
-        image = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(self.schema.image_bytes), n, [None, pa.py_buffer(np.ascontiguousarray(pixels))]
-        )
+        if self.schema.encoding == RAW:
+            image = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(self.schema.image_bytes), n, [None, pa.py_buffer(np.ascontiguousarray(pixels))]
+            )
+        else:
+            image = pa.array(encode_images(pixels, self.schema.encoding), pa.binary())
         columns = [image]
         for name in self.schema.record_dtype.names:
             values = np.ascontiguousarray(records[name])
@@ -128,7 +136,7 @@ class ParquetSource:
         self._spans = [_span(self.file.metadata.row_group(i)) for i in range(self.file.num_row_groups)]
 
     def read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray]:
-        if not self._aligned:
+        if not self._aligned or self.schema.encoding != RAW:
             return self._read_unit_arrow(unit)
         if unit >= self.file.num_row_groups:
             raise FacedataError(f"{self.path.name}: row group {unit} is missing")
@@ -165,11 +173,20 @@ class ParquetSource:
                 values = column.flatten() if pa.types.is_fixed_size_list(column.type) else column
                 records[name] = values.to_numpy(zero_copy_only=False).reshape(records[name].shape)
             image = table.column("image").combine_chunks()
+            if self.schema.encoding != RAW:
+                return self._decode(image, f"{self.path.name}: rows {lo}..{hi - 1}"), records
             pixels = np.frombuffer(image.buffers()[1], np.uint8, table.num_rows * self.schema.image_bytes,
                                    image.offset * self.schema.image_bytes)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise FacedataError(f"{self.path}: rows {lo}..{hi - 1} (unit {unit}) are unreadable ({exc})") from None
         return pixels.reshape((table.num_rows, *self.schema.image_shape)), records
+
+    def _decode(self, image: pa.BinaryArray, where: str) -> np.ndarray:
+        """A binary column's images decoded (its value bytes and int32 offsets, read without copies)."""
+        _, offsets, data = image.buffers()
+        offsets = np.frombuffer(offsets, "<i4", len(image) + 1, image.offset * 4)
+        blob = np.frombuffer(data, np.uint8, int(offsets[-1]))
+        return decode_images(blob[int(offsets[0]):], offsets[1:] - offsets[0], self.schema.image_shape, where)
 
     def _values(self, row_group: pq.RowGroupMetaData, i: int, count: int) -> np.ndarray:
         """Column i's `count` values: a view of the file when it has one data page, else the pages joined."""

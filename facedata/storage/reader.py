@@ -31,6 +31,7 @@ from facedata.storage.index import dtype_from_json, load_index
 
 Allocator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 PREFETCH_SAMPLES = 2 * WINDOW_SAMPLES  # how far ahead in the order the helper thread decodes
+DECODED_CACHE_BYTES = 96 << 20  # units cached per process when shards hold encoded images (decoded copies)
 READAHEAD_BYTES = 64 << 20  # how far ahead in the order (at least 2 units) the shards are asked to start reading
 WHOLE_READ_RAM_SHARE = 0.25  # an epoch over most units of a set this small (share of RAM) reads the files whole
 
@@ -44,8 +45,7 @@ class ShardedDataset:
         self.backend: Backend = BACKENDS.get(self.index["backend"])()
         self.image_shape: tuple[int, int, int] = tuple(int(x) for x in self.index["image_shape"])  # type: ignore[assignment]
         self.record_dtype = dtype_from_json(self.index["record_dtype"])
-        self.schema = ShardSchema(self.image_shape, self.record_dtype, int(self.index["block_samples"]),
-                                  int(self.index["unit_samples"]), int(self.index["samples_per_shard"]))
+        self.schema = ShardSchema.from_index(self.index)
         self.unit_samples = self.schema.unit_samples
         self._units_per_shard = self.schema.samples_per_shard // self.unit_samples
         self._n = int(self.index["samples"])
@@ -53,7 +53,8 @@ class ShardedDataset:
         for entry in self.index["shards"]:
             self._check_shard_file(entry)
         unit_bytes = self.unit_samples * self.schema.bytes_per_sample
-        self._cache_units = max(4, min(4096, self.backend.cache_bytes // unit_bytes))
+        cache_bytes = self.backend.cache_bytes if self.schema.encoding == "raw" else DECODED_CACHE_BYTES
+        self._cache_units = max(4, min(4096, cache_bytes // unit_bytes))  # decoded units are process memory
         # Stage slots for two shuffle windows plus stragglers, when units are small enough to share one.
         small = self.unit_samples < WINDOW_SAMPLES
         self._stage_slots = 2 * (WINDOW_SAMPLES // self.unit_samples) + 2 if small else 0

@@ -10,7 +10,7 @@ import numpy as np
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.storage.base import BACKENDS, Backend, ShardSchema
-from facedata.storage.index import INDEX_NAME, SHARD_NAME, dtype_from_json, load_index
+from facedata.storage.index import INDEX_NAME, SHARD_NAME, load_index
 
 
 def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
@@ -19,9 +19,7 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     try:
         index = load_index(path)
         backend = BACKENDS.get(index["backend"])()
-        schema = ShardSchema(tuple(index["image_shape"]), dtype_from_json(index["record_dtype"]),  # type: ignore[arg-type]
-                             int(index["block_samples"]), int(index["unit_samples"]),
-                             int(index["samples_per_shard"]))
+        schema = ShardSchema.from_index(index)
     except FacedataError as exc:
         return [f"{INDEX_NAME}: {exc}"]
     problems: list[str] = []

@@ -20,6 +20,7 @@ import numpy as np
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.storage.base import BACKENDS, ShardSchema, ShardSink
+from facedata.storage.codec import check_encoding
 from facedata.storage.index import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -50,14 +51,15 @@ class DatasetWriter:
         shard_bytes: int = 256 << 20,
         block_samples: int = 1024,
         resume: bool = True,
+        encoding: str = "raw",
     ) -> None:
         self.out_dir = Path(out_dir)
         self.backend = BACKENDS.get(backend)()
-        self.layout = shard_layout(backend, image_shape, record_dtype, shard_bytes, block_samples)
+        self.layout = shard_layout(backend, image_shape, record_dtype, shard_bytes, block_samples, encoding)
         record_dtype = np.dtype(record_dtype)
         image_shape = tuple(self.layout["image_shape"])
         self.schema = ShardSchema(image_shape, record_dtype, block_samples, self.layout["unit_samples"],  # type: ignore[arg-type]
-                                  self.layout["samples_per_shard"])
+                                  self.layout["samples_per_shard"], encoding)
         self.provenance = dict(provenance)
         self.fingerprint = fingerprint(self.layout, self.provenance)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,9 +242,12 @@ class DatasetWriter:
 
 
 def shard_layout(
-    backend: str, image_shape: tuple[int, ...], record_dtype: np.dtype, shard_bytes: int, block_samples: int
+    backend: str, image_shape: tuple[int, ...], record_dtype: np.dtype, shard_bytes: int, block_samples: int,
+    encoding: str = "raw",
 ) -> dict:
-    """The index's layout fields for these options: what, with the provenance, fixes every shard byte."""
+    """The index's layout fields for these options: what, with the provenance, fixes every shard byte.
+    Shards are sized by raw samples whatever the encoding (an encoded shard is smaller, never larger by
+    more than the encoder's few header bytes)."""
     record_dtype = np.dtype(record_dtype)
     if record_dtype.names is None or "label" not in record_dtype.names:
         raise FacedataError("record_dtype must be a structured dtype with a 'label' field")
@@ -256,6 +261,7 @@ def shard_layout(
         "version": FORMAT_VERSION,
         "backend": backend,
         "image_shape": shape,
+        "image_encoding": check_encoding(encoding),
         "record_dtype": dtype_to_json(record_dtype),
         "bytes_per_sample": bytes_per_sample,
         "block_samples": block_samples,
