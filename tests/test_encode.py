@@ -172,3 +172,14 @@ def test_mindspore_reader_decodes_like_the_numpy_reader(pfld_builds: dict[tuple[
     dataset = source.dataset(num_parallel_workers=1, python_multiprocessing=False)
     images = np.concatenate([b["image"] for b in dataset.create_dict_iterator(num_epochs=1, output_numpy=True)])
     assert np.array_equal(images, everything(path)[0])
+
+
+@pytest.mark.parametrize("encode", ["raw", "png", "jpeg"])
+def test_verify_pixels_passes_on_every_encoding(pfld_builds: dict[tuple[str, str], Path], encode: str) -> None:
+    """verify --pixels re-cuts from the source photos: PNG within the raw tolerance, JPEG within the lossy one
+    (oracle.pixels.LOSSY_TOLERANCE: a mean bound far below the tens of levels of a wrong crop)."""
+    from facedata.oracle.pixels import LOSSY_TOLERANCE, TOLERANCE
+
+    result = CliRunner().invoke(main, ["verify", str(pfld_builds["lmdb", encode]), "--pixels", "24"])
+    assert result.exit_code == 0 and "0 outside tolerance" in result.output, result.output
+    assert LOSSY_TOLERANCE.mean < 10 and TOLERANCE.mean <= LOSSY_TOLERANCE.mean

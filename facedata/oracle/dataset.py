@@ -18,7 +18,7 @@ from typing import Any
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
 from facedata.oracle.labels import DetectionRules, LabelReport, LandmarkRules, run_checks, verify_labels
-from facedata.oracle.pixels import PixelReport, verify_pixels
+from facedata.oracle.pixels import PixelReport, tolerance_for, verify_pixels
 from facedata.samples import ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 
 ManifestArg = Manifest | str | os.PathLike[str] | None
@@ -214,10 +214,11 @@ def verify_build_pixels(path: str | os.PathLike[str], n: int, *, seed: int = 0, 
         index = dataset.index
         prov = index.get("provenance", {})
         stage = stage_of(index)
+        tolerance = tolerance_for(index.get("image_encoding", "raw"))
         if stage == "topdown":
             manifest, notes = topdown_manifest(index, keypoints if keypoints is not None else detections)
             roots = parse_roots(images, manifest.images["root"].unique().tolist())
-            return verify_topdown_pixels(dataset, manifest, n=n, seed=seed, roots=roots), notes
+            return verify_topdown_pixels(dataset, manifest, n=n, seed=seed, roots=roots, tolerance=tolerance), notes
         if stage == "pfld":
             lmk, notes = pfld_manifest(index, _many(landmarks))
             det = None
@@ -229,7 +230,7 @@ def verify_build_pixels(path: str | os.PathLike[str], n: int, *, seed: int = 0, 
             det, lmk, notes = build_manifests(index, detections, _one(landmarks))
         names = [name for m in (det, lmk) if m is not None for name in m.images["root"].unique().tolist()]
         report = verify_pixels(dataset, det, lmk, n=n, seed=seed, interpolation=interpolation,
-                               roots=parse_roots(images, names))
+                               roots=parse_roots(images, names), tolerance=tolerance)
     finally:
         dataset.close()
     return report, notes
