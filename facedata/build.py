@@ -101,7 +101,7 @@ def build_dataset(
     seed: int = 0,
     workers: int | None = None,
     shard_bytes: int = 256 << 20,
-    block_samples: int = 1024,
+    block_samples: int | None = None,
     roots: dict[str, str] | None = None,
     progress: bool = True,
     detector: Callable[[], Any] | None = None,

@@ -100,7 +100,7 @@ def _resume_point(table: np.ndarray | None, done: int) -> tuple[int, int]:
 
 def run_build(
     runner: Runner, job: Job, out_dir: Path, *, backend: str, mix_ratio: dict[int, float] | None,
-    allow_repeat: bool, shard_bytes: int, block_samples: int, provenance: dict[str, Any], progress: bool,
+    allow_repeat: bool, shard_bytes: int, block_samples: int | None, provenance: dict[str, Any], progress: bool,
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
     started: float, encoding: str = "raw",
 ) -> dict[str, Any]:

@@ -554,3 +554,18 @@ def test_in_page_cache_tells_cold_from_warm_without_reading(tmp_path: Path) -> N
         assert not in_page_cache(fd, 0, 0)
     finally:
         os.close(fd)
+
+
+def test_blocks_of_large_samples_stay_small() -> None:
+    """A block is what the writer buffers and a reader stages: 1,024 small cascade crops, but only as many
+    large crops as fit BLOCK_BYTES (1,024 top-down crops of 240x320 would be 236 MB)."""
+    from facedata.storage.writer import BLOCK_BYTES, default_block_samples, shard_layout
+
+    record = np.dtype([("label", "i1"), ("x", "<f4", (20,))])
+    for shape in ((12, 12, 3), (24, 24, 3), (48, 48, 3)):
+        assert default_block_samples(shape, record) == 1024
+    for shape in ((112, 112, 3), (320, 240, 3), (1024, 1024, 3)):
+        n = default_block_samples(shape, record)
+        assert n < 1024 and (n == 16 or n * (int(np.prod(shape)) + record.itemsize) <= BLOCK_BYTES)
+    assert shard_layout("lmdb", (320, 240, 3), record, 256 << 20)["block_samples"] == 36
+    assert shard_layout("lmdb", (320, 240, 3), record, 256 << 20, 100)["block_samples"] == 100  # explicit wins

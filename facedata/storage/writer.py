@@ -49,7 +49,7 @@ class DatasetWriter:
         record_dtype: np.dtype,
         provenance: dict,
         shard_bytes: int = 256 << 20,
-        block_samples: int = 1024,
+        block_samples: int | None = None,  # None: default_block_samples (1,024 for small crops)
         resume: bool = True,
         encoding: str = "raw",
     ) -> None:
@@ -58,7 +58,8 @@ class DatasetWriter:
         self.layout = shard_layout(backend, image_shape, record_dtype, shard_bytes, block_samples, encoding)
         record_dtype = np.dtype(record_dtype)
         image_shape = tuple(self.layout["image_shape"])
-        self.schema = ShardSchema(image_shape, record_dtype, block_samples, self.layout["unit_samples"],  # type: ignore[arg-type]
+        self.schema = ShardSchema(image_shape, record_dtype, self.layout["block_samples"],  # type: ignore[arg-type]
+                                  self.layout["unit_samples"],
                                   self.layout["samples_per_shard"], encoding)
         self.provenance = dict(provenance)
         self.fingerprint = fingerprint(self.layout, self.provenance)
@@ -241,9 +242,20 @@ class DatasetWriter:
             self.close()
 
 
+BLOCK_BYTES = 8 << 20  # a block is at most this many raw bytes (and at most 1,024 samples)
+
+
+def default_block_samples(image_shape: tuple[int, ...], record_dtype: np.dtype) -> int:
+    """Samples per block: 1,024 for the small cascade crops (12-48 px), fewer for large samples so that a
+    block (what the writer buffers and a reader stages at once) stays near BLOCK_BYTES: 222 for 112 px PFLD
+    crops, 36 for 240x320 top-down crops (1,024 of those would be 236 MB)."""
+    bytes_per_sample = int(np.prod([int(x) for x in image_shape])) + np.dtype(record_dtype).itemsize
+    return max(16, min(1024, BLOCK_BYTES // bytes_per_sample))
+
+
 def shard_layout(
-    backend: str, image_shape: tuple[int, ...], record_dtype: np.dtype, shard_bytes: int, block_samples: int,
-    encoding: str = "raw",
+    backend: str, image_shape: tuple[int, ...], record_dtype: np.dtype, shard_bytes: int,
+    block_samples: int | None = None, encoding: str = "raw",
 ) -> dict:
     """The index's layout fields for these options: what, with the provenance, fixes every shard byte.
     Shards are sized by raw samples whatever the encoding (an encoded shard is smaller, never larger by
@@ -255,6 +267,7 @@ def shard_layout(
         raise FacedataError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape!r}")
     shape = [int(x) for x in image_shape]
     bytes_per_sample = int(np.prod(shape)) + record_dtype.itemsize
+    block_samples = block_samples or default_block_samples(image_shape, record_dtype)
     per_shard = samples_per_shard(shard_bytes, bytes_per_sample, block_samples)
     return {
         "format": FORMAT_NAME,
