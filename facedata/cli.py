@@ -161,6 +161,38 @@ def filter_command(
     _note(quiet, f"wrote {output}")
 
 
+def _export_formats() -> list[str]:
+    from facedata.exports import EXPORTS
+
+    return EXPORTS.names()
+
+
+@main.command(name="export")
+@click.argument("format_name", metavar="FORMAT", type=click.Choice(_export_formats()))
+@click.argument("source", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output: a file (coco .json, retinaface label.txt) or a folder of per-image files (voc, yolo).")
+@click.option("--strict", is_flag=True,
+              help="Refuse to export when the format cannot hold some of the manifest (default: warn with counts).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@_quiet_option
+def export_command(format_name: str, source: Path, output: Path, strict: bool, overwrite: bool, quiet: bool) -> None:
+    """Write a manifest in a detector's training format: coco, voc, retinaface or yolo.
+
+    What the format cannot hold (other schemes' points, attributes, pose, ignore regions...) is named with its
+    count: a warning, or an error with --strict. Paths are the manifest's rel_path under its one image root.
+    """
+    from facedata.exports import export
+    from facedata.manifest import Manifest
+
+    _refuse_same_file(source, output, "-o/--output")
+    manifest = Manifest.read(source)
+    lost = export(manifest, format_name, output, source=str(source), strict=strict, overwrite=overwrite)
+    for loss in lost:
+        click.echo(f"warning: {format_name} cannot hold {loss}: not exported", err=True)
+    _note(quiet, f"wrote {len(manifest.images):,} images, {len(manifest.faces):,} faces as {format_name} to {output}")
+
+
 @main.command()
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")

@@ -1,0 +1,256 @@
+"""Exports (`facedata export`): each format read back by an independent reader written here, on the real
+WIDER val and CUHK manifests, must give the manifest's boxes, 5 points and ignore flags; the RetinaFace export
+of WIDER val reproduces the published RetinaFace val label.txt; the COCO export loads in pycocotools."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from facedata.cli import main
+from facedata.exports import EXPORTS, export
+from facedata.filters import apply_filters, rules_from_options
+from facedata.manifest import Manifest
+from facedata.parsers import ingest
+
+BOX = ["x1", "y1", "x2", "y2"]
+
+
+@pytest.fixture(scope="module")
+def wider_val(realdata: Path) -> Manifest:
+    """WIDER val with the faces under 10 px as ignore regions (so ignore flags are exercised)."""
+    manifest, _ = ingest(realdata / "wider_face/wider_face_val_bbx_gt.txt")
+    filtered, _ = apply_filters(manifest, rules_from_options(10.0, False, (), False, "ignore"))
+    return filtered
+
+
+@pytest.fixture(scope="module")
+def cuhk(realdata: Path) -> Manifest:
+    """CUHK train list with the images present (so sizes are probed), 5 visible points per face."""
+    manifest, _ = ingest(realdata / "lfw_net_7876/trainImageList.txt", images=realdata / "lfw_net_7876")
+    return manifest
+
+
+# --- what the manifest says, and independent readers of each format -------------------------------------
+
+
+def expected(manifest: Manifest) -> pd.DataFrame:
+    """One row per face: rel_path, box, ignore, and the 5 points (NaN where absent) with visibility."""
+    faces = manifest.faces.merge(manifest.images[["image_id", "rel_path"]], on="image_id")
+    rows = []
+    for face in faces.itertuples():
+        points, visible = np.full(10, np.nan), np.zeros(5, int)
+        if face.scheme == "mtcnn5" and face.points is not None and len(face.points):
+            visible = np.asarray(face.visible, int)
+            points = np.where(np.repeat(visible > 0, 2), np.asarray(face.points, float), np.nan)
+        rows.append((face.rel_path, float(face.x1), float(face.y1), float(face.x2), float(face.y2),
+                     bool(face.ignore), points, visible))
+    return _frame(rows)
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["rel_path", *BOX, "ignore", "points", "visible"])
+    return frame.sort_values(["rel_path", *BOX]).reset_index(drop=True)
+
+
+def read_coco(path: Path) -> pd.DataFrame:
+    data = json.loads(path.read_text())
+    names = {image["id"]: image["file_name"] for image in data["images"]}
+    rows = []
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        kp = np.asarray(ann.get("keypoints", [0] * 15), float).reshape(5, 3)
+        visible = kp[:, 2].astype(int)
+        points = np.where(np.repeat(visible > 0, 2), kp[:, :2].ravel(), np.nan)
+        rows.append((names[ann["image_id"]], x, y, x + w, y + h, bool(ann["iscrowd"]), points, visible))
+    return _frame(rows)
+
+
+def read_voc(folder: Path) -> pd.DataFrame:
+    rows = []
+    for xml in folder.rglob("*.xml"):
+        root = ET.parse(xml).getroot()
+        rel_path = f"{root.findtext('folder')}/{root.findtext('filename')}"
+        for obj in root.iter("object"):
+            box = [float(obj.find("bndbox").findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
+            rows.append((rel_path, *box, obj.findtext("difficult") == "1", np.full(10, np.nan), np.zeros(5, int)))
+    return _frame(rows)
+
+
+def read_retinaface(path: Path) -> pd.DataFrame:
+    rows, rel_path = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("# "):
+            rel_path = line[2:]
+            continue
+        values = [float(v) for v in line.split()]
+        x, y, w, h = values[:4]
+        triples = np.asarray(values[4:19] or [-1] * 15).reshape(5, 3)
+        visible = np.where(triples[:, 2] < 0, 0, np.where(triples[:, 2] == 1, 1, 2))
+        points = np.where(np.repeat(visible > 0, 2), triples[:, :2].ravel(), np.nan)
+        rows.append((rel_path, x, y, x + w, y + h, False, points, visible))
+    return _frame(rows)
+
+
+def read_yolo(folder: Path, manifest: Manifest) -> pd.DataFrame:
+    images = manifest.images.set_index(manifest.images["rel_path"].map(lambda p: str(Path(p).with_suffix(".txt"))))
+    rows = []
+    for txt in folder.rglob("*.txt"):
+        image = images.loc[txt.relative_to(folder).as_posix()]
+        scale = np.array([image.width, image.height], float)
+        for line in txt.read_text().splitlines():
+            values = np.asarray(line.split()[1:], float)
+            (cx, cy), (w, h) = values[:2] * scale, values[2:4] * scale
+            raw = values[4:14].reshape(5, 2) if len(values) > 4 else np.full((5, 2), -1.0)
+            visible = np.where((raw == -1).all(axis=1), 0, 2)
+            points = np.where(np.repeat(visible > 0, 2), (raw * scale).ravel(), np.nan)
+            rows.append((image.rel_path, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, False, points, visible))
+    return _frame(rows)
+
+
+def assert_same(got: pd.DataFrame, want: pd.DataFrame, *, ignore: bool, points: bool, atol: float) -> None:
+    assert len(got) == len(want)
+    assert (got["rel_path"] == want["rel_path"]).all()
+    np.testing.assert_allclose(got[BOX].to_numpy(float), want[BOX].to_numpy(float), atol=atol, rtol=0)
+    if ignore:
+        assert (got["ignore"] == want["ignore"]).all()
+    if points:
+        np.testing.assert_allclose(np.stack(got["points"]), np.stack(want["points"]), atol=atol, rtol=0)
+        assert (np.stack(got["visible"]) == np.stack(want["visible"])).all()
+
+
+# --- round trips -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["coco", "voc", "retinaface"])
+def test_wider_val_round_trips(tmp_path: Path, wider_val: Manifest, name: str) -> None:
+    out = tmp_path / name
+    export(wider_val, name, out)
+    got = {"coco": read_coco, "voc": read_voc, "retinaface": read_retinaface}[name](out)
+    assert wider_val.faces["ignore"].sum() > 0  # the filter made ignore regions
+    assert_same(got, expected(wider_val), ignore=name != "retinaface", points=False, atol=0)
+
+
+@pytest.mark.parametrize("name", ["coco", "voc", "retinaface", "yolo"])
+def test_cuhk_round_trips_with_points(tmp_path: Path, cuhk: Manifest, name: str) -> None:
+    out = tmp_path / name
+    export(cuhk, name, out)
+    readers = {"coco": read_coco, "voc": read_voc, "retinaface": read_retinaface,
+               "yolo": lambda p: read_yolo(p, cuhk)}
+    got = readers[name](out)
+    assert_same(got, expected(cuhk), ignore=False, points=name != "voc", atol=1e-3 if name == "yolo" else 0)
+
+
+def test_every_image_is_written_including_those_without_faces(tmp_path: Path, wider_val: Manifest) -> None:
+    empty = set(wider_val.images["image_id"]) - set(wider_val.faces["image_id"])
+    assert len(empty) == 4
+    export(wider_val, "voc", tmp_path / "voc")
+    export(wider_val, "retinaface", tmp_path / "label.txt")
+    assert len(list((tmp_path / "voc").rglob("*.xml"))) == len(wider_val.images) == 3226
+    assert (tmp_path / "label.txt").read_text().count("\n# ") + 1 == 3226
+
+
+def test_retinaface_export_reproduces_the_published_val_labels(tmp_path: Path, realdata: Path) -> None:
+    """The published file differs only where facedata keeps more: the 4 faceless images' `#` lines, and it
+    repeats one face the WIDER file lists twice (ingest keeps it once)."""
+    manifest, _ = ingest(realdata / "wider_face/wider_face_val_bbx_gt.txt")
+    export(manifest, "retinaface", tmp_path / "label.txt")
+    ours = (tmp_path / "label.txt").read_text().splitlines()
+    published = (realdata / "wider_face_retinaface_labels/val/label.txt").read_text().splitlines()
+    faceless = {f"# {p}" for p in manifest.images["rel_path"][
+        ~manifest.images["image_id"].isin(manifest.faces["image_id"])]}
+    assert [line for line in ours if line not in faceless] == _without_one_repeat(published)
+
+
+def _without_one_repeat(lines: list[str]) -> list[str]:
+    """The published lines with the one face line that repeats an earlier face of its image removed."""
+    kept, seen, removed = [], set(), 0
+    for line in lines:
+        if line.startswith("#"):
+            seen = set()
+        elif line in seen:
+            removed += 1
+            continue
+        seen.add(line)
+        kept.append(line)
+    assert removed == 1
+    return kept
+
+
+def test_coco_export_loads_in_pycocotools(tmp_path: Path, wider_val: Manifest, cuhk: Manifest) -> None:
+    coco_module = pytest.importorskip("pycocotools.coco")
+    for manifest in (wider_val, cuhk):
+        export(manifest, "coco", tmp_path / "out.json", overwrite=True)
+        coco = coco_module.COCO(str(tmp_path / "out.json"))
+        anns = coco.loadAnns(coco.getAnnIds())
+        assert len(coco.anns) == len(anns) == len(manifest.faces)  # unique annotation ids
+        assert len(coco.getImgIds()) == len(manifest.images)
+        faces = manifest.faces
+        areas = ((faces["x2"] - faces["x1"]) * (faces["y2"] - faces["y1"])).to_numpy(float)
+        np.testing.assert_allclose(sorted(a["area"] for a in anns), np.sort(areas), rtol=1e-6)
+        crowd = coco.getAnnIds(iscrowd=True)
+        assert len(crowd) == int(faces["ignore"].sum())
+    assert coco.loadCats(1)[0]["keypoints"][0] and all(a["num_keypoints"] == 5 for a in anns)
+
+
+# --- what a format cannot hold, refusals, atomic writes -----------------------------------------------------
+
+
+def test_losses_are_named_and_counted(wider_val: Manifest, cuhk: Manifest) -> None:
+    from facedata.exports import losses
+
+    lost = [str(x) for x in losses(wider_val, EXPORTS.get("retinaface"))]
+    n_ignore = int(wider_val.faces["ignore"].sum())
+    assert lost == ["39,703 faces with attributes (blur, expression, illumination, occlusion, pose, invalid)",
+                    f"{n_ignore:,} faces with ignore regions"]
+    assert [str(x) for x in losses(cuhk, EXPORTS.get("voc"))] == ["101 faces with mtcnn5 points"]
+    assert losses(cuhk, EXPORTS.get("coco")) == []
+
+
+def _manifest_file(tmp_path: Path, manifest: Manifest) -> Path:
+    path = tmp_path / "m.parquet"
+    manifest.write(path)
+    return path
+
+
+def test_cli_warns_refuses_under_strict_and_never_overwrites(tmp_path: Path, cuhk: Manifest) -> None:
+    source = _manifest_file(tmp_path, cuhk)
+    runner = CliRunner()
+    out = tmp_path / "voc"
+    result = runner.invoke(main, ["export", "voc", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning: voc cannot hold 101 faces with mtcnn5 points" in result.output
+    before = sorted(p.read_bytes() for p in out.rglob("*.xml"))
+    strict = runner.invoke(main, ["export", "voc", str(source), "-o", str(tmp_path / "v2"), "--strict"])
+    assert strict.exit_code == 2 and "cannot hold 101 faces with mtcnn5 points" in strict.output
+    assert not (tmp_path / "v2").exists()
+    again = runner.invoke(main, ["export", "voc", str(source), "-o", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert sorted(p.read_bytes() for p in out.rglob("*.xml")) == before
+    same = runner.invoke(main, ["export", "coco", str(source), "-o", str(source), "--overwrite"])
+    assert same.exit_code == 2 and "same file" in same.output
+    assert Manifest.read(source).faces.shape == cuhk.faces.shape
+
+
+def test_yolo_without_image_sizes_is_refused(tmp_path: Path, wider_val: Manifest) -> None:
+    source = _manifest_file(tmp_path, wider_val)
+    result = CliRunner().invoke(main, ["export", "yolo", str(source), "-o", str(tmp_path / "yolo")])
+    assert result.exit_code == 2
+    assert "yolo needs image sizes but 3,226 image(s) have no width/height" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "yolo").exists()
+
+
+def test_a_failed_folder_export_leaves_the_old_output(tmp_path: Path, cuhk: Manifest) -> None:
+    export(cuhk, "yolo", tmp_path / "yolo")
+    before = {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*.txt")}
+    broken = Manifest(cuhk.images.assign(width=0), cuhk.faces, cuhk.provenance)  # a division by zero mid-write
+    with pytest.raises(ZeroDivisionError):
+        export(broken, "yolo", tmp_path / "yolo", overwrite=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*.txt")} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["yolo"]
