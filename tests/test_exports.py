@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from pycocotools.coco import COCO
 
 from facedata.cli import main
+from facedata.errors import FacedataError
 from facedata.exports import EXPORTS, export
 from facedata.filters import apply_filters, rules_from_options
 from facedata.manifest import Manifest
@@ -76,7 +78,7 @@ def read_voc(folder: Path) -> pd.DataFrame:
     rows = []
     for xml in folder.rglob("*.xml"):
         root = ET.parse(xml).getroot()
-        rel_path = f"{root.findtext('folder')}/{root.findtext('filename')}"
+        rel_path = "/".join(part for part in (root.findtext("folder"), root.findtext("filename")) if part)
         for obj in root.iter("object"):
             box = [float(obj.find("bndbox").findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")]
             rows.append((rel_path, *box, obj.findtext("difficult") == "1", np.full(10, np.nan), np.zeros(5, int)))
@@ -184,10 +186,9 @@ def _without_one_repeat(lines: list[str]) -> list[str]:
 
 
 def test_coco_export_loads_in_pycocotools(tmp_path: Path, wider_val: Manifest, cuhk: Manifest) -> None:
-    coco_module = pytest.importorskip("pycocotools.coco")
     for manifest in (wider_val, cuhk):
         export(manifest, "coco", tmp_path / "out.json", overwrite=True)
-        coco = coco_module.COCO(str(tmp_path / "out.json"))
+        coco = COCO(str(tmp_path / "out.json"))
         anns = coco.loadAnns(coco.getAnnIds())
         assert len(coco.anns) == len(anns) == len(manifest.faces)  # unique annotation ids
         assert len(coco.getImgIds()) == len(manifest.images)
@@ -254,3 +255,15 @@ def test_a_failed_folder_export_leaves_the_old_output(tmp_path: Path, cuhk: Mani
         export(broken, "yolo", tmp_path / "yolo", overwrite=True)
     assert {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*.txt")} == before
     assert [p.name for p in tmp_path.iterdir()] == ["yolo"]
+
+
+def test_ambiguous_outputs_are_refused(tmp_path: Path, cuhk: Manifest) -> None:
+    """Two images whose per-image files would coincide, or images under two roots, are errors naming them."""
+    images = cuhk.images.copy()
+    images.loc[images.index[1], "rel_path"] = str(Path(images["rel_path"].iloc[0]).with_suffix(".png"))
+    with pytest.raises(FacedataError, match=r"voc writes one file per image but .* \(2 images clash\)"):
+        export(Manifest(images, cuhk.faces, cuhk.provenance), "voc", tmp_path / "voc")
+    two_roots = cuhk.images.assign(root=["a", "b"] * (len(cuhk.images) // 2) + ["a"] * (len(cuhk.images) % 2))
+    with pytest.raises(FacedataError, match="images under 2 roots"):
+        export(Manifest(two_roots, cuhk.faces, cuhk.provenance), "coco", tmp_path / "c.json")
+    assert list(tmp_path.iterdir()) == []

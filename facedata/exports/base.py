@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import numpy as np
@@ -119,6 +119,12 @@ def check_exportable(manifest: Manifest, exporter: Exporter, source: str) -> Non
                 f"{source}: {exporter.name} needs image sizes but {len(unknown):,} image(s) have no width/height "
                 f"(first {first}): ingest with --images to probe them"
             )
+    if not exporter.single_file:
+        targets = manifest.images["rel_path"].map(lambda p: str(PurePosixPath(p).with_suffix("")))
+        clash = manifest.images["rel_path"][targets.duplicated(keep=False)]
+        if len(clash):
+            raise FacedataError(f"{source}: {exporter.name} writes one file per image but {', '.join(clash[:2])} "
+                                f"would share one ({len(clash):,} images clash): rename or filter them first")
     roots = sorted(set(manifest.images["root"]))
     if len(roots) > 1:
         raise FacedataError(

@@ -23,7 +23,7 @@ def _element(parent: ET.Element, tag: str, text: str) -> None:
 def _document(image, group: pd.DataFrame | None) -> ET.ElementTree:
     root = ET.Element("annotation")
     path = PurePosixPath(image.rel_path)
-    _element(root, "folder", str(path.parent))
+    _element(root, "folder", "" if path.parent == PurePosixPath(".") else str(path.parent))
     _element(root, "filename", path.name)
     size = ET.SubElement(root, "size")
     known = pd.notna(image.width) and pd.notna(image.height)
