@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -198,6 +198,20 @@ def mtcnn5_points(face) -> tuple[np.ndarray, np.ndarray] | None:
     return points, visible
 
 
-def output_rel_path(rel_path: str, suffix: str) -> Path:
-    """The per-image output file of an image (same relative folders, new suffix)."""
-    return Path(rel_path).with_suffix(suffix)
+def point_fields(face, absent: str, present: Callable[[float, float, int], str]) -> list[str]:
+    """The 5 point fields of a face line: `present(x, y, code)` per annotated point, `absent` otherwise."""
+    points = mtcnn5_points(face)
+    if points is None:
+        return [absent] * N_POINTS
+    return [present(float(x), float(y), int(v)) if v else absent for (x, y), v in zip(*points, strict=True)]
+
+
+def write_per_image(manifest: Manifest, out: Path, suffix: str, render: Callable[[Any, list], str]) -> None:
+    """One text file per image at its rel_path with `suffix`: `render(image row, its face rows)`."""
+    groups = faces_by_image(manifest)
+    for image in manifest.images.itertuples(index=False):
+        target = out / Path(image.rel_path).with_suffix(suffix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        group = groups.get(image.image_id)
+        with text_file(target) as fh:
+            fh.write(render(image, [] if group is None else list(group.itertuples())))

@@ -12,10 +12,9 @@ from facedata.exports.base import (
     CONTENTS,
     HIDDEN,
     MTCNN5,
-    N_POINTS,
     faces_by_image,
-    mtcnn5_points,
     number,
+    point_fields,
     register,
     text_file,
 )
@@ -29,13 +28,7 @@ def _face_line(face, with_points: bool) -> str:
     w, h = float(face.x2) - float(face.x1), float(face.y2) - float(face.y1)
     fields = [number(face.x1), number(face.y1), number(w), number(h)]
     if with_points:
-        points = mtcnn5_points(face)
-        for i in range(N_POINTS):
-            if points is None or not points[1][i]:
-                fields.append(ABSENT)
-            else:
-                x, y = points[0][i]
-                fields.append(f"{number(x)} {number(y)} {FLAGS[int(points[1][i])]}")
+        fields += point_fields(face, ABSENT, lambda x, y, code: f"{number(x)} {number(y)} {FLAGS[code]}")
     return " ".join(fields)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from facedata.exports.base import IGNORE, SIZES, faces_by_image, number, output_rel_path, register, text_file
+from facedata.exports.base import IGNORE, SIZES, number, register, write_per_image
 from facedata.manifest import Manifest
 
 
@@ -20,7 +20,7 @@ def _element(parent: ET.Element, tag: str, text: str) -> None:
     ET.SubElement(parent, tag).text = text
 
 
-def _document(image, group: pd.DataFrame | None) -> ET.ElementTree:
+def _document(image, faces: list) -> str:
     root = ET.Element("annotation")
     path = PurePosixPath(image.rel_path)
     _element(root, "folder", "" if path.parent == PurePosixPath(".") else str(path.parent))
@@ -30,7 +30,7 @@ def _document(image, group: pd.DataFrame | None) -> ET.ElementTree:
     _element(size, "width", str(int(image.width)) if known else "0")
     _element(size, "height", str(int(image.height)) if known else "0")
     _element(size, "depth", "3" if known else "0")
-    for face in () if group is None else group.itertuples():
+    for face in faces:
         obj = ET.SubElement(root, "object")
         _element(obj, "name", "face")
         _element(obj, "pose", "Unspecified")
@@ -40,7 +40,7 @@ def _document(image, group: pd.DataFrame | None) -> ET.ElementTree:
         for tag, value in (("xmin", face.x1), ("ymin", face.y1), ("xmax", face.x2), ("ymax", face.y2)):
             _element(box, tag, number(value))
     ET.indent(root)
-    return ET.ElementTree(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 class VocExport:
@@ -51,13 +51,7 @@ class VocExport:
     single_file = False
 
     def write(self, manifest: Manifest, out: Path) -> None:
-        groups = faces_by_image(manifest)
-        for image in manifest.images.itertuples(index=False):
-            target = out / output_rel_path(image.rel_path, ".xml")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with text_file(target) as fh:
-                _document(image, groups.get(image.image_id)).write(fh, encoding="unicode", xml_declaration=False)
-                fh.write("\n")
+        write_per_image(manifest, out, ".xml", _document)
 
 
 register(VocExport())

@@ -10,17 +10,15 @@ from pathlib import Path
 from facedata.exports.base import (
     CONTENTS,
     MTCNN5,
-    N_POINTS,
     SIZES,
-    faces_by_image,
-    mtcnn5_points,
-    output_rel_path,
+    point_fields,
     register,
-    text_file,
+    write_per_image,
 )
 from facedata.manifest import Manifest
 
 CLASS_ID = "0"
+ABSENT = "-1 -1"
 
 
 def _fraction(value: float, size: int) -> str:
@@ -32,12 +30,7 @@ def _face_line(face, width: int, height: int, with_points: bool) -> str:
     fields = [CLASS_ID, _fraction((x1 + x2) / 2, width), _fraction((y1 + y2) / 2, height),
               _fraction(x2 - x1, width), _fraction(y2 - y1, height)]
     if with_points:
-        points = mtcnn5_points(face)
-        for i in range(N_POINTS):
-            if points is None or not points[1][i]:
-                fields += ["-1", "-1"]
-            else:
-                fields += [_fraction(points[0][i][0], width), _fraction(points[0][i][1], height)]
+        fields += point_fields(face, ABSENT, lambda x, y, _: f"{_fraction(x, width)} {_fraction(y, height)}")
     return " ".join(fields)
 
 
@@ -50,16 +43,12 @@ class YoloExport:
 
     def write(self, manifest: Manifest, out: Path) -> None:
         with_points = bool(CONTENTS[MTCNN5](manifest).any())
-        groups = faces_by_image(manifest)
-        for image in manifest.images.itertuples(index=False):
-            target = out / output_rel_path(image.rel_path, ".txt")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            group = groups.get(image.image_id)
-            lines = [] if group is None else [
-                _face_line(face, int(image.width), int(image.height), with_points) for face in group.itertuples()
-            ]
-            with text_file(target) as fh:
-                fh.write("".join(line + "\n" for line in lines))
+
+        def render(image, faces: list) -> str:
+            width, height = int(image.width), int(image.height)
+            return "".join(_face_line(face, width, height, with_points) + "\n" for face in faces)
+
+        write_per_image(manifest, out, ".txt", render)
 
 
 register(YoloExport())
