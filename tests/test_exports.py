@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from facedata.cli import main
 from facedata.errors import FacedataError
-from facedata.exports import EXPORTS, export
+from facedata.exports import EXPORTS, export, losses
 from facedata.filters import apply_filters, rules_from_options
 from facedata.manifest import Manifest
 from facedata.parsers import ingest
@@ -204,7 +204,6 @@ def test_coco_export_loads_in_pycocotools(tmp_path: Path, wider_val: Manifest, c
 
 
 def test_losses_are_named_and_counted(wider_val: Manifest, cuhk: Manifest) -> None:
-    from facedata.exports import losses
 
     lost = [str(x) for x in losses(wider_val, EXPORTS.get("retinaface"))]
     n_ignore = int(wider_val.faces["ignore"].sum())
@@ -284,3 +283,16 @@ def test_coco_export_ingests_back_through_facedata(tmp_path: Path, cuhk: Manifes
     assert len(rejects) == 0 and back.faces["scheme"].eq("mtcnn5").all()
     assert_same(expected(back), expected(manifest), ignore=True, points=True, atol=0)
     assert expected(back)["ignore"].sum() == 1
+
+
+def test_other_schemes_and_pose_are_named(tmp_path: Path, realdata: Path) -> None:
+    """AFLW2000-3D: 68 iBUG points and a head pose per face; every format names both, --strict refuses."""
+    source = tmp_path / "aflw.parquet"
+    manifest, _ = ingest(realdata / "aflw2000_3d")
+    manifest.write(source)
+    for name in EXPORTS.names():
+        held = {str(x) for x in losses(manifest, EXPORTS.get(name))}
+        assert {"16 faces with points of scheme(s) ibug68", "16 faces with head pose"} <= held, name
+    result = CliRunner().invoke(main, ["export", "coco", str(source), "-o", str(tmp_path / "c.json"), "--strict"])
+    assert result.exit_code == 2 and not (tmp_path / "c.json").exists()
+    assert "coco cannot hold 16 faces with points of scheme(s) ibug68; 16 faces with head pose" in result.output
