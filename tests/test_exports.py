@@ -289,10 +289,12 @@ def test_other_schemes_and_pose_are_named(tmp_path: Path, realdata: Path) -> Non
     """AFLW2000-3D: 68 iBUG points and a head pose per face; every format names both, --strict refuses."""
     source = tmp_path / "aflw.parquet"
     manifest, _ = ingest(realdata / "aflw2000_3d")
+    manifest.faces.loc[manifest.faces.index[:3], "weight"] = 2.0  # as `fuse --weight` sets it
     manifest.write(source)
     for name in EXPORTS.names():
         held = {str(x) for x in losses(manifest, EXPORTS.get(name))}
-        assert {"16 faces with points of scheme(s) ibug68", "16 faces with head pose"} <= held, name
+        assert {"16 faces with points of scheme(s) ibug68", "16 faces with head pose",
+                "16 faces with boxes derived from points", "3 faces with sampling weights"} <= held, name
     result = CliRunner().invoke(main, ["export", "coco", str(source), "-o", str(tmp_path / "c.json"), "--strict"])
     assert result.exit_code == 2 and not (tmp_path / "c.json").exists()
     assert "coco cannot hold 16 faces with points of scheme(s) ibug68; 16 faces with head pose" in result.output

@@ -21,15 +21,15 @@ from facedata.errors import FacedataError
 from facedata.manifest import Manifest
 from facedata.paths import atomic_write
 from facedata.registry import Registry
-from facedata.schema import FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE, VISIBILITY_HIDDEN
+from facedata.schema import BOX_DERIVED, FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE, VISIBILITY_HIDDEN
 
 LANDMARK_SCHEME = "mtcnn5"  # the 5 points (eye centres, nose, mouth corners) every face format carries
 N_POINTS = 5
 
 # What a manifest may carry beyond boxes, each with how to count the faces (or images) that have it.
-MTCNN5, OTHER_POINTS, HIDDEN, ATTRIBUTES, POSE, IGNORE, SIZES = (
+MTCNN5, OTHER_POINTS, HIDDEN, ATTRIBUTES, POSE, IGNORE, DERIVED, WEIGHTS, SIZES = (
     "mtcnn5 points", "points of other schemes", "hidden-point visibility", "attributes", "head pose",
-    "ignore regions", "image sizes",
+    "ignore regions", "boxes derived from points", "sampling weights", "image sizes",
 )
 
 
@@ -53,6 +53,8 @@ CONTENTS: dict[str, Callable[[Manifest], pd.Series]] = {
     ATTRIBUTES: lambda m: _attributes(m.faces),
     POSE: lambda m: m.faces[["yaw", "pitch", "roll"]].notna().any(axis=1),
     IGNORE: lambda m: m.faces["ignore"].astype(bool),
+    DERIVED: lambda m: m.faces["box_source"] == BOX_DERIVED,  # read back as annotated boxes
+    WEIGHTS: lambda m: m.faces["weight"].fillna(1) != 1,
     SIZES: lambda m: m.images["width"].notna() & m.images["height"].notna(),
 }
 _UNIT = {SIZES: "images"}
