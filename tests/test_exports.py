@@ -298,3 +298,13 @@ def test_other_schemes_and_pose_are_named(tmp_path: Path, realdata: Path) -> Non
     result = CliRunner().invoke(main, ["export", "coco", str(source), "-o", str(tmp_path / "c.json"), "--strict"])
     assert result.exit_code == 2 and not (tmp_path / "c.json").exists()
     assert "coco cannot hold 16 faces with points of scheme(s) ibug68; 16 faces with head pose" in result.output
+
+
+def test_overwrite_never_removes_a_folder_holding_other_files(tmp_path: Path, cuhk: Manifest) -> None:
+    """`-o .` beside the manifest, or a folder of images: --overwrite refuses instead of replacing it."""
+    source = _manifest_file(tmp_path, cuhk)
+    result = CliRunner().invoke(main, ["export", "voc", str(source), "-o", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 2 and "which is not a voc export file" in result.output
+    assert source.exists() and Manifest.read(source).faces.shape == cuhk.faces.shape
+    with pytest.raises(FacedataError, match="not a coco export file"):
+        export(cuhk, "coco", tmp_path, overwrite=True)

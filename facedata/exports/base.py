@@ -65,7 +65,7 @@ class Exporter(Protocol):
     description: str
     holds: frozenset[str]  # CONTENTS keys the format carries
     needs_sizes: bool  # normalised coordinates: every image needs its width and height
-    single_file: bool  # one output file (else a folder of per-image files)
+    single_file: bool  # one output file (else a folder of per-image files, named with `suffix`)
 
     def write(self, manifest: Manifest, out: Path) -> None: ...
 
@@ -149,6 +149,8 @@ def export(manifest: Manifest, format_name: str, out: Path, *, source: str = "ma
                             + " (drop --strict to export without them)")
     if out.exists() and not overwrite:
         raise FacedataError(f"-o/--output {out} exists: pass --overwrite to replace it")
+    if out.is_dir():
+        _check_replaceable(out, exporter)
     out.parent.mkdir(parents=True, exist_ok=True)
     if exporter.single_file:
         exporter.write(manifest, out)
@@ -156,6 +158,16 @@ def export(manifest: Manifest, format_name: str, out: Path, *, source: str = "ma
         with _atomic_folder(out) as tmp:
             exporter.write(manifest, tmp)
     return lost
+
+
+def _check_replaceable(out: Path, exporter: Exporter) -> None:
+    """--overwrite replaces an earlier export only: a folder holding anything else (the input manifest,
+    images, a project) is never removed."""
+    suffix = getattr(exporter, "suffix", None)
+    other = next((p for p in out.rglob("*") if p.is_file() and p.suffix != suffix), None) if suffix else out
+    if other is not None:
+        raise FacedataError(f"-o/--output {out} holds {other}, which is not a {exporter.name} export file: "
+                            f"choose another output")
 
 
 @contextmanager

@@ -49,9 +49,10 @@ class VocExport:
     holds = frozenset({IGNORE, SIZES})
     needs_sizes = False
     single_file = False
+    suffix = ".xml"
 
     def write(self, manifest: Manifest, out: Path) -> None:
-        write_per_image(manifest, out, ".xml", _document)
+        write_per_image(manifest, out, self.suffix, _document)
 
 
 register(VocExport())

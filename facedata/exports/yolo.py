@@ -40,6 +40,7 @@ class YoloExport:
     holds = frozenset({MTCNN5, SIZES})
     needs_sizes = True
     single_file = False
+    suffix = ".txt"
 
     def write(self, manifest: Manifest, out: Path) -> None:
         with_points = bool(CONTENTS[MTCNN5](manifest).any())
@@ -48,7 +49,7 @@ class YoloExport:
             width, height = int(image.width), int(image.height)
             return "".join(_face_line(face, width, height, with_points) + "\n" for face in faces)
 
-        write_per_image(manifest, out, ".txt", render)
+        write_per_image(manifest, out, self.suffix, render)
 
 
 register(YoloExport())
