@@ -623,12 +623,15 @@ def _load_formats() -> None:
     """Import every parser module so each registers itself in FORMATS."""
     from facedata.parsers import (  # noqa: F401
         aflw2000_3d,
+        aittsmd_colmajor,
         coco_keypoints,
         cuhk_lfw,
         dlib_xml,
         ibug_pts,
         lapa,
+        libfd_labelv2,
         mtcnn_list,
+        retinaface_txt,
         w300lp,
         wflw,
         wider_mat,
