@@ -44,7 +44,8 @@ class ParseOptions:
 
 class Format(Protocol):
     """A file format. A folder corpus (LaPa split, folder of `.pts` files) also defines
-    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it.
+    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it (unless the
+    format sets `holds_images = False`: a folder of annotations only, like VOC's Annotations/).
     A format with options of its own (e.g. the COCO keypoint scheme) lists their names in `options`."""
 
     name: str
@@ -600,7 +601,7 @@ def ingest(
         flags = ", ".join("--" + option.replace("_", "-") for option in unknown)
         raise FacedataError(f"{flags}: not an option of format {name}")
     root = None
-    if images is None and folder:
+    if images is None and folder and getattr(fmt, "holds_images", True):
         images = path
     if images is not None:
         root = Path(images)
@@ -632,6 +633,7 @@ def _load_formats() -> None:
         libfd_labelv2,
         mtcnn_list,
         retinaface_txt,
+        voc_xml,
         w300lp,
         wflw,
         wider_mat,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from facedata.errors import Rejects
-from facedata.manifest import Manifest, ManifestBuilder
+from facedata.manifest import Manifest, ManifestBuilder, make_provenance
 from facedata.parsers.base import (
     FaceArrays,
     ParseOptions,
@@ -127,12 +127,14 @@ def block_manifest(
     faces: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     to_boxes: Callable[[np.ndarray], np.ndarray],
     sizes: Callable[[HashBlock], tuple[int | None, int | None]] = lambda block: (None, None),
+    files: Sequence[Path] | None = None,
 ) -> Manifest:
-    """Manifest of parsed `# path` blocks: a bad face drops its image; points when the widest form has them."""
+    """Manifest of parsed `# path` blocks (or of a folder's `files`): a bad face drops its image; points when some
+    face has them."""
     values, ok, owner, numbers = faces
     images = [WiderImage(block.rel_path, block.line) for block in blocks]
     kept_images, owner_kept, keep = drop_images_with_bad_faces(images, owner, ok)
-    by_line = {block.line: block for block in blocks}
+    by_rel = {block.rel_path: block for block in blocks}
     values, numbers = values[keep], numbers[keep]
     boxes = to_boxes(values)
     points = visible = None
@@ -154,7 +156,7 @@ def block_manifest(
         image = kept_images[index]
         width, height = checked.width[index], checked.height[index]
         if width is None:
-            width, height = sizes(by_line[image.line])
+            width, height = sizes(by_rel[image.rel_path])
         image_id = image_id_for(image.rel_path)
         event = image.rel_path.split("/", 1)[0] if "/" in image.rel_path else None
         builder.add_image(image_id, image.rel_path, width=width, height=height, event=event)
@@ -171,7 +173,13 @@ def block_manifest(
             lines=numbers[face],
         ),
     )
-    return builder.build(provenance(fmt, path, root, options, records=len(ok), duplicates=checked.repeats))
+    if files is None:
+        return builder.build(provenance(fmt, path, root, options, records=len(ok), duplicates=checked.repeats))
+    roots = {root: str(options.images.resolve()) if options.images is not None else ""}
+    return builder.build(
+        make_provenance(fmt, list(files), roots, folder=str(path.resolve()), records=len(ok),
+                        rejects=len(options.rejects), duplicates=checked.repeats)
+    )
 
 
 def _folder_split(path: Path) -> str | None:
