@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -131,7 +131,8 @@ class WiderSubset:
             raise FacedataError(f"--wider-subset {self.level}: no image of the manifest is in the WIDER val subset "
                                 f"(it selects WIDER val faces by event/name and box)")
         entries = [(image_id, *box) for image_id, boxes in subset.items() for box in boxes.tolist()]
-        rows = list(zip(faces["image_id"], *(faces[c].to_numpy(np.float64).tolist() for c in ("x1", "y1", "x2", "y2"))))
+        coords = (faces[c].to_numpy(np.float64).tolist() for c in ("x1", "y1", "x2", "y2"))
+        rows = list(zip(faces["image_id"], *coords, strict=True))
         keys, present = set(entries), set(rows)
         inside = np.fromiter((row in keys for row in rows), bool, len(faces))
         result = remove_faces(manifest, ~inside, self.removed)
