@@ -513,6 +513,7 @@ class FaceArrays:
     attributes: dict[str, np.ndarray] | None = None
     invalid: np.ndarray | None = None
     points: np.ndarray | None = None  # (N, K, 2)
+    visible: np.ndarray | None = None  # (N, K) 0 absent, 1 hidden, 2 visible; None: the builder's default
     scheme: str | None = None
     lines: np.ndarray | None = None
     derived_box: bool = False  # boxes are the points' extent (manifest box_source = "derived")
@@ -531,6 +532,7 @@ def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: Fac
         invalid=faces.invalid,
         scheme=faces.scheme,
         points=faces.points,
+        visible=faces.visible,
         source_lines=faces.lines,
         derived_box=faces.derived_box,
     )

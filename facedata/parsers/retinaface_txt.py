@@ -169,6 +169,7 @@ def block_manifest(
             boxes=boxes[face],
             counts=np.bincount(owner_kept[face], minlength=len(kept_images))[checked.keep_image],
             points=None if points is None else points[face],
+            visible=None if visible is None else visible[face],
             scheme=SCHEME if points is not None else None,
             lines=numbers[face],
         ),
