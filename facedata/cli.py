@@ -89,6 +89,7 @@ def ingest(
     face counts that disagree with the face lines, repeated identical face lines (kept once), and with
     --images missing images and faces lying outside their image (the image is dropped).
     """
+    from facedata.parsers import format_warnings, sniff_confidence
     from facedata.parsers import ingest as ingest_file
 
     report = rejects_path or output.with_name(output.name + ".rejects.csv")
@@ -104,9 +105,13 @@ def ingest(
     output.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(output)
     fmt = manifest.provenance.get("source_format", format_name)
-    how = "" if format_name else " (sniffed)"
+    confidence = None if format_name else sniff_confidence(source, fmt)
+    how = " (sniffed)" if confidence is None else f" (sniffed, {confidence:.0%} of its head fits)"
+    how = "" if format_name else how
     counts = f"{len(manifest.images)} images, {len(manifest.faces)} faces"
     _note(quiet, f"format {fmt}{how}: wrote {counts} to {output}")
+    for warning in format_warnings(manifest, rejects, fmt):
+        click.echo(f"warning: {warning}", err=True)
     if len(rejects) or not quiet:
         click.echo("\n".join(rejects.summary_lines()), err=True)
     if len(rejects) or rejects_path is not None:

@@ -14,7 +14,7 @@ from facedata.cli import main
 from facedata.errors import FacedataError, InputError
 from facedata.filters import apply_filters, rules_from_options
 from facedata.manifest import Manifest
-from facedata.parsers import ingest, sniff_format
+from facedata.parsers import format_warnings, ingest, sniff_confidence, sniff_format
 
 RETINA = "wider_face_retinaface_labels/val/label.txt"
 LABELV2 = "wider_face_libfacedetection/labelv2/val/labelv2.txt"
@@ -200,7 +200,7 @@ def test_cli_ingest_and_wider_subset(realdata: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["ingest", str(realdata / RETINA), "-o", str(out / "val.parquet")])
     assert result.exit_code == 0, result.output
-    assert "format retinaface_txt (sniffed): wrote 3222 images, 39703 faces" in result.output
+    assert "format retinaface_txt (sniffed, 100% of its head fits): wrote 3222 images, 39703 faces" in result.output
     result = runner.invoke(main, ["filter", str(out / "val.parquet"), "-o", str(out / "hard.parquet"),
                                   "--wider-subset", "hard", "--gt-dir", str(realdata / GT_DIR), "--removed", "drop"])
     assert result.exit_code == 0, result.output
@@ -209,3 +209,32 @@ def test_cli_ingest_and_wider_subset(realdata: Path, tmp_path: Path) -> None:
     result = runner.invoke(main, ["filter", str(out / "val.parquet"), "-o", str(out / "x.parquet"),
                                   "--wider-subset", "hard"])
     assert result.exit_code != 0 and "--wider-subset and --gt-dir go together" in result.output
+
+
+def test_sniffing_reads_past_a_bad_first_face_line_and_reports_confidence(realdata: Path, tmp_path: Path) -> None:
+    lines = (realdata / RETINA).read_text().splitlines()[:40]
+    lines[1] = "345 211 4"  # the first face line is broken: one line must not decide
+    path = tmp_path / "label.txt"
+    path.write_text("\n".join(lines) + "\n")
+    assert sniff_format(path) == "retinaface_txt"
+    assert sniff_confidence(path, "retinaface_txt") == pytest.approx(1 - 1 / (40 - lines.count("") - 6), abs=0.02)
+    assert sniff_confidence(realdata / LABELV2, "libfd_labelv2") == 1.0
+    assert sniff_confidence(realdata / LABELV2, "retinaface_txt") == 0.0  # its `#` lines end in W H
+    assert sniff_confidence(realdata / OFFICIAL, "wider_bbx_gt") is None  # that format does not measure it
+
+
+@pytest.mark.parametrize(
+    ("source", "fmt", "warning"),
+    [
+        (COLMAJOR, "mtcnn_wider_list", "73% of the boxes are degenerate"),  # column-major read as x1 y1 x2 y2 rows
+        (OFFICIAL, "retinaface_txt", "read no image from this file"),
+        (RETINA, "libfd_labelv2", "read no image from this file"),
+    ],
+)
+def test_a_wrong_but_valid_format_warns(realdata: Path, tmp_path: Path, source: str, fmt: str, warning: str) -> None:
+    result = CliRunner().invoke(main, ["ingest", str(realdata / source), "--format", fmt, "-q",
+                                       "-o", str(tmp_path / "m.parquet")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: format {fmt}" in result.output and warning in result.output
+    manifest, rejects = ingest(realdata / OFFICIAL)
+    assert format_warnings(manifest, rejects, "wider_bbx_gt") == []  # the right format is quiet

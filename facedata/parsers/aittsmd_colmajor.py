@@ -24,6 +24,7 @@ from facedata.parsers.base import (
     register,
     to_numbers,
 )
+from facedata.parsers.retinaface_txt import SNIFF_SHARE
 from facedata.parsers.wider_txt import WiderImage, wider_manifest, xywh_to_xyxy
 
 
@@ -37,14 +38,17 @@ class AittsmdColmajor:
     name = "aittsmd_colmajor"
     description = "AITTSMD wider_face_val.txt: event\\name.jpg then all x, all y, all w, all h per image"
 
-    def sniff(self, path: Path, head: bytes) -> bool:
-        lines = head_lines(head, 32)
+    def confidence(self, path: Path, head: bytes) -> float:
+        """Share of the head's lines: a backslash image path, then 4n numbers."""
+        lines = head_lines(head, 64)
         good = 0
         for line in lines:
             parts = split_path(line.split())
-            if parts and "\\" in parts[0] and len(parts[1]) % 4 == 0 and all(is_number(t) for t in parts[1]):
-                good += 1
-        return bool(lines) and good >= 0.9 * len(lines)
+            good += bool(parts) and "\\" in parts[0] and len(parts[1]) % 4 == 0 and all(map(is_number, parts[1]))
+        return good / len(lines) if lines else 0.0
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        return self.confidence(path, head) >= SNIFF_SHARE
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         lines = read_lines(path, "event\\name.jpg then all x, all y, all w, all h of its faces")

@@ -562,6 +562,33 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     raise FacedataError(f"{path}: ambiguous format, matches {', '.join(matches)}; pass --format")
 
 
+def sniff_confidence(path: str | os.PathLike[str], name: str) -> float | None:
+    """Share of the file's head (up to 64 lines) that format `name` recognised, for formats that measure it
+    (`confidence(path, head) -> float`); None otherwise."""
+    path = Path(path)
+    measure = getattr(FORMATS.get(name), "confidence", None)
+    if measure is None or not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        return float(measure(path, fh.read(HEAD_BYTES)))
+
+
+def format_warnings(manifest: Manifest, rejects: Rejects, name: str) -> list[str]:
+    """Signs that a valid format was the wrong one for the file: nothing read, every face line rejected, or
+    mostly degenerate boxes (x2 <= x1 or y2 <= y1, e.g. x y w h read as x1 y1 x2 y2)."""
+    faces, images = len(manifest.faces), len(manifest.images)
+    question = f"({len(rejects)} item(s) rejected): is it the right format?"
+    if images == 0:
+        return [f"format {name} read no image from this file {question}"]
+    if faces == 0 and len(rejects):
+        return [f"format {name} read no face {question}"]
+    share = float(manifest.faces["degenerate"].mean()) if faces else 0.0
+    if share > 0.5:
+        return [f"format {name}: {share:.0%} of the boxes are degenerate (zero or negative width or height): "
+                "is it the right format (x y w h vs x1 y1 x2 y2)?"]
+    return []
+
+
 def _sniff_folder(path: Path) -> str:
     matches = [name for name, fmt in FORMATS if reads_folders(fmt) and fmt.sniff_folder(path)]  # type: ignore[attr-defined]
     if len(matches) == 1:

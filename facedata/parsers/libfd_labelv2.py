@@ -16,11 +16,12 @@ import numpy as np
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, register, replay
 from facedata.parsers.retinaface_txt import (
+    SNIFF_SHARE,
     HashBlock,
     block_manifest,
+    hash_confidence,
     parse_face_lines,
     read_hash_blocks,
-    sniff_hash_file,
 )
 
 _BOX = ("x1", "y1", "x2", "y2")
@@ -46,8 +47,11 @@ class LibfdLabelv2:
     name = "libfd_labelv2"
     description = "libfacedetection labelv2.txt: '# event/name.jpg W H' then x1 y1 x2 y2 [+ 5 points] per face"
 
+    def confidence(self, path: Path, head: bytes) -> float:
+        return hash_confidence(head, len(_HEADER), (4, len(_WITH_POINTS)))
+
     def sniff(self, path: Path, head: bytes) -> bool:
-        return sniff_hash_file(head, len(_HEADER), (4, len(_WITH_POINTS)))
+        return self.confidence(path, head) >= SNIFF_SHARE
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         blocks, rejects = read_hash_blocks(

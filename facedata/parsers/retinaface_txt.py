@@ -39,6 +39,7 @@ from facedata.parsers.base import (
 from facedata.parsers.wider_txt import SOURCE, WiderImage, drop_images_with_bad_faces, xywh_to_xyxy
 
 SCHEME = "mtcnn5"
+SNIFF_SHARE = 0.9  # share of the head's lines a format must recognise to claim the file (a few bad lines pass)
 POINT_NAMES = tuple(f"{axis}{k}" for k in range(1, 6) for axis in ("x", "y"))
 _BOX = ("x", "y", "w", "h")
 _WITH_POINTS = (*_BOX, *(f"{name}{k}" for k in range(1, 6) for name in ("px", "py", "flag")), "score")
@@ -189,30 +190,33 @@ def _folder_split(path: Path) -> str | None:
     return split if split != "unknown" else (infer_split(path.parent, None) if path.parent.name else None)
 
 
-def sniff_hash_file(head: bytes, header_numbers: int, face_fields: Sequence[int]) -> bool:
-    """Most lines of the head: `#` lines with `header_numbers` trailing numbers, face lines of known length."""
+def hash_confidence(head: bytes, header_numbers: int, face_fields: Sequence[int]) -> float:
+    """The lower of two shares over the head's lines (up to 64): `#` lines ending in `header_numbers` numbers
+    after a path, and face lines of a known length; 0 unless the file starts with a `#` line."""
     lines = head_lines(head, 64)
-    headers = [line for line in lines if line.startswith("#")]
+    if not lines or not lines[0].startswith("#"):
+        return 0.0
+    headers = [line[1:].split() for line in lines if line.startswith("#")]
     faces = [line.split() for line in lines if not line.startswith("#")]
-    if not headers or not lines[0].startswith("#"):
-        return False
-    split = [line[1:].split() for line in headers]
     good_headers = sum(
         len(t) > header_numbers
         and all(is_number(x) for x in t[len(t) - header_numbers :])
         and not is_number(t[len(t) - header_numbers - 1])
-        for t in split
+        for t in headers
     )
-    good_faces = sum(len(f) in face_fields and all(is_number(x) for x in f) for f in faces)
-    return good_headers >= 0.9 * len(headers) and good_faces >= 0.9 * len(faces)
+    good_faces = sum(len(t) in face_fields and all(is_number(x) for x in t) for t in faces)
+    return min(good_headers / len(headers), good_faces / len(faces) if faces else 1.0)
 
 
 class RetinaFaceTxt:
     name = "retinaface_txt"
     description = "RetinaFace label.txt: '# event/name.jpg' then x y w h [+ 5 x (x y flag) + score] per face"
 
+    def confidence(self, path: Path, head: bytes) -> float:
+        return hash_confidence(head, 0, (4, len(_WITH_POINTS)))
+
     def sniff(self, path: Path, head: bytes) -> bool:
-        return sniff_hash_file(head, 0, (4, len(_WITH_POINTS)))
+        return self.confidence(path, head) >= SNIFF_SHARE
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         blocks, rejects = read_hash_blocks(path, options, "'# event/name.jpg' lines, each followed by face lines")
