@@ -16,15 +16,13 @@ from facedata.manifest import Manifest
 from facedata.parsers.base import (
     IMAGE_EXTENSIONS,
     ParseOptions,
-    check_rel_path,
     head_lines,
-    image_id_for,
     is_number,
     read_lines,
     register,
     to_numbers,
 )
-from facedata.parsers.retinaface_txt import SNIFF_SHARE
+from facedata.parsers.retinaface_txt import SNIFF_SHARE, new_image
 from facedata.parsers.wider_txt import WiderImage, wider_manifest, xywh_to_xyxy
 
 
@@ -72,14 +70,9 @@ class AittsmdColmajor:
             values, ok = to_numbers(path, [numbers], [number], names, rejects, integer=True)
             if not ok[0]:
                 continue
-            rel = check_rel_path(raw, rejects, path, number)
+            rel = new_image(raw, seen, rejects, path, number)
             if rel is None:
                 continue
-            key = image_id_for(rel)
-            if key in seen:
-                rejects.reject(path, number, "path", f"duplicate image {rel!r} (first at line {seen[key]})")
-                continue
-            seen[key] = number
             images.append(WiderImage(rel, number))
             blocks.append(values[0].reshape(4, n).T)
         counts = np.array([len(b) for b in blocks], np.int64)

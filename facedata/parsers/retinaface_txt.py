@@ -55,6 +55,19 @@ class HashBlock:
     faces: list[tuple[int, str]] = field(default_factory=list)
 
 
+def new_image(raw: str, seen: dict[str, int], rejects: Rejects, path: Path, line: int) -> str | None:
+    """The normalised path of an image first named at `line`, or None after rejecting a bad path or a repeat."""
+    rel = check_rel_path(raw, rejects, path, line)
+    if rel is None:
+        return None
+    key = image_id_for(rel)
+    if key in seen:
+        rejects.reject(path, line, "path", f"duplicate image {rel!r} (first at line {seen[key]})")
+        return None
+    seen[key] = line
+    return rel
+
+
 def read_hash_blocks(
     path: Path, options: ParseOptions, expected: str, header_names: Sequence[str] = ()
 ) -> tuple[list[HashBlock], Rejects]:
@@ -81,14 +94,9 @@ def read_hash_blocks(
         if len(tokens) != len(header_names) + 1 or not all(is_number(t) for t in tokens[1:]):
             rejects.reject(path, number, "path", f"expected '# path {' '.join(header_names)}', got {text!r}")
             continue
-        rel = check_rel_path(tokens[0], rejects, path, number)
+        rel = new_image(tokens[0], seen, rejects, path, number)
         if rel is None:
             continue
-        key = image_id_for(rel)
-        if key in seen:
-            rejects.reject(path, number, "path", f"duplicate image {rel!r} (first at line {seen[key]})")
-            continue
-        seen[key] = number
         current = HashBlock(rel, number, [float(t) for t in tokens[1:]])
         blocks.append(current)
     return blocks, rejects
