@@ -238,3 +238,22 @@ def test_a_wrong_but_valid_format_warns(realdata: Path, tmp_path: Path, source: 
     assert f"warning: format {fmt}" in result.output and warning in result.output
     manifest, rejects = ingest(realdata / OFFICIAL)
     assert format_warnings(manifest, rejects, "wider_bbx_gt") == []  # the right format is quiet
+
+
+def test_voc_with_real_images_checks_the_declared_size(realdata: Path, tmp_path: Path) -> None:
+    images = tmp_path / "JPEG Images"
+    images.mkdir()
+    for event, name in [("36--Football", "36_Football_americanfootball_ball_36_415"),
+                        ("7--Cheering", "7_Cheering_Cheering_7_16")]:
+        source = realdata / "wflw/WFLW_images" / event / f"{name}.jpg"  # the WIDER train images themselves
+        (images / f"{event}_{name}.jpg").write_bytes(source.read_bytes())
+    manifest, rejects = ingest(realdata / VOC_RECT, images=images)
+    assert len(rejects) == 0 and len(manifest.faces) == 32
+    assert manifest.images[["width", "height"]].to_numpy().tolist() == [[1024, 661], [1024, 1024]]  # decoded sizes
+    annotations = tmp_path / "Annotations"
+    annotations.mkdir()
+    for file in (realdata / VOC_RECT).glob("*.xml"):
+        (annotations / file.name).write_text(file.read_text().replace("<width>1024</width>", "<width>1000</width>"))
+    manifest, rejects = ingest(tmp_path, format="voc_xml", images=images)
+    assert len(manifest.images) == 0 and rejects.count("wrong size") == 2
+    assert "declared 1000x661, the image is 1024x661" in rejects.items[0].reason

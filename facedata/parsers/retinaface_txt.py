@@ -138,8 +138,8 @@ def block_manifest(
     sizes: Callable[[HashBlock], tuple[int | None, int | None]] = lambda block: (None, None),
     files: Sequence[Path] | None = None,
 ) -> Manifest:
-    """Manifest of parsed `# path` blocks (or of a folder's `files`): a bad face drops its image; points when some
-    face has them."""
+    """Manifest of parsed `# path` blocks (or of a folder's `files`): a bad face drops its image, so does a probed
+    image whose size is not the declared `sizes(block)`; points when some face has them."""
     values, ok, owner, numbers = faces
     images = [WiderImage(block.rel_path, block.line) for block in blocks]
     kept_images, owner_kept, keep = drop_images_with_bad_faces(images, owner, ok)
@@ -159,13 +159,22 @@ def block_manifest(
         path, options, [(image.rel_path, image.line) for image in kept_images], owner_kept, boxes,
         same=values, lines=numbers, points=points, point_names=POINT_NAMES if points is not None else (),
     )
+    declared = [sizes(by_rel[image.rel_path]) for image in kept_images]
+    for index in np.flatnonzero(checked.keep_image):
+        probed = (checked.width[index], checked.height[index])
+        if probed[0] is not None and declared[index][0] is not None and probed != declared[index]:
+            options.rejects.reject(
+                path, kept_images[index].line, "size", f"declared {declared[index][0]}x{declared[index][1]}, the image "
+                f"is {probed[0]}x{probed[1]} (image {kept_images[index].rel_path!r} dropped)", kind="wrong size")
+            checked.keep_image[index] = False
+    checked.keep_face &= checked.keep_image[owner_kept]
     builder = ManifestBuilder(SOURCE, split, root)
     image_ids: list[str] = []
     for index in np.flatnonzero(checked.keep_image):
         image = kept_images[index]
         width, height = checked.width[index], checked.height[index]
         if width is None:
-            width, height = sizes(by_rel[image.rel_path])
+            width, height = declared[index]
         image_id = image_id_for(image.rel_path)
         event = image.rel_path.split("/", 1)[0] if "/" in image.rel_path else None
         builder.add_image(image_id, image.rel_path, width=width, height=height, event=event)
