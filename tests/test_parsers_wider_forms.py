@@ -257,3 +257,22 @@ def test_voc_with_real_images_checks_the_declared_size(realdata: Path, tmp_path:
     manifest, rejects = ingest(tmp_path, format="voc_xml", images=images)
     assert len(manifest.images) == 0 and rejects.count("wrong size") == 2
     assert "declared 1000x661, the image is 1024x661" in rejects.items[0].reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        ("libfd_labelv2", "# my event/an image.jpg 640 480\n1 2 11 12\n"),
+        ("aittsmd_colmajor", "my event\\an image.jpg 1 2 10 10\n"),
+        ("retinaface_txt", "# my event/an image.jpg\n1 2 10 10\n"),
+    ],
+)
+def test_paths_with_spaces(tmp_path: Path, fmt: str, text: str) -> None:
+    path = tmp_path / "a folder" / "val list.txt"
+    path.parent.mkdir()
+    path.write_text(text)
+    assert sniff_format(path) == fmt
+    manifest, rejects = ingest(path)
+    assert len(rejects) == 0
+    assert manifest.images["rel_path"].tolist() == ["my event/an image.jpg"]
+    assert manifest.faces[["x1", "y1", "x2", "y2"]].to_numpy().tolist() == [[1, 2, 11, 12]]
