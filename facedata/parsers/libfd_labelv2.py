@@ -17,9 +17,9 @@ from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, register, replay
 from facedata.parsers.retinaface_txt import (
     SNIFF_SHARE,
-    HashBlock,
     block_manifest,
     hash_confidence,
+    header_size,
     parse_face_lines,
     read_hash_blocks,
 )
@@ -36,11 +36,6 @@ def _as_retinaface(values: np.ndarray) -> np.ndarray:
     pairs = values[:, 4:14].reshape(-1, 5, 2)
     out[:, 4:19] = np.concatenate([pairs, np.zeros((len(values), 5, 1))], axis=2).reshape(-1, 15)
     return out
-
-
-def _size(block: HashBlock) -> tuple[int | None, int | None]:
-    width, height = block.header
-    return (int(width), int(height)) if width > 0 and height > 0 else (None, None)
 
 
 class LibfdLabelv2:
@@ -60,7 +55,7 @@ class LibfdLabelv2:
         values, ok, owner, numbers = parse_face_lines(path, blocks, (_BOX, _WITH_POINTS), rejects)
         replay(rejects, options.rejects)
         faces = (_as_retinaface(values), ok, owner, numbers)
-        return block_manifest(self.name, path, options, blocks, faces, lambda v: v[:, :4], _size)
+        return block_manifest(self.name, path, options, blocks, faces, lambda v: v[:, :4], header_size)
 
 
 register(LibfdLabelv2())

@@ -102,6 +102,12 @@ def read_hash_blocks(
     return blocks, rejects
 
 
+def header_size(block: HashBlock) -> tuple[int | None, int | None]:
+    """The image size a block declares as its header's W H (0 or less: unknown)."""
+    width, height = block.header
+    return (int(width), int(height)) if width > 0 and height > 0 else (None, None)
+
+
 def parse_face_lines(
     path: Path, blocks: list[HashBlock], forms: Sequence[Sequence[str]], rejects: Rejects
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 from facedata.errors import Rejects
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, check_rel_path, image_id_for, is_number, register, replay
-from facedata.parsers.retinaface_txt import HashBlock, block_manifest
+from facedata.parsers.retinaface_txt import HashBlock, block_manifest, header_size
 
 BOX = ("xmin", "ymin", "xmax", "ymax")
 POINTS = tuple(f"{axis}{k}" for k in range(1, 6) for axis in ("x", "y"))
@@ -170,14 +170,9 @@ class VocXml:
             np.array(owner, np.int64),
             np.array(lines, np.int64),
         )
-        manifest = block_manifest(self.name, path, options, blocks, faces, lambda v: v[:, :4], _size, files)
+        manifest = block_manifest(self.name, path, options, blocks, faces, lambda v: v[:, :4], header_size, files)
         manifest.provenance["objects_not_faces"] = not_faces
         return manifest
-
-
-def _size(block: HashBlock) -> tuple[int | None, int | None]:
-    width, height = block.header
-    return (int(width), int(height)) if width > 0 and height > 0 else (None, None)
 
 
 register(VocXml())
