@@ -89,6 +89,7 @@ def ingest(
     face counts that disagree with the face lines, repeated identical face lines (kept once), and with
     --images missing images and faces lying outside their image (the image is dropped).
     """
+    from facedata.parsers import format_warnings, sniff_confidence
     from facedata.parsers import ingest as ingest_file
 
     report = rejects_path or output.with_name(output.name + ".rejects.csv")
@@ -104,9 +105,13 @@ def ingest(
     output.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(output)
     fmt = manifest.provenance.get("source_format", format_name)
-    how = "" if format_name else " (sniffed)"
+    confidence = None if format_name else sniff_confidence(source, fmt)
+    how = " (sniffed)" if confidence is None else f" (sniffed, {confidence:.0%} of its head fits)"
+    how = "" if format_name else how
     counts = f"{len(manifest.images)} images, {len(manifest.faces)} faces"
     _note(quiet, f"format {fmt}{how}: wrote {counts} to {output}")
+    for warning in format_warnings(manifest, rejects, fmt):
+        click.echo(f"warning: {warning}", err=True)
     if len(rejects) or not quiet:
         click.echo("\n".join(rejects.summary_lines()), err=True)
     if len(rejects) or rejects_path is not None:
@@ -140,24 +145,38 @@ def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
                    "their image is not a pure negative); drop = deleted.")
 @click.option("--drop-empty-images", is_flag=True,
               help="Drop images left without (non-ignored) faces (the negatives).")
+@click.option("--wider-subset", type=click.Choice(["easy", "medium", "hard"]),
+              help="Keep the WIDER val faces this evaluation level scores; the others are removed (see --removed). "
+                   "Needs --gt-dir.")
+@click.option("--gt-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The WIDER eval tool's ground_truth folder (wider_{easy,medium,hard}_val.mat), for --wider-subset.")
 @_quiet_option
 def filter_command(
     source: Path, output: Path, min_size: float | None, drop_invalid: bool, where: tuple[str, ...],
-    removed: str, drop_empty_images: bool, quiet: bool,
+    removed: str, drop_empty_images: bool, wider_subset: str | None, gt_dir: Path | None, quiet: bool,
 ) -> None:
-    """Filter a manifest; rules run as min-size, drop-invalid, where..., drop-empty-images."""
+    """Filter a manifest; rules run as wider-subset, min-size, drop-invalid, where..., drop-empty-images."""
     from facedata.filters import apply_filters, rules_from_options
     from facedata.manifest import Manifest
 
     _refuse_same_file(source, output, "-o/--output")  # the input manifest is never overwritten
-    rules = rules_from_options(min_size, drop_invalid, where, drop_empty_images, removed)
+    if (wider_subset is None) != (gt_dir is None):
+        raise click.UsageError("--wider-subset and --gt-dir go together")
+    subset = None if wider_subset is None else (wider_subset, str(gt_dir))
+    rules = rules_from_options(min_size, drop_invalid, where, drop_empty_images, removed, subset)
     if not rules:
-        raise FacedataError("no filter rule given (--min-size, --drop-invalid, --where, --drop-empty-images)")
+        raise FacedataError(
+            "no filter rule given (--min-size, --drop-invalid, --where, --drop-empty-images, --wider-subset)"
+        )
     result, report = apply_filters(Manifest.read(source), rules)
     output.parent.mkdir(parents=True, exist_ok=True)
     result.write(output)
     for line in report.lines():
         _note(quiet, line)
+    if subset is not None:
+        found = result.provenance["wider_subset"]
+        _note(quiet, f"wider {wider_subset} subset: {found['subset_faces_found']:,} of its {found['subset_faces']:,} "
+                     f"faces found in the manifest ({found['faces_kept']:,} distinct faces kept)")
     _note(quiet, f"wrote {output}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -109,6 +110,39 @@ class Where:
 
 
 @dataclass(frozen=True)
+class WiderSubset:
+    """Keep the faces a WIDER evaluation level scores (`wider_<level>_val.mat` from `gt_dir`): every other face is
+    removed (ignored by default). A face is in the subset when its image id and box equal a subset entry."""
+
+    level: str
+    gt_dir: str
+    removed: str = IGNORE
+
+    @property
+    def name(self) -> str:
+        return f"wider_subset {self.level}"
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        from facedata.parsers.wider_subset import subset_boxes, subset_file
+
+        subset = subset_boxes(subset_file(Path(self.gt_dir), self.level))
+        faces = manifest.faces
+        if not faces["image_id"].isin(subset.keys()).any():
+            raise FacedataError(f"--wider-subset {self.level}: no image of the manifest is in the WIDER val subset "
+                                f"(it selects WIDER val faces by event/name and box)")
+        entries = [(image_id, *box) for image_id, boxes in subset.items() for box in boxes.tolist()]
+        coords = (faces[c].to_numpy(np.float64).tolist() for c in ("x1", "y1", "x2", "y2"))
+        rows = list(zip(faces["image_id"], *coords, strict=True))
+        keys, present = set(entries), set(rows)
+        inside = np.fromiter((row in keys for row in rows), bool, len(faces))
+        result = remove_faces(manifest, ~inside, self.removed)
+        # the published totals count subset entries; an identical repeated face is one manifest face
+        return Manifest(result.images, result.faces, {**manifest.provenance, "wider_subset": {
+            "level": self.level, "subset_faces": len(entries), "subset_faces_found": sum(e in present for e in entries),
+            "faces_kept": int(inside.sum())}})
+
+
+@dataclass(frozen=True)
 class DropEmptyImages:
     """Drop images with no face left (ignored faces do not count): removes the pure negatives."""
 
@@ -169,11 +203,15 @@ def rules_from_options(
     where: list[str] | tuple[str, ...] | str | None = None,
     drop_empty_images: bool = False,
     removed: str = IGNORE,
+    wider_subset: tuple[str, str] | None = None,
 ) -> list[Rule]:
-    """The CLI's fixed rule order: min_size, drop_invalid, each where query, drop_empty_images."""
+    """The CLI's fixed rule order: wider_subset (level, gt_dir), min_size, drop_invalid, each where query,
+    drop_empty_images."""
     if removed not in REMOVED_MODES:
         raise FacedataError(f"--removed must be one of {', '.join(REMOVED_MODES)}, got {removed!r}")
     rules: list[Rule] = []
+    if wider_subset is not None:
+        rules.append(WiderSubset(*wider_subset, removed))
     if min_size is not None:
         if not math.isfinite(min_size) or min_size < 0:
             raise FacedataError(f"--min-size must be a finite number >= 0, got {min_size:g}")
@@ -209,7 +247,7 @@ def apply_filters(manifest: Manifest, rules: list[Rule]) -> tuple[Manifest, Filt
             )
         )
         current = result
-    provenance = copy.deepcopy(manifest.provenance)
+    provenance = copy.deepcopy(current.provenance)  # the input's, plus what a rule recorded (wider_subset)
     provenance.setdefault("filters", []).append({"command": command_line(), **report.to_dict()})
     return Manifest(current.images, current.faces, provenance), report
 

@@ -4,6 +4,6 @@ A format is an object with `name`, `description`, `sniff(path, head) -> bool` (h
 bytes of the file) and `parse(path, options) -> Manifest`. Importing this package registers all.
 """
 
-from facedata.parsers.base import FORMATS, ParseOptions, ingest, sniff_format
+from facedata.parsers.base import FORMATS, ParseOptions, format_warnings, ingest, sniff_confidence, sniff_format
 
-__all__ = ["FORMATS", "ParseOptions", "ingest", "sniff_format"]
+__all__ = ["FORMATS", "ParseOptions", "format_warnings", "ingest", "sniff_confidence", "sniff_format"]

@@ -44,7 +44,8 @@ class ParseOptions:
 
 class Format(Protocol):
     """A file format. A folder corpus (LaPa split, folder of `.pts` files) also defines
-    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it.
+    `sniff_folder(path) -> bool`; `parse` then receives the folder, and the image root defaults to it (unless the
+    format sets `holds_images = False`: a folder of annotations only, like VOC's Annotations/).
     A format with options of its own (e.g. the COCO keypoint scheme) lists their names in `options`."""
 
     name: str
@@ -512,6 +513,7 @@ class FaceArrays:
     attributes: dict[str, np.ndarray] | None = None
     invalid: np.ndarray | None = None
     points: np.ndarray | None = None  # (N, K, 2)
+    visible: np.ndarray | None = None  # (N, K) 0 absent, 1 hidden, 2 visible; None: the builder's default
     scheme: str | None = None
     lines: np.ndarray | None = None
     derived_box: bool = False  # boxes are the points' extent (manifest box_source = "derived")
@@ -530,6 +532,7 @@ def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: Fac
         invalid=faces.invalid,
         scheme=faces.scheme,
         points=faces.points,
+        visible=faces.visible,
         source_lines=faces.lines,
         derived_box=faces.derived_box,
     )
@@ -557,6 +560,33 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     if not matches:
         raise FacedataError(f"{path}: format not recognised; pass --format (known: {known})")
     raise FacedataError(f"{path}: ambiguous format, matches {', '.join(matches)}; pass --format")
+
+
+def sniff_confidence(path: str | os.PathLike[str], name: str) -> float | None:
+    """Share of the file's head (up to 64 lines) that format `name` recognised, for formats that measure it
+    (`confidence(path, head) -> float`); None otherwise."""
+    path = Path(path)
+    measure = getattr(FORMATS.get(name), "confidence", None)
+    if measure is None or not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        return float(measure(path, fh.read(HEAD_BYTES)))
+
+
+def format_warnings(manifest: Manifest, rejects: Rejects, name: str) -> list[str]:
+    """Signs that a valid format was the wrong one for the file: nothing read, every face line rejected, or
+    mostly degenerate boxes (x2 <= x1 or y2 <= y1, e.g. x y w h read as x1 y1 x2 y2)."""
+    faces, images = len(manifest.faces), len(manifest.images)
+    question = f"({len(rejects)} item(s) rejected): is it the right format?"
+    if images == 0:
+        return [f"format {name} read no image from this file {question}"]
+    if faces == 0 and len(rejects):
+        return [f"format {name} read no face {question}"]
+    share = float(manifest.faces["degenerate"].mean()) if faces else 0.0
+    if share > 0.5:
+        return [f"format {name}: {share:.0%} of the boxes are degenerate (zero or negative width or height): "
+                "is it the right format (x y w h vs x1 y1 x2 y2)?"]
+    return []
 
 
 def _sniff_folder(path: Path) -> str:
@@ -600,7 +630,7 @@ def ingest(
         flags = ", ".join("--" + option.replace("_", "-") for option in unknown)
         raise FacedataError(f"{flags}: not an option of format {name}")
     root = None
-    if images is None and folder:
+    if images is None and folder and getattr(fmt, "holds_images", True):
         images = path
     if images is not None:
         root = Path(images)
@@ -623,12 +653,16 @@ def _load_formats() -> None:
     """Import every parser module so each registers itself in FORMATS."""
     from facedata.parsers import (  # noqa: F401
         aflw2000_3d,
+        aittsmd_colmajor,
         coco_keypoints,
         cuhk_lfw,
         dlib_xml,
         ibug_pts,
         lapa,
+        libfd_labelv2,
         mtcnn_list,
+        retinaface_txt,
+        voc_xml,
         w300lp,
         wflw,
         wider_mat,
