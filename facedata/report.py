@@ -1,0 +1,270 @@
+"""`facedata report`: a self-contained HTML page (`index.html`) plus `stats.json` for a manifest.
+
+Self-contained means every plot and image is inlined as a base64 PNG `data:` URI and the page has no
+script, stylesheet or font from elsewhere: it opens from file, offline, and can be mailed as one file.
+The figures are those of `facedata stats` (facedata.stats.compute_stats, the one place they are
+computed) with the survival table extended to 1024x768, plus what only a picture shows: the mean
+landmark shape per scheme (points in box units, with their per-point spread) and a grid of random
+images with their boxes (green), ignore regions (red) and points (blue) drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to memory only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from facedata.errors import FacedataError  # noqa: E402
+from facedata.manifest import Manifest  # noqa: E402
+from facedata.paths import atomic_write  # noqa: E402
+from facedata.stats import DEFAULT_INPUTS, DEFAULT_MIN_FACE, compute_stats  # noqa: E402
+
+REPORT_INPUTS: tuple[tuple[int, int], ...] = (*DEFAULT_INPUTS, (1024, 768))
+_CELL = 256  # px per image in the random grid
+_FACE, _IGNORE, _POINT = (0, 200, 0), (0, 0, 255), (255, 80, 0)  # BGR
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}img{max-width:100%}
+.plots{display:flex;flex-wrap:wrap;gap:8px}"""
+
+
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def image_tag(bgr: np.ndarray, alt: str) -> str:
+    """An <img> with the BGR image inlined as PNG."""
+    ok, data = cv2.imencode(".png", bgr)
+    if not ok:
+        raise FacedataError(f"PNG encoding failed for {alt}")
+    return f'<img alt="{html.escape(alt)}" src="{png_uri(data.tobytes())}">'
+
+
+def figure_tag(fig: plt.Figure, alt: str) -> str:
+    """An <img> with the matplotlib figure inlined as PNG (the figure is closed)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="{html.escape(alt)}" src="{png_uri(buffer.getvalue())}">'
+
+
+def bar_plot(counts: dict[str, int], title: str, *, log: bool = False, xlabel: str = "") -> str:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(len(counts)), list(counts.values()), color="#4878d0")
+    ax.set_xticks(range(len(counts)), list(counts), rotation=45, ha="right", fontsize=8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count (log)" if log else "count")
+    return figure_tag(fig, title)
+
+
+def survival_plot(survival: dict[str, Any]) -> str:
+    """Share of faces still at least `min_face` px (shorter side) after resizing to each input."""
+    rows = [r for r in survival["rows"] if r["share_under"] is not None]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([r["input"] for r in rows], [1 - r["share_under"] for r in rows], marker="o")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"share of faces >= {survival['min_face']:g} px")
+    ax.set_title(f"input-resolution survival ({survival['resize']})")
+    ax.grid(alpha=0.3)
+    return figure_tag(fig, "survival curve")
+
+
+def mean_shapes(faces: pd.DataFrame) -> dict[str, dict[str, list[list[float]]]]:
+    """Per scheme: mean and standard deviation of each point in box units ((x - x1) / w, (y - y1) / h),
+    over the faces where that point is present (visible > 0, finite); NaN where it never is."""
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    has = faces["scheme"].notna() & ~faces["ignore"].to_numpy(bool)
+    for scheme, group in faces.loc[has].groupby("scheme", sort=True):
+        lengths = group["points"].map(len)
+        group = group.loc[lengths == lengths.max()]
+        pts = np.stack([np.asarray(p, np.float64).reshape(-1, 2) for p in group["points"]])
+        present = np.stack([np.asarray(v) > 0 for v in group["visible"]]) & np.isfinite(pts).all(axis=2)
+        w = (group["x2"] - group["x1"]).to_numpy(np.float64)[:, None]
+        h = (group["y2"] - group["y1"]).to_numpy(np.float64)[:, None]
+        ok = present & (w > 0) & (h > 0)
+        units = np.stack([(pts[..., 0] - group["x1"].to_numpy(np.float64)[:, None]) / w,
+                          (pts[..., 1] - group["y1"].to_numpy(np.float64)[:, None]) / h], axis=2)
+        units[~ok] = np.nan
+        with warnings.catch_warnings():  # a point never present: all-NaN column, NaN is the answer
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(units, axis=0), np.nanstd(units, axis=0)
+        out[str(scheme)] = {"mean": _rounded(mean), "std": _rounded(std)}
+    return out
+
+
+def _rounded(values: np.ndarray) -> list[list[float]]:
+    return [[round(float(v), 4) if np.isfinite(v) else None for v in row] for row in values]
+
+
+def shape_plot(scheme: str, shape: dict[str, list[list[float]]]) -> str:
+    mean = np.array(shape["mean"], dtype=np.float64)
+    std = np.array(shape["std"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.errorbar(mean[:, 0], mean[:, 1], xerr=std[:, 0], yerr=std[:, 1], fmt="o", ms=3, elinewidth=0.6)
+    ax.add_patch(plt.Rectangle((0, 0), 1, 1, fill=False, color="grey", ls="--"))
+    ax.set_xlim(-0.25, 1.25)
+    ax.set_ylim(1.25, -0.25)  # image y runs down
+    ax.set_aspect("equal")
+    ax.set_title(f"{scheme}: mean shape ± 1 sd (box units)")
+    return figure_tag(fig, f"{scheme} mean shape")
+
+
+def image_grid(manifest: Manifest, roots: dict[str, str] | None, count: int, seed: int) -> tuple[list[str], str]:
+    """Up to `count` random images (seeded) with faces drawn; (shown rel_paths, note on what was not shown)."""
+    if count <= 0 or not len(manifest.images):
+        return [], "no images requested"
+    try:
+        paths = manifest.image_paths(roots)
+    except FacedataError as err:
+        return [], f"images not shown: {err}"
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(manifest.images))
+    by_image = manifest.faces.groupby("image_id", sort=False)
+    cells, shown = [], []
+    for k in order:
+        if len(cells) == count:
+            break
+        path = paths.iloc[k]
+        img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
+        if img is None:
+            continue
+        image_id = manifest.images["image_id"].iloc[k]
+        faces = by_image.get_group(image_id) if image_id in by_image.groups else manifest.faces.iloc[:0]
+        cells.append(_draw_image(img, faces))
+        shown.append(str(manifest.images["rel_path"].iloc[k]))
+    note = "" if len(cells) == min(count, len(order)) else f"{len(cells)} of {count} images found on disk"
+    return [image_tag(c, s) for c, s in zip(cells, shown, strict=True)], note
+
+
+def _draw_image(img: np.ndarray, faces: pd.DataFrame) -> np.ndarray:
+    """The image fitted into _CELL x _CELL with boxes (ignore regions in red) and present points."""
+    zoom = _CELL / max(img.shape[:2])
+    small = cv2.resize(img, (max(1, round(img.shape[1] * zoom)), max(1, round(img.shape[0] * zoom))),
+                       interpolation=cv2.INTER_AREA)
+    cell = np.full((_CELL, _CELL, 3), 255, np.uint8)
+    cell[: small.shape[0], : small.shape[1]] = small
+    for face in faces.itertuples(index=False):
+        colour = _IGNORE if face.ignore else _FACE
+        p1 = (int(round(face.x1 * zoom)), int(round(face.y1 * zoom)))
+        p2 = (int(round(face.x2 * zoom)), int(round(face.y2 * zoom)))
+        cv2.rectangle(cell, p1, p2, colour, 1)
+        if face.points is not None and len(face.points):
+            pts = np.asarray(face.points, np.float64).reshape(-1, 2) * zoom
+            for (x, y), vis in zip(pts, np.asarray(face.visible), strict=True):
+                if vis > 0 and np.isfinite(x) and np.isfinite(y):
+                    cv2.circle(cell, (int(round(x)), int(round(y))), 1, _POINT, -1)
+    return cell
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.2%}" if 0 <= value <= 1 else f"{value:,.2f}"
+    return str(value)
+
+
+def manifest_report(
+    manifest: Manifest, *, roots: dict[str, str] | None = None, grid: int = 12, seed: int = 0,
+    min_face: float = DEFAULT_MIN_FACE,
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """(stats.json content, [(section title, HTML fragment)]) for a manifest."""
+    stats = compute_stats(manifest, REPORT_INPUTS, min_face, "fit")
+    shapes = mean_shapes(manifest.faces)
+    stats["landmarks"]["mean_shape"] = shapes
+    sections: list[tuple[str, str]] = []
+    sections.append(("Overview", _table(
+        ["images", "faces", "ignored faces", "images without faces", "images with size"],
+        [[stats["images"], stats["faces"], stats["ignored_faces"], stats["images_without_faces"],
+          stats["images_with_size"]]])))
+    for key, title in (("by_split", "Per split"), ("by_source", "Per source")):
+        sections.append((title, _table([key[3:], "images", "faces"],
+                                       [[k, v["images"], v["faces"]] for k, v in stats[key].items()])))
+    plots = [bar_plot(stats["faces_per_image"]["buckets"], "faces per image", xlabel="faces"),
+             bar_plot(stats["face_size"]["buckets"], "face size max(w, h)", log=True, xlabel="px")]
+    sections.append(("Faces per image and face size", f'<div class="plots">{"".join(plots)}</div>'))
+    survival = stats["survival"]
+    rows = [[r["input"], r["faces"], r["under"], None if r["share_under"] is None else 1 - r["share_under"]]
+            for r in survival["rows"]]
+    body = _table(["input", "faces", f"under {min_face:g} px", "surviving"], rows)
+    if survival["faces_with_image_size"]:
+        body = survival_plot(survival) + body
+    if survival["note"]:
+        body += f"<p>{html.escape(survival['note'])}</p>"
+    sections.append(("Input-resolution survival", body))
+    attrs = [bar_plot(counts, name) for name, counts in stats["attributes"].items()
+             if sum(v for k, v in counts.items() if k != "unknown")]
+    if attrs:
+        sections.append(("Attributes", f'<div class="plots">{"".join(attrs)}</div>'))
+    sections.extend(_landmark_sections(stats["landmarks"], shapes))
+    tags, note = image_grid(manifest, roots, grid, seed)
+    body = f'<div class="plots">{"".join(tags)}</div>' + (f"<p>{html.escape(note)}</p>" if note else "")
+    sections.append(("Random images (green: faces, red: ignore regions, blue: points)", body))
+    return stats, sections
+
+
+def _landmark_sections(landmarks: dict[str, Any], shapes: dict[str, Any]) -> list[tuple[str, str]]:
+    if not landmarks["schemes"]:
+        return []
+    rows = [[name, s["faces"], s["points_per_face"], s["points_with_coordinates"], s["box_derived"],
+             ", ".join(f"{g} {c:.0%}" for g, c in s["group_coverage"].items())]
+            for name, s in landmarks["schemes"].items()]
+    body = _table(["scheme", "faces", "points", "points present", "box derived", "mask coverage"], rows)
+    plots = [shape_plot(name, shape) for name, shape in shapes.items()]
+    plots += [bar_plot(h, f"{axis} (deg)") for axis, h in landmarks["pose"].items() if h]
+    if landmarks["ear_min"]:
+        plots.append(bar_plot(landmarks["ear_min"], "min eye aspect ratio"))
+    return [("Landmarks", body + f'<div class="plots">{"".join(plots)}</div>')]
+
+
+def render_html(title: str, sections: Sequence[tuple[str, str]]) -> str:
+    parts = [f"<h2>{html.escape(t)}</h2>\n{body}" for t, body in sections]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
+
+
+def write_report(
+    source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False, **options: Any
+) -> Path:
+    """Write `index.html` and `stats.json` for a manifest into out_dir (atomically; existing files only with
+    overwrite). Returns the index path."""
+    out = Path(out_dir)
+    index, stats_path = out / "index.html", out / "stats.json"
+    existing = [p for p in (index, stats_path) if p.exists()]
+    if existing and not overwrite:
+        raise FacedataError(f"{existing[0]} exists; pass --overwrite to replace the report")
+    stats, sections = manifest_report(Manifest.read(source), **options)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(stats_path) as fh:
+        fh.write(json.dumps(stats, indent=2, sort_keys=False).encode())
+    with atomic_write(index) as fh:
+        fh.write(render_html(f"facedata report: {Path(source).name}", sections).encode())
+    return index
