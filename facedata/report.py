@@ -213,9 +213,9 @@ def manifest_report(
     survival = stats["survival"]
     rows = [[r["input"], r["faces"], r["under"], None if r["share_under"] is None else 1 - r["share_under"]]
             for r in survival["rows"]]
-    body = _table(["input", "faces", f"under {min_face:g} px", "surviving"], rows)
+    body = ""
     if survival["faces_with_image_size"]:
-        body = survival_plot(survival) + body
+        body = survival_plot(survival) + _table(["input", "faces", f"under {min_face:g} px", "surviving"], rows)
     if survival["note"]:
         body += f"<p>{html.escape(survival['note'])}</p>"
     sections.append(("Input-resolution survival", body))

@@ -1,0 +1,139 @@
+"""`facedata report`: stats.json checked against counts made here from the raw WIDER val file, and the page
+loaded from file in a real headless Chromium (no console message, every image decoded at a non-zero size)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_stats import read_labelv2_sizes
+from wider_raw import COLUMNS, read_raw_wider
+
+from facedata.cli import main
+from facedata.manifest import Manifest
+
+_CHECK = """<script>window.addEventListener("load", () => {
+  const imgs = Array.from(document.images);
+  const bad = imgs.filter((i) => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0)).length;
+  const d = document.createElement("div"); d.id = "facedata-check";
+  d.textContent = `images=${imgs.length} bad=${bad}`; document.body.appendChild(d);
+});</script>"""
+
+
+def browser() -> str:
+    """Debian's chromium; a missing browser fails under CI (CI or FACEDATA_REQUIRE_FRAMEWORKS set), else skips."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI") or os.environ.get("FACEDATA_REQUIRE_FRAMEWORKS"):
+            pytest.fail("no chromium found but CI requires the browser test (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return found
+
+
+def load_in_browser(index: Path) -> tuple[int, int, str]:
+    """(images, images not decoded, browser log) for the page loaded from file with a checking script added."""
+    page = index.with_name("check.html")
+    page.write_text(index.read_text().replace("</body>", _CHECK + "</body>"))
+    with tempfile.TemporaryDirectory() as profile:
+        run = subprocess.run(
+            [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
+             "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120, check=False)
+    match = re.search(r'id="facedata-check">images=(\d+) bad=(\d+)<', run.stdout)
+    assert match, f"the check script did not run (exit {run.returncode}): {run.stderr[-2000:]}"
+    return int(match[1]), int(match[2]), run.stderr
+
+
+def console_lines(log: str) -> list[str]:
+    """Console messages and page errors the browser logged (dbus and GPU noise of a headless box is not one)."""
+    return [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+
+def report(tmp_path: Path, manifest: Path, name: str, *args: str) -> Path:
+    out = tmp_path / name
+    result = CliRunner().invoke(main, ["report", str(manifest), "-o", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_path(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """WIDER val with image sizes from libfacedetection's labelv2 (as `ingest --images` would probe them)."""
+    from facedata.parsers import ingest
+
+    manifest, _ = ingest(realdata / "wider_face" / "wider_face_val_bbx_gt.txt")
+    sizes = read_labelv2_sizes(realdata / "wider_face_libfacedetection" / "labelv2" / "val" / "labelv2.txt")
+    images = manifest.images.copy()
+    images["width"] = images["rel_path"].map(lambda p: sizes[p][0]).astype("Int32")
+    images["height"] = images["rel_path"].map(lambda p: sizes[p][1]).astype("Int32")
+    path = tmp_path_factory.mktemp("val") / "val.parquet"
+    Manifest(images, manifest.faces, manifest.provenance).write(path)
+    return path
+
+
+def test_stats_json_matches_raw_wider_val(val_path: Path, realdata: Path, tmp_path: Path) -> None:
+    names, table, owners = read_raw_wider(realdata / "wider_face" / "wider_face_val_bbx_gt.txt")
+    sizes = read_labelv2_sizes(realdata / "wider_face_libfacedetection" / "labelv2" / "val" / "labelv2.txt")
+    stats = json.loads((report(tmp_path, val_path, "r") / "stats.json").read_text())
+    assert stats["images"] == len(names) == 3226 and stats["faces"] == len(table) == 39703
+    per_image = np.bincount(owners, minlength=len(names))
+    assert stats["faces_per_image"]["buckets"]["11-50"] == int(((per_image >= 11) & (per_image <= 50)).sum())
+    w, h = table[:, 2].astype(float), table[:, 3].astype(float)
+    side = np.maximum(w, h)[(w > 0) & (h > 0)]
+    assert stats["face_size"]["buckets"]["16-32"] == int(((side >= 16) & (side < 32)).sum())
+    assert stats["attributes"]["blur"]["heavy blur"] == int((table[:, COLUMNS.index("blur")] == 2).sum())
+    # Survival at the four common inputs, aspect kept: a face is lost when its shorter side falls under 10 px.
+    img_w = np.array([sizes[names[k]][0] for k in owners], float)
+    img_h = np.array([sizes[names[k]][1] for k in owners], float)
+    rows = {r["input"]: r for r in stats["survival"]["rows"]}
+    assert list(rows) == ["native", "320x240", "480x360", "640x480", "1024x768"]
+    for tw, th in ((320, 240), (480, 360), (640, 480), (1024, 768)):
+        scale = np.minimum(tw / img_w, th / img_h)
+        assert rows[f"{tw}x{th}"]["under"] == int((np.minimum(w, h) * scale < 10).sum()), (tw, th)
+    assert rows["320x240"]["under"] > rows["1024x768"]["under"] > 0
+
+
+def test_page_renders_in_headless_chromium(val_path: Path, realdata: Path, tmp_path: Path) -> None:
+    """Three real reports: WIDER val (no images known), WFLW (landmark plots), two WIDER train images drawn."""
+    from facedata.parsers import ingest
+
+    wflw, _ = ingest(realdata / "wflw" / "WFLW_annotations" / "list_98pt_test" / "list_98pt_test_blur.txt")
+    wflw.write(tmp_path / "wflw.parquet")
+    train, _ = ingest(realdata / "wider_face" / "wider_face_train.mat", images=realdata / "wflw" / "WFLW_images")
+    train.write(tmp_path / "train.parquet")
+    pages = {
+        "val": report(tmp_path, val_path, "val"),
+        "wflw": report(tmp_path, tmp_path / "wflw.parquet", "wflw"),
+        "train": report(tmp_path, tmp_path / "train.parquet", "train"),
+    }
+    for name, out in pages.items():
+        text = (out / "index.html").read_text()
+        assert not re.search(r"""(src|href)=["']?(https?:|//)""", text), name  # nothing fetched from elsewhere
+        images, bad, log = load_in_browser(out / "index.html")
+        assert images == text.count("<img ") >= 4 and bad == 0, name  # at least the count and attribute plots
+        assert console_lines(log) == [], name
+    assert len(re.findall(r'<img alt="[^"]+[.]jpg"', (pages["train"] / "index.html").read_text())) == 2
+    assert "mean shape" in (pages["wflw"] / "index.html").read_text()
+    # The check can fail: an undecodable image is counted.
+    broken = pages["train"] / "index.html"
+    broken.write_text(broken.read_text().replace("</body>", '<img src="data:image/png;base64,AAAA"></body>'))
+    assert load_in_browser(broken)[:2] == (broken.read_text().count("<img "), 1)
+
+
+def test_refuses_to_overwrite_and_shard_dirs(val_path: Path, tmp_path: Path) -> None:
+    out = report(tmp_path, val_path, "r", "--grid", "0")
+    before = (out / "index.html").read_bytes()
+    result = CliRunner().invoke(main, ["report", str(val_path), "-o", str(out)])
+    assert result.exit_code != 0 and "--overwrite" in result.output and "Traceback" not in result.output
+    assert (out / "index.html").read_bytes() == before
+    assert CliRunner().invoke(main, ["report", str(val_path), "-o", str(out), "--overwrite"]).exit_code == 0
