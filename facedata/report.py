@@ -1,4 +1,4 @@
-"""`facedata report`: a self-contained HTML page (`index.html`) plus `stats.json` for a manifest.
+"""`facedata report`: a self-contained HTML page (`index.html`) plus `stats.json` for a manifest or a shard set.
 
 Self-contained means every plot and image is inlined as a base64 PNG `data:` URI and the page has no
 script, stylesheet or font from elsewhere: it opens from file, offline, and can be mailed as one file.
@@ -6,6 +6,11 @@ The figures are those of `facedata stats` (facedata.stats.compute_stats, the one
 computed) with the survival table extended to 1024x768, plus what only a picture shows: the mean
 landmark shape per scheme (points in box units, with their per-point spread) and a grid of random
 images with their boxes (green), ignore regions (red) and points (blue) drawn.
+
+For a shard directory the samples are counted from the records themselves (not from index.json's counts):
+samples per label per shard, the class mix achieved against the ratio the build asked for (both as shares of
+the samples), the box-offset and landmark-target distributions, the contact sheet of facedata.preview and the
+build's provenance (command, seed, inputs with their checksums).
 """
 
 from __future__ import annotations
@@ -30,10 +35,16 @@ import pandas as pd  # noqa: E402
 from facedata.errors import FacedataError  # noqa: E402
 from facedata.manifest import Manifest  # noqa: E402
 from facedata.paths import atomic_write  # noqa: E402
+from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE  # noqa: E402
 from facedata.stats import DEFAULT_INPUTS, DEFAULT_MIN_FACE, compute_stats  # noqa: E402
 
 REPORT_INPUTS: tuple[tuple[int, int], ...] = (*DEFAULT_INPUTS, (1024, 768))
 _CELL = 256  # px per image in the random grid
+LABELS = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)  # neg:pos:part:landmark, as everywhere
+# Bins of 1/32: edges exact in binary, so a target on an edge falls in the same bin whoever recounts it.
+_OFFSET_EDGES = np.linspace(-1.0, 1.0, 65)  # box offsets, in crop sides
+_TARGET_EDGES = np.linspace(-0.5, 1.5, 65)  # landmark targets, in crop units (0..1 inside the crop)
+_CHUNK = 1 << 15
 _FACE, _IGNORE, _POINT = (0, 200, 0), (0, 0, 255), (255, 80, 0)  # BGR
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}img{max-width:100%}
@@ -251,17 +262,134 @@ def render_html(title: str, sections: Sequence[tuple[str, str]]) -> str:
             + "\n</body></html>\n")
 
 
+def shard_report(path: str | os.PathLike[str], *, seed: int = 0) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """(stats.json content, [(section title, HTML fragment)]) for a shard directory."""
+    from facedata.preview import contact_sheet
+    from facedata.storage import ShardedDataset
+
+    dataset = ShardedDataset(path)
+    try:
+        counted = _count_shards(dataset)
+        provenance = dataset.index.get("provenance", {})
+        summary = dataset.index.get("summary", {})
+    finally:
+        dataset.close()
+    stats: dict[str, Any] = {"kind": "shards", "samples": counted["samples"], "per_shard": counted["per_shard"],
+                             "mix": _mix(counted["labels"], summary.get("mixing")),
+                             "box_offsets": counted["box_offsets"], "landmark_targets": counted["landmark_targets"],
+                             "provenance": provenance}
+    sections = [("Samples per label per shard", _table(
+        ["shard", *(LABEL_NAMES[lab] for lab in LABELS), "samples"],
+        [[row["file"], *(row["labels"][LABEL_NAMES[lab]] for lab in LABELS), row["samples"]]
+         for row in stats["per_shard"]]))]
+    mix = stats["mix"]
+    sections.append(("Class mix: achieved against requested", _table(
+        ["label", "requested ratio", "requested share", "samples", "achieved share"],
+        [[name, _ratio(m["requested_ratio"]), m["requested_share"], m["samples"], m["achieved_share"]]
+         for name, m in mix.items()])))
+    plots = [_histogram_plot(h, f"box offset {coord} (crop sides)") for coord, h in stats["box_offsets"].items()]
+    if stats["landmark_targets"]["counts"] and sum(stats["landmark_targets"]["counts"]):
+        plots.append(_histogram_plot(stats["landmark_targets"], "landmark targets (crop units)"))
+    if plots:
+        sections.append(("Regression targets", f'<div class="plots">{"".join(plots)}</div>'))
+    if counted["samples"]:
+        sheet, _ = contact_sheet(path, seed=seed)
+        sections.append(("Contact sheet per label (targets drawn back)", image_tag(sheet, "contact sheet")))
+    sections.append(("Provenance", _provenance(provenance)))
+    return stats, sections
+
+
+def _count_shards(dataset: Any) -> dict[str, Any]:
+    """Labels per shard and target histograms, from the records read chunk by chunk."""
+    names = dataset.record_dtype.names or ()
+    labels = np.empty(len(dataset), np.int8)
+    offsets = {c: np.zeros(len(_OFFSET_EDGES) - 1, np.int64) for c in ("x1", "y1", "x2", "y2")}
+    targets = np.zeros(len(_TARGET_EDGES) - 1, np.int64)
+    for start in range(0, len(dataset), _CHUNK):
+        _, records = dataset.read_range(start, start + _CHUNK)
+        labels[start : start + len(records)] = records["label"]
+        if "bbox" in names:
+            boxed = np.isin(records["label"], (LABEL_POSITIVE, LABEL_PART))
+            for k, coord in enumerate(offsets):
+                offsets[coord] += np.histogram(records["bbox"][boxed, k], bins=_OFFSET_EDGES)[0]
+        if "landmarks" in names:
+            points = np.asarray(records["landmarks"][records["label"] == LABEL_LANDMARK], np.float64).ravel()
+            targets += np.histogram(points[np.isfinite(points)], bins=_TARGET_EDGES)[0]
+    per_shard = []
+    for entry in dataset.index["shards"]:
+        first, n = int(entry["first_index"]), int(entry["samples"])
+        chunk = labels[first : first + n]
+        per_shard.append({"file": entry["file"], "samples": n,
+                          "labels": {LABEL_NAMES[lab]: int((chunk == lab).sum()) for lab in LABELS}})
+    edges = [float(e) for e in _OFFSET_EDGES]
+    return {
+        "samples": int(len(labels)),
+        "labels": labels,
+        "per_shard": per_shard,
+        "box_offsets": {c: {"edges": edges, "counts": [int(v) for v in h]} for c, h in offsets.items()
+                        if h.sum()},
+        "landmark_targets": {"edges": [float(e) for e in _TARGET_EDGES],
+                             "counts": [int(v) for v in targets] if targets.sum() else []},
+    }
+
+
+def _mix(labels: np.ndarray, mixing: Any) -> dict[str, dict[str, Any]]:
+    """Per label: the requested ratio and share (None when the build did not mix) and the achieved share."""
+    ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
+    requested = {lab: float(ratio.get(str(lab), 0.0)) for lab in LABELS}
+    total_ratio = sum(requested.values())
+    out = {}
+    for lab in LABELS:
+        n = int((labels == lab).sum())
+        out[LABEL_NAMES[lab]] = {
+            "requested_ratio": requested[lab] if ratio else None,
+            "requested_share": round(requested[lab] / total_ratio, 4) if ratio and total_ratio else None,
+            "samples": n,
+            "achieved_share": round(n / len(labels), 4) if len(labels) else None,
+        }
+    return out
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _histogram_plot(hist: dict[str, list], title: str) -> str:
+    edges = np.asarray(hist["edges"])
+    fig, ax = plt.subplots(figsize=(4, 2.6))
+    ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="#4878d0")
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("count")
+    return figure_tag(fig, title)
+
+
+def _provenance(provenance: dict[str, Any]) -> str:
+    """Command, seed and inputs (path, checksum, counts) as a table, then the full record."""
+    rows = [["command", provenance.get("command_line", "")], ["seed", provenance.get("seed", "")],
+            ["facedata", provenance.get("facedata_version", "")]]
+    for role, entry in (provenance.get("inputs") or {}).items():
+        if isinstance(entry, dict):
+            rows.append([f"input {role}", f"{entry.get('path', '')} (sha256 {str(entry.get('sha256', ''))[:16]}…, "
+                                          f"{entry.get('images', '?')} images, {entry.get('faces', '?')} faces)"])
+    table = _table(["", "value"], rows)
+    full = html.escape(json.dumps(provenance, indent=1, sort_keys=True))
+    return f"{table}<details><summary>full provenance</summary><pre>{full}</pre></details>"
+
+
 def write_report(
     source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False, **options: Any
 ) -> Path:
-    """Write `index.html` and `stats.json` for a manifest into out_dir (atomically; existing files only with
-    overwrite). Returns the index path."""
+    """Write `index.html` and `stats.json` for a manifest or a shard directory into out_dir (atomically;
+    existing files only with overwrite). Returns the index path."""
     out = Path(out_dir)
     index, stats_path = out / "index.html", out / "stats.json"
     existing = [p for p in (index, stats_path) if p.exists()]
     if existing and not overwrite:
         raise FacedataError(f"{existing[0]} exists; pass --overwrite to replace the report")
-    stats, sections = manifest_report(Manifest.read(source), **options)
+    if Path(source).is_dir():
+        stats, sections = shard_report(source, seed=options.get("seed", 0))
+    else:
+        stats, sections = manifest_report(Manifest.read(source), **options)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(stats_path) as fh:
         fh.write(json.dumps(stats, indent=2, sort_keys=False).encode())

@@ -3,6 +3,7 @@ loaded from file in a real headless Chromium (no console message, every image de
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from shard_fixtures import write_dataset
 from test_stats import read_labelv2_sizes
 from wider_raw import COLUMNS, read_raw_wider
 
@@ -81,6 +83,17 @@ def val_path(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def train_path(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """WIDER train restricted to the two train images in realdata (mmpose's WFLW test images), sizes probed."""
+    from facedata.parsers import ingest
+
+    train, _ = ingest(realdata / "wider_face" / "wider_face_train.mat", images=realdata / "wflw" / "WFLW_images")
+    path = tmp_path_factory.mktemp("train") / "train.parquet"
+    train.write(path)
+    return path
+
+
 def test_stats_json_matches_raw_wider_val(val_path: Path, realdata: Path, tmp_path: Path) -> None:
     names, table, owners = read_raw_wider(realdata / "wider_face" / "wider_face_val_bbx_gt.txt")
     sizes = read_labelv2_sizes(realdata / "wider_face_libfacedetection" / "labelv2" / "val" / "labelv2.txt")
@@ -103,18 +116,16 @@ def test_stats_json_matches_raw_wider_val(val_path: Path, realdata: Path, tmp_pa
     assert rows["320x240"]["under"] > rows["1024x768"]["under"] > 0
 
 
-def test_page_renders_in_headless_chromium(val_path: Path, realdata: Path, tmp_path: Path) -> None:
+def test_page_renders_in_headless_chromium(val_path: Path, train_path: Path, realdata: Path, tmp_path: Path) -> None:
     """Three real reports: WIDER val (no images known), WFLW (landmark plots), two WIDER train images drawn."""
     from facedata.parsers import ingest
 
     wflw, _ = ingest(realdata / "wflw" / "WFLW_annotations" / "list_98pt_test" / "list_98pt_test_blur.txt")
     wflw.write(tmp_path / "wflw.parquet")
-    train, _ = ingest(realdata / "wider_face" / "wider_face_train.mat", images=realdata / "wflw" / "WFLW_images")
-    train.write(tmp_path / "train.parquet")
     pages = {
         "val": report(tmp_path, val_path, "val"),
         "wflw": report(tmp_path, tmp_path / "wflw.parquet", "wflw"),
-        "train": report(tmp_path, tmp_path / "train.parquet", "train"),
+        "train": report(tmp_path, train_path, "train"),
     }
     for name, out in pages.items():
         text = (out / "index.html").read_text()
@@ -137,3 +148,46 @@ def test_refuses_to_overwrite_and_shard_dirs(val_path: Path, tmp_path: Path) -> 
     assert result.exit_code != 0 and "--overwrite" in result.output and "Traceback" not in result.output
     assert (out / "index.html").read_bytes() == before
     assert CliRunner().invoke(main, ["report", str(val_path), "-o", str(out), "--overwrite"]).exit_code == 0
+
+
+def test_shard_report_counts_synthetic_shards(tmp_path: Path) -> None:
+    """Three LMDB shards of known samples: labels per shard, achieved mix and landmark targets recomputed here."""
+    n = 2500
+    write_dataset(tmp_path / "ds", "lmdb", n, shard_samples=1024)
+    stats = json.loads((report(tmp_path, tmp_path / "ds", "r") / "stats.json").read_text())
+    labels = (np.arange(n) * 5) % 4 - 2  # shard_fixtures.synthetic's label rule, seed 0
+    assert [row["samples"] for row in stats["per_shard"]] == [1024, 1024, 452]
+    for k, row in enumerate(stats["per_shard"]):
+        chunk = labels[k * 1024 : (k + 1) * 1024]
+        assert row["labels"] == {"negative": int((chunk == 0).sum()), "positive": int((chunk == 1).sum()),
+                                 "part": int((chunk == -1).sum()), "landmark": int((chunk == -2).sum())}
+    assert stats["mix"]["part"]["achieved_share"] == round(float((labels == -1).mean()), 4)
+    assert stats["mix"]["part"]["requested_share"] is None  # this set was not mixed
+    index = np.flatnonzero(labels == -2)
+    targets = ((index[:, None] + np.arange(10)) % 100 / 100.0).astype(np.float32).ravel()  # stored as float32
+    landmark = stats["landmark_targets"]
+    assert landmark["counts"] == np.histogram(targets, bins=np.arange(-16, 49) / 32)[0].tolist()
+    boxed = np.flatnonzero((labels == 1) | (labels == -1))
+    x1 = stats["box_offsets"]["x1"]
+    offsets = ((boxed % 9 - 4) / 10.0).astype(np.float32)
+    assert x1["counts"] == np.histogram(offsets, bins=np.arange(-32, 33) / 32)[0].tolist()
+
+
+def test_shard_report_of_a_real_build_renders(train_path: Path, tmp_path: Path) -> None:
+    """A PNet build from two real WIDER images: the requested mix from the build, the page in Chromium."""
+    result = CliRunner().invoke(main, ["build", "pnet", "--detections", str(train_path), "-o", str(tmp_path / "pnet"),
+                                       "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    out = report(tmp_path, tmp_path / "pnet", "r")
+    stats = json.loads((out / "stats.json").read_text())
+    index = json.loads((tmp_path / "pnet" / "index.json").read_text())
+    assert {k: v for k, v in stats["per_shard"][0]["labels"].items() if v} == {
+        {"0": "negative", "1": "positive", "-1": "part", "-2": "landmark"}[k]: v
+        for k, v in index["label_counts"].items()}
+    assert stats["mix"]["negative"]["requested_share"] == round(3 / 7, 4)  # the default ratio 3:1:1:2
+    assert stats["provenance"] == index["provenance"]
+    text = (out / "index.html").read_text()
+    assert "contact sheet" in text and html.escape(index["provenance"]["command_line"]) in text
+    images, bad, log = load_in_browser(out / "index.html")
+    assert images == text.count("<img ") >= 5 and bad == 0
+    assert console_lines(log) == []
