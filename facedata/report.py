@@ -262,6 +262,71 @@ def render_html(title: str, sections: Sequence[tuple[str, str]]) -> str:
             + "\n</body></html>\n")
 
 
+def compare_report(before: Manifest, after: Manifest) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """What a filter or a fusion changed from `before` to `after` (the reported manifest): totals side by side,
+    the faces removed (dropped, or kept as ignore regions) and added, and the images that lost all their faces.
+    Images match by rel_path, faces by image and box (2 decimals)."""
+    old, new = _kept_faces(before), _kept_faces(after)
+    removed_keys = old.index.difference(new.index)
+    all_after = _face_keys(after)
+    dropped = removed_keys.difference(all_after.index)
+    removed = before.faces.loc[old.loc[removed_keys, "row"].to_numpy()]
+    had = set(old["rel_path"])
+    lost = sorted(had - set(new["rel_path"]))
+    b, a = compute_stats(before, REPORT_INPUTS), compute_stats(after, REPORT_INPUTS)
+    removed_stats = compute_stats(Manifest(before.images, removed, before.provenance), REPORT_INPUTS)
+    result = {
+        "before": {k: b[k] for k in ("images", "faces", "ignored_faces", "images_without_faces")},
+        "after": {k: a[k] for k in ("images", "faces", "ignored_faces", "images_without_faces")},
+        "faces_removed": int(len(removed_keys)),
+        "faces_dropped": int(len(dropped)),
+        "faces_now_ignore": int(len(removed_keys) - len(dropped)),
+        "faces_added": int(len(new.index.difference(old.index))),
+        "images_lost_all_faces": len(lost),
+        "images_lost_all_faces_list": lost,
+        "removed_face_size": removed_stats["face_size"]["buckets"],
+    }
+    rows = [[k, result["before"][k], result["after"][k], result["after"][k] - result["before"][k]]
+            for k in result["before"]]
+    body = _table(["", "before", "after", "change"], rows) + _table(
+        ["faces removed", "of which dropped", "of which kept as ignore", "faces added", "images that lost all faces"],
+        [[result["faces_removed"], result["faces_dropped"], result["faces_now_ignore"], result["faces_added"],
+          len(lost)]])
+    sizes = _side_by_side(b["face_size"]["buckets"], a["face_size"]["buckets"], "face size max(w, h), before/after")
+    body += f'<div class="plots">{sizes}{bar_plot(result["removed_face_size"], "removed faces: size", log=True)}</div>'
+    shown = "".join(f"<li>{html.escape(p)}</li>" for p in lost[:200])
+    more = f"<p>… and {len(lost) - 200:,} more (all in stats.json)</p>" if len(lost) > 200 else ""
+    body += f"<h3>Images that lost all their faces ({len(lost):,})</h3><ul>{shown}</ul>{more}"
+    return result, [("Compared with the 'before' manifest", body)]
+
+
+def _kept_faces(manifest: Manifest) -> pd.DataFrame:
+    keys = _face_keys(manifest)
+    return keys.loc[~manifest.faces["ignore"].to_numpy(bool)]
+
+
+def _face_keys(manifest: Manifest) -> pd.DataFrame:
+    """Faces indexed by (rel_path, x1, y1, x2, y2) rounded to 2 decimals; `row` is the face's position."""
+    paths = manifest.images.set_index("image_id")["rel_path"].reindex(manifest.faces["image_id"]).to_numpy(object)
+    boxes = manifest.faces[["x1", "y1", "x2", "y2"]].to_numpy(np.float64).round(2)
+    frame = pd.DataFrame({"rel_path": paths, "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2],
+                          "y2": boxes[:, 3], "row": manifest.faces.index})
+    frame.index = pd.MultiIndex.from_frame(frame[["rel_path", "x1", "y1", "x2", "y2"]])
+    return frame[~frame.index.duplicated()]
+
+
+def _side_by_side(before: dict[str, int], after: dict[str, int], title: str) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    x = np.arange(len(before))
+    ax.bar(x - 0.2, list(before.values()), width=0.4, label="before", color="#999999")
+    ax.bar(x + 0.2, [after.get(k, 0) for k in before], width=0.4, label="after", color="#4878d0")
+    ax.set_xticks(x, list(before), rotation=45, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    return figure_tag(fig, title)
+
+
 def shard_report(path: str | os.PathLike[str], *, seed: int = 0) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """(stats.json content, [(section title, HTML fragment)]) for a shard directory."""
     from facedata.preview import contact_sheet
@@ -377,10 +442,11 @@ def _provenance(provenance: dict[str, Any]) -> str:
 
 
 def write_report(
-    source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False, **options: Any
+    source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False,
+    compare: str | os.PathLike[str] | None = None, **options: Any
 ) -> Path:
     """Write `index.html` and `stats.json` for a manifest or a shard directory into out_dir (atomically;
-    existing files only with overwrite). Returns the index path."""
+    existing files only with overwrite). `compare`: the manifest before (a filter, a fusion). Returns the index."""
     out = Path(out_dir)
     index, stats_path = out / "index.html", out / "stats.json"
     existing = [p for p in (index, stats_path) if p.exists()]
@@ -389,7 +455,12 @@ def write_report(
     if Path(source).is_dir():
         stats, sections = shard_report(source, seed=options.get("seed", 0))
     else:
-        stats, sections = manifest_report(Manifest.read(source), **options)
+        manifest = Manifest.read(source)
+        stats, sections = manifest_report(manifest, **options)
+        if compare is not None:
+            stats["compare"], more = compare_report(Manifest.read(compare), manifest)
+            stats["compare"]["before_path"] = str(compare)
+            sections = sections[:1] + more + sections[1:]
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(stats_path) as fh:
         fh.write(json.dumps(stats, indent=2, sort_keys=False).encode())

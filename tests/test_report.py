@@ -191,3 +191,35 @@ def test_shard_report_of_a_real_build_renders(train_path: Path, tmp_path: Path) 
     images, bad, log = load_in_browser(out / "index.html")
     assert images == text.count("<img ") >= 5 and bad == 0
     assert console_lines(log) == []
+
+
+@pytest.mark.parametrize("removed", ["ignore", "drop"])
+def test_compare_after_a_filter(val_path: Path, realdata: Path, tmp_path: Path, removed: str) -> None:
+    """`filter --min-size 10` on WIDER val: faces removed and images left faceless, recounted from the raw file."""
+    names, table, owners = read_raw_wider(realdata / "wider_face" / "wider_face_val_bbx_gt.txt")
+    after = tmp_path / "after.parquet"
+    result = CliRunner().invoke(main, ["filter", str(val_path), "--min-size", "10", "--removed", removed,
+                                       "-o", str(after), "-q"])
+    assert result.exit_code == 0, result.output
+    out = report(tmp_path, after, "r", "--compare", str(val_path), "--grid", "0")
+    compare = json.loads((out / "stats.json").read_text())["compare"]
+    small = (table[:, 2] < 10) | (table[:, 3] < 10)
+    assert compare["faces_removed"] == int(small.sum())
+    assert compare[{"ignore": "faces_now_ignore", "drop": "faces_dropped"}[removed]] == int(small.sum())
+    assert compare["faces_added"] == 0
+    kept_per_image = np.bincount(owners[~small], minlength=len(names))
+    had = np.bincount(owners, minlength=len(names)) > 0
+    lost = sorted(names[k] for k in np.flatnonzero(had & (kept_per_image == 0)))
+    assert compare["images_lost_all_faces_list"] == lost and len(lost) > 0
+    assert compare["before"]["faces"] - compare["after"]["faces"] == int(small.sum())
+    text = (out / "index.html").read_text()
+    assert all(html.escape(name) in text for name in lost)
+    images, bad, log = load_in_browser(out / "index.html")
+    assert images == text.count("<img ") >= 2 and bad == 0 and console_lines(log) == []
+
+
+def test_compare_refuses_shard_directories(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "ds", "lmdb", 10)
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "ds"), "-o", str(tmp_path / "r"),
+                                       "--compare", str(tmp_path / "ds" / "index.json")])
+    assert result.exit_code == 2 and "--compare" in result.output and not (tmp_path / "r").exists()
