@@ -17,26 +17,27 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global figure state; savefig renders with Agg
+from matplotlib.patches import Rectangle
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # no display: render to memory only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from facedata.errors import FacedataError  # noqa: E402
-from facedata.manifest import Manifest  # noqa: E402
-from facedata.paths import atomic_write  # noqa: E402
-from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE  # noqa: E402
-from facedata.stats import DEFAULT_INPUTS, DEFAULT_MIN_FACE, compute_stats  # noqa: E402
+from facedata.errors import FacedataError
+from facedata.manifest import Manifest
+from facedata.paths import atomic_write
+from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from facedata.stats import DEFAULT_INPUTS, DEFAULT_MIN_FACE, compute_stats
 
 REPORT_INPUTS: tuple[tuple[int, int], ...] = (*DEFAULT_INPUTS, (1024, 768))
 _CELL = 256  # px per image in the random grid
@@ -63,18 +64,20 @@ def image_tag(bgr: np.ndarray, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="{png_uri(data.tobytes())}">'
 
 
-def figure_tag(fig: plt.Figure, alt: str) -> str:
-    """An <img> with the matplotlib figure inlined as PNG (the figure is closed)."""
-    import io
-
+def figure_tag(fig: Figure, alt: str) -> str:
+    """An <img> with the matplotlib figure inlined as PNG."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
     return f'<img alt="{html.escape(alt)}" src="{png_uri(buffer.getvalue())}">'
 
 
+def _subplots(figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
 def bar_plot(counts: dict[str, int], title: str, *, log: bool = False, xlabel: str = "") -> str:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots(figsize=(5, 3))
     ax.bar(range(len(counts)), list(counts.values()), color="#4878d0")
     ax.set_xticks(range(len(counts)), list(counts), rotation=45, ha="right", fontsize=8)
     if log:
@@ -88,7 +91,7 @@ def bar_plot(counts: dict[str, int], title: str, *, log: bool = False, xlabel: s
 def survival_plot(survival: dict[str, Any]) -> str:
     """Share of faces still at least `min_face` px (shorter side) after resizing to each input."""
     rows = [r for r in survival["rows"] if r["share_under"] is not None]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots(figsize=(5, 3))
     ax.plot([r["input"] for r in rows], [1 - r["share_under"] for r in rows], marker="o")
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"share of faces >= {survival['min_face']:g} px")
@@ -127,9 +130,9 @@ def _rounded(values: np.ndarray) -> list[list[float]]:
 def shape_plot(scheme: str, shape: dict[str, list[list[float]]]) -> str:
     mean = np.array(shape["mean"], dtype=np.float64)
     std = np.array(shape["std"], dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = _subplots(figsize=(4, 4))
     ax.errorbar(mean[:, 0], mean[:, 1], xerr=std[:, 0], yerr=std[:, 1], fmt="o", ms=3, elinewidth=0.6)
-    ax.add_patch(plt.Rectangle((0, 0), 1, 1, fill=False, color="grey", ls="--"))
+    ax.add_patch(Rectangle((0, 0), 1, 1, fill=False, color="grey", ls="--"))
     ax.set_xlim(-0.25, 1.25)
     ax.set_ylim(1.25, -0.25)  # image y runs down
     ax.set_aspect("equal")
@@ -316,7 +319,7 @@ def _face_keys(manifest: Manifest) -> pd.DataFrame:
 
 
 def _side_by_side(before: dict[str, int], after: dict[str, int], title: str) -> str:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots(figsize=(5, 3))
     x = np.arange(len(before))
     ax.bar(x - 0.2, list(before.values()), width=0.4, label="before", color="#999999")
     ax.bar(x + 0.2, [after.get(k, 0) for k in before], width=0.4, label="after", color="#4878d0")
@@ -370,8 +373,10 @@ def _count_shards(dataset: Any) -> dict[str, Any]:
     labels = np.empty(len(dataset), np.int8)
     offsets = {c: np.zeros(len(_OFFSET_EDGES) - 1, np.int64) for c in ("x1", "y1", "x2", "y2")}
     targets = np.zeros(len(_TARGET_EDGES) - 1, np.int64)
+    bar = tqdm(total=len(dataset), desc="report", unit="sample", disable=not sys.stderr.isatty())
     for start in range(0, len(dataset), _CHUNK):
         _, records = dataset.read_range(start, start + _CHUNK)
+        bar.update(len(records))
         labels[start : start + len(records)] = records["label"]
         if "bbox" in names:
             boxed = np.isin(records["label"], (LABEL_POSITIVE, LABEL_PART))
@@ -380,6 +385,7 @@ def _count_shards(dataset: Any) -> dict[str, Any]:
         if "landmarks" in names:
             points = np.asarray(records["landmarks"][records["label"] == LABEL_LANDMARK], np.float64).ravel()
             targets += np.histogram(points[np.isfinite(points)], bins=_TARGET_EDGES)[0]
+    bar.close()
     per_shard = []
     for entry in dataset.index["shards"]:
         first, n = int(entry["first_index"]), int(entry["samples"])
@@ -421,7 +427,7 @@ def _ratio(value: float | None) -> str:
 
 def _histogram_plot(hist: dict[str, list], title: str) -> str:
     edges = np.asarray(hist["edges"])
-    fig, ax = plt.subplots(figsize=(4, 2.6))
+    fig, ax = _subplots(figsize=(4, 2.6))
     ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="#4878d0")
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("count")
