@@ -758,12 +758,14 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
 @click.option("--grid", default=12, show_default=True, help="Random images drawn with their faces (0: none).")
 @click.option("--min-face", default=10.0, show_default=True, help="Survival threshold (px, shorter side).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random images / contact-sheet samples.")
+@click.option("--batch-size", default=384, show_default=True, type=click.IntRange(1),
+              help="Shard sets: batch size of the class-share-per-batch table.")
 @click.option("--compare", "other", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The manifest before a filter or fusion: totals side by side, faces removed, images that lost "
               "all their faces.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in the folder.")
 def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, min_face: float, seed: int,
-           other: Path | None, overwrite: bool) -> None:
+           batch_size: int, other: Path | None, overwrite: bool) -> None:
     """Self-contained HTML report (index.html, plots and images inlined) plus stats.json for a manifest
     (.parquet) or a shard directory (the --images, --grid and --min-face options are for manifests)."""
     from facedata.build import parse_roots
@@ -773,7 +775,7 @@ def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, min_fa
     if source.is_dir():
         if other is not None:
             raise click.UsageError("--compare works on manifests, not shard directories")
-        index = write_report(source, output, overwrite=overwrite, seed=seed)
+        index = write_report(source, output, overwrite=overwrite, seed=seed, batch_size=batch_size)
     else:
         index = write_report(source, output, overwrite=overwrite, compare=other, grid=grid, seed=seed,
                              min_face=min_face,

@@ -41,6 +41,7 @@ from facedata.stats import DEFAULT_INPUTS, DEFAULT_MIN_FACE, compute_stats
 
 REPORT_INPUTS: tuple[tuple[int, int], ...] = (*DEFAULT_INPUTS, (1024, 768))
 _CELL = 256  # px per image in the random grid
+DEFAULT_BATCH = 384  # the MTCNN ports' usual batch size
 LABELS = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)  # neg:pos:part:landmark, as everywhere
 # Bins of 1/32: edges exact in binary, so a target on an edge falls in the same bin whoever recounts it.
 _OFFSET_EDGES = np.linspace(-1.0, 1.0, 65)  # box offsets, in crop sides
@@ -330,7 +331,9 @@ def _side_by_side(before: dict[str, int], after: dict[str, int], title: str) -> 
     return figure_tag(fig, title)
 
 
-def shard_report(path: str | os.PathLike[str], *, seed: int = 0) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def shard_report(
+    path: str | os.PathLike[str], *, seed: int = 0, batch_size: int = DEFAULT_BATCH
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """(stats.json content, [(section title, HTML fragment)]) for a shard directory."""
     from facedata.preview import contact_sheet
     from facedata.storage import ShardedDataset
@@ -338,6 +341,7 @@ def shard_report(path: str | os.PathLike[str], *, seed: int = 0) -> tuple[dict[s
     dataset = ShardedDataset(path)
     try:
         counted = _count_shards(dataset)
+        unit_samples = dataset.unit_samples
         provenance = dataset.index.get("provenance", {})
         summary = dataset.index.get("summary", {})
     finally:
@@ -345,6 +349,8 @@ def shard_report(path: str | os.PathLike[str], *, seed: int = 0) -> tuple[dict[s
     stats: dict[str, Any] = {"kind": "shards", "samples": counted["samples"], "per_shard": counted["per_shard"],
                              "mix": _mix(counted["labels"], summary.get("mixing")),
                              "box_offsets": counted["box_offsets"], "landmark_targets": counted["landmark_targets"],
+                             "batches": _batch_shares(counted["labels"], unit_samples, batch_size, seed,
+                                                      summary.get("mixing")),
                              "provenance": provenance}
     sections = [("Samples per label per shard", _table(
         ["shard", *(LABEL_NAMES[lab] for lab in LABELS), "samples"],
@@ -355,6 +361,7 @@ def shard_report(path: str | os.PathLike[str], *, seed: int = 0) -> tuple[dict[s
         ["label", "requested ratio", "requested share", "samples", "achieved share"],
         [[name, _ratio(m["requested_ratio"]), m["requested_share"], m["samples"], m["achieved_share"]]
          for name, m in mix.items()])))
+    sections.append(_batch_section(stats["batches"]))
     plots = [_histogram_plot(h, f"box offset {coord} (crop sides)") for coord, h in stats["box_offsets"].items()]
     if stats["landmark_targets"]["counts"] and sum(stats["landmark_targets"]["counts"]):
         plots.append(_histogram_plot(stats["landmark_targets"], "landmark targets (crop units)"))
@@ -421,6 +428,50 @@ def _mix(labels: np.ndarray, mixing: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _batch_shares(labels: np.ndarray, unit_samples: int, batch_size: int, seed: int, mixing: Any
+                  ) -> dict[str, Any]:
+    """Class share per batch over epoch 0 of the readers' order (facedata.readers.order): the default shuffle,
+    and `batch_mix` at the build's ratio (3:1:1:2 when it did not mix; 0 for a class the set does not hold).
+    Min / mean / max per class over the full batches."""
+    from facedata.readers.order import ReadOrder
+
+    ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
+    wanted = [float(ratio.get(str(lab), 0)) for lab in LABELS] if ratio else [3.0, 1.0, 1.0, 2.0]
+    present = [bool((labels == lab).any()) for lab in LABELS]
+    mix = ":".join(f"{r:g}" if here else "0" for r, here in zip(wanted, present, strict=True))  # absent: 0
+    out: dict[str, Any] = {"batch_size": batch_size, "seed": seed, "mix_ratio": mix}
+    for name, options in (("shuffle", {}), ("batch_mix", {"batch_mix": mix, "labels": labels})):
+        try:
+            order = ReadOrder(len(labels), unit_samples, batch_size, seed=seed, drop_last=True, **options).epoch(0)
+        except FacedataError as err:  # one-class sets (pfld, topdown) refuse a mix
+            out[name] = {"note": str(err)}
+            continue
+        full = len(order) // batch_size * batch_size  # the last, short batch is left out (drop_last)
+        batches = labels[order[:full]].reshape(-1, batch_size)
+        out[name] = {LABEL_NAMES[lab]: _spread((batches == lab).mean(axis=1)) for lab in LABELS} if len(batches) \
+            else {"note": f"fewer than {batch_size} samples: no full batch"}
+    return out
+
+
+def _spread(shares: np.ndarray) -> dict[str, float]:
+    return {"min": round(float(shares.min()), 4), "mean": round(float(shares.mean()), 4),
+            "max": round(float(shares.max()), 4)}
+
+
+def _batch_section(batches: dict[str, Any]) -> tuple[str, str]:
+    rows = []
+    for order in ("shuffle", "batch_mix"):
+        result = batches[order]
+        if "note" in result:
+            rows.append([order, result["note"], "", "", ""])
+            continue
+        for name, spread in result.items():
+            rows.append([order, name, spread["min"], spread["mean"], spread["max"]])
+    title = (f"Class share per batch of {batches['batch_size']:,} (epoch 0, seed {batches['seed']}; "
+             f"batch_mix {batches['mix_ratio']})")
+    return title, _table(["reader order", "label", "min", "mean", "max"], rows)
+
+
 def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
@@ -459,10 +510,11 @@ def write_report(
     if existing and not overwrite:
         raise FacedataError(f"{existing[0]} exists; pass --overwrite to replace the report")
     if Path(source).is_dir():
-        stats, sections = shard_report(source, seed=options.get("seed", 0))
+        stats, sections = shard_report(source, seed=options.get("seed", 0),
+                                       batch_size=options.get("batch_size", DEFAULT_BATCH))
     else:
         manifest = Manifest.read(source)
-        stats, sections = manifest_report(manifest, **options)
+        stats, sections = manifest_report(manifest, **{k: v for k, v in options.items() if k != "batch_size"})
         if compare is not None:
             stats["compare"], more = compare_report(Manifest.read(compare), manifest)
             stats["compare"]["before_path"] = str(compare)

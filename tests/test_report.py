@@ -154,7 +154,7 @@ def test_shard_report_counts_synthetic_shards(tmp_path: Path) -> None:
     """Three LMDB shards of known samples: labels per shard, achieved mix and landmark targets recomputed here."""
     n = 2500
     write_dataset(tmp_path / "ds", "lmdb", n, shard_samples=1024)
-    stats = json.loads((report(tmp_path, tmp_path / "ds", "r") / "stats.json").read_text())
+    stats = json.loads((report(tmp_path, tmp_path / "ds", "r", "--batch-size", "100") / "stats.json").read_text())
     labels = (np.arange(n) * 5) % 4 - 2  # shard_fixtures.synthetic's label rule, seed 0
     assert [row["samples"] for row in stats["per_shard"]] == [1024, 1024, 452]
     for k, row in enumerate(stats["per_shard"]):
@@ -165,6 +165,15 @@ def test_shard_report_counts_synthetic_shards(tmp_path: Path) -> None:
     assert stats["mix"]["part"]["requested_share"] is None  # this set was not mixed
     index = np.flatnonzero(labels == -2)
     targets = ((index[:, None] + np.arange(10)) % 100 / 100.0).astype(np.float32).ravel()  # stored as float32
+    # Per batch: batch_mix 3:1:1:2 of 100 is 43:14:14:29 (largest remainder) in every batch; the shuffle
+    # varies around the dataset's shares.
+    batches = stats["batches"]
+    assert batches["mix_ratio"] == "3:1:1:2"
+    for name, count in zip(("negative", "positive", "part", "landmark"), (43, 14, 14, 29), strict=True):
+        assert batches["batch_mix"][name] == {"min": count / 100, "mean": count / 100, "max": count / 100}
+        share = stats["mix"][name]["achieved_share"]
+        assert batches["shuffle"][name]["min"] <= share <= batches["shuffle"][name]["max"]
+    assert sum(batches["shuffle"][name]["mean"] for name in stats["mix"]) == pytest.approx(1.0, abs=1e-3)
     landmark = stats["landmark_targets"]
     assert landmark["counts"] == np.histogram(targets, bins=np.arange(-16, 49) / 32)[0].tolist()
     boxed = np.flatnonzero((labels == 1) | (labels == -1))
