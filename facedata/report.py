@@ -81,6 +81,7 @@ def bar_plot(counts: dict[str, int], title: str, *, log: bool = False, xlabel: s
     fig, ax = _subplots(figsize=(5, 3))
     ax.bar(range(len(counts)), list(counts.values()), color="#4878d0")
     ax.set_xticks(range(len(counts)), list(counts), rotation=45, ha="right", fontsize=8)
+    log = log and any(v > 0 for v in counts.values())  # a log axis needs a positive value
     if log:
         ax.set_yscale("log")
     ax.set_title(title)
@@ -325,7 +326,8 @@ def _side_by_side(before: dict[str, int], after: dict[str, int], title: str) -> 
     ax.bar(x - 0.2, list(before.values()), width=0.4, label="before", color="#999999")
     ax.bar(x + 0.2, [after.get(k, 0) for k in before], width=0.4, label="after", color="#4878d0")
     ax.set_xticks(x, list(before), rotation=45, ha="right", fontsize=8)
-    ax.set_yscale("log")
+    if any(v > 0 for v in (*before.values(), *after.values())):
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
     return figure_tag(fig, title)

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,16 @@ def test_compare_refuses_shard_directories(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(tmp_path / "ds"), "-o", str(tmp_path / "r"),
                                        "--compare", str(tmp_path / "ds" / "index.json")])
     assert result.exit_code == 2 and "--compare" in result.output and not (tmp_path / "r").exists()
+
+
+def test_empty_manifest_reports_without_warnings(val_path: Path, tmp_path: Path) -> None:
+    """A filter that keeps nothing: the report still writes (zero counts, no log axis over no data)."""
+    empty = tmp_path / "empty.parquet"
+    result = CliRunner().invoke(main, ["filter", str(val_path), "--where", "blur > 5", "--removed", "drop",
+                                       "--drop-empty-images", "-o", str(empty), "-q"])
+    assert result.exit_code == 0, result.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = report(tmp_path, empty, "r", "--compare", str(val_path))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["images"] == 0 and stats["compare"]["images_lost_all_faces"] == 3226 - 4
