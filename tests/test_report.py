@@ -246,3 +246,22 @@ def test_empty_manifest_reports_without_warnings(val_path: Path, tmp_path: Path)
         out = report(tmp_path, empty, "r", "--compare", str(val_path))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["images"] == 0 and stats["compare"]["images_lost_all_faces"] == 3226 - 4
+
+
+def test_mean_shape_in_box_units() -> None:
+    """Points in box units over the faces where each is present; ignore regions and masked points left out."""
+    import pandas as pd
+
+    from facedata.report import mean_shapes
+
+    faces = pd.DataFrame({
+        "scheme": ["s", "s", "s", None],
+        "ignore": [False, False, True, False],
+        "x1": [0.0, 10.0, 0.0, 0.0], "y1": [0.0, 10.0, 0.0, 0.0], "x2": [10.0, 30.0, 5.0, 5.0],
+        "y2": [10.0, 30.0, 5.0, 5.0],
+        "points": [[2.0, 3.0, 8.0, 3.0], [16.0, 14.0, np.nan, np.nan], [0.0, 0.0, 0.0, 0.0], None],
+        "visible": [[2, 2], [2, 0], [2, 2], None],
+    })
+    shape = mean_shapes(faces)["s"]
+    assert shape["mean"] == [[0.25, 0.25], [0.8, 0.3]]
+    assert shape["std"] == [[0.05, 0.05], [0.0, 0.0]]
