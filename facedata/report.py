@@ -145,7 +145,7 @@ def shape_plot(scheme: str, shape: dict[str, list[list[float]]]) -> str:
 def image_grid(manifest: Manifest, roots: dict[str, str] | None, count: int, seed: int) -> tuple[list[str], str]:
     """Up to `count` random images (seeded) with faces drawn; (shown rel_paths, note on what was not shown)."""
     if count <= 0 or not len(manifest.images):
-        return [], "no images requested"
+        return [], "no images to show" if count > 0 else "no images requested (--grid 0)"
     try:
         paths = manifest.image_paths(roots)
     except FacedataError as err:
@@ -198,6 +198,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _fmt(value: Any) -> str:
+    """Counts with thousands separators; the report's floats are shares, shown as percentages when in [0, 1]."""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, int):
