@@ -798,3 +798,37 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
     shown = write_preview(directory, output, per_label=per_label, columns=columns, cell=cell, seed=seed)
     counts = ", ".join(f"{LABEL_NAMES[k]} {v}" for k, v in shown.items())
     click.echo(f"wrote {output} ({counts})")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for index.html and stats.json (created if missing).")
+@click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
+              help="Image root for the random image grid (default: the roots recorded in the manifest).")
+@click.option("--grid", default=12, show_default=True, help="Random images drawn with their faces (0: none).")
+@click.option("--min-face", default=10.0, show_default=True, help="Survival threshold (px, shorter side).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random images / contact-sheet samples.")
+@click.option("--batch-size", default=384, show_default=True, type=click.IntRange(1),
+              help="Shard sets: batch size of the class-share-per-batch table.")
+@click.option("--compare", "other", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The manifest before a filter or fusion: totals side by side, faces removed, images that lost "
+              "all their faces.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report in the folder.")
+def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, min_face: float, seed: int,
+           batch_size: int, other: Path | None, overwrite: bool) -> None:
+    """Self-contained HTML report (index.html, plots and images inlined) plus stats.json for a manifest
+    (.parquet) or a shard directory (the --images, --grid and --min-face options are for manifests)."""
+    from facedata.build import parse_roots
+    from facedata.manifest import Manifest
+    from facedata.report import write_report
+
+    if source.is_dir():
+        if other is not None:
+            raise click.UsageError("--compare works on manifests, not shard directories")
+        index = write_report(source, output, overwrite=overwrite, seed=seed, batch_size=batch_size)
+    else:
+        index = write_report(source, output, overwrite=overwrite, compare=other, grid=grid, seed=seed,
+                             min_face=min_face,
+                             roots=parse_roots(roots, Manifest.root_names(source)) if roots else None)
+    click.echo(f"wrote {index} and {index.with_name('stats.json')}")
