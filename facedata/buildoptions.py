@@ -126,5 +126,7 @@ def parse_roots(values: Iterable[str], names: Iterable[str]) -> dict[str, str] |
                     f"--images {value!r}: the manifests use image roots {names}; say which as NAME=DIR"
                 )
             name, directory = names[0], value
+        elif name not in names:  # a typo would silently leave the manifest's own root in use
+            raise FacedataError(f"--images {value!r}: no image root named {name!r}; the manifests use {names}")
         roots[name] = str(Path(directory).resolve())
     return roots

@@ -230,17 +230,20 @@ def test_interrupted_swaps_recover_deterministically(corpus: dict, tmp_path: Pat
     assert contents(out) == contents(new_dir) and not staging.exists() and not trash.exists()
 
 
-@pytest.mark.parametrize("case", ["ratio", "missing images", "no positives"])
+@pytest.mark.parametrize("case", ["ratio", "missing images", "no positives", "unknown root"])
 def test_failed_build_says_why_and_leaves_nothing_in_the_way(corpus: dict, tmp_path: Path, case: str) -> None:
     out = tmp_path / "out"
     bad = {"ratio": ["--ratio", "0:0:0:0"], "missing images": ["--images", f"wider_train={tmp_path}"],
-           "no positives": ["--min-face", "5000", "--ratio", "3:1:1:2"]}[case]
+           "no positives": ["--min-face", "5000", "--ratio", "3:1:1:2"],
+           "unknown root": ["--images", f"wider_trian={tmp_path}"]}[case]
     text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, *bad, code=2)
     assert text.startswith("error: ") and len(text.strip().splitlines()) == 1 and "Traceback" not in text
     if case == "ratio":
         assert "--ratio" in text
     elif case == "missing images":
         assert "none of the 40 images" in text and str(tmp_path) in text
+    elif case == "unknown root":  # a typo would silently leave the manifest's own root in use
+        assert "--images" in text and "no image root named 'wider_trian'" in text and "wider_train" in text
     else:
         assert "no positive samples" in text
     assert not out.exists()

@@ -308,3 +308,12 @@ def test_ingest_box_outside_the_image_console_script(tmp_path: Path) -> None:
     strict = subprocess.run([*base, "--strict"], capture_output=True, text=True, timeout=300)
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
     assert strict.stderr.startswith(f"error: {source}:3: x2: 1e+09 lies") and strict.stderr.count("\n") == 1
+
+
+def test_short_help_option_on_every_command() -> None:
+    from facedata.cli import main as cli_main
+
+    commands = [[]] + [[name] for name in cli_main.commands] + [["build", stage] for stage in ("pnet", "pfld")]
+    for words in commands:
+        result = CliRunner().invoke(cli_main, [*words, "-h"])
+        assert result.exit_code == 0 and "Usage:" in result.output, (words, result.output)
