@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.paths import atomic_write
 
 DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
@@ -110,3 +112,30 @@ def _png_truncation(data: bytes) -> str | None:
             return None
         pos = end
     return f"file ends after {len(data):,} bytes without an IEND chunk"
+
+
+WRITE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_image_suffix(path: str | os.PathLike[str]) -> Path:
+    """`path` if write_image can write it (checked before any work is done), else one clear error."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise FacedataError(f"{path}: cannot write {path.suffix or 'files without a suffix'!r} images; "
+                            f"use one of {', '.join(WRITE_SUFFIXES)}")
+    return path
+
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
+    """Encode a BGR image by the file's suffix (.png, .jpg, .jpeg) and write it atomically, creating missing
+    folders; an unknown suffix or a failed write (e.g. a full disk) is one clear error naming the file."""
+    path = check_image_suffix(path)
+    ok, data = cv2.imencode(path.suffix.lower(), image)
+    if not ok:
+        raise FacedataError(f"{path}: image encoding failed")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as fh:
+            fh.write(data.tobytes())
+    except OSError as exc:
+        raise FacedataError(f"{path}: cannot write it ({exc.strerror or exc})") from None

@@ -21,13 +21,12 @@ image-left; a positive pitch tilts the blue axis up; a positive roll turns the g
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.paths import atomic_write
+from facedata.imageio import check_image_suffix, write_image
 from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 from facedata.storage import ShardedDataset
 
@@ -166,11 +165,8 @@ def contact_sheet(
 def write_preview(
     path: str | os.PathLike[str], out_png: str | os.PathLike[str], **options: int
 ) -> dict[int, int]:
-    """Write the contact sheet as PNG (atomically); returns samples shown per label."""
+    """Write the contact sheet (PNG or JPEG by the suffix, atomically); returns samples shown per label."""
+    check_image_suffix(out_png)  # refused before the sheet is drawn
     sheet, shown = contact_sheet(path, **options)
-    ok, data = cv2.imencode(".png", sheet)
-    if not ok:
-        raise FacedataError(f"{out_png}: PNG encoding failed")
-    with atomic_write(Path(out_png)) as fh:
-        fh.write(data.tobytes())
+    write_image(out_png, sheet)
     return shown

@@ -317,3 +317,21 @@ def test_short_help_option_on_every_command() -> None:
     for words in commands:
         result = CliRunner().invoke(cli_main, [*words, "-h"])
         assert result.exit_code == 0 and "Usage:" in result.output, (words, result.output)
+
+
+def test_image_outputs_make_their_folders_and_refuse_unknown_suffixes(tmp_path: Path) -> None:
+    """preview (and detect, through the same writer) create missing folders; an unknown suffix is refused
+    before any work with one line; verify on an interrupted build says how to resume it."""
+    from facedata.imageio import write_image
+
+    image = np.full((8, 8, 3), 200, np.uint8)
+    write_image(tmp_path / "new" / "deeper" / "a.png", image)
+    assert cv2.imread(str(tmp_path / "new" / "deeper" / "a.png")).shape == (8, 8, 3)
+    out = tmp_path / "sheet.xyz"
+    result = run("preview", tmp_path, "-o", out)
+    assert result.exit_code == 2 and "cannot write '.xyz' images" in result.stderr and not out.exists()
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "index.partial.json").write_text("{}")
+    result = run("verify", partial)
+    assert result.exit_code != 0 and "run the same build command again to resume it" in result.output

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facedata.detect.cascade import Cascade, Detections
 from facedata.errors import FacedataError
-from facedata.imageio import read_image
-from facedata.paths import atomic_write
+from facedata.imageio import read_image, write_image
 
 
 def draw_detections(
@@ -53,12 +51,7 @@ def detect_file(
     image = read_image(image_path)
     dets = cascade.detect(image)
     if output is not None:
-        out = Path(output)
-        ok, data = cv2.imencode(out.suffix or ".jpg", draw_detections(image, dets))
-        if not ok:
-            raise FacedataError(f"cannot encode {out.suffix!r} images (use .jpg or .png)")
-        with atomic_write(out, "wb") as fh:
-            fh.write(data.tobytes())
+        write_image(output, draw_detections(image, dets))
     return dets
 
 

@@ -10,12 +10,15 @@ import numpy as np
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.storage.base import BACKENDS, Backend, ShardSchema
-from facedata.storage.index import INDEX_NAME, SHARD_NAME, load_index
+from facedata.storage.index import INDEX_NAME, PARTIAL_INDEX_NAME, SHARD_NAME, load_index
 
 
 def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
     """Problems found, each naming its shard (or index.json); [] when the directory is sound."""
     path = Path(path)
+    if not (path / INDEX_NAME).exists() and (path / PARTIAL_INDEX_NAME).exists():
+        return [f"{INDEX_NAME}: not written yet: {path} holds an interrupted build; run the same build command "
+                "again to resume it (complete shards are kept)"]
     try:
         index = load_index(path)
         backend = BACKENDS.get(index["backend"])()
