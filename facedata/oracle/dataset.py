@@ -38,7 +38,7 @@ def rules_from_index(index: dict[str, Any]) -> tuple[DetectionRules, LandmarkRul
 
 
 def _hash(manifest: Manifest) -> str:
-    from facedata.build import manifest_sha256
+    from facedata.buildprovenance import manifest_sha256  # the recorded provenance hash, not code the oracle checks
 
     return manifest_sha256(manifest)
 
@@ -205,7 +205,7 @@ def verify_build_pixels(path: str | os.PathLike[str], n: int, *, seed: int = 0, 
 
     `images`: `--images [NAME=]DIR` values overriding the manifests' image roots.
     """
-    from facedata.build import parse_roots
+    from facedata.buildoptions import parse_roots
     from facedata.oracle.keypoints import verify_topdown_pixels
     from facedata.storage import ShardedDataset
 
