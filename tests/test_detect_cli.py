@@ -160,3 +160,11 @@ def test_detect_json_matches_the_library(faces_png, layout_models, tmp_path):
     cv2.imwrite(str(blank), np.zeros((100, 120, 3), np.uint8))
     code, out, _ = _invoke(["detect", blank, "--pnet", layout_models["pnet"], "--json"])
     assert code == 0 and json.loads(out)["faces"] == []
+
+
+@pytest.mark.parametrize(("option", "value"), [("--min-face", "-1"), ("--factor", "5"), ("--factor", "0")])
+def test_bad_cascade_option_is_one_line_naming_the_flag(faces_png, tmp_path, option, value):
+    code, out, err = _invoke(["detect", "--pnet", mtcnn_pnet(tmp_path / "p.onnx"), faces_png, option, value])
+    text = (out + err).strip()
+    assert code != 0 and "Traceback" not in text
+    assert len(text.splitlines()) == 1 and option in text and value in text

@@ -58,11 +58,11 @@ class CascadeConfig:
 
     def __post_init__(self) -> None:
         if not self.min_face > 0:
-            raise FacedataError(f"min_face must be > 0, not {self.min_face}")
+            raise FacedataError(f"--min-face (min_face) must be > 0, not {self.min_face}")
         if not 0 < self.factor < 1:
-            raise FacedataError(f"pyramid factor must be in (0, 1), not {self.factor}")
+            raise FacedataError(f"--factor (pyramid scale step) must be in (0, 1), not {self.factor}")
         if len(self.thresholds) != 3:
-            raise FacedataError(f"thresholds must be 3 numbers (PNet, RNet, ONet), not {self.thresholds}")
+            raise FacedataError(f"--thresholds must be 3 numbers (PNet, RNet, ONet), not {self.thresholds}")
         if self.rnet_batch < 1:
             raise FacedataError(f"rnet_batch must be ≥ 1, not {self.rnet_batch}")
 
