@@ -42,9 +42,9 @@ from facedata.parsers.landmarks import (
     FileFace,
     FolderFormat,
     find_image,
-    first_mat_variables,
     folder_manifest,
     mat_files,
+    mat_folder_matches,
     read_fit,
     read_mat,
 )
@@ -164,6 +164,11 @@ def _mirror_problem(
     return None
 
 
+def _is_300w_lp(names: set[str]) -> bool:
+    """A `_pts.mat` (pts_2d) or an image fit (pt2d, Pose_Para; AFLW2000-3D's fits also hold pt3d_68)."""
+    return "pts_2d" in names or ({"pt2d", POSE_PARA} <= names and "pt3d_68" not in names)
+
+
 class W300LP(FolderFormat):
     name = "300w_lp"
     description = (
@@ -172,8 +177,7 @@ class W300LP(FolderFormat):
     )
 
     def sniff_folder(self, path: Path) -> bool:
-        names = first_mat_variables(path, NAME)
-        return "pts_2d" in names or ({"pt2d", POSE_PARA} <= names and "pt3d_68" not in names)
+        return mat_folder_matches(path, NAME, _is_300w_lp)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         files, others = mat_files(path, NAME)
