@@ -217,10 +217,12 @@ class ManifestBuilder:
         visible: np.ndarray | None = None,
         head_pose: np.ndarray | None = None,
         source_lines: np.ndarray | None = None,
-        derived_box: bool = False,
+        derived_box: bool | np.ndarray = False,
+        ignore: np.ndarray | None = None,
     ) -> None:
         """boxes (N, 4) x1 y1 x2 y2; points (N, K, 2); visible (N, K); head_pose (N, 3) yaw pitch roll in
-        degrees (schema docstring); derived_box: the boxes are the points' extent, not annotations.
+        degrees (schema docstring); derived_box (one bool or (N,)): the boxes are the points' extent, not
+        annotations; ignore (N,): faces kept as ignore regions (e.g. COCO crowds, dlib `ignore` boxes).
 
         `image_id` is one id for all N faces, or an (N,) array of ids so a parser can add a whole
         file in one vectorised call.
@@ -239,7 +241,9 @@ class ManifestBuilder:
             "y2": boxes[:, 3],
             "invalid": np.zeros(n, bool) if invalid is None else np.asarray(invalid, bool),
             "source_lines": source_lines,
-            "box_source": np.full(n, BOX_DERIVED if derived_box else BOX_ANNOTATED, dtype=object),
+            "box_source": np.where(np.broadcast_to(np.asarray(derived_box, bool), n), BOX_DERIVED,
+                                   BOX_ANNOTATED).astype(object),
+            "ignore": np.zeros(n, bool) if ignore is None else np.asarray(ignore, bool),
         }
         for name in FACE_ATTRIBUTES:
             values = (attributes or {}).get(name)
@@ -260,7 +264,7 @@ class ManifestBuilder:
         if not self._face_blocks:
             return Manifest(images, empty_faces(), provenance)
         columns: dict[str, Any] = {}
-        for name in ("image_id", "x1", "y1", "x2", "y2", "invalid", "box_source", *FACE_ATTRIBUTES):
+        for name in ("image_id", "x1", "y1", "x2", "y2", "invalid", "box_source", "ignore", *FACE_ATTRIBUTES):
             columns[name] = np.concatenate([b[name] for b in self._face_blocks])
         total = len(columns["x1"])
         columns["face_id"] = np.arange(total, dtype=np.int64)
@@ -280,7 +284,6 @@ class ManifestBuilder:
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         columns["pose_source"] = np.where(np.isfinite(pose).any(axis=1), POSE_ANNOTATED, None)
         columns["degenerate"] = degenerate(np.stack([columns[k] for k in ("x1", "y1", "x2", "y2")], axis=1))
-        columns["ignore"] = np.zeros(total, bool)
         faces = with_defaults(pd.DataFrame(columns))
         return Manifest(images, faces[FACE_COLUMNS], provenance)
 

@@ -429,3 +429,18 @@ def test_schema_2_manifest_reads_with_make_up_unknown_and_annotated_boxes(tmp_pa
     pq.write_table(old, tmp_path / "v2.parquet")
     faces = Manifest.read(tmp_path / "v2.parquet").faces
     assert faces["make_up"].tolist() == [-1, -1] and faces["box_source"].tolist() == ["annotated", "annotated"]
+
+
+def test_builder_takes_ignore_and_box_source_per_face() -> None:
+    """ignore and derived_box may differ face by face within one add_faces call (COCO crowds, dlib ignore
+    boxes, COCO re-exports with a missing bbox), so no parser patches the built table."""
+    from facedata.manifest import ManifestBuilder
+
+    builder = ManifestBuilder("coco", "val", "coco")
+    builder.add_image("a", "a.jpg")
+    builder.add_faces("a", np.array([[1, 2, 30, 40], [5, 5, 50, 50]]), ignore=np.array([False, True]),
+                      derived_box=np.array([True, False]))
+    builder.add_faces("a", np.array([[0, 0, 9, 9]]))
+    faces = builder.build({}).faces
+    assert faces["ignore"].tolist() == [False, True, False]
+    assert faces["box_source"].tolist() == ["derived", "annotated", "annotated"]

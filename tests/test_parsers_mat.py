@@ -333,6 +333,22 @@ def test_aflw2000_bad_files(realdata: Path, tmp_path: Path) -> None:
     assert "resolves outside the image root" in rejects.items[2].reason
 
 
+def test_aflw2000_truncated_files_do_not_hide_the_folder_format(realdata: Path, tmp_path: Path) -> None:
+    """Truncated .mat files (an interrupted copy) found before the readable one: the folder is still sniffed as
+    AFLW2000-3D and each truncated file is one named reject, not "no folder format recognised"."""
+    shutil.copy(realdata / AFLW / "image00050.mat", tmp_path)
+    shutil.copy(realdata / AFLW / "image00050.jpg", tmp_path)
+    truncated = (realdata / AFLW / "image00081.mat").read_bytes()[:300]
+    for k in range(1, 6):
+        (tmp_path / f"image0{k}000.mat").write_bytes(truncated)
+        shutil.copy(realdata / AFLW / "image00081.jpg", tmp_path / f"image0{k}000.jpg")
+    assert sniff_format(tmp_path) == "aflw2000_3d"
+    manifest, rejects = ingest(tmp_path)
+    assert manifest.faces["image_id"].tolist() == ["image00050"]
+    assert sorted((Path(r.file).name, r.kind) for r in rejects.items) == [
+        (f"image0{k}000.mat", "unreadable file") for k in range(1, 6)]
+
+
 def test_mat_folder_points_outside_the_image(realdata: Path, tmp_path: Path) -> None:
     """With probing, a fit whose points lie far outside its 450 x 450 image (a wrong image) drops it, named."""
     pt2d, _ = lp_sample(realdata)

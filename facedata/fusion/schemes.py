@@ -55,9 +55,6 @@ class LandmarkScheme:
         """The (a, b) index pairs, a < b, that trade places when the image is mirrored."""
         return tuple((a, b) for a, b in enumerate(self.permutation) if a < b)
 
-    def index(self, point_name: str) -> int:
-        return self.point_names.index(point_name)
-
 
 SCHEMES: Registry[LandmarkScheme] = Registry("landmark scheme")
 

@@ -26,9 +26,9 @@ from facedata.parsers.landmarks import (
     FileFace,
     FolderFormat,
     find_image,
-    first_mat_variables,
     folder_manifest,
     mat_files,
+    mat_folder_matches,
     read_fit,
 )
 
@@ -56,7 +56,7 @@ class Aflw2000(FolderFormat):
     )
 
     def sniff_folder(self, path: Path) -> bool:
-        return {POINTS_KEY, POSE_PARA} <= first_mat_variables(path, NAME)
+        return mat_folder_matches(path, NAME, lambda names: {POINTS_KEY, POSE_PARA} <= names)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         files, others = mat_files(path, NAME)

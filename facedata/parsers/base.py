@@ -516,7 +516,8 @@ class FaceArrays:
     visible: np.ndarray | None = None  # (N, K) 0 absent, 1 hidden, 2 visible; None: the builder's default
     scheme: str | None = None
     lines: np.ndarray | None = None
-    derived_box: bool = False  # boxes are the points' extent (manifest box_source = "derived")
+    derived_box: bool | np.ndarray = False  # boxes are the points' extent (manifest box_source = "derived")
+    ignore: np.ndarray | None = None  # (N,) faces kept as ignore regions
 
 
 def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: FaceArrays) -> None:
@@ -535,6 +536,7 @@ def add_all_faces(builder: ManifestBuilder, image_ids: Sequence[str], faces: Fac
         visible=faces.visible,
         source_lines=faces.lines,
         derived_box=faces.derived_box,
+        ignore=faces.ignore,
     )
 
 

@@ -52,7 +52,7 @@ from facedata.parsers.base import (
     register,
 )
 from facedata.parsers.landmarks import point_names, points_extent
-from facedata.schema import BOX_ANNOTATED, BOX_DERIVED, VISIBILITY_VISIBLE
+from facedata.schema import VISIBILITY_VISIBLE
 
 SOURCE = ROOT = "coco"
 PERSON = "coco17"
@@ -397,7 +397,8 @@ class CocoKeypoints:
         f = rows[kept]
         add_all_faces(builder, image_ids, FaceArrays(
             boxes=faces.boxes[f], counts=np.bincount(owner[kept], minlength=len(images.rels))[keep_image],
-            points=faces.points[f], scheme=scheme))
+            points=faces.points[f], visible=faces.visible[f], scheme=scheme, derived_box=faces.derived[f],
+            ignore=faces.ignore[f]))
         extra = {"visibility": "labelled-as-1"} if labelled_as_1 else {}
         manifest = builder.build(provenance(
             self.name, path, ROOT, options, records=len(collected.ann_id), duplicates=checked.repeats,
@@ -420,14 +421,10 @@ class CocoKeypoints:
 
 
 def _per_face_columns(manifest: Manifest, faces: _Faces, rows: np.ndarray) -> Manifest:
-    """Set what the builder takes per call, not per face: visibility, `ignore` (crowds), `box_source`, and no
-    points for a person without labelled keypoints."""
+    """No points for a person without labelled keypoints (the builder takes points for every face of a call)."""
     table = manifest.faces
     if not len(table):
         return manifest
-    table["visible"] = list(faces.visible[rows])
-    table["ignore"] = faces.ignore[rows]
-    table["box_source"] = np.where(faces.derived[rows], BOX_DERIVED, BOX_ANNOTATED)
     bare = ~faces.with_points[rows]
     table.loc[bare, ["scheme", "points", "visible"]] = None
     return manifest

@@ -236,16 +236,15 @@ class DlibXml:
         builder.add_faces(
             np.array([image_id_for(images[i].rel) for i in owner[keep]], dtype=object),  # type: ignore[arg-type]
             boxes[keep], scheme=SCHEME if has_parts else None, points=kept_points, source_lines=lines[keep],
+            ignore=ignore[keep],
             visible=None if kept_points is None else np.where(np.isnan(kept_points[..., 0]), VISIBILITY_ABSENT,
                                                               VISIBILITY_VISIBLE),
         )
-        manifest = builder.build(provenance(
+        return builder.build(provenance(
             self.name, path, ROOT, options, dataset_name=reader.meta.get("name", "").strip(),
             comment=reader.meta.get("comment", "").strip(), boxes=len(boxes), ignore_boxes=int(ignore.sum()),
             duplicates=checked.repeats, box_attributes_not_stored=dict(sorted(reader.not_stored.items())),
         ))
-        manifest.faces["ignore"] = ignore[keep]  # the builder has no ignore input: set in face order (built as added)
-        return manifest
 
 
 register(DlibXml())

@@ -9,6 +9,7 @@ points, the way PFLD crops WFLW faces.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from facedata.parsers.base import (
 from facedata.parsers.wider_mat import MAT_MAGIC, load_mat, mat_variables
 
 POINT_FIELDS = ("x", "y")
+SNIFF_MAT_FILES = 20  # .mat files a folder sniff tries before it gives up (whosmat reads headers, not data)
 
 
 def points_extent(points: np.ndarray) -> np.ndarray:
@@ -147,14 +149,16 @@ def mat_files(folder: Path, name: re.Pattern[str]) -> tuple[list[Path], int]:
     return files, len(every) - len(files)
 
 
-def first_mat_variables(folder: Path, name: re.Pattern[str]) -> set[str]:
-    """Variable names of the first `.mat` below `folder` whose stem matches `name` (empty if none): sniffs a folder
-    of fits by content, not by name alone."""
-    path = next((p for p in folder.rglob("*.mat") if name.fullmatch(p.stem)), None)
-    if path is None:
-        return set()
-    with open(path, "rb") as fh:
-        return mat_variables(path, fh.read(len(MAT_MAGIC)))
+def mat_folder_matches(folder: Path, name: re.Pattern[str], accepts: Callable[[set[str]], bool]) -> bool:
+    """Whether one of the first SNIFF_MAT_FILES `.mat` files below `folder` whose stem matches `name` has variables
+    that `accepts` takes: sniffs a folder of fits by content, not by name alone, and a truncated file (whose header
+    lists only its first variables) does not hide the folder's format; the parser then names that file."""
+    paths = (p for p in folder.rglob("*.mat") if name.fullmatch(p.stem))
+    for path in itertools.islice(paths, SNIFF_MAT_FILES):
+        with open(path, "rb") as fh:
+            if accepts(mat_variables(path, fh.read(len(MAT_MAGIC)))):
+                return True
+    return False
 
 
 class FolderFormat:

@@ -42,9 +42,9 @@ from facedata.parsers.landmarks import (
     FileFace,
     FolderFormat,
     find_image,
-    first_mat_variables,
     folder_manifest,
     mat_files,
+    mat_folder_matches,
     read_fit,
     read_mat,
 )
@@ -130,11 +130,12 @@ def _stale_points(
 def _check_mirrors(faces: list[FileFace], rejects: Rejects) -> list[FileFace]:
     """The faces without the `_Flip` mirrors that contradict their original in the same folder (pose or points)."""
     by_id = {image_id_for(f.rel_image): f for f in faces}
-    perm = SCHEMES.get(SCHEME).flip_permutation
+    scheme = SCHEMES.get(SCHEME)
     kept = []
     for face in faces:
         original = by_id.get(_original(face.rel_image) or "")
-        problem = None if original is None else _mirror_problem(face, original, perm)
+        problem = None if original is None else _mirror_problem(face, original, scheme.flip_permutation,
+                                                                scheme.interocular)
         if problem is None:
             kept.append(face)
             continue
@@ -144,7 +145,9 @@ def _check_mirrors(faces: list[FileFace], rejects: Rejects) -> list[FileFace]:
     return kept
 
 
-def _mirror_problem(flip: FileFace, original: FileFace, perm: np.ndarray) -> tuple[str, str] | None:
+def _mirror_problem(
+    flip: FileFace, original: FileFace, perm: np.ndarray, interocular: tuple[int, int]
+) -> tuple[str, str] | None:
     """(field, reason) if `flip` is not `original` mirrored, else None."""
     if flip.pose is not None and original.pose is not None:
         expected = original.pose * np.array([-1.0, 1.0, -1.0])  # yaw pitch roll: a mirror negates yaw and roll
@@ -154,11 +157,16 @@ def _mirror_problem(flip: FileFace, original: FileFace, perm: np.ndarray) -> tup
             return POSE_PARA, f"{got} deg, expected {want} (yaw and roll negated)"
     mirrored = original.points[perm] * np.array([-1.0, 1.0])
     residual = np.linalg.norm(flip.points - mirrored - np.median(flip.points - mirrored, axis=0), axis=1)
-    eyes = float(np.linalg.norm(original.points[36] - original.points[45]))
+    eyes = float(np.linalg.norm(original.points[interocular[0]] - original.points[interocular[1]]))
     if np.median(residual) > FLIP_RESIDUAL * eyes:
         return "points", (f"median residual {np.median(residual):.1f} px after mirroring with the ibug68 permutation "
                           f"(limit {FLIP_RESIDUAL} x eye distance {eyes:.1f} px): points not re-indexed?")
     return None
+
+
+def _is_300w_lp(names: set[str]) -> bool:
+    """A `_pts.mat` (pts_2d) or an image fit (pt2d, Pose_Para; AFLW2000-3D's fits also hold pt3d_68)."""
+    return "pts_2d" in names or ({"pt2d", POSE_PARA} <= names and "pt3d_68" not in names)
 
 
 class W300LP(FolderFormat):
@@ -169,8 +177,7 @@ class W300LP(FolderFormat):
     )
 
     def sniff_folder(self, path: Path) -> bool:
-        names = first_mat_variables(path, NAME)
-        return "pts_2d" in names or ({"pt2d", POSE_PARA} <= names and "pt3d_68" not in names)
+        return mat_folder_matches(path, NAME, _is_300w_lp)
 
     def parse(self, path: Path, options: ParseOptions) -> Manifest:
         files, others = mat_files(path, NAME)
