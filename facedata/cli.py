@@ -786,9 +786,10 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Contact sheet to write (.png).")
-@click.option("--per-label", default=16, show_default=True, help="Random samples shown per label.")
-@click.option("--columns", default=8, show_default=True)
-@click.option("--cell", default=96, show_default=True, help="Pixels per (upscaled) crop.")
+@click.option("--per-label", default=16, show_default=True, type=click.IntRange(1),
+              help="Random samples shown per label.")
+@click.option("--columns", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--cell", default=96, show_default=True, type=click.IntRange(8), help="Pixels per (upscaled) crop.")
 @click.option("--seed", default=0, show_default=True)
 def preview(directory: Path, output: Path, per_label: int, columns: int, cell: int, seed: int) -> None:
     """Contact sheet of random samples per label with box offsets and landmarks drawn back on the crops."""

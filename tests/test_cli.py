@@ -335,3 +335,11 @@ def test_image_outputs_make_their_folders_and_refuse_unknown_suffixes(tmp_path: 
     (partial / "index.partial.json").write_text("{}")
     result = run("verify", partial)
     assert result.exit_code != 0 and "run the same build command again to resume it" in result.output
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--per-label", "0"), ("--columns", "-1"), ("--cell", "0")])
+def test_nonsense_preview_option_names_the_flag(tmp_path: Path, flag: str, value: str) -> None:
+    out = tmp_path / "sheet.png"
+    result = run("preview", tmp_path, "-o", out, flag, value)
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, result.output
+    assert not out.exists()
