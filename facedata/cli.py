@@ -807,8 +807,10 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
               help="Folder for index.html and stats.json (created if missing).")
 @click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
               help="Image root for the random image grid (default: the roots recorded in the manifest).")
-@click.option("--grid", default=12, show_default=True, help="Random images drawn with their faces (0: none).")
-@click.option("--min-face", default=10.0, show_default=True, help="Survival threshold (px, shorter side).")
+@click.option("--grid", default=12, show_default=True, type=click.IntRange(0),
+              help="Random images drawn with their faces (0: none).")
+@click.option("--min-face", default=10.0, show_default=True, type=Number(0),
+              help="Survival threshold (px, shorter side).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random images / contact-sheet samples.")
 @click.option("--batch-size", default=384, show_default=True, type=click.IntRange(1),
               help="Shard sets: batch size of the class-share-per-batch table.")

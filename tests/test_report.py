@@ -265,3 +265,12 @@ def test_mean_shape_in_box_units() -> None:
     shape = mean_shapes(faces)["s"]
     assert shape["mean"] == [[0.25, 0.25], [0.8, 0.3]]
     assert shape["std"] == [[0.05, 0.05], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize(("args", "flag"), [(["--grid", "-4"], "--grid"), (["--min-face", "nan"], "--min-face"),
+                                            (["--min-face", "-1"], "--min-face")])
+def test_nonsense_report_option_is_a_one_line_error(val_path: Path, tmp_path: Path, args: list[str],
+                                                    flag: str) -> None:
+    result = CliRunner().invoke(main, ["report", str(val_path), "-o", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "r").exists()
