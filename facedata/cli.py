@@ -38,6 +38,8 @@ def main() -> None:
 
 # --- issue 2: formats, ingest, filter, stats, demo -------------------------------------------------
 
+SEED = Number(0, 2**32 - 1, integer=True)  # numpy seeds are unsigned 32-bit: a negative one is an error naming --seed
+
 _quiet_option = click.option(
     "--quiet", "-q", is_flag=True, help="Only errors and requested output (for scripts)."
 )
@@ -378,7 +380,7 @@ def detect(
 @click.option("--pixels", "n_pixels", type=click.IntRange(min=1), metavar="N",
               help="Also re-cut N random samples (mirrored and rotated ones included) from the source "
               "images with an independent warp and compare their pixels.")
-@click.option("--seed", default=0, show_default=True, help="Which samples --pixels picks.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Which samples --pixels picks.")
 @click.option("--detections", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detection manifest the dataset was built from (default: the one index.json records, "
               "if unchanged).")
@@ -458,7 +460,7 @@ _STORE_OPTIONS = [  # output, parallelism and safety options of every build
     click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
                  show_default=True),
     click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
-    click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, integer=True),
+    click.option("--seed", default=0, show_default=True, type=SEED,
                  help="Every random choice comes from (seed, image id)."),
     click.option("--shard-size", default="256MB", show_default=True,
                  help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
@@ -790,7 +792,7 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
               help="Random samples shown per label.")
 @click.option("--columns", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--cell", default=96, show_default=True, type=click.IntRange(8), help="Pixels per (upscaled) crop.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 def preview(directory: Path, output: Path, per_label: int, columns: int, cell: int, seed: int) -> None:
     """Contact sheet of random samples per label with box offsets and landmarks drawn back on the crops."""
     from facedata.preview import write_preview
@@ -811,7 +813,8 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
               help="Random images drawn with their faces (0: none).")
 @click.option("--min-face", default=10.0, show_default=True, type=Number(0),
               help="Survival threshold (px, shorter side).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random images / contact-sheet samples.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of the random images / contact-sheet samples.")
 @click.option("--batch-size", default=384, show_default=True, type=click.IntRange(1),
               help="Shard sets: batch size of the class-share-per-batch table.")
 @click.option("--compare", "other", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -343,3 +343,15 @@ def test_nonsense_preview_option_names_the_flag(tmp_path: Path, flag: str, value
     result = run("preview", tmp_path, "-o", out, flag, value)
     assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, result.output
     assert not out.exists()
+
+
+
+@pytest.mark.parametrize("command", ["preview", "report"])
+def test_negative_seed_is_a_one_line_error(tmp_path: Path, command: str) -> None:
+    from shard_fixtures import write_dataset
+
+    write_dataset(tmp_path / "ds", "lmdb", 10)
+    result = run(command, tmp_path / "ds", "-o", tmp_path / "out.png", "--seed", "-1")
+    assert result.exit_code == 2 and "--seed" in result.output and not isinstance(result.exception, ValueError), \
+        result.output
+    assert not (tmp_path / "out.png").exists()
