@@ -220,7 +220,8 @@ def export_command(format_name: str, source: Path, output: Path, strict: bool, o
 @click.option("--markdown", is_flag=True, help="Markdown tables.")
 @click.option("--inputs", default="320x240,480x360,640x480", show_default=True,
               help="Detector input sizes for the survival table.")
-@click.option("--min-face", default=10.0, show_default=True, help="Survival threshold (px, shorter side).")
+@click.option("--min-face", default=10.0, show_default=True, type=Number(0),
+              help="Survival threshold (px, shorter side).")
 @click.option("--resize", type=click.Choice(["fit", "stretch"]), default="fit", show_default=True,
               help="fit: keep aspect, scale = min(tw/W, th/H); stretch: scale x and y separately.")
 def stats(source: Path, as_json: bool, markdown: bool, inputs: str, min_face: float, resize: str) -> None:

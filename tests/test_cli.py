@@ -355,3 +355,10 @@ def test_negative_seed_is_a_one_line_error(tmp_path: Path, command: str) -> None
     assert result.exit_code == 2 and "--seed" in result.output and not isinstance(result.exception, ValueError), \
         result.output
     assert not (tmp_path / "out.png").exists()
+
+
+def test_stats_nan_min_face_is_an_error(val_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.parquet"
+    assert run("ingest", val_file, "-o", out, "-q").exit_code == 0
+    result = run("stats", out, "--min-face", "nan")
+    assert result.exit_code == 2 and "--min-face" in result.output, result.output
