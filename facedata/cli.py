@@ -714,9 +714,10 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
     from facedata.paths import sha256_file
     from facedata.samplers.topdown import TopDownRecipe, manifest_scheme
 
+    network_input = _parse_wxh(input_size, "--input")  # a bad option fails before a large manifest is read
     manifest = Manifest.read(keypoints)
     scheme = manifest_scheme(manifest)
-    recipe = TopDownRecipe(input=_parse_wxh(input_size, "--input"), margin=margin, keep_unlabelled=keep_unlabelled,
+    recipe = TopDownRecipe(input=network_input, margin=margin, keep_unlabelled=keep_unlabelled,
                            scheme=scheme, num_points=SCHEMES.get(scheme).num_points, interpolation=interpolation)
     files = {"keypoints_file": {"name": keypoints.name, "sha256": sha256_file(keypoints)}}
     summary = build_dataset(

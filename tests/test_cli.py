@@ -362,3 +362,11 @@ def test_stats_nan_min_face_is_an_error(val_file: Path, tmp_path: Path) -> None:
     assert run("ingest", val_file, "-o", out, "-q").exit_code == 0
     result = run("stats", out, "--min-face", "nan")
     assert result.exit_code == 2 and "--min-face" in result.output, result.output
+
+
+def test_topdown_bad_input_size_is_named_before_the_manifest_is_read(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    result = run("build", "topdown", "--keypoints", junk, "--input", "0x-1", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "--input '0x-1'" in result.output, result.output
+    assert not (tmp_path / "out").exists()
