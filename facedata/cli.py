@@ -393,7 +393,7 @@ def detect(
               "its path).")
 @click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
               help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
-@click.option("--max-listed", default=20, show_default=True,
+@click.option("--max-listed", default=20, show_default=True, type=click.IntRange(0),
               help="Label mismatches and pixel failures listed (all are counted).")
 def verify(
     directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,

@@ -370,3 +370,8 @@ def test_topdown_bad_input_size_is_named_before_the_manifest_is_read(tmp_path: P
     result = run("build", "topdown", "--keypoints", junk, "--input", "0x-1", "-o", tmp_path / "out")
     assert result.exit_code == 2 and "--input '0x-1'" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_negative_max_listed_is_an_error(tmp_path: Path) -> None:
+    result = run("verify", tmp_path, "--max-listed", "-1")
+    assert result.exit_code == 2 and "--max-listed" in result.output, result.output
