@@ -38,6 +38,8 @@ def main() -> None:
 
 # --- issue 2: formats, ingest, filter, stats, demo -------------------------------------------------
 
+SEED = Number(0, 2**32 - 1, integer=True)  # numpy seeds are unsigned 32-bit: a negative one is an error naming --seed
+
 _quiet_option = click.option(
     "--quiet", "-q", is_flag=True, help="Only errors and requested output (for scripts)."
 )
@@ -218,7 +220,8 @@ def export_command(format_name: str, source: Path, output: Path, strict: bool, o
 @click.option("--markdown", is_flag=True, help="Markdown tables.")
 @click.option("--inputs", default="320x240,480x360,640x480", show_default=True,
               help="Detector input sizes for the survival table.")
-@click.option("--min-face", default=10.0, show_default=True, help="Survival threshold (px, shorter side).")
+@click.option("--min-face", default=10.0, show_default=True, type=Number(0),
+              help="Survival threshold (px, shorter side).")
 @click.option("--resize", type=click.Choice(["fit", "stretch"]), default="fit", show_default=True,
               help="fit: keep aspect, scale = min(tw/W, th/H); stretch: scale x and y separately.")
 def stats(source: Path, as_json: bool, markdown: bool, inputs: str, min_face: float, resize: str) -> None:
@@ -378,7 +381,7 @@ def detect(
 @click.option("--pixels", "n_pixels", type=click.IntRange(min=1), metavar="N",
               help="Also re-cut N random samples (mirrored and rotated ones included) from the source "
               "images with an independent warp and compare their pixels.")
-@click.option("--seed", default=0, show_default=True, help="Which samples --pixels picks.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Which samples --pixels picks.")
 @click.option("--detections", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Detection manifest the dataset was built from (default: the one index.json records, "
               "if unchanged).")
@@ -390,7 +393,7 @@ def detect(
               "its path).")
 @click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
               help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
-@click.option("--max-listed", default=20, show_default=True,
+@click.option("--max-listed", default=20, show_default=True, type=click.IntRange(0),
               help="Label mismatches and pixel failures listed (all are counted).")
 def verify(
     directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,
@@ -458,7 +461,7 @@ _STORE_OPTIONS = [  # output, parallelism and safety options of every build
     click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
                  show_default=True),
     click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
-    click.option("--seed", default=0, show_default=True, type=Number(0, 2**32 - 1, integer=True),
+    click.option("--seed", default=0, show_default=True, type=SEED,
                  help="Every random choice comes from (seed, image id)."),
     click.option("--shard-size", default="256MB", show_default=True,
                  help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
@@ -711,9 +714,10 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
     from facedata.paths import sha256_file
     from facedata.samplers.topdown import TopDownRecipe, manifest_scheme
 
+    network_input = _parse_wxh(input_size, "--input")  # a bad option fails before a large manifest is read
     manifest = Manifest.read(keypoints)
     scheme = manifest_scheme(manifest)
-    recipe = TopDownRecipe(input=_parse_wxh(input_size, "--input"), margin=margin, keep_unlabelled=keep_unlabelled,
+    recipe = TopDownRecipe(input=network_input, margin=margin, keep_unlabelled=keep_unlabelled,
                            scheme=scheme, num_points=SCHEMES.get(scheme).num_points, interpolation=interpolation)
     files = {"keypoints_file": {"name": keypoints.name, "sha256": sha256_file(keypoints)}}
     summary = build_dataset(
@@ -786,10 +790,11 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Contact sheet to write (.png).")
-@click.option("--per-label", default=16, show_default=True, help="Random samples shown per label.")
-@click.option("--columns", default=8, show_default=True)
-@click.option("--cell", default=96, show_default=True, help="Pixels per (upscaled) crop.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--per-label", default=16, show_default=True, type=click.IntRange(1),
+              help="Random samples shown per label.")
+@click.option("--columns", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--cell", default=96, show_default=True, type=click.IntRange(8), help="Pixels per (upscaled) crop.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 def preview(directory: Path, output: Path, per_label: int, columns: int, cell: int, seed: int) -> None:
     """Contact sheet of random samples per label with box offsets and landmarks drawn back on the crops."""
     from facedata.preview import write_preview
@@ -806,9 +811,12 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
               help="Folder for index.html and stats.json (created if missing).")
 @click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
               help="Image root for the random image grid (default: the roots recorded in the manifest).")
-@click.option("--grid", default=12, show_default=True, help="Random images drawn with their faces (0: none).")
-@click.option("--min-face", default=10.0, show_default=True, help="Survival threshold (px, shorter side).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random images / contact-sheet samples.")
+@click.option("--grid", default=12, show_default=True, type=click.IntRange(0),
+              help="Random images drawn with their faces (0: none).")
+@click.option("--min-face", default=10.0, show_default=True, type=Number(0),
+              help="Survival threshold (px, shorter side).")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of the random images / contact-sheet samples.")
 @click.option("--batch-size", default=384, show_default=True, type=click.IntRange(1),
               help="Shard sets: batch size of the class-share-per-batch table.")
 @click.option("--compare", "other", type=click.Path(exists=True, dir_okay=False, path_type=Path),

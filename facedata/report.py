@@ -34,6 +34,7 @@ from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
 from facedata.errors import FacedataError
+from facedata.imageio import ImageError, read_image
 from facedata.manifest import Manifest
 from facedata.paths import atomic_write
 from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
@@ -157,9 +158,9 @@ def image_grid(manifest: Manifest, roots: dict[str, str] | None, count: int, see
     for k in order:
         if len(cells) == count:
             break
-        path = paths.iloc[k]
-        img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None
-        if img is None:
+        try:  # the readers' decode (EXIF orientation ignored: boxes are in stored pixels)
+            img = read_image(paths.iloc[k])
+        except ImageError:
             continue
         image_id = manifest.images["image_id"].iloc[k]
         faces = by_image.get_group(image_id) if image_id in by_image.groups else manifest.faces.iloc[:0]

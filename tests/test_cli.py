@@ -335,3 +335,43 @@ def test_image_outputs_make_their_folders_and_refuse_unknown_suffixes(tmp_path: 
     (partial / "index.partial.json").write_text("{}")
     result = run("verify", partial)
     assert result.exit_code != 0 and "run the same build command again to resume it" in result.output
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--per-label", "0"), ("--columns", "-1"), ("--cell", "0")])
+def test_nonsense_preview_option_names_the_flag(tmp_path: Path, flag: str, value: str) -> None:
+    out = tmp_path / "sheet.png"
+    result = run("preview", tmp_path, "-o", out, flag, value)
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, result.output
+    assert not out.exists()
+
+
+
+@pytest.mark.parametrize("command", ["preview", "report"])
+def test_negative_seed_is_a_one_line_error(tmp_path: Path, command: str) -> None:
+    from shard_fixtures import write_dataset
+
+    write_dataset(tmp_path / "ds", "lmdb", 10)
+    result = run(command, tmp_path / "ds", "-o", tmp_path / "out.png", "--seed", "-1")
+    assert result.exit_code == 2 and "--seed" in result.output and not isinstance(result.exception, ValueError), \
+        result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_stats_nan_min_face_is_an_error(val_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.parquet"
+    assert run("ingest", val_file, "-o", out, "-q").exit_code == 0
+    result = run("stats", out, "--min-face", "nan")
+    assert result.exit_code == 2 and "--min-face" in result.output, result.output
+
+
+def test_topdown_bad_input_size_is_named_before_the_manifest_is_read(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    result = run("build", "topdown", "--keypoints", junk, "--input", "0x-1", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "--input '0x-1'" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_negative_max_listed_is_an_error(tmp_path: Path) -> None:
+    result = run("verify", tmp_path, "--max-listed", "-1")
+    assert result.exit_code == 2 and "--max-listed" in result.output, result.output

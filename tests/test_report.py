@@ -265,3 +265,36 @@ def test_mean_shape_in_box_units() -> None:
     shape = mean_shapes(faces)["s"]
     assert shape["mean"] == [[0.25, 0.25], [0.8, 0.3]]
     assert shape["std"] == [[0.05, 0.05], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize(("args", "flag"), [(["--grid", "-4"], "--grid"), (["--min-face", "nan"], "--min-face"),
+                                            (["--min-face", "-1"], "--min-face")])
+def test_nonsense_report_option_is_a_one_line_error(val_path: Path, tmp_path: Path, args: list[str],
+                                                    flag: str) -> None:
+    result = CliRunner().invoke(main, ["report", str(val_path), "-o", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_image_grid_draws_on_the_stored_pixels_not_the_exif_rotated_ones(tmp_path: Path) -> None:
+    """Boxes are in stored-pixel coordinates (EXIF orientation ignored, as every reader does): an 80x40 JPEG
+    tagged 'rotate 90' must be drawn 80 wide, not 40."""
+    import base64
+
+    import cv2
+    from PIL import Image
+
+    from facedata.parsers import ingest
+    from facedata.report import image_grid
+
+    (tmp_path / "img").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    Image.new("RGB", (80, 40), (0, 0, 0)).save(tmp_path / "img" / "a.jpg", exif=exif.tobytes())
+    (tmp_path / "gt.txt").write_text("a.jpg\n1\n10 10 20 20 0 0 0 0 0 0\n")
+    manifest, _ = ingest(tmp_path / "gt.txt", images=tmp_path / "img")
+    tags, note = image_grid(manifest, None, 1, 0)
+    assert len(tags) == 1, note
+    data = base64.b64decode(re.search(r'base64,([^"]+)"', tags[0]).group(1))
+    cell = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert cell[-1, 0].min() == 255 and cell[0, -1].max() < 64  # a wide image: bottom white, top-right dark
