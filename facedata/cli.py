@@ -323,7 +323,13 @@ def _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits, 
     from facedata.detect import CascadeConfig, ModelContract
     from facedata.detect.draw import parse_thresholds
 
-    config = CascadeConfig(min_face=min_face, factor=factor, thresholds=parse_thresholds(thresholds))
+    values = parse_thresholds(thresholds)
+    check_values(  # one place for detect and the mining builds
+        ("--min-face", min_face, Number(1)), ("--factor", factor, Number(0.01, 0.99)),
+        ("--mean", mean, Number(-math.inf)), ("--scale", scale, Number(-math.inf)),
+        *(("--thresholds", value, Number(0, 1)) for value in values),
+    )
+    config = CascadeConfig(min_face=min_face, factor=factor, thresholds=values)
     return config, ModelContract(mean=mean, scale=scale, channels=channels, logits=logits, **layout)
 
 
@@ -331,6 +337,7 @@ def make_cascade(pnet, rnet, onet, threads, **options):
     """A Cascade from `cascade_options` values (and `--landmark-layout`)."""
     from facedata.detect import Cascade
 
+    check_values(("--threads", threads, Number(1, 256, integer=True)))
     config, contract = _cascade_parts(**options)
     return Cascade(pnet, rnet, onet, config=config, contract=contract, threads=threads)
 
@@ -630,7 +637,6 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
                   factor: float, thresholds: str, mean: float, scale: float, channels: str, logits: bool,
                   threads: int, **options) -> None:
     from facedata.build import CascadeFactory
-    from facedata.detect.draw import parse_thresholds
     from facedata.samplers import CropRecipe, LandmarkRecipe
     from facedata.samplers.mined import MiningRecipe
     from facedata.samples import STAGE_SIZE
@@ -639,15 +645,12 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
     check_values(
         ("--gt-min-face", gt_min_face, Number(0)),
         ("--max-neg-per-image", max_neg_per_image, Number(0, 100_000, integer=True)),
-        ("--min-face", min_face, Number(1)), ("--factor", factor, Number(0.01, 0.99)),
-        ("--mean", mean, Number(-math.inf)), ("--scale", scale, Number(-math.inf)),
         ("--threads", threads, Number(1, 256, integer=True)),
-        *(("--thresholds", value, Number(0, 1)) for value in parse_thresholds(thresholds)),
     )
+    config, contract = _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits)
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,
                           max_negatives_per_image=max_neg_per_image, pad_border=pad_border, min_face=gt_min_face)
-    config, contract = _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits)
     factory = CascadeFactory(str(pnet), None if rnet is None else str(rnet), config, contract, threads=threads)
     _run_build(stage, crop_recipe=CropRecipe(size=size, min_face=gt_min_face), detector=factory,
                mining_recipe=mining, landmark_recipe=LandmarkRecipe(size=size), **options)

@@ -168,3 +168,12 @@ def test_bad_cascade_option_is_one_line_naming_the_flag(faces_png, tmp_path, opt
     text = (out + err).strip()
     assert code != 0 and "Traceback" not in text
     assert len(text.splitlines()) == 1 and option in text and value in text
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--thresholds", "0.5,0.5,nan"], "--thresholds"), (["--threads", "-2"], "--threads"),
+    (["--mean", "inf"], "--mean"),
+])
+def test_detect_checks_its_values_like_the_mining_builds(faces_png, layout_models, args, flag):
+    code, text, err = _invoke(["detect", faces_png, "--pnet", layout_models["pnet"], *args])
+    assert code == 2 and flag in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
