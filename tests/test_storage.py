@@ -577,6 +577,9 @@ def test_blocks_of_large_samples_stay_small() -> None:
     ("bytes", lambda index: index["shards"][0].update(bytes="x")),
     ("samples_per_shard", lambda index: index.update(samples_per_shard="abc")),
     ("image_shape", lambda index: index.update(image_shape=[12, 12])),
+    ("unit_samples", lambda index: index.update(unit_samples=0)),
+    ("q9", lambda index: index.update(record_dtype=[["label", "q9"]])),
+    ("gif", lambda index: index.update(image_encoding="gif")),
 ])
 def test_nonsense_index_values_are_one_line_errors(tmp_path: Path, key: str, edit: Callable[[dict], Any]) -> None:
     write_dataset(tmp_path, "lmdb", 300)

@@ -57,7 +57,10 @@ def dtype_from_json(descr: list) -> np.dtype:
         if "O" in fmt:
             raise FacedataError(f"record field {name!r} has an object dtype, which is not allowed")
         fields.append((name, fmt) if len(item) == 2 else (name, fmt, tuple(int(x) for x in item[2])))
-    return np.dtype(fields)
+    try:
+        return np.dtype(fields)
+    except (TypeError, ValueError) as exc:
+        raise FacedataError(f"bad record dtype in index: {descr!r} ({exc})") from None
 
 
 def canonical_json(value: Any) -> str:
@@ -154,6 +157,9 @@ def check_index(index: dict, where: Path) -> None:
         if key not in index:
             raise FacedataError(f"{where}: missing {key!r}")
     _check_counts(index, ("samples", "samples_per_shard", "unit_samples", "block_samples"), where)
+    for key in ("samples_per_shard", "unit_samples", "block_samples"):
+        if index[key] == 0:
+            raise FacedataError(f"{where}: {key} is 0")
     shape = index["image_shape"]
     if not isinstance(shape, list) or len(shape) != 3 or not all(_is_count(x) and x > 0 for x in shape):
         raise FacedataError(f"{where}: image_shape {shape!r} is not [height, width, channels]")
