@@ -569,3 +569,22 @@ def test_blocks_of_large_samples_stay_small() -> None:
         assert n < 1024 and (n == 16 or n * (int(np.prod(shape)) + record.itemsize) <= BLOCK_BYTES)
     assert shard_layout("lmdb", (320, 240, 3), record, 256 << 20)["block_samples"] == 36
     assert shard_layout("lmdb", (320, 240, 3), record, 256 << 20, 100)["block_samples"] == 100  # explicit wins
+
+
+@pytest.mark.parametrize(("key", "edit"), [
+    ("bytes", lambda index: index["shards"][0].pop("bytes")),
+    ("block_samples", lambda index: index.pop("block_samples")),
+    ("bytes", lambda index: index["shards"][0].update(bytes="x")),
+    ("samples_per_shard", lambda index: index.update(samples_per_shard="abc")),
+    ("image_shape", lambda index: index.update(image_shape=[12, 12])),
+    ("unit_samples", lambda index: index.update(unit_samples=0)),
+    ("q9", lambda index: index.update(record_dtype=[["label", "q9"]])),
+    ("gif", lambda index: index.update(image_encoding="gif")),
+])
+def test_nonsense_index_values_are_one_line_errors(tmp_path: Path, key: str, edit: Callable[[dict], Any]) -> None:
+    write_dataset(tmp_path, "lmdb", 300)
+    _edit_index(tmp_path, edit)
+    problems = verify_dataset(tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("index.json: ") and key in problems[0], problems
+    with pytest.raises(FacedataError, match=key):
+        ShardedDataset(tmp_path)

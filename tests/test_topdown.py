@@ -303,3 +303,11 @@ def test_stored_visibility_equals_the_coco_json(coco: Path, realdata: Path) -> N
         key = (files[rec["image_index"]], *np.round([x1, y1, x2 - x1, y2 - y1], 2))
         assert rec["visible"].tolist() == by_box[key], key
     assert {1, 2} <= set(np.unique(records["visible"]).tolist())
+
+
+def test_targets_for_a_wrong_or_damaged_directory_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(FacedataError, match="index.json: not found"):
+        TopDownTargets.for_dataset(tmp_path / "nowhere")
+    (tmp_path / "index.json").write_text("")
+    with pytest.raises(FacedataError, match="index.json: not valid JSON"):
+        TopDownTargets.for_dataset(tmp_path)

@@ -14,16 +14,15 @@ worker count or batch order. Pixels outside the stored margin (facedata.samplers
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facedata.errors import FacedataError
 from facedata.samplers.topdown import PIXEL_STD, affine_transform, apply_affine, compose_affine, invert_affine
+from facedata.storage.index import load_index
 
 # Joints of the upper body per scheme, for the half-body transform (mmpose coco.py: upper_body_ids).
 UPPER_BODY = {"coco17": tuple(range(11))}
@@ -56,7 +55,7 @@ class TopDownTargets:
         """Targets for a `build topdown` directory: input and stored sizes and the scheme from index.json."""
         from facedata.fusion.schemes import SCHEMES
 
-        index = json.loads((Path(path) / "index.json").read_text(encoding="utf-8"))
+        index = load_index(path)  # a wrong path or a damaged index.json: one line, not a traceback
         recipe = index.get("provenance", index).get("topdown_recipe")
         if recipe is None:
             raise FacedataError(f"{path}: not a top-down dataset (no topdown_recipe in index.json)")

@@ -96,11 +96,12 @@ class MindSporeBatchSource:
         i = int(i)
         if i < 0 or not len(self):
             raise IndexError(i)
-        epoch, batch = divmod(i, len(self))
-        order = self._rank_order(self.epoch if epoch == 0 else epoch - 1)
+        pass_, batch = divmod(i, len(self))
+        epoch = self.epoch if pass_ == 0 else pass_ - 1  # items 0..len-1: `epoch`; else the sampler's epoch
+        order = self._rank_order(epoch)
         pixels, records = self.data.read(order[batch * self.batch_size : (batch + 1) * self.batch_size])
         if self.targets is not None:
-            columns = self.targets(pixels, records, self.epoch if epoch == 0 else epoch - 1)
+            columns = self.targets(pixels, records, epoch)
             pixels = columns.pop("image")
         pixels = to_channels(pixels, self.channels)
         image = float_chw(pixels) if self.image_format == "float_chw" else pixels

@@ -32,8 +32,10 @@ class ShardSchema:
     @classmethod
     def from_index(cls, index: dict) -> ShardSchema:
         """The schema an index.json (or a writer's layout) describes; indexes without `image_encoding` are raw."""
+        from facedata.storage.codec import check_encoding
         from facedata.storage.index import dtype_from_json
 
+        check_encoding(index.get("image_encoding", "raw"))
         return cls(tuple(int(x) for x in index["image_shape"]), dtype_from_json(index["record_dtype"]),  # type: ignore[arg-type]
                    int(index["block_samples"]), int(index["unit_samples"]), int(index["samples_per_shard"]),
                    index.get("image_encoding", "raw"))

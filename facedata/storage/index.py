@@ -57,7 +57,10 @@ def dtype_from_json(descr: list) -> np.dtype:
         if "O" in fmt:
             raise FacedataError(f"record field {name!r} has an object dtype, which is not allowed")
         fields.append((name, fmt) if len(item) == 2 else (name, fmt, tuple(int(x) for x in item[2])))
-    return np.dtype(fields)
+    try:
+        return np.dtype(fields)
+    except (TypeError, ValueError) as exc:
+        raise FacedataError(f"bad record dtype in index: {descr!r} ({exc})") from None
 
 
 def canonical_json(value: Any) -> str:
@@ -150,13 +153,36 @@ def check_index(index: dict, where: Path) -> None:
     if index.get("version") != FORMAT_VERSION:
         raise FacedataError(f"{where}: index version {index.get('version')!r}, expected {FORMAT_VERSION}")
     for key in ("backend", "image_shape", "record_dtype", "samples", "samples_per_shard", "unit_samples",
-                "shards"):
+                "block_samples", "shards"):
         if key not in index:
             raise FacedataError(f"{where}: missing {key!r}")
-    for entry in index["shards"]:
-        name = entry.get("file", "")
+    _check_counts(index, ("samples", "samples_per_shard", "unit_samples", "block_samples"), where)
+    for key in ("samples_per_shard", "unit_samples", "block_samples"):
+        if index[key] == 0:
+            raise FacedataError(f"{where}: {key} is 0")
+    shape = index["image_shape"]
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_count(x) and x > 0 for x in shape):
+        raise FacedataError(f"{where}: image_shape {shape!r} is not [height, width, channels]")
+    if not isinstance(index["shards"], list):
+        raise FacedataError(f"{where}: shards is not a list")
+    for k, entry in enumerate(index["shards"]):
+        name = entry.get("file", "") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not SHARD_NAME.match(name):
             raise FacedataError(f"{where}: refusing shard file name {name!r}")
+        _check_counts(entry, ("samples", "bytes", "first_index"), f"{where}: shards[{k}] ({name})")
+        if not isinstance(entry.get("sha256"), str):
+            raise FacedataError(f"{where}: shards[{k}] ({name}): sha256 missing or not a string")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_counts(entry: dict, keys: tuple[str, ...], where: str | Path) -> None:
+    """Each of `keys` a non-negative integer: a hand-edited or damaged index fails here in one line."""
+    for key in keys:
+        if not _is_count(entry.get(key)):
+            raise FacedataError(f"{where}: {key} {entry.get(key)!r} is not a non-negative integer")
 
 
 def describe(index: dict) -> str:

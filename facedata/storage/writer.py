@@ -56,19 +56,15 @@ class DatasetWriter:
         self.out_dir = Path(out_dir)
         self.backend = BACKENDS.get(backend)()
         self.layout = shard_layout(backend, image_shape, record_dtype, shard_bytes, block_samples, encoding)
-        record_dtype = np.dtype(record_dtype)
-        image_shape = tuple(self.layout["image_shape"])
-        self.schema = ShardSchema(image_shape, record_dtype, self.layout["block_samples"],  # type: ignore[arg-type]
-                                  self.layout["unit_samples"],
-                                  self.layout["samples_per_shard"], encoding)
+        self.schema = ShardSchema.from_index(self.layout)  # what readers will rebuild from index.json
         self.provenance = dict(provenance)
         self.fingerprint = fingerprint(self.layout, self.provenance)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # start over: drop an interrupted build's partial index (a complete one is refused)
             (self.out_dir / PARTIAL_INDEX_NAME).unlink(missing_ok=True)
         self._shards: list[dict] = self._recover()
-        self._pixels = np.empty((self.schema.unit_samples, *image_shape), np.uint8)
-        self._records = np.empty(self.schema.unit_samples, record_dtype)
+        self._pixels = np.empty((self.schema.unit_samples, *self.schema.image_shape), np.uint8)
+        self._records = np.empty(self.schema.unit_samples, self.schema.record_dtype)
         self._fill = 0  # samples buffered in the current unit
         self._sink: ShardSink | None = None
         self._shard_samples = 0
