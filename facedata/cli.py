@@ -45,6 +45,10 @@ _quiet_option = click.option(
 )
 
 
+_overwrite_manifest_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output manifest (atomically, once the new one is written).")
+
+
 def _note(quiet: bool, message: str) -> None:
     """Progress and notices go to stderr so stdout stays clean for results (e.g. stats --json)."""
     if not quiet:
@@ -80,10 +84,12 @@ def formats() -> None:
                    "a stale one removed otherwise).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Manifest to write (.parquet).")
+@_overwrite_manifest_option
 @_quiet_option
 def ingest(
     source: Path, format_name: str | None, images: Path | None, split: str | None, strict: bool,
-    scheme: str | None, wholebody_face: bool, rejects_path: Path | None, output: Path, quiet: bool,
+    scheme: str | None, wholebody_face: bool, rejects_path: Path | None, output: Path, overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Parse an annotation file, or a folder corpus (a LaPa split, a folder of .pts files), into a manifest.
 
@@ -98,6 +104,7 @@ def ingest(
     _refuse_same_file(source, output, "-o/--output")
     _refuse_same_file(source, report, "--rejects")
     _refuse_same_file(output, report, "--rejects")
+    _refuse_existing(output, overwrite)
     if images is None and not source.is_dir():
         _note(quiet, "notice: no --images given: image files are not checked, image sizes stay unknown "
                      "and faces are not checked against them")
@@ -123,6 +130,12 @@ def ingest(
             click.echo(f"rejects report: {report}", err=True)
     else:
         report.unlink(missing_ok=True)  # an earlier run's report would describe another manifest
+
+
+def _refuse_existing(output: Path, overwrite: bool) -> None:
+    """A finished output is never replaced silently."""
+    if output.exists() and not overwrite:
+        raise FacedataError(f"-o/--output {output} exists; pass --overwrite to replace it")
 
 
 def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
@@ -152,16 +165,19 @@ def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
                    "Needs --gt-dir.")
 @click.option("--gt-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The WIDER eval tool's ground_truth folder (wider_{easy,medium,hard}_val.mat), for --wider-subset.")
+@_overwrite_manifest_option
 @_quiet_option
 def filter_command(
     source: Path, output: Path, min_size: float | None, drop_invalid: bool, where: tuple[str, ...],
-    removed: str, drop_empty_images: bool, wider_subset: str | None, gt_dir: Path | None, quiet: bool,
+    removed: str, drop_empty_images: bool, wider_subset: str | None, gt_dir: Path | None, overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Filter a manifest; rules run as wider-subset, min-size, drop-invalid, where..., drop-empty-images."""
     from facedata.filters import apply_filters, rules_from_options
     from facedata.manifest import Manifest
 
     _refuse_same_file(source, output, "-o/--output")  # the input manifest is never overwritten
+    _refuse_existing(output, overwrite)
     if (wider_subset is None) != (gt_dir is None):
         raise click.UsageError("--wider-subset and --gt-dir go together")
     subset = None if wider_subset is None else (wider_subset, str(gt_dir))
@@ -250,11 +266,15 @@ def stats(source: Path, as_json: bool, markdown: bool, inputs: str, min_face: fl
               help="Multiply the weight of faces matching QUERY (the --where language) by K, e.g. "
                    "\"ear_min < 0.1=3\" or \"yaw > 30 or yaw < -30=2\" (repeatable; rules multiply).")
 @click.option("--repeat", is_flag=True, help="Write matching faces K times instead of setting their weight.")
+@_overwrite_manifest_option
 @_quiet_option
 def fuse(inputs: tuple[Path, ...], target: str, output: Path, weights: tuple[str, ...], repeat: bool,
-         quiet: bool) -> None:
+         overwrite: bool, quiet: bool) -> None:
     """Map landmark manifests to one scheme with masks, derived columns (EAR, mouth, pose) and weights."""
     from facedata.fusion.fuse import fuse_files
+
+    if not any(path.resolve() == output.resolve() for path in inputs):  # fuse_files names that case itself
+        _refuse_existing(output, overwrite)
 
     report = fuse_files(inputs, output, target, weights, repeat)
     for line in report.lines():

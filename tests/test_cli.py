@@ -139,7 +139,7 @@ def test_ingest_bad_line_writes_rejects_report(tmp_path: Path) -> None:
     assert 5 <= len(manifest.faces) + 4 <= 6  # the good faces survive (the bad image may go whole)
 
     custom = tmp_path / "custom.csv"
-    result = run("ingest", source, "-o", out, "--rejects", custom, "--quiet")
+    result = run("ingest", source, "-o", out, "--rejects", custom, "--quiet", "--overwrite")
     assert result.exit_code == 0 and custom.exists()
     assert "no --images" not in result.stderr
 
@@ -248,12 +248,12 @@ def test_ingest_replaces_or_removes_a_stale_rejects_report(tmp_path: Path) -> No
     report = out.with_name("m.parquet.rejects.csv")
     assert run("ingest", source, "-o", out).exit_code == 0 and report.exists()
     source.write_text(BAD_WIDER.replace("abc", "25"))  # fixed: the next run skips nothing
-    result = run("ingest", source, "-o", out)
+    result = run("ingest", source, "-o", out, "--overwrite")
     assert result.exit_code == 0 and "no items skipped" in result.stderr
     assert not report.exists()  # the old report described the old manifest
     custom = tmp_path / "custom.csv"
     custom.write_text("stale\n")
-    result = run("ingest", source, "-o", out, "--rejects", custom)
+    result = run("ingest", source, "-o", out, "--rejects", custom, "--overwrite")
     assert result.exit_code == 0 and custom.read_text().splitlines() == ["file,line,field,reason,kind"]
 
 
@@ -305,7 +305,7 @@ def test_ingest_box_outside_the_image_console_script(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"  1 outside image, first {source}:3: x2: 1e+09 lies 1e+09 px outside the 40x30 image" in proc.stderr
     assert list(Manifest.read(out).images["image_id"]) == ["a/2"]
-    strict = subprocess.run([*base, "--strict"], capture_output=True, text=True, timeout=300)
+    strict = subprocess.run([*base, "--strict", "--overwrite"], capture_output=True, text=True, timeout=300)
     assert strict.returncode == 2 and "Traceback" not in strict.stderr
     assert strict.stderr.startswith(f"error: {source}:3: x2: 1e+09 lies") and strict.stderr.count("\n") == 1
 
@@ -375,3 +375,17 @@ def test_topdown_bad_input_size_is_named_before_the_manifest_is_read(tmp_path: P
 def test_verify_negative_max_listed_is_an_error(tmp_path: Path) -> None:
     result = run("verify", tmp_path, "--max-listed", "-1")
     assert result.exit_code == 2 and "--max-listed" in result.output, result.output
+
+
+def test_manifest_outputs_are_replaced_only_with_overwrite(val_manifest: Path, tmp_path: Path) -> None:
+    """ingest, filter and fuse never replace an existing output silently (a finished output is sacred)."""
+    out = tmp_path / "kept.parquet"
+    out.write_bytes(b"an earlier result")
+    source = tmp_path / "wider_face_train_bbx_gt.txt"
+    source.write_text(BAD_WIDER)
+    for args in (["ingest", source], ["filter", val_manifest, "--min-size", "10"]):
+        result = run(*args, "-o", out)
+        assert result.exit_code == 2 and "exists; pass --overwrite" in result.stderr, result.output
+        assert out.read_bytes() == b"an earlier result"
+        assert run(*args, "-o", out, "--overwrite").exit_code == 0
+        out.write_bytes(b"an earlier result")

@@ -143,7 +143,8 @@ def test_ear_on_hand_made_faces(tmp_path: Path) -> None:
     hand_made("wflw98", 98, wflw).write(tmp_path / "w.parquet")
     hand_made("ibug68", 68, ibug).write(tmp_path / "i.parquet")
     for name, target in (("w", "wflw98"), ("i", "ibug68"), ("i", "wflw98")):
-        assert run("fuse", tmp_path / f"{name}.parquet", "--to", target, "-o", tmp_path / "o.parquet").exit_code == 0
+        assert run("fuse", tmp_path / f"{name}.parquet", "--to", target, "-o", tmp_path / "o.parquet",
+                   "--overwrite").exit_code == 0
         face = Manifest.read(tmp_path / "o.parquet").faces.iloc[0]
         if (name, target) == ("w", "wflw98"):
             assert face["ear_left"] == pytest.approx(7 / 30) and face["ear_right"] == 0 and face["ear_min"] == 0
@@ -338,3 +339,12 @@ def test_fused_300w_lp_face_keeps_its_points_masks_and_annotated_pose(
     assert row["pose_source"] == "annotated"
     np.testing.assert_allclose([row["pitch"], row["yaw"], row["roll"]], [pitch, yaw, roll], atol=1e-3)
     assert abs(row["yaw"]) > 30  # a large-pose face, as 300W-LP is for
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "kept.parquet"
+    out.write_bytes(b"an earlier result")
+    result = run("fuse", inputs["wflw"], "--to", "wflw98", "-o", out)
+    assert result.exit_code == 2 and "exists; pass --overwrite" in result.output and "Traceback" not in result.output
+    assert out.read_bytes() == b"an earlier result"
+    assert run("fuse", inputs["wflw"], "--to", "wflw98", "-o", out, "--overwrite").exit_code == 0
