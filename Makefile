@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,torch,mindspore]'
+	$(BIN)/python -m pip install -q -e '.[test,torch,mindspore,dask]'
 	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.6.0  # MTCNN weights (extra bench; pins an old torch)
 	touch $(STAMP)
 
