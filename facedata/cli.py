@@ -231,6 +231,20 @@ def export_command(format_name: str, source: Path, output: Path, strict: bool, o
 
 
 @main.command()
+@click.argument("source", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The Markdown card to write (e.g. card.md).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing card.")
+@_quiet_option
+def card(source: Path, output: Path, overwrite: bool, quiet: bool) -> None:
+    """Write a Markdown data card for a manifest: sources and licences, counts, sizes, schemes, provenance."""
+    from facedata.card import write_card
+
+    stats = write_card(source, output, overwrite=overwrite)
+    _note(quiet, f"wrote {output}: {stats['images']:,} images, {stats['faces']:,} faces")
+
+
+@main.command()
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--markdown", is_flag=True, help="Markdown tables.")

@@ -88,10 +88,7 @@ class Manifest:
             table = pq.read_table(path)
         except (OSError, pa.ArrowInvalid) as exc:
             raise FacedataError(f"{path}: not a readable facedata manifest ({exc})") from None
-        meta = (table.schema.metadata or {}).get(_META_KEY)
-        if meta is None:
-            raise FacedataError(f"{path}: Parquet file has no facedata manifest metadata")
-        info = json.loads(meta)
+        info = _metadata(table.schema, path)
         version = info.get("schema_version")
         if version not in SCHEMA_UPGRADES:
             raise FacedataError(
@@ -121,6 +118,23 @@ class Manifest:
         if missing:
             raise FacedataError(f"no directory known for image root(s) {missing}; pass --images")
         return self.images["root"].map(known) + "/" + self.images["rel_path"]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The facedata metadata of a manifest file (schema_version, facedata_version, provenance), read from its
+    Parquet footer only."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise FacedataError(f"{path}: not a readable facedata manifest ({exc})") from None
+    return _metadata(schema, path)
+
+
+def _metadata(schema: pa.Schema, path: str | os.PathLike[str]) -> dict[str, Any]:
+    meta = (schema.metadata or {}).get(_META_KEY)
+    if meta is None:
+        raise FacedataError(f"{path}: Parquet file has no facedata manifest metadata")
+    return json.loads(meta)
 
 
 def to_table(manifest: Manifest) -> pa.Table:
