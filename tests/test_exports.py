@@ -209,7 +209,8 @@ def test_losses_are_named_and_counted(wider_val: Manifest, cuhk: Manifest) -> No
     n_ignore = int(wider_val.faces["ignore"].sum())
     assert lost == ["39,703 faces with attributes (blur, expression, illumination, occlusion, pose, invalid)",
                     f"{n_ignore:,} faces with ignore regions"]
-    assert [str(x) for x in losses(cuhk, EXPORTS.get("voc"))] == ["101 faces with mtcnn5 points"]
+    assert losses(cuhk, EXPORTS.get("voc")) == []  # 5 visible points per face: VOC's <lm> holds them
+    assert [str(x) for x in losses(cuhk, EXPORTS.get("retinaface"))] == ["101 images with image sizes"]
     assert losses(cuhk, EXPORTS.get("coco")) == []
 
 
@@ -220,15 +221,15 @@ def _manifest_file(tmp_path: Path, manifest: Manifest) -> Path:
 
 
 def test_cli_warns_refuses_under_strict_and_never_overwrites(tmp_path: Path, cuhk: Manifest) -> None:
-    source = _manifest_file(tmp_path, cuhk)
+    source = _manifest_file(tmp_path, _with_point_cases(cuhk))
     runner = CliRunner()
     out = tmp_path / "voc"
     result = runner.invoke(main, ["export", "voc", str(source), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "warning: voc cannot hold 101 faces with mtcnn5 points" in result.output
+    assert "warning: voc cannot hold 1 faces with mtcnn5 points with some absent" in result.output
     before = sorted(p.read_bytes() for p in out.rglob("*.xml"))
     strict = runner.invoke(main, ["export", "voc", str(source), "-o", str(tmp_path / "v2"), "--strict"])
-    assert strict.exit_code == 2 and "cannot hold 101 faces with mtcnn5 points" in strict.output
+    assert strict.exit_code == 2 and "cannot hold 1 faces with mtcnn5 points with some absent" in strict.output
     assert not (tmp_path / "v2").exists()
     again = runner.invoke(main, ["export", "voc", str(source), "-o", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
@@ -308,3 +309,79 @@ def test_overwrite_never_removes_a_folder_holding_other_files(tmp_path: Path, cu
     assert source.exists() and Manifest.read(source).faces.shape == cuhk.faces.shape
     with pytest.raises(FacedataError, match="not a coco export file"):
         export(cuhk, "coco", tmp_path, overwrite=True)
+
+
+# --- ingest(export(m)) == m through facedata's own parsers (retinaface_txt, voc_xml) --------------------------
+
+
+def _with_point_cases(manifest: Manifest) -> Manifest:
+    """CUHK faces plus the cases a 5-point format must carry: a hidden point (the nose, and on another face only
+    the 5th point), an absent point, a face without points, a visible point at negative coordinates."""
+    faces = manifest.faces.copy()
+    index = faces.index
+    faces.at[index[1], "visible"] = np.array([2, 2, 1, 2, 2], np.int8)
+    faces.at[index[2], "visible"] = np.array([2, 2, 2, 2, 1], np.int8)
+    points = np.asarray(faces.at[index[3], "points"], np.float32).copy()
+    points[6:8] = np.nan
+    faces.at[index[3], "points"], faces.at[index[3], "visible"] = points, np.array([2, 2, 2, 0, 2], np.int8)
+    faces.at[index[4], "points"], faces.at[index[4], "visible"] = np.full(10, np.nan, np.float32), np.zeros(5, np.int8)
+    points = np.asarray(faces.at[index[5], "points"], np.float32).copy()
+    points[0:2] = [-3.5, -2.25]  # a real point outside the image's top-left corner, not an absent one
+    faces.at[index[5], "points"] = points
+    return Manifest(manifest.images, faces, manifest.provenance)
+
+
+def _held_faces(manifest: Manifest, *, points: bool) -> pd.DataFrame:
+    """rel_path, box, and (when the format holds them) the 5 points and their visibility, in manifest order."""
+    table = expected(manifest)
+    return table if points else table.drop(columns=["points", "visible"])
+
+
+def test_retinaface_export_ingests_back_through_retinaface_txt(tmp_path: Path, cuhk: Manifest) -> None:
+    """Boxes (float32 exact), every point with its flag (0.0 visible, 1.0 hidden, -1 absent, also at negative
+    coordinates), faces without points and image order come back; a line has the published 20 fields."""
+    manifest = _with_point_cases(cuhk)
+    out = tmp_path / "train" / "label.txt"
+    out.parent.mkdir()
+    export(manifest, "retinaface", out)
+    assert {len(line.split()) for line in out.read_text().splitlines() if not line.startswith("#")} == {20}
+    back, rejects = ingest(out, format="retinaface_txt")
+    assert len(rejects) == 0
+    assert back.images["rel_path"].tolist() == manifest.images["rel_path"].tolist()
+    assert_same(expected(back), expected(manifest), ignore=False, points=True, atol=0)
+    assert back.faces[["x1", "y1", "x2", "y2"]].equals(manifest.faces[["x1", "y1", "x2", "y2"]])
+
+
+def test_voc_export_ingests_back_through_voc_xml(tmp_path: Path, wider_val: Manifest) -> None:
+    """Nested rel_paths (event folders), boxes in the manifest frame, ignore regions as difficult (read back as
+    `ignore`), faceless images; image sizes when known."""
+    export(wider_val, "voc", tmp_path / "voc")
+    back, rejects = ingest(tmp_path / "voc", format="voc_xml")
+    assert len(rejects) == 0
+    assert sorted(back.images["rel_path"]) == sorted(wider_val.images["rel_path"])
+    assert len(back.images) == 3226 and len(back.faces) == len(wider_val.faces)
+    assert_same(expected(back), expected(wider_val), ignore=True, points=False, atol=0)
+
+
+def test_voc_export_with_points_and_sizes_ingests_back(tmp_path: Path, cuhk: Manifest) -> None:
+    """libfacedetection's landmark VOC form: <lm> x1..y5, <visible> (the 5th point's flag), <has_lm>."""
+    manifest = _with_point_cases(cuhk)
+    lost = export(manifest, "voc", tmp_path / "voc")
+    assert [str(x) for x in lost] == ["1 faces with mtcnn5 points with some absent",
+                                      "1 faces with hidden points other than the 5th"]
+    back, rejects = ingest(tmp_path / "voc", format="voc_xml")
+    assert len(rejects) == 0
+    sizes = back.images.set_index("rel_path")[["width", "height"]]
+    images = manifest.images
+    assert sizes.loc[images["rel_path"]].to_numpy().tolist() == images[["width", "height"]].to_numpy().tolist()
+    got, want = expected(back), expected(manifest)
+    held = ~want["rel_path"].isin(_paths_of(manifest, [1, 3]))  # the faces the warnings name
+    assert_same(got[held].reset_index(drop=True), want[held].reset_index(drop=True), ignore=False, points=True,
+                atol=0)
+    partial = got[want["rel_path"].isin(_paths_of(manifest, [3]))]
+    assert (np.stack(partial["visible"]) == 0).all()  # points of a partly annotated face are not written
+
+
+def _paths_of(manifest: Manifest, rows: list[int]) -> list[str]:
+    ids = manifest.faces["image_id"].iloc[rows]
+    return manifest.images.set_index("image_id").loc[ids, "rel_path"].tolist()

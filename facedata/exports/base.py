@@ -64,6 +64,7 @@ class Exporter(Protocol):
     name: str
     description: str
     holds: frozenset[str]  # CONTENTS keys the format carries
+    partly: dict[str, Callable[[Manifest], pd.Series]]  # what it holds only in part: name -> the faces it cannot
     needs_sizes: bool  # normalised coordinates: every image needs its width and height
     single_file: bool  # one output file (else a folder of per-image files, named with `suffix`)
 
@@ -96,6 +97,10 @@ def losses(manifest: Manifest, exporter: Exporter) -> list[Loss]:
         count = int(select(manifest).sum())
         if count:
             found.append(Loss(_named(manifest, content), count, _UNIT.get(content, "faces")))
+    for content, select in exporter.partly.items():
+        count = int(select(manifest).sum())
+        if count:
+            found.append(Loss(content, count, "faces"))
     return found
 
 

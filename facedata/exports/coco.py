@@ -47,6 +47,7 @@ class CocoExport:
     name = "coco"
     description = "COCO detection JSON (one 'face' category; mtcnn5 points as keypoints; ignore as iscrowd)"
     holds = frozenset({MTCNN5, HIDDEN, IGNORE, SIZES})
+    partly: dict = {}
     needs_sizes = False
     single_file = True
 

@@ -38,6 +38,7 @@ class YoloExport:
     name = "yolo"
     description = "YOLO-face txt per image (rel_path.txt: 0 cx cy w h [+ 5 points], normalised; needs sizes)"
     holds = frozenset({MTCNN5, SIZES})
+    partly: dict = {}
     needs_sizes = True
     single_file = False
     suffix = ".txt"

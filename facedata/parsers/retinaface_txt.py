@@ -2,8 +2,10 @@
 
 Face lines are `x y w h` (the val file, no points) or `x y w h` + 5 × `px py flag` + `score` (the train
 file): the points are left eye, right eye, nose, left and right mouth corner (scheme "mtcnn5"), flag 0.0
-visible and 1.0 hidden; a face without points writes `-1` for all of them (stored as NaN, visibility 0).
-The trailing score (the point annotators' confidence, not a WIDER attribute) is not kept. Both line
+visible and 1.0 annotated but not visible (hidden); a point is absent (stored as NaN, visibility 0) when its flag
+is -1 or it is (-1, -1), insightface's own test, so a real point at other negative coordinates is kept. A face
+without points writes `-1` for all of them. The trailing score (insightface reads it as the face's blur, -1 when
+unknown; not a WIDER attribute) is not kept. Both line
 forms may mix in one file. The path is the rest of the `#` line, so it may hold spaces.
 
 Bad input: a face line with another field count or a non-number drops its whole image (kept, it would
@@ -143,20 +145,23 @@ def block_manifest(
     to_boxes: Callable[[np.ndarray], np.ndarray],
     sizes: Callable[[HashBlock], tuple[int | None, int | None]] = lambda block: (None, None),
     files: Sequence[Path] | None = None,
+    ignore: np.ndarray | None = None,
 ) -> Manifest:
     """Manifest of parsed `# path` blocks (or of a folder's `files`): a bad face drops its image, so does a probed
-    image whose size is not the declared `sizes(block)`; points when some face has them."""
+    image whose size is not the declared `sizes(block)`; points when some face has them; `ignore` flags (one per
+    parsed face) mark ignore regions."""
     values, ok, owner, numbers = faces
     images = [WiderImage(block.rel_path, block.line) for block in blocks]
     kept_images, owner_kept, keep = drop_images_with_bad_faces(images, owner, ok)
     by_rel = {block.rel_path: block for block in blocks}
     values, numbers = values[keep], numbers[keep]
+    ignore = None if ignore is None else ignore[keep]
     boxes = to_boxes(values)
     points = visible = None
     if values.shape[1] > 4 + 10 and np.isfinite(values[:, 4]).any():  # some face line has the points form
         triples = values[:, 4:19].reshape(-1, 5, 3)
         visible = np.where(triples[:, :, 2] == 1, 1, 2).astype(np.int8)
-        absent = (triples[:, :, :2] < 0).all(axis=2) | ~np.isfinite(triples[:, :, 0])
+        absent = (triples[:, :, 2] < 0) | (triples[:, :, :2] == -1).all(axis=2) | ~np.isfinite(triples[:, :, :2]).all(2)
         visible[absent] = 0
         points = np.where(absent[:, :, None], np.nan, triples[:, :, :2])
     split = infer_split(path, options.split or _folder_split(path))
@@ -196,6 +201,7 @@ def block_manifest(
             visible=None if visible is None else visible[face],
             scheme=SCHEME if points is not None else None,
             lines=numbers[face],
+            ignore=None if ignore is None else ignore[face],
         ),
     )
     if files is None:

@@ -1,12 +1,19 @@
 """Pascal VOC XML: a folder of per-image `<annotation>` files (the Ultra-Light-Fast / libfacedetection form).
 
 Each file: `<filename>` (the image, relative to the image root: VOC's `JPEGImages/`, pass it as `--images`),
-`<size>` `<width>` `<height>` (0 = unknown), then one `<object>` per face with `<bndbox>` `xmin ymin xmax ymax`
-(x2 = x + w, stored as given). libfacedetection's landmark variant adds `<lm>` x1 y1 .. x5 y5 (RetinaFace's 5
-points, scheme "mtcnn5"), `<visible>` (RetinaFace's flag: 0 visible, 1 hidden) and `<has_lm>` (0: no points, stored
-as NaN with visibility 0). Objects not named `face` are skipped and counted in provenance["objects_not_faces"].
-`difficult`, `truncated` and `pose` have no manifest column. Files are read in sorted order with expat (no DTD or
-external entity is fetched); the folder (or its `Annotations/` or `annotations/`) is searched for `*.xml`.
+`<size>` `<width>` `<height>` (0 = unknown), then one `<object>` per face with `<bndbox>` `xmin ymin xmax ymax`,
+stored as given: the face converters write WIDER's 0-based x and x + w there (libfacedetection's files, Ultra-Light-
+Fast's converter; see facedata.exports.voc, which writes the same), not VOC's 1-based pixel indices.
+libfacedetection's landmark variant adds `<lm>` x1 y1 .. x5 y5 (RetinaFace's 5 points, scheme "mtcnn5"),
+`<visible>` and `<has_lm>` (0: no points, stored as NaN with visibility 0). `<visible>` is the RetinaFace flag
+(0 visible, 1 hidden) of the 5th point only: the converter that wrote these files keeps the flag its loop over the
+points saw last, so points 1-4 are read as visible. `<difficult>1</difficult>` marks an ignore region (VOC's
+"exclude from evaluation"; facedata's VOC export writes ignore regions so). Objects not named `face` are skipped
+and counted in provenance["objects_not_faces"]. `truncated` and `pose` have no manifest column. Files are read in
+sorted order with expat (no DTD or external entity is fetched); the folder (or its `Annotations/` or
+`annotations/`) is searched for `*.xml`, subfolders included: a file in a subfolder names an image in the same
+subfolder of the image root (`0--Parade/x.xml` with `<filename>x.jpg` is `0--Parade/x.jpg`, as facedata's VOC
+export writes it).
 
 Bad input: malformed XML, a root other than `<annotation>` or no `<filename>` rejects the file; a missing or
 non-numeric box or point field rejects its whole image (file:line:field), since its other faces alone would leave
@@ -79,9 +86,12 @@ def read_voc(file: Path) -> VocFile:
     return out
 
 
+def _annotations_dir(path: Path) -> Path:
+    return next((path / name for name in ("Annotations", "annotations") if (path / name).is_dir()), path)
+
+
 def _xml_files(path: Path) -> list[Path]:
-    sub = next((path / name for name in ("Annotations", "annotations") if (path / name).is_dir()), path)
-    return sorted(sub.glob("*.xml"))
+    return sorted(_annotations_dir(path).rglob("*.xml"))
 
 
 def _numbers(file: Path, obj: VocObject, names: tuple[str, ...], rejects: Rejects) -> list[float] | None:
@@ -106,8 +116,9 @@ def _face_row(file: Path, obj: VocObject, rejects: Rejects) -> np.ndarray | None
         points = _numbers(file, obj, POINTS, rejects)
         if points is None:
             return None
-        flag = 1.0 if obj.fields.get("visible", "0").strip() == "1" else 0.0
-        row[4:19] = np.column_stack([np.reshape(points, (5, 2)), np.full(5, flag)]).ravel()
+        flags = np.zeros(5)
+        flags[-1] = 1.0 if obj.fields.get("visible", "0").strip() == "1" else 0.0
+        row[4:19] = np.column_stack([np.reshape(points, (5, 2)), flags]).ravel()
     return row
 
 
@@ -133,6 +144,7 @@ class VocXml:
         owner: list[int] = []
         lines: list[int] = []
         ok: list[bool] = []
+        difficult: list[bool] = []
         seen: dict[str, Path] = {}
         not_faces = 0
         files = _xml_files(path)
@@ -145,7 +157,8 @@ class VocXml:
             if voc.root != "annotation" or not voc.filename:
                 rejects.reject(file, 1, "filename", "expected an <annotation> with a <filename>")
                 continue
-            rel = check_rel_path(voc.filename, rejects, file, 1)
+            folder = file.parent.relative_to(_annotations_dir(path)).as_posix()
+            rel = check_rel_path(voc.filename if folder == "." else f"{folder}/{voc.filename}", rejects, file, 1)
             if rel is None:
                 continue
             if image_id_for(rel) in seen:
@@ -162,6 +175,7 @@ class VocXml:
                 ok.append(row is not None)
                 owner.append(len(blocks))
                 lines.append(obj.line)
+                difficult.append(obj.fields.get("difficult", "0").strip() == "1")
             blocks.append(HashBlock(rel, len(blocks) + 1, size))
         replay(rejects, options.rejects)
         faces = (
@@ -170,7 +184,8 @@ class VocXml:
             np.array(owner, np.int64),
             np.array(lines, np.int64),
         )
-        manifest = block_manifest(self.name, path, options, blocks, faces, lambda v: v[:, :4], header_size, files)
+        manifest = block_manifest(self.name, path, options, blocks, faces, lambda v: v[:, :4], header_size, files,
+                                  np.array(difficult, bool))
         manifest.provenance["objects_not_faces"] = not_faces
         return manifest
 
