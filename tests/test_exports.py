@@ -385,3 +385,23 @@ def test_voc_export_with_points_and_sizes_ingests_back(tmp_path: Path, cuhk: Man
 def _paths_of(manifest: Manifest, rows: list[int]) -> list[str]:
     ids = manifest.faces["image_id"].iloc[rows]
     return manifest.images.set_index("image_id").loc[ids, "rel_path"].tolist()
+
+
+def test_real_libfacedetection_voc_files_round_trip(tmp_path: Path, realdata: Path) -> None:
+    """libfacedetection's real landmark VOC files: <visible> is read as the 5th point's flag (1 on 2 faces), and
+    ingest -> export voc -> ingest gives the same boxes, points, flags and image sizes."""
+    first, _ = ingest(realdata / "wider_face_libfacedetection/WIDER_FACE_landmark")
+    codes = np.stack([np.asarray(v) for v in first.faces["visible"]])
+    assert (codes[:, :4] == 2).all() and int((codes[:, 4] == 1).sum()) == 2  # the files' two <visible>1
+    assert lost_names(first, "voc") == []
+    export(first, "voc", tmp_path / "voc")
+    back, rejects = ingest(tmp_path / "voc", format="voc_xml")
+    assert len(rejects) == 0
+    assert_same(expected(back), expected(first), ignore=True, points=True, atol=0)
+    columns = ["rel_path", "width", "height"]
+    assert back.images[columns].sort_values("rel_path").values.tolist() == first.images[columns].sort_values(
+        "rel_path").values.tolist()
+
+
+def lost_names(manifest: Manifest, name: str) -> list[str]:
+    return [str(x) for x in losses(manifest, EXPORTS.get(name))]
