@@ -2,9 +2,10 @@
 
 The card follows the corpus cards in `data_cards/` (what it is, licence, counts, scheme and flips, quirks) and adds
 what only this manifest can say: its computed statistics and its provenance. Every figure comes from the code
-that computes it for `facedata stats` (`compute_stats`), `report` (`mean_shapes` is not needed here) and
-`filter` (the faces under 10 px are what `filter --min-size 10` removes); nothing is counted a second way.
-Licences and known quirks are read from the shipped corpus card of each source corpus, so they are written once.
+that computes it for `facedata stats` (`compute_stats`, which `report` uses too) and `filter` (the faces under
+10 px are what `filter --min-size 10` removes); nothing is counted a second way. Licences and known quirks are
+read from the corpus card of each source corpus, so they are written once. The corpus cards are found in
+`data_cards/` beside the package (a source checkout); without them a card names the sources but not their terms.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def write_card(manifest_path: Path, out: Path, *, overwrite: bool = False) -> di
     `overwrite`. Returns the statistics the card shows."""
     if same_file(manifest_path, out):
         raise FacedataError(f"-o/--output {out} is the same file as the manifest {manifest_path}: choose another path")
+    if out.is_dir():
+        raise FacedataError(f"-o/--output {out} is a folder: name the card file (e.g. {out / 'card.md'})")
     if out.exists() and not overwrite:
         raise FacedataError(f"-o/--output {out} exists; pass --overwrite to replace it")
     text, stats = render_card(manifest_path, out.parent)

@@ -165,5 +165,7 @@ def test_cli_refuses_to_replace_a_card_quiet_and_help(tmp_path: Path, wider: Pat
     not_manifest = runner.invoke(main, ["card", str(out), "-o", str(tmp_path / "x.md")])
     assert not_manifest.exit_code == 2 and "not a readable facedata manifest" in not_manifest.output
     assert not (tmp_path / "x.md").exists() and [p.name for p in tmp_path.iterdir()] == ["card.md"]
+    folder = runner.invoke(main, ["card", str(wider), "-o", str(tmp_path), "--overwrite"])
+    assert folder.exit_code == 2 and "is a folder" in folder.output
     helped = runner.invoke(main, ["card", "-h"])
     assert helped.exit_code == 0 and "--overwrite" in helped.output and "--quiet" in helped.output
