@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from facedata.card import CORPUS_CARDS, corpus_card
+from facedata.card import CORPUS_CARDS, corpus_card, write_card
 from facedata.cli import main
+from facedata.errors import FacedataError
 from facedata.filters import apply_filters, rules_from_options
 from facedata.fusion.fuse import fuse_files
 from facedata.parsers import ingest
@@ -166,6 +167,8 @@ def test_cli_refuses_to_replace_a_card_quiet_and_help(tmp_path: Path, wider: Pat
     assert not_manifest.exit_code == 2 and "not a readable facedata manifest" in not_manifest.output
     assert not (tmp_path / "x.md").exists() and [p.name for p in tmp_path.iterdir()] == ["card.md"]
     folder = runner.invoke(main, ["card", str(wider), "-o", str(tmp_path), "--overwrite"])
-    assert folder.exit_code == 2 and "is a folder" in folder.output
+    assert folder.exit_code == 2 and "is a directory" in folder.output
+    with pytest.raises(FacedataError, match="is a folder: name the card file"):
+        write_card(wider, tmp_path, overwrite=True)
     helped = runner.invoke(main, ["card", "-h"])
     assert helped.exit_code == 0 and "--overwrite" in helped.output and "--quiet" in helped.output
