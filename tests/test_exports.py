@@ -356,8 +356,8 @@ def test_voc_export_ingests_back_through_voc_xml(tmp_path: Path, wider_val: Mani
     """Nested rel_paths (event folders), boxes in the manifest frame, ignore regions as difficult (read back as
     `ignore`), faceless images; image sizes when known."""
     export(wider_val, "voc", tmp_path / "voc")
-    back, rejects = ingest(tmp_path / "voc", format="voc_xml")
-    assert len(rejects) == 0
+    back, rejects = ingest(tmp_path / "voc")  # the nested folder is sniffed as VOC
+    assert len(rejects) == 0 and back.provenance["source_format"] == "voc_xml"
     assert sorted(back.images["rel_path"]) == sorted(wider_val.images["rel_path"])
     assert len(back.images) == 3226 and len(back.faces) == len(wider_val.faces)
     assert_same(expected(back), expected(wider_val), ignore=True, points=False, atol=0)
