@@ -326,12 +326,6 @@ def _with_point_cases(manifest: Manifest) -> Manifest:
     return Manifest(manifest.images, faces, manifest.provenance)
 
 
-def _held_faces(manifest: Manifest, *, points: bool) -> pd.DataFrame:
-    """rel_path, box, and (when the format holds them) the 5 points and their visibility, in manifest order."""
-    table = expected(manifest)
-    return table if points else table.drop(columns=["points", "visible"])
-
-
 def test_retinaface_export_ingests_back_through_retinaface_txt(tmp_path: Path, cuhk: Manifest) -> None:
     """Boxes (float32 exact), every point with its flag (0.0 visible, 1.0 hidden, -1 absent, also at negative
     coordinates), faces without points and image order come back; a line has the published 20 fields."""
