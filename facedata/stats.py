@@ -303,7 +303,7 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
     out.append(f"max {per['max']}, mean {per['mean']:.2f}, median {per['median']:g}")
     size = stats["face_size"]
     heading("Face size")
-    table(["max(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
+    table(["min(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
     out.append(f"{size['measure']}; median {size['median']}")
     flags = stats["flags"]
     heading("Flags")
