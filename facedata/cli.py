@@ -554,6 +554,10 @@ def _build_options(func):
                           "(3.5 on average)."),
         click.option("--landmark-copies", default=2, show_default=True, type=Number(1, 100, integer=True),
                      help="Samples per kept shift with --landmark-variants random."),
+        click.option("--ignore-under", default=20.0, show_default=True, type=Number(0), metavar="PX",
+                     help="Detection faces whose size, their shorter side, is under PX are ignore regions: never "
+                          "sampled, and no negative may cover them (build pnet --recipe reference: its larger "
+                          "side, 19, the reference's 20 on x2-x1+1 widths)."),
         click.option("--landmark-ignore-under", default=20.0, show_default=True, type=Number(0), metavar="PX",
                      help="Landmark faces whose size, their shorter side, is under PX are not sampled "
                           "(build pnet --recipe reference: its larger side, 39)."),
@@ -640,9 +644,6 @@ def _given(**options: tuple[str, object]) -> dict[str, object]:
               help="Near-face negative tries per face.")
 @click.option("--positive-tries", default=20, show_default=True, type=Number(0, 10_000, integer=True),
               help="Positive/part tries per face.")
-@click.option("--ignore-under", default=20.0, show_default=True, type=Number(0), metavar="PX",
-              help="Detection faces whose size, their shorter side, is under PX are not sampled: ignore regions "
-                   "(--recipe reference: its larger side, 19, the reference's 20 on x2-x1+1 widths).")
 def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, positive_tries: int,
                ignore_under: float, neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
     """PNet (12 px): IoU crop sampler + landmark samples, mixed, in shards."""
@@ -672,7 +673,6 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, ignore_under: float
 
     check_iou_order(neg_iou, part_iou, pos_iou)
     check_values(
-        ("--ignore-under", ignore_under, Number(0)),
         ("--max-neg-per-image", max_neg_per_image, Number(0, 100_000, integer=True)),
         ("--threads", threads, Number(1, 256, integer=True)),
     )
@@ -688,9 +688,6 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, ignore_under: float
 
 def _mining_options(func):
     options = [
-        click.option("--ignore-under", default=20.0, show_default=True, metavar="PX",
-                     help="Ground-truth faces whose size, their shorter side, is under PX are ignore regions: "
-                          "no detection over them becomes a sample."),
         click.option("--max-neg-per-image", default=60, show_default=True, help="Negative cap per image."),
         click.option("--pad-border", is_flag=True,
                      help="Keep border-crossing detections, zero-padded (the reference skips them)."),
