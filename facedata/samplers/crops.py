@@ -47,7 +47,7 @@ class CropRecipe:
 
     size: int = 12  # output side in pixels
     min_crop: int | None = None  # smallest negative crop side; None = size
-    negatives_per_image: int = 75  # reference 50: 3:1:1:2 at full WIDER needs ~71 (benchmarks/plan_counts.py)
+    negatives_per_image: int = 75  # reference 50: 3:1:1:2 at full WIDER needs ~60 (benchmarks/plan_counts.py)
     negative_max_tries: int = 1000  # bound of the random-negative loop per image
     near_negatives_per_face: int = 5
     positive_tries_per_face: int = 20
