@@ -37,7 +37,7 @@ VARIANTS = ("random", "reference")
 class LandmarkRecipe:
     size: int = 12
     # 100 x 2: about 94 samples per CUHK face, enough for 3:1:1:2 at full WIDER + CUHK scale
-    # (benchmarks/plan_counts.py: 79 needed per face); the reference draws 10 shifts, 3.5 variants each
+    # (benchmarks/plan_counts.py: 65 needed per face); the reference draws 10 shifts, 3.5 variants each
     shifts_per_face: int = 100
     copies_per_shift: int = 2
     include_original: bool = True
