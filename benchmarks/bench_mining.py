@@ -6,7 +6,7 @@ Detector: facenet-pytorch's PNet (the original MTCNN weights, MIT; the `bench` e
 its contract (RGB, (x - 127.5) / 128; tests/test_detect_pretrained.py checks that it finds dlib's annotated
 faces). Photos (realdata): the 79 COCO val2017 photos of coco_mini (~640 x 480; face boxes approximated from
 the persons' head keypoints, nose/eyes/ears, so only the labels depend on that guess) and dlib's 9 PASCAL
-photos with their 43 face boxes; `--repeat K` lists them K times (to see memory stay flat). min-face 20,
+photos with their 43 face boxes; `--repeat K` lists them K times (to see memory stay flat). pyramid-min-face 20,
 factor 0.79, `--ratio all` (every mined sample rendered and written), no landmark set (the baseline has none).
 
 Baseline, in the same run and on the same photos: the reference's single-process per-scale loop ([A]
@@ -313,7 +313,7 @@ def run_reference(det: Path, n: int, pnet: Path, threshold: float) -> Row:
 
 def report(rows: list[Row]) -> None:
     print(f"build rnet on real photos (79 COCO val2017 + 9 dlib), real pretrained MTCNN PNet (facenet-pytorch), "
-          f"min-face 20, factor 0.79, --ratio all; {os.cpu_count()} cores\n")
+          f"pyramid-min-face 20, factor 0.79, --ratio all; {os.cpu_count()} cores\n")
     print("| images | PNet thr. | variant | wall | images/s | images/s per process | CPU s | images per CPU s "
           "| PNet boxes/img | pos / part / neg (after cap) | peak tree PSS | PSS anon | largest RSS |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")

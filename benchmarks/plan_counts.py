@@ -59,7 +59,7 @@ def cuhk_train(realdata: Path) -> Manifest:
 def planned_counts(manifest: Manifest, origin: int, recipe, seed: int = 0) -> dict[int, int]:
     plan = plan_crops if origin == ORIGIN_DETECTIONS else plan_landmarks
     roots = {name: "." for name in set(manifest.images["root"])}  # no pixels are read
-    table = task_table(manifest, origin, min_face=recipe.min_face, roots=roots)
+    table = task_table(manifest, origin, ignore_under=recipe.ignore_under, face_side=recipe.face_side, roots=roots)
     counts: dict[int, int] = {}
     for i in range(len(table)):
         labels, n = np.unique(plan(table[i], recipe, seed)["label"], return_counts=True)

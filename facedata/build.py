@@ -139,9 +139,9 @@ def build_dataset(
         pool_context()  # start the worker server while the manifests are turned into tasks
     record_dtype = spec.record_dtype(config)
 
-    det_tasks, det_info = load_tasks(detections, ORIGIN_DETECTIONS, spec.min_face(ORIGIN_DETECTIONS, config), roots)
+    det_tasks, det_info = load_tasks(detections, ORIGIN_DETECTIONS, spec.size_rule(ORIGIN_DETECTIONS, config), roots)
     lmk_tasks, lmk_info = (None, None) if landmarks is None else load_tasks(
-        landmarks, ORIGIN_LANDMARKS, spec.min_face(ORIGIN_LANDMARKS, config), roots
+        landmarks, ORIGIN_LANDMARKS, spec.size_rule(ORIGIN_LANDMARKS, config), roots
     )
     pa.default_memory_pool().release_unused()  # pyarrow's allocator keeps the freed manifest tables' pages
 

@@ -20,7 +20,7 @@ MAX_SHARD_BYTES = 1 << 40
 
 class Number(click.ParamType):
     """A finite number (or integer) from `low` to `high`; anything else (nan, inf, out of range) is an error
-    naming the flag: `Invalid value for '--min-face': must be a finite number >= 0, got nan`."""
+    naming the flag: `Invalid value for '--ignore-under': must be a finite number >= 0, got nan`."""
 
     name = "number"
 
@@ -65,7 +65,7 @@ def check_iou_order(neg: float, part: float, pos: float) -> None:
 
 
 def flag_name(param: click.Parameter | None) -> str:
-    """The long flag of an option (`--min-face`), as the user typed it."""
+    """The long flag of an option (`--ignore-under`), as the user typed it."""
     if param is None:
         return "value"
     opts = getattr(param, "opts", None) or [param.name or "value"]

@@ -42,14 +42,16 @@ class _HashSink(io.RawIOBase):
 
 
 def load_tasks(
-    manifest: ManifestInput, origin: int, min_face: float, roots: dict[str, str] | None
+    manifest: ManifestInput, origin: int, size_rule: tuple[float, str], roots: dict[str, str] | None
 ) -> tuple[TaskTable, dict[str, Any]]:
     """A manifest's task table and provenance entry (a manifest given as a path is read and dropped)."""
     path = None
     if not isinstance(manifest, Manifest):
         path = str(Path(manifest).resolve())
         manifest = Manifest.read(manifest)
-    return task_table(manifest, origin, min_face=min_face, roots=roots), manifest_info(manifest, path)
+    ignore_under, face_side = size_rule
+    table = task_table(manifest, origin, ignore_under=ignore_under, face_side=face_side, roots=roots)
+    return table, manifest_info(manifest, path)
 
 
 def manifest_info(manifest: Manifest, path: str | None) -> dict[str, Any]:

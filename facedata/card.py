@@ -164,7 +164,7 @@ def _counts(stats: dict[str, Any]) -> str:
 def _sizes(stats: dict[str, Any], small: dict[str, Any]) -> str:
     size = stats["face_size"]
     lines = ["## Face sizes", ""]
-    lines += _table(["max(w, h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
+    lines += _table(["shorter side px", "faces"], [[k, v] for k, v in size["buckets"].items()])
     median = "n/a" if size["median"] is None else f"{size['median']:g} px"
     lines += ["", f"Median face size {median} ({size['measure']}).", "",
               f"**Under {SMALL_FACE:g} px:** {small['faces']:,} of {small['of']:,} faces ({_percent(small['share'])}) "

@@ -12,6 +12,7 @@ from facedata import __version__
 from facedata.buildoptions import Number, check_iou_order, check_values
 from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
+from facedata.optionnames import RenamingCommand
 
 
 class _Group(click.Group):
@@ -47,6 +48,11 @@ _quiet_option = click.option(
 
 _overwrite_manifest_option = click.option(
     "--overwrite", is_flag=True, help="Replace an existing output manifest (atomically, once the new one is written).")
+
+
+_survival_option = click.option(
+    "--survival-px", default=10.0, show_default=True, type=Number(0), metavar="PX",
+    help="Survival table: a face is lost at an input size when its size there, its shorter side, is under PX.")
 
 
 def _note(quiet: bool, message: str) -> None:
@@ -149,7 +155,9 @@ def _refuse_same_file(keep: Path, target: Path, option: str) -> None:
 @main.command(name="filter")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--min-size", type=float, metavar="N", help="Remove faces whose width or height is < N px.")
+@click.option("--min-size", type=float, metavar="PX",
+              help="Remove faces whose size, their shorter side, is under PX (a 12x8 px face is under 10; the "
+                   "Ultra-Light-Fast detector's WIDER filter is 10).")
 @click.option("--drop-invalid", is_flag=True, help="Remove faces flagged invalid or degenerate.")
 @click.option("--where", multiple=True, metavar="EXPR",
               help="Keep faces (or, naming image columns only, images) matching EXPR, e.g. "
@@ -244,24 +252,23 @@ def card(source: Path, output: Path, overwrite: bool, quiet: bool) -> None:
     _note(quiet, f"wrote {output}: {stats['images']:,} images, {stats['faces']:,} faces")
 
 
-@main.command()
+@main.command(cls=RenamingCommand)
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("--markdown", is_flag=True, help="Markdown tables.")
 @click.option("--inputs", default="320x240,480x360,640x480", show_default=True,
               help="Detector input sizes for the survival table.")
-@click.option("--min-face", default=10.0, show_default=True, type=Number(0),
-              help="Survival threshold (px, shorter side).")
+@_survival_option
 @click.option("--resize", type=click.Choice(["fit", "stretch"]), default="fit", show_default=True,
               help="fit: keep aspect, scale = min(tw/W, th/H); stretch: scale x and y separately.")
-def stats(source: Path, as_json: bool, markdown: bool, inputs: str, min_face: float, resize: str) -> None:
+def stats(source: Path, as_json: bool, markdown: bool, inputs: str, survival_px: float, resize: str) -> None:
     """Corpus statistics: counts, sizes, attributes, landmarks, input-resolution survival."""
     from facedata.manifest import Manifest
     from facedata.stats import compute_stats, parse_inputs, render_json, render_markdown, render_text
 
     if as_json and markdown:
         raise FacedataError("--json and --markdown are exclusive")
-    result = compute_stats(Manifest.read(source), parse_inputs(inputs), min_face, resize)
+    result = compute_stats(Manifest.read(source), parse_inputs(inputs), survival_px, resize)
     if as_json:
         click.echo(render_json(result))
     elif markdown:
@@ -329,8 +336,9 @@ def cascade_options(use: str):
     ("mining"), which differ only in their default thresholds (facedata.detect.cascade says why)."""
     thresholds = DETECTION_THRESHOLDS if use == "detect" else MINING_THRESHOLDS
     options = [
-        click.option("--min-face", default=20.0, show_default=True,
-                     help="Smallest face (px) the pyramid looks for."),
+        click.option("--pyramid-min-face", default=20.0, show_default=True, metavar="PX",
+                     help="Smallest face the detector's image pyramid searches (its first level scales the "
+                          "image by 12/PX)."),
         click.option("--factor", default=0.79, show_default=True, help="Pyramid scale step (paper: 0.709)."),
         click.option("--thresholds", default=_thresholds_text(thresholds), show_default=True,
                      help=_THRESHOLD_HELP[use]),
@@ -352,18 +360,18 @@ def cascade_options(use: str):
     return decorate
 
 
-def _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits, **layout):
+def _cascade_parts(pyramid_min_face, factor, thresholds, mean, scale, channels, logits, **layout):
     """CascadeConfig and ModelContract from `cascade_options` values (and `detect`'s landmark layout)."""
     from facedata.detect import CascadeConfig, ModelContract
     from facedata.detect.draw import parse_thresholds
 
     values = parse_thresholds(thresholds)
     check_values(  # one place for detect and the mining builds
-        ("--min-face", min_face, Number(1)), ("--factor", factor, Number(0.01, 0.99)),
+        ("--pyramid-min-face", pyramid_min_face, Number(1)), ("--factor", factor, Number(0.01, 0.99)),
         ("--mean", mean, Number(-math.inf)), ("--scale", scale, Number(-math.inf)),
         *(("--thresholds", value, Number(0, 1)) for value in values),
     )
-    config = CascadeConfig(min_face=min_face, factor=factor, thresholds=values)
+    config = CascadeConfig(pyramid_min_face=pyramid_min_face, factor=factor, thresholds=values)
     return config, ModelContract(mean=mean, scale=scale, channels=channels, logits=logits, **layout)
 
 
@@ -376,7 +384,7 @@ def make_cascade(pnet, rnet, onet, threads, **options):
     return Cascade(pnet, rnet, onet, config=config, contract=contract, threads=threads)
 
 
-@main.command()
+@main.command(cls=RenamingCommand)
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--pnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="PNet ONNX model (dynamic height/width).")
@@ -560,8 +568,13 @@ def _build_options(func):
                           "(3.5 on average)."),
         click.option("--landmark-copies", default=2, show_default=True, type=Number(1, 100, integer=True),
                      help="Samples per kept shift with --landmark-variants random."),
-        click.option("--landmark-min-face", default=20.0, show_default=True, type=Number(0),
-                     help="Landmark faces whose larger side is below this are not sampled."),
+        click.option("--ignore-under", default=20.0, show_default=True, type=Number(0), metavar="PX",
+                     help="Detection faces whose size, their shorter side, is under PX are ignore regions: never "
+                          "sampled, and no negative may cover them (build pnet --recipe reference: its larger "
+                          "side, 19, the reference's 20 on x2-x1+1 widths)."),
+        click.option("--landmark-ignore-under", default=20.0, show_default=True, type=Number(0), metavar="PX",
+                     help="Landmark faces whose size, their shorter side, is under PX are not sampled "
+                          "(build pnet --recipe reference: its larger side, 39)."),
         click.option("--max-rotation", default=5.0, show_default=True, type=Number(0, 180),
                      help="Landmark rotation range (degrees)."),
         click.option("--no-mirror", is_flag=True, help="No random mirroring of landmark samples."),
@@ -580,7 +593,7 @@ def _build_options(func):
 def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Path, backend: str,
                workers: int | None, seed: int, shard_size: str, roots: tuple[str, ...], ratio: str,
                allow_repeat: bool, interpolation: str, landmark_shifts: int, landmark_variants: str,
-               landmark_copies: int, landmark_min_face: float, max_rotation: float, no_mirror: bool,
+               landmark_copies: int, landmark_ignore_under: float, max_rotation: float, no_mirror: bool,
                quiet: bool, strict: bool, overwrite: bool, verify: bool, crop_recipe, landmark_recipe,
                **extra) -> None:
     import os
@@ -598,7 +611,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     given = _given(
         landmark_shifts=("shifts_per_face", landmark_shifts), landmark_variants=("variants", landmark_variants),
         landmark_copies=("copies_per_shift", landmark_copies), no_mirror=("mirror", not no_mirror),
-        landmark_min_face=("min_face", landmark_min_face), max_rotation=("max_rotation", max_rotation),
+        landmark_ignore_under=("ignore_under", landmark_ignore_under), max_rotation=("max_rotation", max_rotation),
     )
     if given.get("variants") == "reference":  # enumerates its own samples per shift
         given.setdefault("copies_per_shift", 1)
@@ -633,7 +646,7 @@ def _given(**options: tuple[str, object]) -> dict[str, object]:
             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
 
 
-@build.command(name="pnet")
+@build.command(name="pnet", cls=RenamingCommand)
 @_build_options
 @click.option("--recipe", type=click.Choice(["fixed", "reference"]), default="fixed", show_default=True,
               help="Recipe preset: facedata's fixed recipe, or the reference generator's conventions (+1 px "
@@ -645,11 +658,8 @@ def _given(**options: tuple[str, object]) -> dict[str, object]:
               help="Near-face negative tries per face.")
 @click.option("--positive-tries", default=20, show_default=True, type=Number(0, 10_000, integer=True),
               help="Positive/part tries per face.")
-@click.option("--min-face", default=20.0, show_default=True, type=Number(0),
-              help="Faces whose larger side is below this are not sampled (ignore regions); the reference's "
-                   "20 on x2-x1+1 widths is 19 here (--recipe reference).")
 def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, positive_tries: int,
-               min_face: float, neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
+               ignore_under: float, neg_iou: float, part_iou: float, pos_iou: float, **options) -> None:
     """PNet (12 px): IoU crop sampler + landmark samples, mixed, in shards."""
     from dataclasses import replace
 
@@ -659,15 +669,15 @@ def build_pnet(recipe: str, negatives_per_image: int, near_negatives: int, posit
     given = _given(
         negatives_per_image=("negatives_per_image", negatives_per_image),
         near_negatives=("near_negatives_per_face", near_negatives),
-        positive_tries=("positive_tries_per_face", positive_tries), min_face=("min_face", min_face),
+        positive_tries=("positive_tries_per_face", positive_tries), ignore_under=("ignore_under", ignore_under),
         neg_iou=("negative_iou", neg_iou), part_iou=("part_iou", part_iou), pos_iou=("positive_iou", pos_iou),
     )
     check_iou_order(*(given.get(k, getattr(crop, k)) for k in ("negative_iou", "part_iou", "positive_iou")))
     _run_build("pnet", crop_recipe=replace(crop, **given), landmark_recipe=landmarks, **options)
 
 
-def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float, max_neg_per_image: int,
-                  pad_border: bool, neg_iou: float, part_iou: float, pos_iou: float, min_face: float,
+def _mining_build(stage: str, pnet: Path, rnet: Path | None, ignore_under: float, max_neg_per_image: int,
+                  pad_border: bool, neg_iou: float, part_iou: float, pos_iou: float, pyramid_min_face: float,
                   factor: float, thresholds: str, mean: float, scale: float, channels: str, logits: bool,
                   threads: int, **options) -> None:
     from facedata.build import CascadeFactory
@@ -677,23 +687,21 @@ def _mining_build(stage: str, pnet: Path, rnet: Path | None, gt_min_face: float,
 
     check_iou_order(neg_iou, part_iou, pos_iou)
     check_values(
-        ("--gt-min-face", gt_min_face, Number(0)),
         ("--max-neg-per-image", max_neg_per_image, Number(0, 100_000, integer=True)),
         ("--threads", threads, Number(1, 256, integer=True)),
     )
-    config, contract = _cascade_parts(min_face, factor, thresholds, mean, scale, channels, logits)
+    config, contract = _cascade_parts(pyramid_min_face, factor, thresholds, mean, scale, channels, logits)
     size = STAGE_SIZE[stage]
     mining = MiningRecipe(size=size, negative_iou=neg_iou, part_iou=part_iou, positive_iou=pos_iou,
-                          max_negatives_per_image=max_neg_per_image, pad_border=pad_border, min_face=gt_min_face)
+                          max_negatives_per_image=max_neg_per_image, pad_border=pad_border,
+                          ignore_under=ignore_under)
     factory = CascadeFactory(str(pnet), None if rnet is None else str(rnet), config, contract, threads=threads)
-    _run_build(stage, crop_recipe=CropRecipe(size=size, min_face=gt_min_face), detector=factory,
+    _run_build(stage, crop_recipe=CropRecipe(size=size, ignore_under=ignore_under), detector=factory,
                mining_recipe=mining, landmark_recipe=LandmarkRecipe(size=size), **options)
 
 
 def _mining_options(func):
     options = [
-        click.option("--gt-min-face", default=20.0, show_default=True,
-                     help="GT faces whose larger side is below this are ignore regions."),
         click.option("--max-neg-per-image", default=60, show_default=True, help="Negative cap per image."),
         click.option("--pad-border", is_flag=True,
                      help="Keep border-crossing detections, zero-padded (the reference skips them)."),
@@ -703,7 +711,7 @@ def _mining_options(func):
     return func
 
 
-@build.command(name="rnet")
+@build.command(name="rnet", cls=RenamingCommand)
 @_build_options
 @click.option("--pnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trained PNet (ONNX).")
@@ -714,7 +722,7 @@ def build_rnet(**options) -> None:
     _mining_build("rnet", rnet=None, **options)
 
 
-@build.command(name="onet")
+@build.command(name="onet", cls=RenamingCommand)
 @_build_options
 @click.option("--pnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trained PNet (ONNX).")
@@ -745,24 +753,15 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
                   roots: tuple[str, ...], strict: bool, overwrite: bool, verify: bool, quiet: bool) -> None:
     """Top-down keypoint crops (HRNet/Lite-HRNet/SimpleBaseline): one crop per person or face, mmpose's
     centre/scale (padding 1.25, 200 px unit); heatmaps are made at read time (facedata.readers.heatmaps)."""
-    from facedata.build import build_dataset, format_summary, parse_roots, parse_size
-    from facedata.fusion.schemes import SCHEMES
+    from facedata.build import format_summary, parse_roots, parse_size
     from facedata.manifest import Manifest
-    from facedata.paths import sha256_file
-    from facedata.samplers.topdown import TopDownRecipe, manifest_scheme
+    from facedata.stages.topdown import build_topdown as run
 
-    network_input = _parse_wxh(input_size, "--input")  # a bad option fails before a large manifest is read
-    manifest = Manifest.read(keypoints)
-    scheme = manifest_scheme(manifest)
-    recipe = TopDownRecipe(input=network_input, margin=margin, keep_unlabelled=keep_unlabelled,
-                           scheme=scheme, num_points=SCHEMES.get(scheme).num_points, interpolation=interpolation)
-    files = {"keypoints_file": {"name": keypoints.name, "sha256": sha256_file(keypoints)}}
-    summary = build_dataset(
-        keypoints, None, output, stage="topdown", backend=backend, crop_recipe=recipe, mix=False, seed=seed,
-        workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
-        progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify,
-        encoding=encode,
-    )
+    recipe = {"input": _parse_wxh(input_size, "--input"), "margin": margin, "keep_unlabelled": keep_unlabelled,
+              "interpolation": interpolation}  # a bad option fails before a large manifest is read
+    summary = run(keypoints, output, recipe, backend=backend, workers=workers, seed=seed,
+                  shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
+                  progress=not quiet, strict=strict, overwrite=overwrite, verify=verify, encoding=encode)
     click.echo(format_summary(summary))
 
 
@@ -842,7 +841,7 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
     click.echo(f"wrote {output} ({counts})")
 
 
-@main.command()
+@main.command(cls=RenamingCommand)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for index.html and stats.json (created if missing).")
@@ -850,8 +849,7 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
               help="Image root for the random image grid (default: the roots recorded in the manifest).")
 @click.option("--grid", default=12, show_default=True, type=click.IntRange(0),
               help="Random images drawn with their faces (0: none).")
-@click.option("--min-face", default=10.0, show_default=True, type=Number(0),
-              help="Survival threshold (px, shorter side).")
+@_survival_option
 @click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the random images / contact-sheet samples.")
 @click.option("--batch-size", default=384, show_default=True, type=click.IntRange(1),
@@ -860,10 +858,10 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
               help="The manifest before a filter or fusion: totals side by side, faces removed, images that lost "
               "all their faces.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in the folder.")
-def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, min_face: float, seed: int,
+def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, survival_px: float, seed: int,
            batch_size: int, other: Path | None, overwrite: bool) -> None:
     """Self-contained HTML report (index.html, plots and images inlined) plus stats.json for a manifest
-    (.parquet) or a shard directory (the --images, --grid and --min-face options are for manifests)."""
+    (.parquet) or a shard directory (the --images, --grid and --survival-px options are for manifests)."""
     from facedata.build import parse_roots
     from facedata.manifest import Manifest
     from facedata.report import write_report
@@ -874,6 +872,6 @@ def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, min_fa
         index = write_report(source, output, overwrite=overwrite, seed=seed, batch_size=batch_size)
     else:
         index = write_report(source, output, overwrite=overwrite, compare=other, grid=grid, seed=seed,
-                             min_face=min_face,
+                             survival_px=survival_px,
                              roots=parse_roots(roots, Manifest.root_names(source)) if roots else None)
     click.echo(f"wrote {index} and {index.with_name('stats.json')}")

@@ -426,7 +426,7 @@ def _step_stats(ctx: DemoContext) -> str:
 
 
 def _step_build_pnet(ctx: DemoContext) -> str:
-    # The unfiltered manifest: faces under the sampler's min_face become ignore regions, not negatives.
+    # The unfiltered manifest: faces under the sampler's ignore_under become ignore regions, not negatives.
     from facedata.build import build_dataset
 
     out = ctx.out_dir / "pnet"

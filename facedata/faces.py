@@ -1,10 +1,19 @@
-"""The one rule for which annotated faces may be sampled and which stay ignore regions.
+"""The one rule for which annotated faces may be sampled and which stay ignore regions, and what "face size" means.
+
+Face size is the **shorter side** of the box (continuous convention: min(x2 - x1, y2 - y1)) everywhere a size
+threshold applies: `filter --min-size`, the stats/report survival table (`--survival-px`) and the builds'
+`--ignore-under` / `--landmark-ignore-under`. A face "under 10 px" is one whose width or height is under
+10 px, as the field uses the phrase: the Ultra-Light-Fast detector's WIDER filter keeps a face only when
+width >= 10 and height >= 10, and a detector cannot find a face narrower than its smallest anchor whatever
+its height. So a 12 x 8 px face is under 10 px for every command. The one exception is recorded, not implied:
+`build pnet --recipe reference` reproduces the MTCNN reference script, which skips a face when max(w, h)
+< 20, so its recipes say `face_side: larger` (index.json records the side with the threshold).
 
 A face is *flagged* when it is marked invalid (WIDER `invalid` = 1), kept as an ignore region by a filter
-(the optional boolean face column `ignore`), or degenerate (width or height <= 0, continuous convention
-x2 - x1). A face is *usable* (the samplers may cut positives, parts and landmark samples from it) when it
-is not flagged and its larger side is at least `min_face`. Every other face is an ignore region: it still
-counts in the negative test and no negative may overlap it.
+(the optional boolean face column `ignore`), or degenerate (width or height <= 0). A face is *usable* (the
+samplers may cut positives, parts and landmark samples from it) when it is not flagged and its size is at
+least the build's `ignore_under`. Every other face is an ignore region: it still counts in the negative
+test and no negative may overlap it.
 
 The manifest (its `degenerate` column), filter, stats, samplers and build all call these functions; none
 re-derives the rule. numpy only (pandas for the table helpers), so every layer may import it.
@@ -20,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 IGNORE_COLUMN = "ignore"  # optional face column: True = keep as an ignore region, never sample
+SIDES = ("shorter", "larger")  # "shorter": facedata's face size; "larger": the MTCNN reference's rule only
 
 
 def _as_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -32,23 +42,25 @@ def degenerate(boxes: np.ndarray) -> np.ndarray:
     return (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
 
 
-def large_enough(boxes: np.ndarray, min_face: float) -> np.ndarray:
-    """True where the larger side (x2 - x1 or y2 - y1) is at least min_face px."""
+def face_size(widths: np.ndarray, heights: np.ndarray, side: str = "shorter") -> np.ndarray:
+    """The size of faces of these widths and heights (px): their shorter side, or for side="larger" their
+    larger one."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, not {side!r}")
+    pick = np.minimum if side == "shorter" else np.maximum
+    return pick(np.asarray(widths, np.float64), np.asarray(heights, np.float64))
+
+
+def large_enough(boxes: np.ndarray, min_px: float, side: str = "shorter") -> np.ndarray:
+    """True where a box's size (its shorter side, or its larger for side="larger") is at least min_px."""
     b = _as_boxes(boxes)
-    return np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_face
+    return face_size(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1], side) >= min_px
 
 
 def flagged(boxes: np.ndarray, invalid: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
     """True where a face is never usable whatever its size: invalid, ignored or degenerate."""
     out = np.asarray(invalid, bool) | degenerate(boxes)
     return out if ignore is None else out | np.asarray(ignore, bool)
-
-
-def usable_faces(
-    boxes: np.ndarray, invalid: np.ndarray, min_face: float, ignore: np.ndarray | None = None
-) -> np.ndarray:
-    """True where a face may be sampled: not flagged and large enough."""
-    return ~flagged(boxes, invalid, ignore) & large_enough(boxes, min_face)
 
 
 def ignore_flags(faces: pd.DataFrame) -> np.ndarray | None:
@@ -68,6 +80,6 @@ def flagged_rows(faces: pd.DataFrame) -> np.ndarray:
     return flagged(face_boxes(faces), faces["invalid"].to_numpy(bool), ignore_flags(faces))
 
 
-def usable_rows(faces: pd.DataFrame, min_face: float) -> np.ndarray:
-    """usable_faces() of every row of a manifest faces table."""
-    return ~flagged_rows(faces) & large_enough(face_boxes(faces), min_face)
+def usable_rows(faces: pd.DataFrame, ignore_under: float, side: str = "shorter") -> np.ndarray:
+    """True where a face of a manifest faces table may be sampled: not flagged and large enough."""
+    return ~flagged_rows(faces) & large_enough(face_boxes(faces), ignore_under, side)

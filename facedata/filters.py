@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from facedata.errors import FacedataError
-from facedata.faces import face_boxes, flagged
+from facedata.faces import face_boxes, flagged, large_enough
 from facedata.manifest import Manifest, command_line
 from facedata.query import Query, QueryError, evaluate, parse_query
 from facedata.schema import FACE_ATTRIBUTES, FACE_COLUMNS, FACE_FIELDS, IMAGE_COLUMNS, UNKNOWN_ATTRIBUTE
@@ -48,7 +48,8 @@ class Rule(Protocol):
 
 @dataclass(frozen=True)
 class MinSize:
-    """Remove faces whose width or height is below `pixels` (the Ultra-Light-Fast recipe uses 10)."""
+    """Remove faces whose size, their shorter side (facedata.faces), is under `pixels`: width or height below
+    it (the Ultra-Light-Fast recipe uses 10)."""
 
     pixels: float
     removed: str = IGNORE
@@ -58,9 +59,8 @@ class MinSize:
         return f"min_size {self.pixels:g}"
 
     def apply(self, manifest: Manifest) -> Manifest:
-        faces = manifest.faces
-        small = ((faces["x2"] - faces["x1"]) < self.pixels) | ((faces["y2"] - faces["y1"]) < self.pixels)
-        return remove_faces(manifest, small.to_numpy(bool), self.removed)
+        small = ~large_enough(face_boxes(manifest.faces), self.pixels)
+        return remove_faces(manifest, small, self.removed)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from facedata.imageio import ImageError, read_image
 from facedata.manifest import Manifest
 from facedata.paths import atomic_write
 from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
-from facedata.stats import DEFAULT_INPUTS, DEFAULT_MIN_FACE, compute_stats
+from facedata.stats import DEFAULT_INPUTS, DEFAULT_SURVIVAL_PX, compute_stats
 
 REPORT_INPUTS: tuple[tuple[int, int], ...] = (*DEFAULT_INPUTS, (1024, 768))
 _CELL = 256  # px per image in the random grid
@@ -92,12 +92,12 @@ def bar_plot(counts: dict[str, int], title: str, *, log: bool = False, xlabel: s
 
 
 def survival_plot(survival: dict[str, Any]) -> str:
-    """Share of faces still at least `min_face` px (shorter side) after resizing to each input."""
+    """Share of faces still at least `survival_px` px (shorter side) after resizing to each input."""
     rows = [r for r in survival["rows"] if r["share_under"] is not None]
     fig, ax = _subplots(figsize=(5, 3))
     ax.plot([r["input"] for r in rows], [1 - r["share_under"] for r in rows], marker="o")
     ax.set_ylim(0, 1)
-    ax.set_ylabel(f"share of faces >= {survival['min_face']:g} px")
+    ax.set_ylabel(f"share of faces >= {survival['survival_px']:g} px")
     ax.set_title(f"input-resolution survival ({survival['resize']})")
     ax.grid(alpha=0.3)
     return figure_tag(fig, "survival curve")
@@ -211,10 +211,10 @@ def _fmt(value: Any) -> str:
 
 def manifest_report(
     manifest: Manifest, *, roots: dict[str, str] | None = None, grid: int = 12, seed: int = 0,
-    min_face: float = DEFAULT_MIN_FACE,
+    survival_px: float = DEFAULT_SURVIVAL_PX,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """(stats.json content, [(section title, HTML fragment)]) for a manifest."""
-    stats = compute_stats(manifest, REPORT_INPUTS, min_face, "fit")
+    stats = compute_stats(manifest, REPORT_INPUTS, survival_px, "fit")
     shapes = mean_shapes(manifest.faces)
     stats["landmarks"]["mean_shape"] = shapes
     sections: list[tuple[str, str]] = []
@@ -226,14 +226,14 @@ def manifest_report(
         sections.append((title, _table([key[3:], "images", "faces"],
                                        [[k, v["images"], v["faces"]] for k, v in stats[key].items()])))
     plots = [bar_plot(stats["faces_per_image"]["buckets"], "faces per image", xlabel="faces"),
-             bar_plot(stats["face_size"]["buckets"], "face size max(w, h)", log=True, xlabel="px")]
+             bar_plot(stats["face_size"]["buckets"], "face size min(w, h)", log=True, xlabel="px")]
     sections.append(("Faces per image and face size", f'<div class="plots">{"".join(plots)}</div>'))
     survival = stats["survival"]
     rows = [[r["input"], r["faces"], r["under"], None if r["share_under"] is None else 1 - r["share_under"]]
             for r in survival["rows"]]
     body = ""
     if survival["faces_with_image_size"]:
-        body = survival_plot(survival) + _table(["input", "faces", f"under {min_face:g} px", "surviving"], rows)
+        body = survival_plot(survival) + _table(["input", "faces", f"under {survival_px:g} px", "surviving"], rows)
     if survival["note"]:
         body += f"<p>{html.escape(survival['note'])}</p>"
     sections.append(("Input-resolution survival", body))
@@ -299,7 +299,7 @@ def compare_report(before: Manifest, after: Manifest) -> tuple[dict[str, Any], l
         ["faces removed", "of which dropped", "of which kept as ignore", "faces added", "images that lost all faces"],
         [[result["faces_removed"], result["faces_dropped"], result["faces_now_ignore"], result["faces_added"],
           len(lost)]])
-    sizes = _side_by_side(b["face_size"]["buckets"], a["face_size"]["buckets"], "face size max(w, h), before/after")
+    sizes = _side_by_side(b["face_size"]["buckets"], a["face_size"]["buckets"], "face size min(w, h), before/after")
     body += f'<div class="plots">{sizes}{bar_plot(result["removed_face_size"], "removed faces: size", log=True)}</div>'
     shown = "".join(f"<li>{html.escape(p)}</li>" for p in lost[:200])
     more = f"<p>… and {len(lost) - 200:,} more (all in stats.json)</p>" if len(lost) > 200 else ""

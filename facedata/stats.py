@@ -3,12 +3,13 @@
 Conventions (also stated in the rendered output):
 - Faces flagged `ignore` (removed by `filter`, kept as ignore regions) are counted apart, in
   `ignored_faces`, and nowhere else: every other figure is about the faces left for training.
-- Face size is max(w, h) of the box in original-image pixels, binned in powers of two. Degenerate
-  boxes (w or h <= 0) are counted separately, not binned.
+- Face size is the shorter side of the box (facedata.faces: the one convention of filter, stats and build)
+  in original-image pixels, binned in powers of two. Degenerate boxes (w or h <= 0) are counted
+  separately, not binned.
 - The input-resolution survival table resizes each image to fit the detector input keeping its aspect
   ratio ("fit": scale = min(tw / W, th / H), the image may be scaled up) or stretching it to the input
   ("stretch": x scaled by tw / W, y by th / H, as Ultra-Light-Fast's cv2.resize to 320x240 does), then
-  counts faces whose shorter side falls under `min_face` px. It needs image width/height; faces of
+  counts faces whose size (shorter side) falls under `survival_px` px. It needs image width/height; faces of
   images of unknown size are counted as unknown, never guessed.
 """
 
@@ -25,12 +26,12 @@ import pandas as pd
 
 from facedata.errors import FacedataError
 from facedata.faces import degenerate as is_degenerate
-from facedata.faces import face_boxes, flagged
+from facedata.faces import face_boxes, face_size, flagged
 from facedata.manifest import Manifest
 from facedata.schema import ATTRIBUTE_CODES, BOX_DERIVED, FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE
 
 DEFAULT_INPUTS: tuple[tuple[int, int], ...] = ((320, 240), (480, 360), (640, 480))
-DEFAULT_MIN_FACE = 10.0
+DEFAULT_SURVIVAL_PX = 10.0
 RESIZE_RULES = ("fit", "stretch")
 # Faces per image buckets: (label, low, high) inclusive.
 _PER_IMAGE_BUCKETS: tuple[tuple[str, int, float], ...] = (
@@ -41,7 +42,7 @@ _PER_IMAGE_BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("11-50", 11, 50),
     (">50", 51, math.inf),
 )
-# Face size edges (px) for max(w, h): [0, 4), [4, 8), ... [512, 1024), [1024, inf).
+# Face size edges (px) for the shorter side: [0, 4), [4, 8), ... [512, 1024), [1024, inf).
 _SIZE_EDGES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _POSE_EDGES: tuple[float, ...] = (-60, -30, -15, 15, 30, 60)  # degrees
 _EAR_EDGES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)  # PFPLD keeps closed eyes at EAR <= 0.1
@@ -69,7 +70,7 @@ def parse_inputs(text: str) -> list[tuple[int, int]]:
 def compute_stats(
     manifest: Manifest,
     inputs: Sequence[tuple[int, int]] = DEFAULT_INPUTS,
-    min_face: float = DEFAULT_MIN_FACE,
+    survival_px: float = DEFAULT_SURVIVAL_PX,
     resize: str = "fit",
 ) -> dict[str, Any]:
     """Everything `facedata stats` shows, as plain ints/floats/strings (json.dumps-able)."""
@@ -94,7 +95,7 @@ def compute_stats(
         "by_split": _group_counts(images, faces, "split"),
         "by_source": _group_counts(images, faces, "source"),
         "faces_per_image": _per_image(per_image.to_numpy()),
-        "face_size": _size_histogram(np.maximum(w, h)[~degenerate]),
+        "face_size": _size_histogram(face_size(w, h)[~degenerate]),
         "flags": {
             "invalid": int(faces["invalid"].sum()),
             "degenerate": int(degenerate.sum()),
@@ -102,7 +103,7 @@ def compute_stats(
         },
         "attributes": _attributes(faces),
         "landmarks": _landmarks(faces, images),
-        "survival": _survival(manifest, w, h, inputs, min_face, resize),
+        "survival": _survival(manifest, w, h, inputs, survival_px, resize),
     }
 
 
@@ -131,7 +132,7 @@ def _size_histogram(sizes: np.ndarray) -> dict[str, Any]:
     labels = [f"{lo}-{hi}" for lo, hi in zip(_SIZE_EDGES[:-1], _SIZE_EDGES[1:], strict=True)]
     labels.append(f">={_SIZE_EDGES[-1]}")
     return {
-        "measure": "max(w, h) px, bins [lo, hi); degenerate boxes excluded",
+        "measure": "shorter side min(w, h) px, bins [lo, hi); degenerate boxes excluded",
         "buckets": {label: int(c) for label, c in zip(labels, counts, strict=True)},
         "median": round(float(np.median(sizes)), 2) if len(sizes) else None,
     }
@@ -211,7 +212,7 @@ def _survival(
     w: np.ndarray,
     h: np.ndarray,
     inputs: Sequence[tuple[int, int]],
-    min_face: float,
+    survival_px: float,
     resize: str,
 ) -> dict[str, Any]:
     sizes = manifest.images.set_index("image_id")[["width", "height"]]
@@ -221,12 +222,12 @@ def _survival(
     known = np.isfinite(img_w) & np.isfinite(img_h) & (img_w > 0) & (img_h > 0)
     n_known = int(known.sum())
     fw, fh, iw, ih = w[known], h[known], img_w[known], img_h[known]
-    rows = [_survival_row("native", 1.0, 1.0, fw, fh, min_face, n_known)]
+    rows = [_survival_row("native", 1.0, 1.0, fw, fh, survival_px, n_known)]
     for tw, th in inputs:
         sx, sy = tw / iw, th / ih
         if resize == "fit":
             sx = sy = np.minimum(sx, sy)
-        rows.append(_survival_row(f"{tw}x{th}", sx, sy, fw, fh, min_face, n_known))
+        rows.append(_survival_row(f"{tw}x{th}", sx, sy, fw, fh, survival_px, n_known))
     note = None
     if n_known < len(manifest.faces):
         note = (
@@ -234,12 +235,12 @@ def _survival(
             " (ingest with --images to probe sizes); those faces are not in the table"
         )
     return {
-        "min_face": min_face,
+        "survival_px": survival_px,
         "resize": resize,
         "rule": "fit: scale = min(tw/W, th/H) (aspect kept)"
         if resize == "fit"
         else "stretch: x*tw/W, y*th/H",
-        "measure": f"shorter side of the resized box < {min_face:g} px",
+        "measure": f"shorter side of the resized box < {survival_px:g} px",
         "faces_with_image_size": n_known,
         "faces_unknown_size": int(len(manifest.faces) - n_known),
         "note": note,
@@ -248,9 +249,9 @@ def _survival(
 
 
 def _survival_row(
-    label: str, sx: Any, sy: Any, fw: np.ndarray, fh: np.ndarray, min_face: float, n_known: int
+    label: str, sx: Any, sy: Any, fw: np.ndarray, fh: np.ndarray, survival_px: float, n_known: int
 ) -> dict[str, Any]:
-    under = int((np.minimum(fw * sx, fh * sy) < min_face).sum())
+    under = int((face_size(fw * sx, fh * sy) < survival_px).sum())
     return {
         "input": label,
         "faces": n_known,
@@ -302,7 +303,7 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
     out.append(f"max {per['max']}, mean {per['mean']:.2f}, median {per['median']:g}")
     size = stats["face_size"]
     heading("Face size")
-    table(["max(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
+    table(["min(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
     out.append(f"{size['measure']}; median {size['median']}")
     flags = stats["flags"]
     heading("Flags")
@@ -339,7 +340,7 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
         if hist:
             out.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in hist.items()))
     surv = stats["survival"]
-    heading(f"Input-resolution survival (faces under {surv['min_face']:g} px)")
+    heading(f"Input-resolution survival (faces under {surv['survival_px']:g} px)")
     table(
         ["input", "faces", "under", "share"],
         [

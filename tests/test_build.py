@@ -271,7 +271,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_rnet_mining_labels_verify_and_worker_invariance(corpus: dict, models: dict, tmp_path: Path) -> None:
-    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(pyramid_min_face=40))
     recipe = MiningRecipe(size=24, max_negatives_per_image=20)
     hashes = []
     for workers in (1, 2):
@@ -304,7 +304,7 @@ def test_rnet_mining_labels_verify_and_worker_invariance(corpus: dict, models: d
 
 def test_mined_samples_are_mixed_like_pnet_samples(corpus: dict, models: dict, tmp_path: Path) -> None:
     """Every class, mined or landmark, is kept at the ratio relative to the mined positives."""
-    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(pyramid_min_face=40))
     ratio = {0: 2, 1: 1, -1: 1, -2: 1}
     summary = build_dataset(
         corpus["small"], corpus["lmk"], tmp_path / "mixed", stage="rnet", detector=factory, ratio=ratio,
@@ -328,7 +328,7 @@ def test_interrupted_mining_build_resumes_byte_identical(
     """Stopped while mining, a rerun runs the detector only on the images not yet mined; stopped while
     writing, it resumes from the complete shards; without mixing (one pass) it does both. Every case ends
     byte-identical to an uninterrupted build."""
-    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(pyramid_min_face=40))
     options = {"stage": "rnet", "detector": factory, "progress": False, "shard_bytes": 16 * 1800,
                "block_samples": 16, "mix": mix, "ratio": {0: 40, 1: 1, -1: 1, -2: 1}}
     reference = tmp_path / "reference"
@@ -362,7 +362,7 @@ def test_mined_image_of_the_wrong_size_is_skipped_with_its_detail(corpus: dict, 
     images = small.images.copy()
     images.loc[0, "width"] += 7
     wrong = Manifest(images, small.faces, small.provenance)
-    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(min_face=40))
+    factory = CascadeFactory(str(models["pnet"]), config=CascadeConfig(pyramid_min_face=40))
     summary = build_dataset(wrong, None, tmp_path / "out", stage="rnet", detector=factory, workers=1,
                             progress=False, ratio={0: 40, 1: 1, -1: 1, -2: 1})
     (item,) = summary["skipped"]
@@ -371,7 +371,7 @@ def test_mined_image_of_the_wrong_size_is_skipped_with_its_detail(corpus: dict, 
 
 
 def test_onet_mining_build_runs_pnet_and_rnet(corpus: dict, models: dict, tmp_path: Path) -> None:
-    factory = CascadeFactory(str(models["pnet"]), str(models["rnet"]), config=CascadeConfig(min_face=40))
+    factory = CascadeFactory(str(models["pnet"]), str(models["rnet"]), config=CascadeConfig(pyramid_min_face=40))
     out = tmp_path / "onet"
     summary = build_dataset(corpus["small"], corpus["lmk"], out, stage="onet", detector=factory, workers=1,
                             progress=False)
@@ -418,14 +418,14 @@ def test_cli_build_verify_preview(corpus: dict, models: dict, tmp_path: Path) ->
 
     result = runner.invoke(main, [
         "build", "rnet", "--detections", str(root / "det_small.parquet"), "-o", str(tmp_path / "rnet"),
-        "--pnet", str(models["pnet"]), "--workers", "1", "--min-face", "40", "--max-neg-per-image", "10",
+        "--pnet", str(models["pnet"]), "--workers", "1", "--pyramid-min-face", "40", "--max-neg-per-image", "10",
         "--pad-border", "--quiet",
     ])
     assert result.exit_code == 0, result.output
     assert "mined" in result.output
     prov = load_index(tmp_path / "rnet")["provenance"]
     assert prov["mining_recipe"]["max_negatives_per_image"] == 10 and prov["mining_recipe"]["pad_border"]
-    assert prov["detector"]["config"]["min_face"] == 40
+    assert prov["detector"]["config"]["pyramid_min_face"] == 40
 
     result = runner.invoke(main, ["build", "pnet", "--detections", str(root / "det.parquet"), "-o",
                                   str(tmp_path / "bad"), "--ratio", "1:2"])

@@ -33,16 +33,17 @@ def run(*args: object) -> tuple[int, str]:
 
 def face_sides(manifest: Manifest) -> np.ndarray:
     f = manifest.faces
-    return np.maximum(f["x2"] - f["x1"], f["y2"] - f["y1"]).to_numpy()
+    return np.minimum(f["x2"] - f["x1"], f["y2"] - f["y1"]).to_numpy()
 
 
-def assert_no_face_under(path: Path, manifest: Manifest, min_face: float) -> int:
-    """No positive or part sample was cut for a face smaller than `min_face`; returns how many were checked."""
+def assert_no_face_under(path: Path, manifest: Manifest, ignore_under: float) -> int:
+    """No positive or part sample was cut for a face whose shorter side is under `ignore_under`; returns how
+    many were checked."""
     records = ShardedDataset(path).read(np.arange(len(ShardedDataset(path))))[1]
     rows = records[(records["origin"] == ORIGIN_DETECTIONS)
                    & np.isin(records["label"], [LABEL_POSITIVE, LABEL_PART])]
     sides = face_sides(manifest)[rows["face_index"]]
-    assert (sides >= min_face).all(), f"{int((sides < min_face).sum())} samples of faces under {min_face}"
+    assert (sides >= ignore_under).all(), f"{int((sides < ignore_under).sum())} samples of faces under {ignore_under}"
     return len(rows)
 
 
@@ -66,7 +67,7 @@ PNET_OPTIONS = [
     ("--allow-repeat", None, ("allow_repeat",), True),
     ("--interpolation", "area", ("crop_recipe", "interpolation"), "area"),
     ("--landmark-shifts", "4", ("landmark_recipe", "shifts_per_face"), 4),
-    ("--landmark-min-face", "30", ("landmark_recipe", "min_face"), 30.0),
+    ("--landmark-ignore-under", "30", ("landmark_recipe", "ignore_under"), 30.0),
     ("--max-rotation", "3", ("landmark_recipe", "max_rotation"), 3.0),
     ("--no-mirror", None, ("landmark_recipe", "mirror"), False),
     ("--neg-iou", "0.25", ("crop_recipe", "negative_iou"), 0.25),
@@ -75,7 +76,7 @@ PNET_OPTIONS = [
     ("--negatives-per-image", "12", ("crop_recipe", "negatives_per_image"), 12),
     ("--near-negatives", "2", ("crop_recipe", "near_negatives_per_face"), 2),
     ("--positive-tries", "9", ("crop_recipe", "positive_tries_per_face"), 9),
-    ("--min-face", "30", ("crop_recipe", "min_face"), 30.0),
+    ("--ignore-under", "30", ("crop_recipe", "ignore_under"), 30.0),
 ]
 
 
@@ -100,34 +101,34 @@ def test_every_pnet_option_is_recorded_as_it_ran(corpus: dict, tmp_path: Path) -
     assert np.bincount(negatives["image_index"]).max() <= 12
 
 
-def test_mined_min_face_is_the_one_recorded_and_used(corpus: dict, tmp_path: Path) -> None:
-    """A mining recipe with min_face 40 used to be recorded while the crop recipe's 20 ran."""
+def test_mined_ignore_under_is_the_one_recorded_and_used(corpus: dict, tmp_path: Path) -> None:
+    """A mining recipe with ignore_under 40 used to be recorded while the crop recipe's 20 ran."""
     pnet = mtcnn_pnet(tmp_path / "pnet.onnx", seed=1, prob_bias=0.8)
-    factory = CascadeFactory(str(pnet), config=CascadeConfig(min_face=20))
+    factory = CascadeFactory(str(pnet), config=CascadeConfig(pyramid_min_face=20))
     out = tmp_path / "rnet"
     build_dataset(corpus["small"], None, out, stage="rnet", detector=factory, mix=False, workers=1,
-                  progress=False, mining_recipe=MiningRecipe(size=24, min_face=40))
+                  progress=False, mining_recipe=MiningRecipe(size=24, ignore_under=40))
     prov = load_index(out)["provenance"]
-    assert prov["mining_recipe"]["min_face"] == prov["crop_recipe"]["min_face"] == 40
+    assert prov["mining_recipe"]["ignore_under"] == prov["crop_recipe"]["ignore_under"] == 40
     assert (face_sides(corpus["small"]) < 40).any()  # faces the rule must exclude exist
     assert_no_face_under(out, corpus["small"], 40.0)
     code, text = run("build", "rnet", "--detections", corpus["root"] / "det_small.parquet", "-o", tmp_path / "cli",
-                     "--pnet", pnet, "--workers", "1", "--gt-min-face", "40", "--quiet")
+                     "--pnet", pnet, "--workers", "1", "--ignore-under", "40", "--quiet")
     assert code == 0, text
     prov = load_index(tmp_path / "cli")["provenance"]
-    assert prov["mining_recipe"]["min_face"] == prov["crop_recipe"]["min_face"] == 40
+    assert prov["mining_recipe"]["ignore_under"] == prov["crop_recipe"]["ignore_under"] == 40
 
 
 # every option of build rnet that is not a pnet option, a non-default value, and where index.json records it
 RNET_OPTIONS = [
-    ("--gt-min-face", "30", ("mining_recipe", "min_face"), 30.0),
+    ("--ignore-under", "30", ("mining_recipe", "ignore_under"), 30.0),
     ("--max-neg-per-image", "7", ("mining_recipe", "max_negatives_per_image"), 7),
     ("--pad-border", None, ("mining_recipe", "pad_border"), True),
     ("--neg-iou", "0.25", ("mining_recipe", "negative_iou"), 0.25),
     ("--part-iou", "0.45", ("crop_recipe", "part_iou"), 0.45),
     ("--pos-iou", "0.7", ("mining_recipe", "positive_iou"), 0.7),
     ("--interpolation", "area", ("crop_recipe", "interpolation"), "area"),
-    ("--min-face", "40", ("detector", "config", "min_face"), 40.0),
+    ("--pyramid-min-face", "40", ("detector", "config", "pyramid_min_face"), 40.0),
     ("--factor", "0.6", ("detector", "config", "factor"), 0.6),
     ("--thresholds", "0.5,0.6,0.7", ("detector", "config", "thresholds"), [0.5, 0.6, 0.7]),
     ("--mean", "127", ("detector", "contract", "mean"), 127.0),
@@ -144,17 +145,17 @@ def test_every_rnet_option_is_recorded_as_it_ran(corpus: dict, tmp_path: Path) -
     assert code == 0, text
     prov = load_index(tmp_path / "rnet")["provenance"]
     assert_recorded(prov, RNET_OPTIONS)
-    # the labels' crop recipe is the mining recipe's: the same thresholds and min_face
-    for key in ("negative_iou", "part_iou", "positive_iou", "min_face"):
+    # the labels' crop recipe is the mining recipe's: the same thresholds and ignore_under
+    for key in ("negative_iou", "part_iou", "positive_iou", "ignore_under"):
         assert prov["crop_recipe"][key] == prov["mining_recipe"][key], key
     assert prov["detector"]["pnet"]["sha256"] and prov["ratio"] is None
 
 
 BAD = [
-    ("--min-face", "nan", "must be a finite number >= 0, got nan"),
-    ("--min-face", "inf", "must be a finite number >= 0, got inf"),
-    ("--min-face", "-1", "must be a finite number >= 0, got -1"),
-    ("--landmark-min-face", "nan", "must be a finite number >= 0"),
+    ("--ignore-under", "nan", "must be a finite number >= 0, got nan"),
+    ("--ignore-under", "inf", "must be a finite number >= 0, got inf"),
+    ("--ignore-under", "-1", "must be a finite number >= 0, got -1"),
+    ("--landmark-ignore-under", "nan", "must be a finite number >= 0"),
     ("--max-rotation", "200", "must be a finite number from 0 to 180"),
     ("--max-rotation", "-inf", "must be a finite number from 0 to 180"),
     ("--neg-iou", "1.5", "must be a finite number from 0 to 1"),
@@ -202,10 +203,10 @@ def test_iou_thresholds_out_of_order_name_the_three_flags(corpus: dict, tmp_path
 
 
 MINING_BAD = [
-    ("--gt-min-face", "nan", "must be a finite number >= 0, got nan"),
+    ("--ignore-under", "nan", "must be a finite number >= 0, got nan"),
     ("--max-neg-per-image", "-1", "must be an integer from 0 to 100000, got -1"),
     ("--max-neg-per-image", "1e9", "'1e9' is not a valid integer"),
-    ("--min-face", "inf", "must be a finite number >= 1, got inf"),
+    ("--pyramid-min-face", "inf", "must be a finite number >= 1, got inf"),
     ("--factor", "1.5", "must be a finite number from 0.01 to 0.99, got 1.5"),
     ("--factor", "nan", "must be a finite number from 0.01 to 0.99, got nan"),
     ("--thresholds", "0.3,nan,0.7", "must be a finite number from 0 to 1, got nan"),

@@ -120,9 +120,9 @@ def test_other_options_or_inputs_are_named_and_refused_without_overwrite(corpus:
     out = tmp_path / "out"
     cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS)
     before = snapshot(out)
-    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--min-face", "30",
+    text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, "--seed", "1", "--ignore-under", "30",
                code=2)
-    assert "seed: 0 -> 1" in text and "crop_recipe.min_face: 20.0 -> 30.0" in text and "--overwrite" in text
+    assert "seed: 0 -> 1" in text and "crop_recipe.ignore_under: 20.0 -> 30.0" in text and "--overwrite" in text
     other = corpus["root"] / "det_small.parquet"  # the first 10 images
     text = cli("build", "pnet", "--detections", other, *corpus["inputs"][2:], "-o", out, *OPTIONS, code=2)
     assert "inputs.detections.sha256 changed" in text and "inputs.detections.images: 40 -> 10" in text
@@ -234,7 +234,7 @@ def test_interrupted_swaps_recover_deterministically(corpus: dict, tmp_path: Pat
 def test_failed_build_says_why_and_leaves_nothing_in_the_way(corpus: dict, tmp_path: Path, case: str) -> None:
     out = tmp_path / "out"
     bad = {"ratio": ["--ratio", "0:0:0:0"], "missing images": ["--images", f"wider_train={tmp_path}"],
-           "no positives": ["--min-face", "5000", "--ratio", "3:1:1:2"],
+           "no positives": ["--ignore-under", "5000", "--ratio", "3:1:1:2"],
            "unknown root": ["--images", f"wider_trian={tmp_path}"]}[case]
     text = cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, *bad, code=2)
     assert text.startswith("error: ") and len(text.strip().splitlines()) == 1 and "Traceback" not in text

@@ -90,8 +90,8 @@ def test_wider_card_counts_sizes_and_attributes(tmp_path: Path, wider: Path) -> 
     small = int((((faces["x2"] - faces["x1"]) < 10) | ((faces["y2"] - faces["y1"]) < 10)).sum())
     assert small > 10_000  # WIDER val is mostly small faces
     assert f"**Under 10 px:** {n(small)} of {n(len(faces))} faces ({100 * small / len(faces):.2f} %)" in card
-    sizes = np.maximum(faces["x2"] - faces["x1"], faces["y2"] - faces["y1"])
-    assert table(card, "max(w, h) px")["8-16"] == [n(int(((sizes >= 8) & (sizes < 16)).sum()))]
+    sizes = np.minimum(faces["x2"] - faces["x1"], faces["y2"] - faces["y1"])
+    assert table(card, "shorter side px")["8-16"] == [n(int(((sizes >= 8) & (sizes < 16)).sum()))]
     clear = int((faces["blur"] == 0).sum())
     rows = [line for line in card.splitlines() if line.startswith("| blur | clear |")]
     assert rows == [f"| blur | clear | {n(clear)} | {100 * clear / len(faces):.2f} % |"]

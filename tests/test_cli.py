@@ -357,11 +357,11 @@ def test_negative_seed_is_a_one_line_error(tmp_path: Path, command: str) -> None
     assert not (tmp_path / "out.png").exists()
 
 
-def test_stats_nan_min_face_is_an_error(val_file: Path, tmp_path: Path) -> None:
+def test_stats_nan_survival_px_is_an_error(val_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.parquet"
     assert run("ingest", val_file, "-o", out, "-q").exit_code == 0
-    result = run("stats", out, "--min-face", "nan")
-    assert result.exit_code == 2 and "--min-face" in result.output, result.output
+    result = run("stats", out, "--survival-px", "nan")
+    assert result.exit_code == 2 and "--survival-px" in result.output, result.output
 
 
 def test_topdown_bad_input_size_is_named_before_the_manifest_is_read(tmp_path: Path) -> None:

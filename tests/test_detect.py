@@ -42,7 +42,7 @@ def test_mtcnn_shaped_models_on_real_image(models, realdata):
         models["pnet"],
         models["rnet"],
         models["onet"],
-        config=CascadeConfig(min_face=48, thresholds=(0.6, 0.5, 0.5)),
+        config=CascadeConfig(pyramid_min_face=48, thresholds=(0.6, 0.5, 0.5)),
     )
     h, w = image.shape[:2]
     scales = cascade.scales(h, w)

@@ -72,19 +72,19 @@ def test_threshold_defaults_help_and_provenance(tmp_path):
     pnet = mtcnn_pnet(tmp_path / "pnet.onnx", seed=1, prob_bias=0.5)
     out = tmp_path / "rnet"
     code, text, err = _invoke(["build", "rnet", "--detections", det, "--pnet", pnet, "-o", out, "--workers", "1",
-                               "--min-face", "40", "--quiet"])
+                               "--pyramid-min-face", "40", "--quiet"])
     assert code == 0, text + err
     detector = load_index(out)["provenance"]["detector"]
     config = detector["config"]
-    assert tuple(config["thresholds"]) == MINING_THRESHOLDS and config["min_face"] == 40
+    assert tuple(config["thresholds"]) == MINING_THRESHOLDS and config["pyramid_min_face"] == 40
     assert detector["thresholds_used"] == [MINING_THRESHOLDS[0]]  # build rnet runs PNet alone
     # the library's default is the mining setting too, not the detection one
     library = CascadeFactory(str(pnet)).describe()
     assert tuple(library["config"]["thresholds"]) == MINING_THRESHOLDS and library["thresholds_used"] == [0.3]
     report = pd.read_csv(out / "mining-report.csv")
-    recorded = Cascade(pnet, config=CascadeConfig(min_face=config["min_face"], factor=config["factor"],
+    recorded = Cascade(pnet, config=CascadeConfig(pyramid_min_face=config["pyramid_min_face"], factor=config["factor"],
                                                   thresholds=tuple(config["thresholds"])))
-    stricter = Cascade(pnet, config=CascadeConfig(min_face=40, thresholds=DETECTION_THRESHOLDS))
+    stricter = Cascade(pnet, config=CascadeConfig(pyramid_min_face=40, thresholds=DETECTION_THRESHOLDS))
     for _, row in report.iterrows():
         image = cv2.imread(str(root / Path(row["path"]).name))
         assert row["detections"] == len(recorded.pnet_boxes(image))
@@ -162,7 +162,7 @@ def test_detect_json_matches_the_library(faces_png, layout_models, tmp_path):
     assert code == 0 and json.loads(out)["faces"] == []
 
 
-@pytest.mark.parametrize(("option", "value"), [("--min-face", "-1"), ("--factor", "5"), ("--factor", "0")])
+@pytest.mark.parametrize(("option", "value"), [("--pyramid-min-face", "-1"), ("--factor", "5"), ("--factor", "0")])
 def test_bad_cascade_option_is_one_line_naming_the_flag(faces_png, tmp_path, option, value):
     code, out, err = _invoke(["detect", "--pnet", mtcnn_pnet(tmp_path / "p.onnx"), faces_png, option, value])
     text = (out + err).strip()

@@ -57,7 +57,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def _run(models, realdata, **contract):
-    cascade = Cascade(models["pnet"], models["rnet"], models["onet"], config=CascadeConfig(min_face=20),
+    cascade = Cascade(models["pnet"], models["rnet"], models["onet"], config=CascadeConfig(pyramid_min_face=20),
                       contract=ModelContract(**contract))
     for path, boxes, points in _dlib_faces(realdata):
         yield boxes, points, cascade.detect(cv2.imread(str(path)))

@@ -16,7 +16,7 @@ from facedata.samplers.tasks import task_table
 from facedata.samples import LABEL_NEGATIVE, ORIGIN_DETECTIONS
 from facedata.storage import ShardedDataset
 
-MIN_SIZE = 40.0  # WIDER faces of 20-40 px are usable by the default recipe (min_face 20): filter removes them
+MIN_SIZE = 40.0  # WIDER faces of 20-40 px are usable by the default recipe (ignore_under 20): filter removes them
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_task_table_treats_ignored_faces_like_invalid_ones(wider: Manifest) -> N
     assert 0 < ignored.sum() < len(ignored)
     flagged = wider.faces.assign(invalid=wider.faces["invalid"].to_numpy(bool) | ignored)
     as_invalid = Manifest(wider.images, flagged, wider.provenance)
-    got = task_table(filtered, ORIGIN_DETECTIONS, min_face=20).faces
-    want = task_table(as_invalid, ORIGIN_DETECTIONS, min_face=20).faces
+    got = task_table(filtered, ORIGIN_DETECTIONS, ignore_under=20).faces
+    want = task_table(as_invalid, ORIGIN_DETECTIONS, ignore_under=20).faces
     np.testing.assert_array_equal(got.usable, want.usable)
     assert not got.usable[ignored].any()
     np.testing.assert_array_equal(got.boxes, want.boxes)  # the ignore regions are all still there

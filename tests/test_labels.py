@@ -44,8 +44,8 @@ def manifests(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 @pytest.fixture(scope="module")
 def planned(manifests: tuple[Manifest, Manifest]) -> np.ndarray:
     det, lmk = manifests
-    crops = [plan_crops(t, CropRecipe(), 4) for t in image_tasks(det, ORIGIN_DETECTIONS, min_face=20)]
-    marks = [plan_landmarks(t, LandmarkRecipe(), 4) for t in image_tasks(lmk, ORIGIN_LANDMARKS, min_face=20)]
+    crops = [plan_crops(t, CropRecipe(), 4) for t in image_tasks(det, ORIGIN_DETECTIONS, ignore_under=20)]
+    marks = [plan_landmarks(t, LandmarkRecipe(), 4) for t in image_tasks(lmk, ORIGIN_LANDMARKS, ignore_under=20)]
     return np.concatenate(crops + marks)
 
 
@@ -95,7 +95,7 @@ def test_tampered_records_are_reported(planned: np.ndarray, manifests: tuple[Man
 def test_face_and_index_errors(planned: np.ndarray, manifests: tuple[Manifest, Manifest]) -> None:
     det, lmk = manifests
     records = planned.copy()
-    tasks = list(image_tasks(det, ORIGIN_DETECTIONS, min_face=20))
+    tasks = list(image_tasks(det, ORIGIN_DETECTIONS, ignore_under=20))
     pos = _first(records, LABEL_POSITIVE)
     task = tasks[int(records["image_index"][pos])]
     records["face_index"][pos] = task.face_index[~task.usable][0]  # a tiny face: ignore region
@@ -123,7 +123,7 @@ def test_labelled_detections_verify(manifests: tuple[Manifest, Manifest]) -> Non
     recipe = CropRecipe()
     rng = np.random.default_rng(0)
     parts = []
-    for task in image_tasks(det, ORIGIN_DETECTIONS, min_face=20):
+    for task in image_tasks(det, ORIGIN_DETECTIONS, ignore_under=20):
         centres = task.boxes[rng.integers(0, len(task.boxes), 400)]
         side = np.maximum(centres[:, 2] - centres[:, 0], centres[:, 3] - centres[:, 1])
         side = np.rint(side * rng.uniform(0.7, 1.5, len(side))) + 20
@@ -146,16 +146,16 @@ def test_labelled_detections_verify(manifests: tuple[Manifest, Manifest]) -> Non
     assert report.ok, report.summary()
 
 
-def test_verify_agrees_when_tasks_used_a_smaller_min_face(manifests: tuple[Manifest, Manifest]) -> None:
-    """The recipe's min_face decides sampling and ignore regions, not the one image_tasks was given."""
+def test_verify_agrees_when_tasks_used_a_smaller_ignore_under(manifests: tuple[Manifest, Manifest]) -> None:
+    """The recipe's ignore_under decides sampling and ignore regions, not the one image_tasks was given."""
     det, _ = manifests
-    tasks = list(image_tasks(det, ORIGIN_DETECTIONS, min_face=5))
-    sides = [np.maximum(t.boxes[:, 2] - t.boxes[:, 0], t.boxes[:, 3] - t.boxes[:, 1]) for t in tasks]
+    tasks = list(image_tasks(det, ORIGIN_DETECTIONS, ignore_under=5))
+    sides = [np.minimum(t.boxes[:, 2] - t.boxes[:, 0], t.boxes[:, 3] - t.boxes[:, 1]) for t in tasks]
     assert any((t.usable & (side < 20)).any() for t, side in zip(tasks, sides, strict=True))
     records = np.concatenate([plan_crops(t, CropRecipe(), 9) for t in tasks])
     report = verify_labels(records, det, None)
     assert report.ok, report.summary()
-    small = CropRecipe(min_face=5)
+    small = CropRecipe(ignore_under=5)
     records = np.concatenate([plan_crops(t, small, 9) for t in tasks])
     assert verify_labels(records, det, None, detection_rules=DetectionRules.from_recipes(small)).ok
     assert not verify_labels(records, det, None).ok  # tiny-face positives are ignore regions at 20 px

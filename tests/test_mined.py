@@ -35,7 +35,7 @@ def _rules(recipe: MiningRecipe) -> DetectionRules:
 
 
 def _task(tmp_path) -> ImageTask:
-    return next(image_tasks(_manifest(tmp_path), ORIGIN_DETECTIONS, min_face=20))
+    return next(image_tasks(_manifest(tmp_path), ORIGIN_DETECTIONS, ignore_under=20))
 
 
 def _negatives(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -67,7 +67,7 @@ def mined_builds(corpus: dict, tmp_path_factory: pytest.TempPathFactory) -> dict
     det, lmk = corpus["root"] / "det_small.parquet", corpus["root"] / "lmk.parquet"
     pnet = mtcnn_pnet(root / "pnet.onnx", seed=1, prob_bias=0.8)
     rnet = mtcnn_rnet(root / "rnet.onnx", seed=2, prob_bias=3.0)
-    config = CascadeConfig(min_face=40)
+    config = CascadeConfig(pyramid_min_face=40)
     for stage, factory in (("rnet", CascadeFactory(str(pnet), config=config)),
                            ("onet", CascadeFactory(str(pnet), str(rnet), config=config))):
         build_dataset(det, lmk, root / stage, stage=stage, detector=factory, workers=1, progress=False)

@@ -103,7 +103,7 @@ def test_stats_json_matches_raw_wider_val(val_path: Path, realdata: Path, tmp_pa
     per_image = np.bincount(owners, minlength=len(names))
     assert stats["faces_per_image"]["buckets"]["11-50"] == int(((per_image >= 11) & (per_image <= 50)).sum())
     w, h = table[:, 2].astype(float), table[:, 3].astype(float)
-    side = np.maximum(w, h)[(w > 0) & (h > 0)]
+    side = np.minimum(w, h)[(w > 0) & (h > 0)]  # face size: the shorter side
     assert stats["face_size"]["buckets"]["16-32"] == int(((side >= 16) & (side < 32)).sum())
     assert stats["attributes"]["blur"]["heavy blur"] == int((table[:, COLUMNS.index("blur")] == 2).sum())
     # Survival at the four common inputs, aspect kept: a face is lost when its shorter side falls under 10 px.
@@ -267,8 +267,8 @@ def test_mean_shape_in_box_units() -> None:
     assert shape["std"] == [[0.05, 0.05], [0.0, 0.0]]
 
 
-@pytest.mark.parametrize(("args", "flag"), [(["--grid", "-4"], "--grid"), (["--min-face", "nan"], "--min-face"),
-                                            (["--min-face", "-1"], "--min-face")])
+@pytest.mark.parametrize(("args", "flag"), [(["--grid", "-4"], "--grid"), (["--survival-px", "nan"], "--survival-px"),
+                                            (["--survival-px", "-1"], "--survival-px")])
 def test_nonsense_report_option_is_a_one_line_error(val_path: Path, tmp_path: Path, args: list[str],
                                                     flag: str) -> None:
     result = CliRunner().invoke(main, ["report", str(val_path), "-o", str(tmp_path / "r"), *args])

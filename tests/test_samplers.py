@@ -105,7 +105,7 @@ def cuhk(realdata: Path) -> Manifest:
 
 
 def wider_tasks(manifest: Manifest, recipe: CropRecipe | None = None) -> list[ImageTask]:
-    return list(image_tasks(manifest, ORIGIN_DETECTIONS, min_face=(recipe or CropRecipe()).min_face))
+    return list(image_tasks(manifest, ORIGIN_DETECTIONS, ignore_under=(recipe or CropRecipe()).ignore_under))
 
 
 def _raster(box: np.ndarray, shape: tuple[int, int], inclusive: bool) -> np.ndarray:
@@ -143,12 +143,12 @@ def test_image_tasks_from_manifest(wider: Manifest) -> None:
     assert sum(len(t.boxes) for t in tasks) == len(wider.faces) == 14 + 19  # published counts (SOURCES.md)
     for task in tasks:
         assert Path(task.path).is_file() and task.points is None
-        side = np.maximum(task.boxes[:, 2] - task.boxes[:, 0], task.boxes[:, 3] - task.boxes[:, 1])
+        side = np.minimum(task.boxes[:, 2] - task.boxes[:, 0], task.boxes[:, 3] - task.boxes[:, 1])
         assert np.array_equal(task.usable, side >= 20)
         assert np.array_equal(wider.faces.loc[task.face_index, "x1"].to_numpy(), task.boxes[:, 0])
     unsized = Manifest(wider.images.assign(width=None), wider.faces, wider.provenance)
     with pytest.raises(FacedataError, match="--images"):
-        next(image_tasks(unsized, ORIGIN_DETECTIONS, min_face=20))
+        next(image_tasks(unsized, ORIGIN_DETECTIONS, ignore_under=20))
 
 
 def test_plan_crops_is_deterministic(wider: Manifest) -> None:
@@ -226,7 +226,7 @@ def test_invalid_and_degenerate_faces_are_ignore_regions(realdata: Path) -> None
 
 def _task(width: int, height: int, boxes: np.ndarray) -> ImageTask:
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     return ImageTask(0, "synthetic", "", width, height, ORIGIN_DETECTIONS, boxes,
                      np.arange(len(boxes), dtype=np.int32), side >= 20, None)
 
@@ -347,7 +347,7 @@ def test_rotated_linear_crops_tend_to_the_unrotated_ones() -> None:
 
 def test_landmark_samples_on_cuhk(cuhk: Manifest) -> None:
     recipe = LandmarkRecipe()
-    tasks = list(image_tasks(cuhk, ORIGIN_LANDMARKS, min_face=recipe.min_face))
+    tasks = list(image_tasks(cuhk, ORIGIN_LANDMARKS, ignore_under=recipe.ignore_under))
     assert len(tasks) == len(cuhk.images) and tasks[0].points.shape == (1, 5, 2)
     records = np.concatenate([plan_landmarks(t, recipe, seed=5) for t in tasks])
     assert len(records) > 5 * len(tasks)
@@ -479,7 +479,7 @@ def test_one_usable_rule_for_filter_stats_and_samplers(wider: Manifest) -> None:
     assert (DropInvalid().apply(manifest).faces["ignore"].to_numpy(bool) == flagged).all()
     usable = np.concatenate([t.usable for t in wider_tasks(manifest)])
     order = np.concatenate([t.face_index for t in wider_tasks(manifest)])
-    assert (usable == usable_rows(faces, CropRecipe().min_face)[order]).all()
+    assert (usable == usable_rows(faces, CropRecipe().ignore_under)[order]).all()
 
 
 # --- recipes: landmark variants, defaults at full scale, the reference preset (issue 8 §5) ----------------
@@ -518,20 +518,21 @@ def _wider_geometry(realdata: Path, n: int) -> Manifest:
 
 
 def _planned(manifest: Manifest, origin: int, recipe, seeds: range) -> dict[int, int]:
-    table = task_table(manifest, origin, min_face=recipe.min_face, roots={r: "." for r in set(manifest.images["root"])})
+    table = task_table(manifest, origin, ignore_under=recipe.ignore_under, face_side=recipe.face_side,
+                       roots={r: "." for r in set(manifest.images["root"])})
     plan = plan_crops if origin == ORIGIN_DETECTIONS else plan_landmarks
     labels = np.concatenate([plan(table[i], recipe, s)["label"] for s in seeds for i in range(len(table))])
     return {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)}
 
 
 def test_default_landmark_yield_reaches_the_mix_at_full_scale(realdata: Path) -> None:
-    """Full WIDER train plans 393,705 positives with the default crop recipe (benchmarks/plan_counts.py), so
-    3:1:1:2 wants 787,410 landmark samples from CUHK's 10,000 faces: 78.7 per face. One sample per kept
-    shift gave 5.7."""
+    """Full WIDER train plans 326,445 positives with the default crop recipe (benchmarks/plan_counts.py; faces
+    of shorter side >= 20), so 3:1:1:2 wants 652,890 landmark samples from CUHK's 10,000 faces: 65.3 per
+    face. One sample per kept shift gave 5.7."""
     cuhk = _cuhk_geometry(realdata, 400, step=25)
     per_face = _planned(cuhk, ORIGIN_LANDMARKS, LandmarkRecipe(), range(1))[LABEL_LANDMARK] / len(cuhk.faces)
-    assert per_face > 78.7 * 1.05
-    assert CropRecipe().negatives_per_image * 12_880 + 268_098 > 3 * 393_705  # near negatives: plan_counts
+    assert per_face > 65.3 * 1.05
+    assert CropRecipe().negatives_per_image * 12_880 + 208_037 > 3 * 326_445  # near negatives: plan_counts
 
 
 def test_reference_landmark_variants_enumerate_as_the_reference(realdata: Path) -> None:
@@ -539,7 +540,7 @@ def test_reference_landmark_variants_enumerate_as_the_reference(realdata: Path) 
     mirror (p = 0.5 each): 3.5 per kept shift before the (0, 1) filter; drawn from (seed, image id)."""
     cuhk = _cuhk_geometry(realdata, 200, step=50)
     recipe = LandmarkRecipe(variants="reference", shifts_per_face=10, copies_per_shift=1, include_original=False)
-    table = task_table(cuhk, ORIGIN_LANDMARKS, min_face=recipe.min_face, roots={"cuhk_lfw_net": "."})
+    table = task_table(cuhk, ORIGIN_LANDMARKS, ignore_under=recipe.ignore_under, roots={"cuhk_lfw_net": "."})
     unfiltered = replace(recipe, max_rotation=0.001)  # (nearly) nothing leaves [0, 1]
     records = np.concatenate([plan_landmarks(table[i], unfiltered, 3) for i in range(len(table))])
     kinds = {(bool(m), round(float(a), 3)) for m, a in zip(records["mirror"], records["angle"], strict=True)}
@@ -670,7 +671,8 @@ def test_reference_preset_counts_match_the_documented_reference_rules(realdata: 
     for label, n in theirs.items():
         assert abs(ours[label] - n) <= 0.03 * n, (label, ours[label], n)
     fixed, _ = preset_recipes("fixed", 12)
-    assert fixed == CropRecipe() and crop.plus_one_iou and crop.ignore_cover == 1 and crop.min_face == 19
+    assert fixed == CropRecipe() and crop.plus_one_iou and crop.ignore_cover == 1 and crop.ignore_under == 19
+    assert crop.face_side == landmarks.face_side == "larger" and fixed.face_side == "shorter"
 
 
 def test_cli_recipe_preset_is_recorded_and_given_options_override_it(tmp_path: Path) -> None:
@@ -704,8 +706,8 @@ def test_cli_recipe_preset_is_recorded_and_given_options_override_it(tmp_path: P
     assert recipes("fixed") == (fixed[0].to_dict(), fixed[1].to_dict())
     reference = preset_recipes("reference", 12)
     assert recipes("ref", "--recipe", "reference") == (reference[0].to_dict(), reference[1].to_dict())
-    crop, landmarks = recipes("mixed", "--recipe", "reference", "--min-face", "30", "--landmark-shifts", "80")
-    assert crop == replace(reference[0], min_face=30.0).to_dict()
+    crop, landmarks = recipes("mixed", "--recipe", "reference", "--ignore-under", "30", "--landmark-shifts", "80")
+    assert crop == replace(reference[0], ignore_under=30.0).to_dict()
     assert landmarks == replace(reference[1], shifts_per_face=80).to_dict()
     assert recipes("variants", "--landmark-variants", "reference")[1] == replace(
         fixed[1], variants="reference", copies_per_shift=1).to_dict()

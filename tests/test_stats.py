@@ -79,7 +79,7 @@ def test_flags_and_size_histogram(val: Manifest, raw) -> None:
     assert stats["flags"]["invalid"] == int((table[:, 7] == 1).sum()) == 585
     buckets = stats["face_size"]["buckets"]
     assert sum(buckets.values()) == 39703 - int(degenerate.sum())
-    side = np.maximum(w, h)[~degenerate]
+    side = np.minimum(w, h)[~degenerate]  # face size: the shorter side (facedata.faces)
     assert buckets["8-16"] == int(((side >= 8) & (side < 16)).sum())
     assert buckets["0-4"] == int((side < 4).sum())
     assert buckets[">=1024"] == int((side >= 1024).sum())

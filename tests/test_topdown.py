@@ -209,6 +209,18 @@ def test_one_or_two_workers_write_identical_shards(coco: Path) -> None:
     assert shards[0] == shards[1]
 
 
+def test_the_library_call_builds_what_the_cli_builds(coco: Path) -> None:
+    """`build topdown` only parses options: stages.topdown.build_topdown assembles the recipe (like build pfld),
+    so a script gets the CLI's dataset (its default --shard-size 256MB given), fingerprint included."""
+    from facedata.stages.topdown import build_topdown
+
+    recipe = {"input": (192, 256), "margin": 1.25, "keep_unlabelled": False, "interpolation": "linear"}
+    build_topdown(coco / "coco.parquet", coco / "lib", recipe, workers=1, progress=False, shard_bytes=256 * 10**6)
+    cli, lib = (json.loads((coco / d / "index.json").read_text()) for d in ("w1", "lib"))
+    assert lib["fingerprint"] == cli["fingerprint"]
+    assert [s["sha256"] for s in lib["shards"]] == [s["sha256"] for s in cli["shards"]]
+
+
 def test_mixed_schemes_are_refused(coco: Path) -> None:
     manifest = Manifest.read(coco / "coco.parquet")
     faces = manifest.faces

@@ -3,7 +3,7 @@
 Follows the reference detector ([A] Detection/MtcnnDetector.py, spec §3) with these documented choices:
 - boxes are continuous x1, y1, x2, y2 (x2 = x + w, the manifest convention): widths are x2 − x1, not the
   reference's x2 − x1 + 1, in calibration, squaring, NMS areas and crops;
-- pyramid scales m·factor^k, m = 12/min_face, while the resized image's shorter side is ≥ 12 (the
+- pyramid scales m·factor^k, m = 12/pyramid_min_face, while the resized image's shorter side is ≥ 12 (the
   reference stops at > 12, dropping a level whose map would be 1 cell wide); PNet cells map back with
   the true per-axis resize ratio (int() truncation of the level size included) and are not rounded;
 - the RNet/ONet crops are the squared, rounded boxes, zero-padded outside the image, sampled bilinearly
@@ -20,7 +20,7 @@ wants recall, since a face the previous stage misses never becomes a positive or
 Measured with the real pretrained MTCNN (facenet-pytorch's weights) on the 79 COCO photos of realdata:
 PNet proposes 364 boxes per image at 0.3 against 124 at 0.6 for about the same CPU time (the pyramid
 pass dominates); PNet + RNet keep 64 against 5 at (0.3, 0.1) against (0.6, 0.7), for 1.6× the time.
-[K] for WIDER uses (0.5, 0.5, 0.3) with min_face 10, factor 0.79; the paper's factor is 0.709.
+[K] for WIDER uses (0.5, 0.5, 0.3) with minsize 10, factor 0.79; the paper's factor is 0.709.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ ModelSpec = str | os.PathLike[str] | Callable[[np.ndarray], tuple[np.ndarray, ..
 class CascadeConfig:
     """Pyramid, thresholds and NMS overlaps of the cascade (defaults: see module docstring)."""
 
-    min_face: float = 20
+    pyramid_min_face: float = 20  # smallest face (px) the image pyramid searches (--pyramid-min-face)
     factor: float = 0.79
     thresholds: tuple[float, float, float] = DETECTION_THRESHOLDS
     nms_per_scale: float = 0.5
@@ -57,8 +57,8 @@ class CascadeConfig:
     rnet_batch: int = 256
 
     def __post_init__(self) -> None:
-        if not self.min_face > 0:
-            raise FacedataError(f"--min-face (min_face) must be > 0, not {self.min_face}")
+        if not self.pyramid_min_face > 0:
+            raise FacedataError(f"--pyramid-min-face must be > 0, not {self.pyramid_min_face}")
         if not 0 < self.factor < 1:
             raise FacedataError(f"--factor (pyramid scale step) must be in (0, 1), not {self.factor}")
         if len(self.thresholds) != 3:
@@ -170,8 +170,8 @@ class Cascade:
         return image
 
     def scales(self, height: int, width: int) -> list[float]:
-        """Pyramid scales m·factor^k (m = 12/min_face) while the level's shorter side is ≥ 12."""
-        out, s = [], CELL / float(self.config.min_face)
+        """Pyramid scales m·factor^k (m = 12/pyramid_min_face) while the level's shorter side is ≥ 12."""
+        out, s = [], CELL / float(self.config.pyramid_min_face)
         while min(int(height * s), int(width * s)) >= CELL:
             out.append(s)
             s *= self.config.factor

@@ -56,12 +56,14 @@ def ignore_cover(crops: np.ndarray, regions: np.ndarray) -> np.ndarray:
     return inter / ((x2 - x1) * (y2 - y1))[None, :]
 
 
-def usable(boxes: np.ndarray, flagged: np.ndarray, min_face: float) -> np.ndarray:
+def usable(boxes: np.ndarray, flagged: np.ndarray, ignore_under: float, face_side: str = "shorter") -> np.ndarray:
     """Faces that may be sampled: not flagged (invalid / kept as ignore region), positive width and height,
-    larger side >= min_face. Every other face is an ignore region."""
+    and a size >= ignore_under, the size being the shorter side (the larger for a recipe recorded with
+    face_side "larger", the reference preset). Every other face is an ignore region."""
     b = _f64(boxes).reshape(-1, 4)
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    return ~np.asarray(flagged, bool) & (w > 0) & (h > 0) & (np.maximum(w, h) >= min_face)
+    size = np.minimum(w, h) if face_side == "shorter" else np.maximum(w, h)
+    return ~np.asarray(flagged, bool) & (w > 0) & (h > 0) & (size >= ignore_under)
 
 
 def box_offsets(crops: np.ndarray, faces: np.ndarray, mirror: np.ndarray) -> np.ndarray:

@@ -49,7 +49,14 @@ def _pick(cls: type, values: Mapping[str, Any] | Any | None) -> Any:
         return cls()
     if not isinstance(values, Mapping):
         values = values.to_dict()
+    if "min_face" in values and "ignore_under" not in values:  # recorded before the rule had its name: larger side
+        values = {**values, "ignore_under": values["min_face"], "face_side": "larger"}
     return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def _check_side(face_side: str) -> None:
+    if face_side not in ("shorter", "larger"):
+        raise ValueError(f"unknown face_side {face_side!r}")
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,16 @@ class DetectionRules:
     part_iou: float = 0.4
     positive_iou: float = 0.65
     ignore_cover: float = 0.0
-    min_face: float = 20.0
+    ignore_under: float = 20.0
+    face_side: str = "shorter"
     plus_one_iou: bool = False
     mined: bool = False
     min_size: float = 0.0
     max_negatives_per_image: int | None = None
     pad_border: bool = False
+
+    def __post_init__(self) -> None:
+        _check_side(self.face_side)
 
     @classmethod
     def from_recipes(cls, crop: Mapping[str, Any] | Any | None, mining: Mapping[str, Any] | Any | None = None
@@ -76,8 +87,8 @@ class DetectionRules:
             return rules
         mined = _pick(cls, mining)
         return DetectionRules(
-            rules.negative_iou, rules.part_iou, rules.positive_iou, rules.ignore_cover, rules.min_face,
-            rules.plus_one_iou, True, mined.min_size, mined.max_negatives_per_image, mined.pad_border,
+            rules.negative_iou, rules.part_iou, rules.positive_iou, rules.ignore_cover, rules.ignore_under,
+            rules.face_side, rules.plus_one_iou, True, mined.min_size, mined.max_negatives_per_image, mined.pad_border,
         )
 
     def label_of(self, overlap: np.ndarray) -> np.ndarray:
@@ -90,10 +101,14 @@ class DetectionRules:
 class LandmarkRules:
     min_iou: float = 0.65
     max_rotation: float = 5.0
-    min_face: float = 20.0
+    ignore_under: float = 20.0
+    face_side: str = "shorter"
     scheme: str = "mtcnn5"
     mirror: bool = True
     plus_one_iou: bool = False
+
+    def __post_init__(self) -> None:
+        _check_side(self.face_side)
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any] | Any | None) -> LandmarkRules:
@@ -365,7 +380,7 @@ class _Oracle:
                    lambda k: f"expected 0 for a {LABEL_NAMES[int(labels[k])]}, found {float(angles[k])}")
         checks.zeros(rows, "landmarks")
         crops = r["crop"][rows].astype(np.float64)
-        can_sample = usable(table.boxes, table.flagged, rules.min_face)
+        can_sample = usable(table.boxes, table.flagged, rules.ignore_under, rules.face_side)
         best = np.zeros(len(rows))  # best IoU with any face of the image
         cover = np.zeros(len(rows))  # largest covered fraction of an ignore region
         for image, sel in _by_image(r["image_index"][rows].astype(np.int64)):
@@ -438,7 +453,8 @@ class _Oracle:
             raise FacedataError(f"landmark manifest has {table.points.shape[1]} points, scheme {scheme.name!r} "
                                 f"has {scheme.num_points}")
         complete = np.isfinite(table.points).all(axis=(1, 2))
-        good = self._face_check(checks, rows, table, usable(table.boxes, table.flagged, rules.min_face) & complete)
+        can_sample = usable(table.boxes, table.flagged, rules.ignore_under, rules.face_side) & complete
+        good = self._face_check(checks, rows, table, can_sample)
         rows = rows[good]
         face = r["face_index"][rows].astype(np.int64)
         crops = r["crop"][rows].astype(np.float64)

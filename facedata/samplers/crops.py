@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.faces import large_enough
+from facedata.faces import SIDES, large_enough
 from facedata.samplers.geometry import offsets_for
 from facedata.samplers.iou import coverage_matrix, iou_matrix, iou_pairs
 from facedata.samplers.tasks import ImageTask
@@ -47,11 +47,12 @@ class CropRecipe:
 
     size: int = 12  # output side in pixels
     min_crop: int | None = None  # smallest negative crop side; None = size
-    negatives_per_image: int = 75  # reference 50: 3:1:1:2 at full WIDER needs ~71 (benchmarks/plan_counts.py)
+    negatives_per_image: int = 75  # reference 50: 3:1:1:2 at full WIDER needs ~60 (benchmarks/plan_counts.py)
     negative_max_tries: int = 1000  # bound of the random-negative loop per image
     near_negatives_per_face: int = 5
     positive_tries_per_face: int = 20
-    min_face: float = 20.0  # larger face side below this: not sampled, ignore region
+    ignore_under: float = 20.0  # faces whose size is under this (px) are not sampled: ignore regions
+    face_side: str = "shorter"  # the face size: facedata.faces.SIDES ("larger": --recipe reference only)
     negative_iou: float = 0.3
     part_iou: float = 0.4
     positive_iou: float = 0.65
@@ -78,6 +79,8 @@ class CropRecipe:
             raise FacedataError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
         if self.draws not in DRAWS:
             raise FacedataError(f"draws must be one of {DRAWS}, not {self.draws!r}")
+        if self.face_side not in SIDES:
+            raise FacedataError(f"face_side must be one of {SIDES}, not {self.face_side!r}")
 
     @property
     def crop_min(self) -> int:
@@ -175,10 +178,10 @@ def _random_negatives(task: ImageTask, recipe: CropRecipe, seed: int, usable: np
 
 
 def sampled_faces(task: ImageTask, recipe: CropRecipe) -> np.ndarray:
-    """task.usable restricted to the recipe's min_face (so verify_labels, which applies the recipe's
-    min_face to the manifest, sees the same ignore regions whatever min_face built the task); the
+    """task.usable restricted to the recipe's size rule (so verify_labels, which applies the recipe's
+    rule to the manifest, sees the same ignore regions whatever rule built the task); the
     reference draws also skip faces starting left of or above the image."""
-    usable = task.usable & large_enough(task.boxes, recipe.min_face)
+    usable = task.usable & large_enough(task.boxes, recipe.ignore_under, recipe.face_side)
     if recipe.draws == "reference":
         usable &= (task.boxes[:, 0] >= 0) & (task.boxes[:, 1] >= 0)
     return usable

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.faces import large_enough
+from facedata.faces import SIDES, large_enough
 from facedata.fusion.schemes import SCHEMES
 from facedata.samplers.crops import DRAWS, INTERPOLATIONS, shifted_squares
 from facedata.samplers.geometry import landmark_targets
@@ -37,7 +37,7 @@ VARIANTS = ("random", "reference")
 class LandmarkRecipe:
     size: int = 12
     # 100 x 2: about 94 samples per CUHK face, enough for 3:1:1:2 at full WIDER + CUHK scale
-    # (benchmarks/plan_counts.py: 79 needed per face); the reference draws 10 shifts, 3.5 variants each
+    # (benchmarks/plan_counts.py: 65 needed per face); the reference draws 10 shifts, 3.5 variants each
     shifts_per_face: int = 100
     copies_per_shift: int = 2
     include_original: bool = True
@@ -45,7 +45,8 @@ class LandmarkRecipe:
     mirror: bool = True
     max_rotation: float = 5.0
     scheme: str = "mtcnn5"
-    min_face: float = 20.0
+    ignore_under: float = 20.0  # faces whose size is under this (px) give no landmark sample
+    face_side: str = "shorter"  # the face size: facedata.faces.SIDES ("larger": --recipe reference only)
     jitter: float = 0.2
     scale_low: float = 0.8
     scale_high: float = 1.25
@@ -60,8 +61,8 @@ class LandmarkRecipe:
             raise FacedataError("need 0 <= min_iou < 1, max_rotation >= 0, 0 < scale_low <= scale_high")
         if self.interpolation not in INTERPOLATIONS:
             raise FacedataError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
-        if self.variants not in VARIANTS or self.draws not in DRAWS:
-            raise FacedataError(f"variants must be one of {VARIANTS} and draws one of {DRAWS}")
+        if self.variants not in VARIANTS or self.draws not in DRAWS or self.face_side not in SIDES:
+            raise FacedataError(f"variants must be one of {VARIANTS}, draws one of {DRAWS}, face_side one of {SIDES}")
         if self.variants == "reference" and self.copies_per_shift != 1:
             raise FacedataError("reference variants enumerate their own copies: copies_per_shift "
                                 "(--landmark-copies) must be 1")
@@ -85,7 +86,8 @@ def landmark_faces(task: ImageTask, recipe: LandmarkRecipe) -> np.ndarray:
     reference draws also skip faces starting left of or above the image)."""
     if task.points is None:
         return np.zeros(0, np.int64)
-    ok = task.usable & large_enough(task.boxes, recipe.min_face) & np.isfinite(task.points).all(axis=(1, 2))
+    ok = task.usable & large_enough(task.boxes, recipe.ignore_under, recipe.face_side)
+    ok &= np.isfinite(task.points).all(axis=(1, 2))
     if recipe.draws == "reference":
         ok &= (task.boxes[:, 0] >= 0) & (task.boxes[:, 1] >= 0)
     return np.flatnonzero(ok)

@@ -43,7 +43,7 @@ class MiningRecipe:
     positive_iou: float = 0.65
     max_negatives_per_image: int = 60
     min_size: float = 20  # squared detections smaller than this are dropped
-    min_face: float = 20  # GT faces whose larger side is smaller are ignore regions (build tasks with it)
+    ignore_under: float = 20  # GT faces whose shorter side is under this are ignore regions (build tasks with it)
     pad_border: bool = False
     negative_choice: str = "random"
     plus_one_iou: bool = False  # reference (x2 − x1 + 1) areas, for reproducing its numbers only
@@ -64,7 +64,7 @@ class MiningRecipe:
             negative_iou=self.negative_iou,
             part_iou=self.part_iou,
             positive_iou=self.positive_iou,
-            min_face=self.min_face,
+            ignore_under=self.ignore_under,
             plus_one_iou=self.plus_one_iou,
         )
 

@@ -57,7 +57,7 @@ class FaceArrays:
         return self.order[self.starts[image_index] : self.starts[image_index + 1]]
 
 
-def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
+def face_arrays(manifest: Manifest, ignore_under: float, face_side: str = "shorter") -> FaceArrays:
     import pandas as pd
 
     faces = manifest.faces
@@ -66,7 +66,7 @@ def face_arrays(manifest: Manifest, min_face: float) -> FaceArrays:
     if (image_of_face < 0).any():
         raise FacedataError("manifest has faces of images that are not in its images table")
     boxes = face_boxes(faces)
-    usable = usable_rows(faces, min_face)
+    usable = usable_rows(faces, ignore_under, face_side)
     order = np.argsort(image_of_face, kind="stable")
     starts = np.searchsorted(image_of_face[order], np.arange(len(image_ids) + 1))
     return FaceArrays(boxes, usable, image_of_face, order, starts, *_points(faces))
@@ -143,7 +143,8 @@ class TaskTable:
 
 
 def task_table(
-    manifest: Manifest, origin: int, *, min_face: float, roots: dict[str, str] | None = None
+    manifest: Manifest, origin: int, *, ignore_under: float, face_side: str = "shorter",
+    roots: dict[str, str] | None = None,
 ) -> TaskTable:
     """The TaskTable of a manifest (image_index = row of the images table)."""
     if origin not in (ORIGIN_DETECTIONS, ORIGIN_LANDMARKS):
@@ -162,14 +163,15 @@ def task_table(
         paths=[os.path.abspath(p) for p in manifest.image_paths(roots)],
         widths=images["width"].to_numpy(np.int64),
         heights=images["height"].to_numpy(np.int64),
-        faces=face_arrays(manifest, min_face),
+        faces=face_arrays(manifest, ignore_under, face_side),
     )
 
 
 def image_tasks(
-    manifest: Manifest, origin: int, *, min_face: float, roots: dict[str, str] | None = None
+    manifest: Manifest, origin: int, *, ignore_under: float, face_side: str = "shorter",
+    roots: dict[str, str] | None = None,
 ) -> Iterator[ImageTask]:
     """One ImageTask per manifest image, in manifest order (image_index = row)."""
-    table = task_table(manifest, origin, min_face=min_face, roots=roots)
+    table = task_table(manifest, origin, ignore_under=ignore_under, face_side=face_side, roots=roots)
     for i in range(len(table)):
         yield table[i]

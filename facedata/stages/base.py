@@ -65,9 +65,11 @@ class Stage:
     def record_dtype(self, config: BuildConfig) -> np.dtype:
         return sample_dtype(len(config.landmarks.flip_permutation))
 
-    def min_face(self, origin: int, config: BuildConfig) -> float:
-        """Faces of this origin smaller than this are ignore regions (the task tables are built with it)."""
-        return config.crop.min_face if origin == ORIGIN_DETECTIONS else config.landmarks.min_face
+    def size_rule(self, origin: int, config: BuildConfig) -> tuple[float, str]:
+        """(px, side): faces of this origin whose side is under px are ignore regions (the task tables are
+        built with it; facedata.faces)."""
+        recipe = config.crop if origin == ORIGIN_DETECTIONS else config.landmarks
+        return recipe.ignore_under, recipe.face_side
 
     def decodes(self, origin: int) -> bool:
         """Whether planning an image of this origin needs its pixels (and the model)."""

@@ -85,16 +85,16 @@ class MinedStage(Stage):
         self, crop: CropRecipe | None, landmarks: LandmarkRecipe | None, mining: MiningRecipe | None,
         detector: Callable[[], Any] | None,
     ) -> BuildConfig:
-        """The labels follow the mining recipe (its thresholds and min_face are the crop recipe that
+        """The labels follow the mining recipe (its thresholds and ignore_under are the crop recipe that
         verify --labels re-derives them with); the crop recipe given sets only the interpolation."""
         if detector is None:
             raise FacedataError(f"build {self.name} needs the previous cascade stage(s) as a detector")
         mining = mining or MiningRecipe(size=self.size)
         if mining.size != self.size:
             raise FacedataError(f"{self.name} samples are {self.size} px; the mining recipe says {mining.size}")
-        if crop is not None and crop.min_face != mining.min_face:
-            raise FacedataError(f"min_face given twice: crop recipe {crop.min_face:g}, mining recipe "
-                                f"{mining.min_face:g} (mined stages take it from the mining recipe)")
+        if crop is not None and (crop.ignore_under, crop.face_side) != (mining.ignore_under, "shorter"):
+            raise FacedataError(f"ignore_under given twice: crop recipe {crop.ignore_under:g} ({crop.face_side} side), "
+                                f"mining recipe {mining.ignore_under:g} (mined stages take it from the mining recipe)")
         base = super().configure(crop, landmarks, None, None)
         labels = replace(mining.crop_recipe(), interpolation=base.crop.interpolation)
         return BuildConfig(labels, base.landmarks, mining, detector)

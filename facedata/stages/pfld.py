@@ -61,8 +61,8 @@ class PfldStage(Stage):
         assert isinstance(config, PfldConfig) and config.pfld is not None
         return pfld_dtype(config.pfld.num_points)
 
-    def min_face(self, origin: int, config: BuildConfig) -> float:
-        return 0.0  # every face with enough present points is a sample (PFLD has no size limit)
+    def size_rule(self, origin: int, config: BuildConfig) -> tuple[float, str]:
+        return 0.0, "shorter"  # every face with enough present points is a sample (PFLD has no size limit)
 
     def plan(
         self, task: ImageTask, config: BuildConfig, seed: int, image: np.ndarray | None, model: Callable[[], Any]

@@ -7,8 +7,10 @@ the build's crop recipe. Nothing is mixed (every planned crop is written) and no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +39,8 @@ class TopDownStage(Stage):
     def record_dtype(self, config: BuildConfig) -> np.dtype:
         return topdown_dtype(config.crop.num_points)
 
-    def min_face(self, origin: int, config: BuildConfig) -> float:
-        return 0.0  # every annotated box counts; crowd and filtered ones are ignore regions anyway
+    def size_rule(self, origin: int, config: BuildConfig) -> tuple[float, str]:
+        return 0.0, "shorter"  # every annotated box counts; crowd and filtered ones are ignore regions anyway
 
     def plan(self, task: ImageTask, config: BuildConfig, seed: int, image: np.ndarray | None,
              model: Callable[[], Any]) -> tuple[np.ndarray, list[int] | None]:
@@ -71,3 +73,22 @@ class TopDownStage(Stage):
 
 
 STAGES.register("topdown")(TopDownStage("topdown", 0))
+
+
+def build_topdown(keypoints: str | os.PathLike[str], out_dir: str | os.PathLike[str], recipe: dict[str, Any],
+                  **options: Any) -> dict[str, Any]:
+    """Build top-down crops from a keypoint manifest; `recipe` holds TopDownRecipe fields except the scheme and
+    its point count (the manifest's), `options` build_dataset's (backend, seed, workers, roots, ...)."""
+    from facedata.build import build_dataset
+    from facedata.fusion.schemes import SCHEMES
+    from facedata.manifest import Manifest
+    from facedata.paths import sha256_file
+    from facedata.samplers.topdown import manifest_scheme
+
+    manifest = Manifest.read(keypoints)
+    scheme = manifest_scheme(manifest)
+    crop = TopDownRecipe(scheme=scheme, num_points=SCHEMES.get(scheme).num_points, **recipe)
+    files = {"keypoints_file": {"name": Path(keypoints).name, "sha256": sha256_file(keypoints)}}
+    extra = {**options.pop("extra_provenance", {}), **files}
+    return build_dataset(keypoints, None, out_dir, stage="topdown", crop_recipe=crop, mix=False,
+                         extra_provenance=extra, **options)

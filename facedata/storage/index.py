@@ -88,7 +88,7 @@ def fingerprint(layout: dict, provenance: dict) -> str:
 
 def differences(index: dict, layout: dict, provenance: dict, limit: int = 8) -> list[str]:
     """What differs between an index's build and a (layout, provenance), one dotted key per item:
-    `seed: 0 -> 1`, `inputs.detections.sha256 changed`, `crop_recipe.min_face: 20.0 -> 40.0`."""
+    `seed: 0 -> 1`, `inputs.detections.sha256 changed`, `crop_recipe.ignore_under: 20.0 -> 40.0`."""
     old = _flatten(_stable({k: index.get(k) for k in layout}, index.get("provenance", {})))
     new = _flatten(_stable(layout, provenance))
     items = []
