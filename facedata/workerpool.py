@@ -42,7 +42,7 @@ class Runner:
     def __init__(self, job: Any, workers: int) -> None:
         from facedata.buildworker import init_worker
 
-        self.workers = max(1, workers)
+        self.workers = self.slots = max(1, workers)
         self.pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
             self.pool = ProcessPoolExecutor(

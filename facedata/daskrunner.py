@@ -1,0 +1,131 @@
+"""The Dask engines (`--engine dask|dask-local`): a build's chunk jobs as tasks on a Dask distributed cluster.
+
+A task runs the local pool's worker function (facedata.buildworker.plan_chunk / render_chunk) and returns
+its result to the build process, which writes the shards as it does for the local pool: same bytes. The
+job (task tables, recipes, the detector factory) reaches each worker once, in a WorkerPlugin that the
+scheduler also gives to workers that join or restart later; a worker builds its model (the ONNX sessions)
+on its first task and keeps it for the next ones.
+
+A worker that dies takes its running tasks and held results with it; the scheduler reruns them on the
+other workers (up to `distributed.scheduler.allowed-failures` times per task). Results are consumed in
+stream order, so no sample is written twice or missed. Progress (plan file, progress table, complete
+shards) is recorded by the build process, so an interrupted Dask build resumes like a local one, on
+either engine. Workers read the images and the plan file (in the output directory): both must be on
+storage every worker sees at the same path.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
+
+from facedata.buildworker import Job, forget_job, use_job
+from facedata.engines import Engine
+from facedata.errors import FacedataError
+
+_JOBS: dict[str, Job] = {}  # worker side: the jobs installed by _JobPlugin, by plugin name
+
+
+class _JobPlugin(WorkerPlugin):
+    """Installs a build's job on every worker of the cluster, present and future."""
+
+    def __init__(self, name: str, job: Job) -> None:
+        self.name, self.job = name, job
+
+    def setup(self, worker: Any) -> None:
+        _JOBS[self.name] = self.job
+
+    def teardown(self, worker: Any) -> None:
+        job = _JOBS.pop(self.name, None)
+        if job is not None:
+            forget_job(job)
+
+
+def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """A task: `fn(*args)` with the build's job installed (kept, with its model, for the next task)."""
+    use_job(_JOBS[name])
+    return fn(*args)
+
+
+class DaskRunner:
+    """Ordered results of chunk jobs run on a Dask cluster, at most `4 x slots` in flight."""
+
+    def __init__(self, client: Client, job: Job, cluster: LocalCluster | None = None) -> None:
+        self.client, self.cluster = client, cluster
+        self.name = f"facedata-job-{uuid.uuid4().hex}"
+        client.register_plugin(_JobPlugin(self.name, job), name=self.name)
+        self.slots = max(1, sum(client.nthreads().values()))
+        self.pending: deque = deque()
+
+    @classmethod
+    def start(cls, engine: Engine, job: Job, workers: int, progress: bool) -> DaskRunner:
+        """Connect to `engine.scheduler` (dask) or start a LocalCluster of `workers` processes (dask-local)."""
+        cluster = None
+        if engine.scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(engine.scheduler, timeout=engine.timeout)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise FacedataError(f"--scheduler {engine.scheduler}: no Dask scheduler answered within "
+                                    f"{engine.timeout:g} s ({exc})") from None
+        try:
+            client.wait_for_workers(1, timeout=engine.timeout)
+            runner = cls(client, job, cluster)
+        except BaseException as exc:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            if isinstance(exc, TimeoutError):
+                raise FacedataError(f"--scheduler {engine.scheduler}: no Dask worker joined within "
+                                    f"{engine.timeout:g} s (start some: dask worker ADDRESS --nthreads 1)") from None
+            raise
+        if progress:
+            print(f"dask: {len(client.nthreads())} workers, {runner.slots} threads at {client.scheduler.address}; "
+                  f"dashboard {_dashboard(client)}", file=sys.stderr)
+        return runner
+
+    def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
+        window = 4 * self.slots
+        for args in jobs:
+            key = f"{fn.__name__}-{args[0]}-{uuid.uuid4().hex}"  # the dashboard groups tasks by the name
+            self.pending.append(self.client.submit(_run, self.name, fn, *args, key=key, pure=False))
+            if len(self.pending) >= window:
+                yield self._result()
+        while self.pending:
+            yield self._result()
+
+    def _result(self) -> Any:
+        future = self.pending.popleft()
+        try:
+            result = future.result()
+        except KilledWorker as exc:
+            raise FacedataError(f"Dask task {future.key} was lost with its worker too many times (see "
+                                f"distributed.scheduler.allowed-failures); a rerun resumes the build: {exc}") from None
+        future.release()
+        return result
+
+    def close(self, ok: bool) -> None:
+        """Cancel what is left, remove the job from the workers, disconnect (and stop a LocalCluster)."""
+        try:
+            if self.pending:
+                self.client.cancel(list(self.pending))
+                self.pending.clear()
+            self.client.unregister_worker_plugin(self.name)
+        finally:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def _dashboard(client: Client) -> str:
+    try:
+        return client.dashboard_link
+    except (KeyError, AttributeError):  # the scheduler serves no dashboard (bokeh not installed)
+        return "not served (pip install bokeh)"
