@@ -26,9 +26,12 @@ each worker renders what it has just planned, from the image it has just decoded
 decoded once, not twice) and the samples go straight to the writer; the plan file is still kept for
 resuming and for the mining report.
 
-Workers are started with forkserver (spawn off Linux): a plain fork of a process whose OpenCV thread
-pool has run can deadlock. As with any spawn-style pool, scripts calling build_dataset with
-workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must be picklable
+The chunks run on an engine (facedata.engines): the local process pool, or a Dask cluster whose tasks run
+the same worker functions and return their results here, to be written in image order: the same bytes on
+every engine. Local workers are started with forkserver (spawn off Linux): a plain fork of a process
+whose OpenCV thread pool has run can deadlock. As with any spawn-style pool, scripts calling
+build_dataset with workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must
+be picklable
 (CascadeFactory is; live in-process models need workers=1).
 
 Memory is bounded: workers get image-index ranges (the task list is sent once per worker), at most
@@ -43,10 +46,10 @@ only once the new one is complete. Unreadable or missing images are skipped and 
 (`strict=True` raises instead).
 
 Modules: this one (the entry point), facedata.stages (what each stage plans and renders),
-facedata.buildrun (the passes, resume), facedata.buildworker (what workers run), facedata.workerpool
-(the process pool), facedata.buildplan (the plan file), facedata.buildoutput (the output directory),
-facedata.buildprovenance (input hashes), facedata.buildsummary (the summary), facedata.buildoptions
-(option values).
+facedata.buildrun (the passes, resume), facedata.buildworker (what workers run), facedata.engines (where
+they run: facedata.workerpool, the process pool; facedata.daskrunner, Dask), facedata.buildplan (the
+plan file), facedata.buildoutput (the output directory), facedata.buildprovenance (input hashes),
+facedata.buildsummary (the summary), facedata.buildoptions (option values).
 """
 
 from __future__ import annotations
