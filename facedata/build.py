@@ -31,8 +31,7 @@ the same worker functions and return their results here, to be written in image 
 every engine. Local workers are started with forkserver (spawn off Linux): a plain fork of a process
 whose OpenCV thread pool has run can deadlock. As with any spawn-style pool, scripts calling
 build_dataset with workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must
-be picklable
-(CascadeFactory is; live in-process models need workers=1).
+be picklable (CascadeFactory is; live in-process models need workers=1).
 
 Memory is bounded: workers get image-index ranges (the task list is sent once per worker), at most
 `4 x workers` chunks are in flight (Pool.imap has no back-pressure, so a bounded window of ordered
