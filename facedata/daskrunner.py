@@ -16,6 +16,7 @@ storage every worker sees at the same path.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import uuid
 from collections import deque
@@ -57,7 +58,8 @@ class DaskRunner:
 
     def __init__(self, client: Client, job: Job, cluster: LocalCluster | None = None) -> None:
         self.client, self.cluster = client, cluster
-        self.name = f"facedata-job-{uuid.uuid4().hex}"
+        # one build at a time per output directory: a rerun replaces the job a killed build left on the workers
+        self.name = f"facedata-job-{hashlib.sha256(str(job.plan_path).encode()).hexdigest()[:16]}"
         client.register_plugin(_JobPlugin(self.name, job), name=self.name)
         self.slots = max(1, sum(client.nthreads().values()))
         self.pending: deque = deque()

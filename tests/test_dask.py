@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +185,36 @@ def test_a_stopped_dask_build_resumes_its_completed_tasks(
     else:
         assert summary["resumed_from_sample"] > 0
     assert snapshot(out) == snapshot(tmp_path / "reference")
+
+
+def test_a_build_killed_on_dask_resumes_byte_identical(corpus: dict, dask: Engine, tmp_path: Path) -> None:
+    """SIGKILL of the build process itself (its cluster keeps running), then a rerun on Dask."""
+    args = ["build", "pnet", "--detections", corpus["root"] / "det.parquet", "--landmarks",
+            corpus["root"] / "lmk.parquet", "--shard-size", "60KB", "-q"]
+    cli(*args, "-o", tmp_path / "reference", "--workers", 1)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-c", "from facedata.cli import main; main()", *map(str, args), "-o", str(out),
+               "--engine", "dask", "--scheduler", dask.scheduler, "--images-per-task", "1"]
+    build = subprocess.Popen(command)
+    try:
+        deadline = time.monotonic() + 120
+        while not _shards_done(out) and build.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert build.poll() is None, "the build ended before it could be killed"
+        os.kill(build.pid, signal.SIGKILL)
+    finally:
+        build.wait()
+    assert not (out / "index.json").exists()
+    cli(*args, "-o", out, "--engine", "dask", "--scheduler", dask.scheduler)
+    assert json.loads((out / "index.json").read_text())["summary"]["resumed_from_sample"] > 0
+    assert snapshot(out) == snapshot(tmp_path / "reference")
+
+
+def _shards_done(out: Path) -> int:
+    try:
+        return len(json.loads((out / "index.partial.json").read_text())["shards"])
+    except (OSError, ValueError):
+        return 0
 
 
 def test_output_and_image_roots_may_be_local_fsspec_urls(corpus: dict, dask: Engine, tmp_path: Path) -> None:
