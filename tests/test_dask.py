@@ -271,5 +271,5 @@ def test_dask_local_starts_its_own_cluster_and_prints_the_dashboard(corpus: dict
                                                          "--workers", 2]])
     assert result.exit_code == 0, result.output
     assert "dask: 2 workers, 2 threads" in result.output and "dashboard http" in result.output
-    assert "with 2 worker(s)" in result.output
+    assert "with 2 worker(s) on dask-local" in result.output
     assert snapshot(tmp_path / "dask") == snapshot(tmp_path / "local")
