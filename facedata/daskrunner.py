@@ -74,7 +74,10 @@ class DaskRunner:
         else:
             try:
                 client = Client(engine.scheduler, timeout=engine.timeout)
-            except (OSError, TimeoutError, ValueError) as exc:
+            except ValueError as exc:
+                raise FacedataError(f"--scheduler {engine.scheduler}: not a Dask address, e.g. tcp://HOST:8786 "
+                                    f"({exc})") from None
+            except (OSError, TimeoutError) as exc:
                 raise FacedataError(f"--scheduler {engine.scheduler}: no Dask scheduler answered within "
                                     f"{engine.timeout:g} s ({exc})") from None
         try:
