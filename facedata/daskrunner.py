@@ -69,7 +69,11 @@ class DaskRunner:
         """Connect to `engine.scheduler` (dask) or start a LocalCluster of `workers` processes (dask-local)."""
         cluster = None
         if engine.scheduler is None:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            try:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            except RuntimeError as exc:  # e.g. a script without an `if __name__ == "__main__":` guard
+                raise FacedataError(f"--engine dask-local: the LocalCluster did not start ({exc}; {exc.__cause__})"
+                                    ) from None
             client = Client(cluster)
         else:
             try:
