@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
 from typing import Any
 
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
@@ -61,7 +63,7 @@ class DaskRunner:
         # one build at a time per output directory: a rerun replaces the job a killed build left on the workers
         self.name = f"facedata-job-{hashlib.sha256(str(job.plan_path).encode()).hexdigest()[:16]}"
         client.register_plugin(_JobPlugin(self.name, job), name=self.name)
-        self.slots = max(1, sum(client.nthreads().values()))
+        self.slots, self.counted = max(1, sum(client.nthreads().values())), time.monotonic()
         self.pending: deque = deque()
 
     @classmethod
@@ -101,14 +103,19 @@ class DaskRunner:
         return runner
 
     def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
-        window = 4 * self.slots
         for args in jobs:
             key = f"{fn.__name__}-{args[0]}-{uuid.uuid4().hex}"  # the dashboard groups tasks by the name
             self.pending.append(self.client.submit(_run, self.name, fn, *args, key=key, pure=False))
-            if len(self.pending) >= window:
+            if len(self.pending) >= self._window():
                 yield self._result()
         while self.pending:
             yield self._result()
+
+    def _window(self) -> int:
+        """4 x the cluster's threads, recounted every few seconds: workers may join or leave a running build."""
+        if time.monotonic() - self.counted >= 5.0:
+            self.slots, self.counted = max(1, sum(self.client.nthreads().values())), time.monotonic()
+        return 4 * self.slots
 
     def _result(self) -> Any:
         future = self.pending.popleft()
@@ -117,6 +124,9 @@ class DaskRunner:
         except KilledWorker as exc:
             raise FacedataError(f"Dask task {future.key} was lost with its worker too many times (see "
                                 f"distributed.scheduler.allowed-failures); a rerun resumes the build: {exc}") from None
+        except CancelledError as exc:  # the scheduler went away (or cancelled the task)
+            raise FacedataError(f"Dask task {future.key} was cancelled by the cluster ({exc}); a rerun resumes the "
+                                "build") from None
         future.release()
         return result
 

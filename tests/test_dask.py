@@ -210,6 +210,25 @@ def test_a_build_killed_on_dask_resumes_byte_identical(corpus: dict, dask: Engin
     assert snapshot(out) == snapshot(tmp_path / "reference")
 
 
+def test_a_rerun_removes_the_temp_files_of_a_killed_build(corpus: dict, dask: Engine, tmp_path: Path) -> None:
+    """A build killed inside atomic_write leaves `.NAME.tmp-PID` behind (its cleanup never ran); the finished
+    dataset must not keep it."""
+    out = tmp_path / "out"
+
+    def stop(position: int) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _pnet(corpus, out, workers=1, on_write=stop)
+    stale = [out / ".build-progress.json.tmp-4242", out / ".index.partial.json.tmp-4243"]
+    for path in stale:
+        path.write_text("{")
+    _pnet(corpus, out, engine=dask)
+    assert not any(path.exists() for path in stale)
+    _pnet(corpus, tmp_path / "reference", workers=1)
+    assert snapshot(out) == snapshot(tmp_path / "reference")
+
+
 def _shards_done(out: Path) -> int:
     try:
         return len(json.loads((out / "index.partial.json").read_text())["shards"])
