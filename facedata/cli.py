@@ -481,15 +481,18 @@ def inspect(directory: Path, as_json: bool) -> None:
 # --- issue 3/4: build pnet|rnet|onet, preview ---------------------------------------------------------
 
 
-def _url_path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
-    """A path or file:// URL option as a local path (facedata.paths.local_path)."""
+def _output_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """-o as a local path: a path or a file:// URL (facedata.paths.local_path), not a file."""
     from facedata.paths import local_path
 
-    return None if value is None else local_path(value, max(param.opts, key=len))
+    path = local_path(value, "--output")
+    if path.is_file():
+        raise click.BadParameter(f"{value} is a file, not a directory", ctx, param)
+    return path
 
 
 _STORE_OPTIONS = [  # output, parallelism and safety options of every build
-    click.option("-o", "--output", required=True, callback=_url_path,
+    click.option("-o", "--output", required=True, callback=_output_dir,
                  help="Shard directory (a path, or a file:// URL): an interrupted build there resumes; a complete "
                  "one is never modified (same inputs and options: 'already complete'; others: an error unless "
                  "--overwrite)."),
@@ -511,7 +514,7 @@ _STORE_OPTIONS = [  # output, parallelism and safety options of every build
     click.option("--shard-size", default="256MB", show_default=True,
                  help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
     click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
-                 help="Image root override (repeatable; NAME is the manifest's root name)."),
+                 help="Image root override (repeatable; NAME is the manifest's root name; DIR may be a file:// URL)."),
     click.option("--strict", is_flag=True,
                  help="Stop at the first unreadable image instead of skipping it."),
     click.option("--overwrite", is_flag=True,

@@ -14,6 +14,7 @@ interrupted on one resumes on the other).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ class ChunkRunner(Protocol):
 
     slots: int
 
-    def ordered(self, fn: Any, jobs: Any) -> Any: ...
+    def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]: ...
 
     def close(self, ok: bool) -> None: ...
 
