@@ -16,6 +16,8 @@ storage every worker sees at the same path.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import sys
 import time
@@ -23,10 +25,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
+from pathlib import Path
 from typing import Any
 
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
 
+import facedata
 from facedata.buildworker import Job, forget_job, use_job
 from facedata.engines import Engine
 from facedata.errors import FacedataError
@@ -34,13 +38,27 @@ from facedata.errors import FacedataError
 _JOBS: dict[str, Job] = {}  # worker side: the jobs installed by _JobPlugin, by plugin name
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of facedata's source files: a worker running other code would write other bytes."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 class _JobPlugin(WorkerPlugin):
-    """Installs a build's job on every worker of the cluster, present and future."""
+    """Installs a build's job on every worker of the cluster, present and future, if it runs the same code."""
 
     def __init__(self, name: str, job: Job) -> None:
-        self.name, self.job = name, job
+        self.name, self.job, self.code = name, job, code_digest()
 
     def setup(self, worker: Any) -> None:
+        if code_digest() != self.code:
+            raise FacedataError(f"Dask worker {worker.address} runs another facedata (its source differs from the "
+                                f"build's, {facedata.__version__}): install the same version on every worker")
         _JOBS[self.name] = self.job
 
     def teardown(self, worker: Any) -> None:
@@ -51,7 +69,10 @@ class _JobPlugin(WorkerPlugin):
 
 def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
     """A task: `fn(*args)` with the build's job installed (kept, with its model, for the next task)."""
-    use_job(_JOBS[name])
+    job = _JOBS.get(name)
+    if job is None:
+        raise FacedataError(f"this Dask worker has no job {name}: its setup failed (see the worker's log)")
+    use_job(job)
     return fn(*args)
 
 
@@ -62,7 +83,12 @@ class DaskRunner:
         self.client, self.cluster = client, cluster
         # one build at a time per output directory: a rerun replaces the job a killed build left on the workers
         self.name = f"facedata-job-{hashlib.sha256(str(job.plan_path).encode()).hexdigest()[:16]}"
-        client.register_plugin(_JobPlugin(self.name, job), name=self.name)
+        try:
+            client.register_plugin(_JobPlugin(self.name, job), name=self.name)
+        except BaseException:  # e.g. a worker runs other code: the scheduler must not give the job to new ones
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                client.unregister_worker_plugin(self.name)
+            raise
         self.slots, self.counted = max(1, sum(client.nthreads().values())), time.monotonic()
         self.pending: deque = deque()
 

@@ -23,6 +23,7 @@ from facedata.build import CascadeFactory, build_dataset
 from facedata.cli import main
 from facedata.detect import CascadeConfig
 from facedata.engines import Engine
+from facedata.errors import FacedataError
 from facedata.samplers.mined import MiningRecipe
 from facedata.storage import verify_dataset
 
@@ -131,6 +132,17 @@ def test_mining_models_are_loaded_once_per_worker(corpus: dict, dask: Engine, tm
     assert str(os.getpid()) not in loads
     assert summary["mining"]["images"] == 4 and summary["workers"] == 2
     assert len(loads) == len(set(loads)) <= 2  # 4 mining tasks and the render tasks: one load per worker
+
+
+def test_workers_running_other_facedata_code_are_refused(
+    corpus: dict, dask: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import facedata.daskrunner
+
+    monkeypatch.setattr(facedata.daskrunner, "code_digest", lambda: "the build's code differs")  # this side only
+    with pytest.raises(FacedataError, match="runs another facedata .* install the same version on every worker"):
+        _pnet(corpus, tmp_path / "out", engine=dask)
+    assert not (tmp_path / "out" / "index.json").exists()
 
 
 def _pnet(corpus: dict, out: Path, **options) -> dict:
