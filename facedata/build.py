@@ -26,10 +26,12 @@ each worker renders what it has just planned, from the image it has just decoded
 decoded once, not twice) and the samples go straight to the writer; the plan file is still kept for
 resuming and for the mining report.
 
-Workers are started with forkserver (spawn off Linux): a plain fork of a process whose OpenCV thread
-pool has run can deadlock. As with any spawn-style pool, scripts calling build_dataset with
-workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must be picklable
-(CascadeFactory is; live in-process models need workers=1).
+The chunks run on an engine (facedata.engines): the local process pool, or a Dask cluster whose tasks run
+the same worker functions and return their results here, to be written in image order: the same bytes on
+every engine. Local workers are started with forkserver (spawn off Linux): a plain fork of a process
+whose OpenCV thread pool has run can deadlock. As with any spawn-style pool, scripts calling
+build_dataset with workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must
+be picklable (CascadeFactory is; live in-process models need workers=1).
 
 Memory is bounded: workers get image-index ranges (the task list is sent once per worker), at most
 `4 x workers` chunks are in flight (Pool.imap has no back-pressure, so a bounded window of ordered
@@ -43,10 +45,10 @@ only once the new one is complete. Unreadable or missing images are skipped and 
 (`strict=True` raises instead).
 
 Modules: this one (the entry point), facedata.stages (what each stage plans and renders),
-facedata.buildrun (the passes, resume), facedata.buildworker (what workers run), facedata.workerpool
-(the process pool), facedata.buildplan (the plan file), facedata.buildoutput (the output directory),
-facedata.buildprovenance (input hashes), facedata.buildsummary (the summary), facedata.buildoptions
-(option values).
+facedata.buildrun (the passes, resume), facedata.buildworker (what workers run), facedata.engines (where
+they run: facedata.workerpool, the process pool; facedata.daskrunner, Dask), facedata.buildplan (the
+plan file), facedata.buildoutput (the output directory), facedata.buildprovenance (input hashes),
+facedata.buildsummary (the summary), facedata.buildoptions (option values).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from facedata.buildprovenance import ManifestInput, load_tasks, manifest_sha256,
 from facedata.buildrun import PROGRESS_NAME, run_build
 from facedata.buildsummary import format_summary
 from facedata.buildworker import Job
+from facedata.engines import Engine
 from facedata.errors import FacedataError
 from facedata.manifest import command_line
 from facedata.samplers.crops import CropRecipe
@@ -78,7 +81,6 @@ from facedata.samples import LABEL_NAMES, LABEL_POSITIVE, ORIGIN_DETECTIONS, ORI
 from facedata.stages import STAGES, Stage
 from facedata.stages.mined import MINING_REPORT_NAME, CascadeFactory
 from facedata.storage.writer import shard_layout
-from facedata.workerpool import Runner, pool_context
 
 __all__ = [
     "MINING_REPORT_NAME", "PROGRESS_NAME", "CascadeFactory", "build_dataset", "format_summary",
@@ -114,6 +116,7 @@ def build_dataset(
     overwrite: bool = False,
     verify: bool = False,
     encoding: str = "raw",
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a shard directory for `stage`; returns the summary (also in index.json).
 
@@ -127,6 +130,8 @@ def build_dataset(
     options the summary says `already_complete` (`verify` re-hashes its shards first); of others it is an
     error unless `overwrite`, and then it is replaced only once the new one is complete.
     `encoding` stores each sample's image raw or as one PNG/JPEG (facedata.storage.codec).
+    `engine` runs the chunks (facedata.engines: the local pool by default, or Dask; `workers` is the
+    pool's or the LocalCluster's size); every engine writes the same bytes.
     """
     started = time.perf_counter()
     spec = STAGES.get(stage) if isinstance(stage, str) else stage  # a Stage: a registered one with its inputs
@@ -134,9 +139,10 @@ def build_dataset(
     ratio = dict(DEFAULT_RATIO if ratio is None else ratio)
     if mix and not (all(0 <= v < math.inf for v in ratio.values()) and ratio.get(LABEL_POSITIVE, 0) > 0):
         raise FacedataError(f"ratio {ratio}: every share must be a finite number >= 0, the positives' > 0")
+    engine = engine or Engine()
+    engine.check(workers)
     workers = max(1, os.cpu_count() or 1) if workers is None else max(1, workers)
-    if workers > 1:
-        pool_context()  # start the worker server while the manifests are turned into tasks
+    engine.prepare(workers)  # e.g. start the worker server while the manifests are turned into tasks
     record_dtype = spec.record_dtype(config)
 
     det_tasks, det_info = load_tasks(detections, ORIGIN_DETECTIONS, spec.size_rule(ORIGIN_DETECTIONS, config), roots)
@@ -170,9 +176,8 @@ def build_dataset(
             _check_images(lmk_tasks, "landmarks")
         plan_path = str(output.directory.resolve() / RECORDS_NAME)
         job = Job(spec, seed, det_tasks, lmk_tasks, config, record_dtype, plan_path)
-        chunk = chunk_images or max(1, min(spec.chunk_images, -(-job.n // (workers * 16))))
-
-        runner = Runner(job, workers)  # fork before any LMDB env exists in this process
+        runner = engine.runner(job, workers, progress)  # fork before any LMDB env exists in this process
+        chunk = chunk_images or max(1, min(spec.chunk_images, -(-job.n // (runner.slots * 16))))
         ok = False
         try:
             summary = run_build(
@@ -189,7 +194,8 @@ def build_dataset(
         finally:
             runner.close(ok)
         output.commit()
-        summary.update(seconds=round(time.perf_counter() - started, 3), workers=workers, out_dir=str(out_dir))
+        summary.update(seconds=round(time.perf_counter() - started, 3), engine=engine.name, workers=runner.slots,
+                       out_dir=str(out_dir))
         return summary
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from facedata.errors import FacedataError
+from facedata.paths import local_path
 
 MAX_SHARD_BYTES = 1 << 40
 
@@ -128,5 +128,5 @@ def parse_roots(values: Iterable[str], names: Iterable[str]) -> dict[str, str] |
             name, directory = names[0], value
         elif name not in names:  # a typo would silently leave the manifest's own root in use
             raise FacedataError(f"--images {value!r}: no image root named {name!r}; the manifests use {names}")
-        roots[name] = str(Path(directory).resolve())
+        roots[name] = str(local_path(directory, "--images").resolve())
     return roots

@@ -47,6 +47,9 @@ BUILD_FILE = re.compile(
 )
 
 
+TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")  # facedata.paths.atomic_write's temps
+
+
 def staging_dir(target: Path) -> Path:
     return target.with_name(f".{target.name}.staging")
 
@@ -130,6 +133,7 @@ def prepare_output(
     if not (target / INDEX_NAME).is_file():
         if overwrite and _partial_fingerprint(target) not in (None, wanted):
             _remove_build_files(target)
+        _remove_temps(target)
         return Output(target, target, fresh=_partial_fingerprint(target) is None)
     index = load_index(target)
     if index.get("fingerprint") == wanted:
@@ -155,6 +159,7 @@ def prepare_output(
         _remove_tree(staging, trash_dir(target))
     elif _partial_fingerprint(staging) not in (None, wanted):
         _remove_tree(staging, trash_dir(target))
+    _remove_temps(staging)
     return Output(target, staging, fresh=_partial_fingerprint(staging) is None)
 
 
@@ -237,6 +242,15 @@ def _partial_fingerprint(directory: Path) -> str | None:
     """Fingerprint of an interrupted build in `directory`, or None if there is none."""
     path = directory / PARTIAL_INDEX_NAME
     return str(read_json(path).get("fingerprint")) if path.is_file() else None
+
+
+def _remove_temps(directory: Path) -> None:
+    """Temp files of a build killed mid-write (atomic_write's cleanup never ran): under the output lock no
+    other build writes here, so every one is stale, and would stay in the finished dataset."""
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if TEMP_FILE.match(path.name) and path.is_file():
+                path.unlink()
 
 
 def _remove_build_files(directory: Path) -> None:

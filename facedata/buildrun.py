@@ -36,12 +36,12 @@ from facedata.buildworker import (
     plan_chunk,
     render_chunk,
 )
+from facedata.engines import ChunkRunner
 from facedata.errors import FacedataError
 from facedata.paths import atomic_write
 from facedata.samplers.mixing import MixPlan, mixing_plan
 from facedata.samples import LABEL_NAMES
 from facedata.storage import DatasetWriter
-from facedata.workerpool import Runner
 
 PROGRESS_NAME = "build-progress.npy"
 PROGRESS_META_NAME = "build-progress.json"
@@ -99,7 +99,7 @@ def _resume_point(table: np.ndarray | None, done: int) -> tuple[int, int]:
 
 
 def run_build(
-    runner: Runner, job: Job, out_dir: Path, *, backend: str, mix_ratio: dict[int, float] | None,
+    runner: ChunkRunner, job: Job, out_dir: Path, *, backend: str, mix_ratio: dict[int, float] | None,
     allow_repeat: bool, shard_bytes: int, block_samples: int | None, provenance: dict[str, Any], progress: bool,
     strict: bool, chunk: int, on_write: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
     started: float, encoding: str = "raw",
@@ -201,7 +201,7 @@ class _Output:
 
 
 def _render_pass(
-    runner: Runner, job: Job, plan: PlanFile, output: _Output, lo: int, hi: int, mix: MixPlan | None,
+    runner: ChunkRunner, job: Job, plan: PlanFile, output: _Output, lo: int, hi: int, mix: MixPlan | None,
     chunk: int, progress: bool,
 ) -> None:
     """Pass 2 over planned images [lo, hi): mix, decode, render, write."""
@@ -218,7 +218,7 @@ def _render_pass(
 
 
 def _plan_pass(
-    runner: Runner, job: Job, plan: PlanFile, output: _Output, single_pass: bool, chunk: int, progress: bool,
+    runner: ChunkRunner, job: Job, plan: PlanFile, output: _Output, single_pass: bool, chunk: int, progress: bool,
     strict: bool, skip: Callable[..., None], on_plan: Callable[[int], None] | None,
 ) -> None:
     """Pass 1 from where an earlier run left off: every image's records into the plan file, in order;

@@ -63,9 +63,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("planned before mixing: " + ", ".join(f"{k} {v:,}" for k, v in planned.items()) + f" ({mixed})")
     lines.append("")
     mb = summary["bytes"] / 1e6
+    engine = "" if summary.get("engine", "local") == "local" else f" on {summary['engine']}"
     lines.append(
         f"shards {summary['shards']}, {mb:,.1f} MB, {summary['seconds']:.1f} s"
-        f" with {summary['workers']} worker(s)"
+        f" with {summary['workers']} worker(s){engine}"
     )
     images = summary["images"]
     lines.append(f"images: {images['detections']:,} detection, {images['landmarks']:,} landmark, "

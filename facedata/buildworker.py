@@ -138,6 +138,18 @@ def init_worker(job: Job | None, limit_threads: bool = False) -> None:
         cv2.setNumThreads(1)  # one process per core already
 
 
+def use_job(job: Job) -> None:
+    """Install `job` unless it is installed already (its model is kept): every task of a Dask worker."""
+    if _JOB is not job:
+        init_worker(job, True)
+
+
+def forget_job(job: Job) -> None:
+    """Drop `job` and its model if it is this process's job."""
+    if _JOB is job:
+        init_worker(None)
+
+
 def _model() -> Any:
     """The stage's per-worker model (e.g. the previous cascade stages), built on first use."""
     global _MODEL

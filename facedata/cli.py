@@ -503,19 +503,40 @@ def inspect(directory: Path, as_json: bool) -> None:
 # --- issue 3/4: build pnet|rnet|onet, preview ---------------------------------------------------------
 
 
+def _output_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """-o as a local path: a path or a file:// URL (facedata.paths.local_path), not a file."""
+    from facedata.paths import local_path
+
+    path = local_path(value, "--output")
+    if path.is_file():
+        raise click.BadParameter(f"{value} is a file, not a directory", ctx, param)
+    return path
+
+
 _STORE_OPTIONS = [  # output, parallelism and safety options of every build
-    click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
-                 help="Shard directory: an interrupted build there resumes; a complete one is never modified "
-                 "(same inputs and options: 'already complete'; others: an error unless --overwrite)."),
+    click.option("-o", "--output", required=True, callback=_output_dir,
+                 help="Shard directory (a path, or a file:// URL): an interrupted build there resumes; a complete "
+                 "one is never modified (same inputs and options: 'already complete'; others: an error unless "
+                 "--overwrite)."),
     click.option("--format", "backend", type=click.Choice(["lmdb", "parquet"]), default="lmdb",
                  show_default=True),
-    click.option("--workers", type=Number(1, 1024, integer=True), help="Worker processes (default: all cores)."),
+    click.option("--workers", type=Number(1, 1024, integer=True),
+                 help="Worker processes of --engine local or dask-local (default: all cores)."),
+    click.option("--engine", type=click.Choice(["local", "dask", "dask-local"]), default="local", show_default=True,
+                 help="Where the work runs: a local process pool, a running Dask cluster (--scheduler) or a Dask "
+                      "LocalCluster of --workers processes; every engine writes the same bytes."),
+    click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler of --engine dask, e.g. tcp://10.0.0.1:8786."),
+    click.option("--scheduler-timeout", default=10.0, show_default=True, type=Number(0.1, 3600),
+                 help="Seconds to wait for the Dask scheduler, then for its first worker."),
+    click.option("--images-per-task", "chunk_images", type=Number(1, 1_000_000, integer=True),
+                 help="Images per worker task (default: the stage's, 32 for crop stages, 4 for mining, 8 for pfld, "
+                      "fewer for small corpora so every worker gets about 16 tasks)."),
     click.option("--seed", default=0, show_default=True, type=SEED,
                  help="Every random choice comes from (seed, image id)."),
     click.option("--shard-size", default="256MB", show_default=True,
                  help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
     click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
-                 help="Image root override (repeatable; NAME is the manifest's root name)."),
+                 help="Image root override (repeatable; NAME is the manifest's root name; DIR may be a file:// URL)."),
     click.option("--strict", is_flag=True,
                  help="Stop at the first unreadable image instead of skipping it."),
     click.option("--overwrite", is_flag=True,
@@ -528,10 +549,19 @@ _STORE_OPTIONS = [  # output, parallelism and safety options of every build
 
 
 def _store_options(func):
-    """Output, parallelism and safety options shared by every build."""
+    """Output, parallelism and safety options shared by every build; the engine options reach the build
+    as one `engine` (facedata.engines.Engine)."""
+    import functools
+
+    @functools.wraps(func)
+    def with_engine(*args, engine: str, scheduler: str | None, scheduler_timeout: float, **kwargs):
+        from facedata.engines import Engine
+
+        return func(*args, engine=Engine(engine, scheduler, scheduler_timeout), **kwargs)
+
     for option in reversed(_STORE_OPTIONS):
-        func = option(func)
-    return func
+        with_engine = option(with_engine)
+    return with_engine
 
 
 _interpolation_option = click.option(
@@ -599,10 +629,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     import os
     from dataclasses import replace
 
-    from facedata.workerpool import pool_context
-
-    if (workers or os.cpu_count() or 1) > 1:
-        pool_context()  # the worker server starts importing while this process imports the build
+    extra["engine"].prepare(workers or os.cpu_count() or 1)  # e.g. the local pool's server imports meanwhile
     from facedata.build import build_dataset, format_summary, parse_ratio, parse_roots, parse_size
     from facedata.manifest import Manifest
     from facedata.paths import sha256_file
@@ -750,7 +777,8 @@ def build_onet(**options) -> None:
 @_store_options
 def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabelled: bool, interpolation: str,
                   encode: str, output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
-                  roots: tuple[str, ...], strict: bool, overwrite: bool, verify: bool, quiet: bool) -> None:
+                  roots: tuple[str, ...], strict: bool, overwrite: bool, verify: bool, quiet: bool,
+                  **run_options) -> None:
     """Top-down keypoint crops (HRNet/Lite-HRNet/SimpleBaseline): one crop per person or face, mmpose's
     centre/scale (padding 1.25, 200 px unit); heatmaps are made at read time (facedata.readers.heatmaps)."""
     from facedata.build import format_summary, parse_roots, parse_size
@@ -761,7 +789,8 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
               "interpolation": interpolation}  # a bad option fails before a large manifest is read
     summary = run(keypoints, output, recipe, backend=backend, workers=workers, seed=seed,
                   shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
-                  progress=not quiet, strict=strict, overwrite=overwrite, verify=verify, encoding=encode)
+                  progress=not quiet, strict=strict, overwrite=overwrite, verify=verify, encoding=encode,
+                  **run_options)
     click.echo(format_summary(summary))
 
 
@@ -804,7 +833,7 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
                jitter: float, scale_low: float, scale_high: float, no_mirror: bool, max_tries: int,
                repeat_by: str | None, output: Path, backend: str, workers: int | None, seed: int, shard_size: str,
                roots: tuple[str, ...], interpolation: str, encode: str, strict: bool, overwrite: bool,
-               verify: bool, quiet: bool) -> None:
+               verify: bool, quiet: bool, **run_options) -> None:
     """PFLD (112 px): landmark face crops with augmented variants, masks, Euler angles and attribute flags."""
     from facedata.build import format_summary, parse_roots, parse_size
     from facedata.manifest import Manifest
@@ -818,7 +847,7 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
     names = sorted({name for path in landmarks for name in Manifest.root_names(path)})
     summary = run(list(landmarks), output, recipe, backend=backend, workers=workers, seed=seed,
                   shard_bytes=parse_size(shard_size), roots=parse_roots(roots, names), progress=not quiet,
-                  strict=strict, overwrite=overwrite, verify=verify, encoding=encode)
+                  strict=strict, overwrite=overwrite, verify=verify, encoding=encode, **run_options)
     click.echo(format_summary(summary))
 
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from facedata.errors import FacedataError
+
 
 def normalise_rel_path(raw: str) -> str | None:
     """Annotation path -> POSIX relative path, or None if it is absolute or climbs out with `..`.
@@ -30,6 +32,31 @@ def resolve_under(root: str | os.PathLike[str], rel_path: str) -> Path | None:
     if candidate != root_path and root_path not in candidate.parents:
         return None
     return candidate
+
+
+def local_path(value: str | os.PathLike[str], option: str) -> Path:
+    """A path, or the URL of a local fsspec file system (file://...), as a local path.
+
+    Other file systems are refused: LMDB shards need a POSIX file system, and workers decode images by
+    path. Shared storage is a mount every machine sees at one path (NFS; an object store mounted with
+    s3fs/gcsfuse for the images).
+    """
+    text = os.fspath(value)
+    if "://" not in text:
+        return Path(text)
+    try:
+        from fsspec.core import url_to_fs
+        from fsspec.implementations.local import LocalFileSystem
+    except ImportError:
+        raise FacedataError(f"{option} {text}: URLs need fsspec (pip install 'facedata[dask]')") from None
+    try:
+        fs, path = url_to_fs(text)
+    except (ImportError, ValueError) as exc:  # an unknown protocol, or its package is missing
+        raise FacedataError(f"{option} {text}: {exc}") from None
+    if not isinstance(fs, LocalFileSystem):
+        raise FacedataError(f"{option} {text}: not a local file system; shards (LMDB) and images need a POSIX "
+                            "path every worker sees (NFS, or a bucket mounted with s3fs/gcsfuse)")
+    return Path(path)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

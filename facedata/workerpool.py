@@ -1,4 +1,4 @@
-"""The build's worker processes: their start method and server, and the ordered runner of chunk jobs.
+"""The local engine's worker processes: their start method and server, and the ordered runner of chunk jobs.
 
 Importable without numpy, so that the CLI can start the server before its own heavy imports: the
 server's imports (facedata.buildworker) and the CLI's then run at the same time.
@@ -42,7 +42,7 @@ class Runner:
     def __init__(self, job: Any, workers: int) -> None:
         from facedata.buildworker import init_worker
 
-        self.workers = max(1, workers)
+        self.workers = self.slots = max(1, workers)
         self.pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
             self.pool = ProcessPoolExecutor(

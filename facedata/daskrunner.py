@@ -1,0 +1,176 @@
+"""The Dask engines (`--engine dask|dask-local`): a build's chunk jobs as tasks on a Dask distributed cluster.
+
+A task runs the local pool's worker function (facedata.buildworker.plan_chunk / render_chunk) and returns
+its result to the build process, which writes the shards as it does for the local pool: same bytes. The
+job (task tables, recipes, the detector factory) reaches each worker once, in a WorkerPlugin that the
+scheduler also gives to workers that join or restart later; a worker builds its model (the ONNX sessions)
+on its first task and keeps it for the next ones.
+
+A worker that dies takes its running tasks and held results with it; the scheduler reruns them on the
+other workers (up to `distributed.scheduler.allowed-failures` times per task). Results are consumed in
+stream order, so no sample is written twice or missed. Progress (plan file, progress table, complete
+shards) is recorded by the build process, so an interrupted Dask build resumes like a local one, on
+either engine. Workers read the images and the plan file (in the output directory): both must be on
+storage every worker sees at the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
+
+import facedata
+from facedata.buildworker import Job, forget_job, use_job
+from facedata.engines import Engine
+from facedata.errors import FacedataError
+
+_JOBS: dict[str, Job] = {}  # worker side: the jobs installed by _JobPlugin, by plugin name
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of facedata's source files: a worker running other code would write other bytes."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class _JobPlugin(WorkerPlugin):
+    """Installs a build's job on every worker of the cluster, present and future, if it runs the same code."""
+
+    def __init__(self, name: str, job: Job) -> None:
+        self.name, self.job, self.code = name, job, code_digest()
+
+    def setup(self, worker: Any) -> None:
+        if code_digest() != self.code:
+            raise FacedataError(f"Dask worker {worker.address} runs another facedata (its source differs from the "
+                                f"build's, {facedata.__version__}): install the same version on every worker")
+        _JOBS[self.name] = self.job
+
+    def teardown(self, worker: Any) -> None:
+        job = _JOBS.pop(self.name, None)
+        if job is not None:
+            forget_job(job)
+
+
+def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """A task: `fn(*args)` with the build's job installed (kept, with its model, for the next task)."""
+    job = _JOBS.get(name)
+    if job is None:
+        raise FacedataError(f"this Dask worker has no job {name}: its setup failed (see the worker's log)")
+    use_job(job)
+    return fn(*args)
+
+
+class DaskRunner:
+    """Ordered results of chunk jobs run on a Dask cluster, at most `4 x slots` in flight."""
+
+    def __init__(self, client: Client, job: Job, cluster: LocalCluster | None = None) -> None:
+        self.client, self.cluster = client, cluster
+        # one build at a time per output directory: a rerun replaces the job a killed build left on the workers
+        self.name = f"facedata-job-{hashlib.sha256(str(job.plan_path).encode()).hexdigest()[:16]}"
+        try:
+            client.register_plugin(_JobPlugin(self.name, job), name=self.name)
+        except BaseException:  # e.g. a worker runs other code: the scheduler must not give the job to new ones
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                client.unregister_worker_plugin(self.name)
+            raise
+        self.slots, self.counted = max(1, sum(client.nthreads().values())), time.monotonic()
+        self.pending: deque = deque()
+
+    @classmethod
+    def start(cls, engine: Engine, job: Job, workers: int, progress: bool) -> DaskRunner:
+        """Connect to `engine.scheduler` (dask) or start a LocalCluster of `workers` processes (dask-local)."""
+        cluster = None
+        if engine.scheduler is None:
+            try:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            except RuntimeError as exc:  # e.g. a script without an `if __name__ == "__main__":` guard
+                raise FacedataError(f"--engine dask-local: the LocalCluster did not start ({exc}; {exc.__cause__})"
+                                    ) from None
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(engine.scheduler, timeout=engine.timeout)
+            except ValueError as exc:
+                raise FacedataError(f"--scheduler {engine.scheduler}: not a Dask address, e.g. tcp://HOST:8786 "
+                                    f"({exc})") from None
+            except (OSError, TimeoutError) as exc:
+                raise FacedataError(f"--scheduler {engine.scheduler}: no Dask scheduler answered within "
+                                    f"{engine.timeout:g} s ({exc})") from None
+        try:
+            client.wait_for_workers(1, timeout=engine.timeout)
+            runner = cls(client, job, cluster)
+        except BaseException as exc:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            if isinstance(exc, TimeoutError):
+                raise FacedataError(f"--scheduler {engine.scheduler}: no Dask worker joined within "
+                                    f"{engine.timeout:g} s (start some: dask worker ADDRESS --nthreads 1)") from None
+            raise
+        if progress:
+            print(f"dask: {len(client.nthreads())} workers, {runner.slots} threads at {client.scheduler.address}; "
+                  f"dashboard {_dashboard(client)}", file=sys.stderr)
+        return runner
+
+    def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
+        for args in jobs:
+            key = f"{fn.__name__}-{args[0]}-{uuid.uuid4().hex}"  # the dashboard groups tasks by the name
+            self.pending.append(self.client.submit(_run, self.name, fn, *args, key=key, pure=False))
+            if len(self.pending) >= self._window():
+                yield self._result()
+        while self.pending:
+            yield self._result()
+
+    def _window(self) -> int:
+        """4 x the cluster's threads, recounted every few seconds: workers may join or leave a running build."""
+        if time.monotonic() - self.counted >= 5.0:
+            self.slots, self.counted = max(1, sum(self.client.nthreads().values())), time.monotonic()
+        return 4 * self.slots
+
+    def _result(self) -> Any:
+        future = self.pending.popleft()
+        try:
+            result = future.result()
+        except KilledWorker as exc:
+            raise FacedataError(f"Dask task {future.key} was lost with its worker too many times (see "
+                                f"distributed.scheduler.allowed-failures); a rerun resumes the build: {exc}") from None
+        except CancelledError as exc:  # the scheduler went away (or cancelled the task)
+            raise FacedataError(f"Dask task {future.key} was cancelled by the cluster ({exc}); a rerun resumes the "
+                                "build") from None
+        future.release()
+        return result
+
+    def close(self, ok: bool) -> None:
+        """Cancel what is left, remove the job from the workers, disconnect (and stop a LocalCluster)."""
+        try:
+            if self.pending:
+                self.client.cancel(list(self.pending))
+                self.pending.clear()
+            self.client.unregister_worker_plugin(self.name)
+        finally:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def _dashboard(client: Client) -> str:
+    try:
+        return client.dashboard_link
+    except (KeyError, AttributeError):  # the scheduler serves no dashboard (bokeh not installed)
+        return "not served (pip install bokeh)"
