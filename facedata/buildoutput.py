@@ -164,7 +164,7 @@ def damage(directory: Path, index: dict, verify: bool) -> list[str]:
     if verify:
         from facedata.storage import verify_dataset
 
-        return verify_dataset(directory)
+        return [str(finding) for finding in verify_dataset(directory)]
     problems = []
     for entry in index["shards"]:
         path = directory / entry["file"]
