@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.imageprobe import probe_size, too_large
 from facedata.manifest import Manifest
 from facedata.oracle.geometry import rotate_about
 from facedata.samples import LABEL_NAMES, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
@@ -297,9 +298,12 @@ def _decode(path: str, sizes: np.ndarray, image_index: int) -> np.ndarray | str:
     """The decoded image, or why it cannot be used (missing, undecodable, not the manifest's size)."""
     if not 0 <= image_index < len(sizes):
         return f"image row {image_index} is not in the manifest"
+    size = probe_size(path)
+    if size is not None and too_large(size):  # a decompression bomb is never decoded (the build skipped it)
+        return f"source image declares {size[0]:,}x{size[1]:,} pixels, above the pixel limit"
     try:
         image = cv2.imread(path, DECODE_FLAGS)
-    except cv2.error:  # e.g. a frame above OpenCV's pixel limit
+    except cv2.error:  # e.g. a frame above OpenCV's own pixel limit
         image = None
     if image is None:
         return "cannot read or decode the source image"
