@@ -157,6 +157,10 @@ def _flip_byte(directory: Path, name: str) -> None:
         fh.write(bytes([byte[0] ^ 0x01]))
 
 
+# Where byte 20,000 of shard 1 lies (blocks of 64 samples; one row group per 1,024-sample shard).
+FLIPPED_PIECE = {"lmdb": "block 0 (samples 1,024-1,087)", "parquet": "row group 0 (samples 1,024-2,047)"}
+
+
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> None:
     clean = tmp_path / "clean"
@@ -165,7 +169,8 @@ def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> No
     size = (clean / one).stat().st_size
     faults: dict[str, tuple[Callable[[Path], None], str]] = {
         "flipped byte": (lambda d: _flip_byte(d, one),
-                         f"{one}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)"),
+                         f"{one}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes); "
+                         f"in {FLIPPED_PIECE[backend]}"),
         "truncated": (lambda d: os.truncate(d / one, 5000),
                       f"{one}: truncated: 5,000 bytes on disk, index.json says {size:,}"),
         "missing": (lambda d: (d / two).unlink(), f"{two}: missing (listed in index.json)"),

@@ -14,7 +14,7 @@ import numpy as np
 
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
-from facedata.storage.base import BACKENDS, Backend, ShardSchema
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, piece_digests
 from facedata.storage.index import INDEX_NAME, PARTIAL_INDEX_NAME, SHARD_NAME, load_index
 
 # Finding kinds. INDEX: index.json itself (unreadable, inconsistent, or not written yet).
@@ -101,9 +101,9 @@ def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema)
         state = "truncated" if kind == TRUNCATED else "longer than recorded"
         return [Finding(kind, name, f"{state}: {size:,} bytes on disk, {INDEX_NAME} says {entry.get('bytes'):,}")]
     if sha256_file(file) != entry.get("sha256"):
-        # Not parsed further: a corrupt LMDB page can crash the reading process, not just raise.
-        return [Finding(CHANGED, name,
-                        f"sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)")]
+        # Not opened with the backend's reader: a corrupt LMDB page can crash the reading process, not just raise.
+        detail = f"sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)"
+        return [Finding(CHANGED, name, detail + _where_changed(file, entry, backend, schema))]
     try:
         source = backend.open_source(file, schema, int(entry["samples"]))
         try:
@@ -120,3 +120,24 @@ def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema)
     if found != expected:
         return [Finding(LABELS, name, f"label counts {found} differ from {INDEX_NAME}'s {expected}")]
     return []
+
+
+def _where_changed(file: Path, entry: dict, backend: Backend, schema: ShardSchema) -> str:
+    """"; in block 3 (samples 3,072-4,095)": the pieces whose digest differs from the one index.json recorded
+    (the sample numbers are the dataset's), or why they cannot be told; "" for an index without digests."""
+    recorded = entry.get("piece_blake2b")
+    if not isinstance(recorded, list):
+        return ""
+    try:
+        pieces = backend.pieces(file, schema, int(entry["samples"]))
+        current = piece_digests(file, pieces)
+    except Exception as exc:  # the changed bytes broke the file's own block table or footer
+        return f"; its {backend.name} metadata is damaged too ({exc.__class__.__name__}: {exc})"
+    if len(current) != len(recorded):
+        return f"; it now lists {len(current)} pieces, {INDEX_NAME} recorded {len(recorded)}"
+    base = int(entry.get("first_index", 0))
+    changed = [f"{p.name} (samples {base + p.first:,}-{base + p.first + p.samples - 1:,})"
+               for p, old, new in zip(pieces, recorded, current, strict=True) if old != new]
+    if not changed:
+        return "; every sample's bytes are intact: the change is in the file's metadata (page headers, footer)"
+    return "; in " + ", ".join(changed)

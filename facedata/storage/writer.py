@@ -19,7 +19,7 @@ import numpy as np
 
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
-from facedata.storage.base import BACKENDS, ShardSchema, ShardSink
+from facedata.storage.base import BACKENDS, ShardSchema, ShardSink, piece_digests
 from facedata.storage.codec import check_encoding
 from facedata.storage.index import (
     FORMAT_NAME,
@@ -178,6 +178,7 @@ class DatasetWriter:
             "bytes": temp.stat().st_size,
             "sha256": sha256_file(temp),
             "label_counts": _label_json(self._shard_labels),
+            "piece_blake2b": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
         }
         os.replace(temp, final)
         self._shards.append(entry)
