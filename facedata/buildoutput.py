@@ -45,6 +45,8 @@ from facedata.storage.index import INDEX_NAME, PARTIAL_INDEX_NAME, differences, 
 BUILD_FILE = re.compile(
     r"^(shard-\d{5,}\.[a-z0-9]+|index\.partial\.json|build-[\w.-]+|[\w-]+-report\.csv|\..+\.tmp-\d+)$"
 )
+# What only a running build needs: a complete dataset keeps index.json, its shards and its reports.
+RUN_FILE = re.compile(r"^(index\.partial\.json|build-[\w.-]+|\..+\.tmp-\d+)$")
 
 
 def staging_dir(target: Path) -> Path:
@@ -136,6 +138,7 @@ def prepare_output(
         problems = damage(target, index, verify)
         if not problems:
             _remove_tree(staging_dir(target), trash_dir(target))  # stale: e.g. the old dataset after an exchange
+            _remove_run_files(target)
             return Output(target, target, existing=index, fresh=False)
         if not overwrite:
             raise FacedataError(f"{target}: the complete dataset of these options is damaged ({problems[0]}); "
@@ -179,6 +182,7 @@ def recover(target: Path) -> None:
     """Finish or clean up after a swap that was killed (see the module docstring)."""
     staging, trash = staging_dir(target), trash_dir(target)
     if not target.exists() and (staging / INDEX_NAME).is_file() and not damage(staging, load_index(staging), False):
+        _remove_run_files(staging)
         os.rename(staging, target)
         _sync_dir(target.parent)
     if trash.exists():
@@ -188,6 +192,7 @@ def recover(target: Path) -> None:
 def swap_in(target: Path, staging: Path) -> None:
     """Put the complete dataset in `staging` at `target`; the old one is deleted once it is replaced."""
     trash = trash_dir(target)
+    _remove_run_files(staging)
     if not target.exists():
         os.rename(staging, target)
     elif _exchange(staging, target):
@@ -237,6 +242,14 @@ def _partial_fingerprint(directory: Path) -> str | None:
     """Fingerprint of an interrupted build in `directory`, or None if there is none."""
     path = directory / PARTIAL_INDEX_NAME
     return str(read_json(path).get("fingerprint")) if path.is_file() else None
+
+
+def _remove_run_files(directory: Path) -> None:
+    """Plan, progress and temp files beside a complete index.json: a build killed after writing index.json
+    and before removing them left them (verify would report them as unexpected files)."""
+    for path in directory.iterdir():
+        if RUN_FILE.match(path.name) and path.is_file():
+            path.unlink()
 
 
 def _remove_build_files(directory: Path) -> None:

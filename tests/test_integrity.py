@@ -197,3 +197,23 @@ def test_readers_refuse_a_truncated_shard_in_one_line(clean: tuple[str, Path], t
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"facedata.errors.FacedataError: {out / shard}: "), last
     assert ("truncated" in last or "cannot open" in last), last
+
+
+def test_leftovers_of_a_killed_build_are_cleared_so_verify_finds_nothing(tmp_path: Path) -> None:
+    """A build killed after writing index.json (before removing its plan) and one killed while writing its
+    partial index: the next run clears what only a running build needs."""
+    from facedata.buildoutput import recover, staging_dir
+
+    out = tmp_path / "ds"
+    staging = staging_dir(out)
+    write_dataset(staging, "lmdb", 1500, block_samples=BLOCK)
+    for name in ("build-plan.json", "build-plan.rec", "build-progress.json", ".index.partial.json.tmp-999999"):
+        (staging / name).write_bytes(b"left by a killed build")
+    recover(out)  # DIR missing, STAGING complete: STAGING becomes DIR
+    assert not staging.exists() and verify_dataset(out) == []
+    partial = tmp_path / "partial"
+    write_dataset(partial, "parquet", 1500, block_samples=BLOCK)
+    (partial / "index.json").rename(partial / "index.partial.json")  # as if killed before close
+    (partial / ".index.partial.json.tmp-999999").write_bytes(b"{")
+    write_dataset(partial, "parquet", 3000, block_samples=BLOCK)  # resumes
+    assert verify_dataset(partial) == []
