@@ -87,19 +87,20 @@ class Piece(NamedTuple):
 
 
 def piece_digests(path: Path, pieces: list[Piece]) -> list[str]:
-    """A short digest (8-byte BLAKE2b, hex) of each piece's file bytes: index.json records them beside the
-    shard's sha256 so that verify can name the block or row group whose bytes changed."""
+    """A short digest of each piece's file bytes (the first 16 hex digits of its sha256, which CPUs with SHA
+    extensions hash about twice as fast as BLAKE2b): index.json records them beside the shard's sha256 so
+    that verify can name the block or row group whose bytes changed."""
     digests = []
     with open(path, "rb") as fh:
         for piece in pieces:
-            digest, at, left = hashlib.blake2b(digest_size=8), piece.offset, piece.length
+            digest, at, left = hashlib.sha256(), piece.offset, piece.length
             while left > 0:
                 data = os.pread(fh.fileno(), min(left, 1 << 20), at)
                 if not data:
                     break
                 digest.update(data)
                 at, left = at + len(data), left - len(data)
-            digests.append(digest.hexdigest())
+            digests.append(digest.hexdigest()[:16])
     return digests
 
 

@@ -125,7 +125,7 @@ def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema)
 def _where_changed(file: Path, entry: dict, backend: Backend, schema: ShardSchema) -> str:
     """"; in block 3 (samples 3,072-4,095)": the pieces whose digest differs from the one index.json recorded
     (the sample numbers are the dataset's), or why they cannot be told; "" for an index without digests."""
-    recorded = entry.get("piece_blake2b")
+    recorded = entry.get("piece_sha256")
     if not isinstance(recorded, list):
         return ""
     try:

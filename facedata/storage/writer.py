@@ -185,7 +185,7 @@ class DatasetWriter:
             "bytes": temp.stat().st_size,
             "sha256": sha256_file(temp),
             "label_counts": _label_json(self._shard_labels),
-            "piece_blake2b": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
+            "piece_sha256": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
         }
         os.replace(temp, final)
         self._shards.append(entry)
