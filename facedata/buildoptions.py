@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -119,14 +120,27 @@ def parse_roots(values: Iterable[str], names: Iterable[str]) -> dict[str, str] |
     names = sorted(set(names))
     roots: dict[str, str] = {}
     for value in values:
-        name, sep, directory = value.partition("=")
-        if not sep:
+        name, directory = root_folder(value)
+        if not name:
             if len(names) != 1:
                 raise FacedataError(
                     f"--images {value!r}: the manifests use image roots {names}; say which as NAME=DIR"
                 )
-            name, directory = names[0], value
+            name = names[0]
         elif name not in names:  # a typo would silently leave the manifest's own root in use
             raise FacedataError(f"--images {value!r}: no image root named {name!r}; the manifests use {names}")
-        roots[name] = str(local_path(directory, "--images").resolve())
+        roots[name] = str(directory.resolve())
     return roots
+
+
+def root_folder(value: str) -> tuple[str, Path]:
+    """(NAME or "", DIR) of one `--images [NAME=]DIR` value; DIR must be an existing folder (a typo would
+    otherwise show up much later, as every image missing)."""
+    name, sep, directory = value.partition("=")
+    if not sep:
+        name, directory = "", value
+    folder = local_path(directory, "--images")
+    if not folder.is_dir():
+        state = "not a folder" if folder.exists() else "no such folder"
+        raise FacedataError(f"--images {value!r}: {state}: {folder}")
+    return name, folder

@@ -45,6 +45,8 @@ from facedata.storage.index import INDEX_NAME, PARTIAL_INDEX_NAME, differences, 
 BUILD_FILE = re.compile(
     r"^(shard-\d{5,}\.[a-z0-9]+|index\.partial\.json|build-[\w.-]+|[\w-]+-report\.csv|\..+\.tmp-\d+)$"
 )
+# What only a running build needs: a complete dataset keeps index.json, its shards and its reports.
+RUN_FILE = re.compile(r"^(index\.partial\.json|build-[\w.-]+|\..+\.tmp-\d+)$")
 
 
 TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")  # facedata.paths.atomic_write's temps
@@ -140,6 +142,7 @@ def prepare_output(
         problems = damage(target, index, verify)
         if not problems:
             _remove_tree(staging_dir(target), trash_dir(target))  # stale: e.g. the old dataset after an exchange
+            _remove_run_files(target)
             return Output(target, target, existing=index, fresh=False)
         if not overwrite:
             raise FacedataError(f"{target}: the complete dataset of these options is damaged ({problems[0]}); "
@@ -169,7 +172,7 @@ def damage(directory: Path, index: dict, verify: bool) -> list[str]:
     if verify:
         from facedata.storage import verify_dataset
 
-        return verify_dataset(directory)
+        return [str(finding) for finding in verify_dataset(directory)]
     problems = []
     for entry in index["shards"]:
         path = directory / entry["file"]
@@ -184,6 +187,7 @@ def recover(target: Path) -> None:
     """Finish or clean up after a swap that was killed (see the module docstring)."""
     staging, trash = staging_dir(target), trash_dir(target)
     if not target.exists() and (staging / INDEX_NAME).is_file() and not damage(staging, load_index(staging), False):
+        _remove_run_files(staging)
         os.rename(staging, target)
         _sync_dir(target.parent)
     if trash.exists():
@@ -193,6 +197,7 @@ def recover(target: Path) -> None:
 def swap_in(target: Path, staging: Path) -> None:
     """Put the complete dataset in `staging` at `target`; the old one is deleted once it is replaced."""
     trash = trash_dir(target)
+    _remove_run_files(staging)
     if not target.exists():
         os.rename(staging, target)
     elif _exchange(staging, target):
@@ -244,16 +249,25 @@ def _partial_fingerprint(directory: Path) -> str | None:
     return str(read_json(path).get("fingerprint")) if path.is_file() else None
 
 
-def _remove_temps(directory: Path) -> None:
-    """Temp files of a build killed mid-write (atomic_write's cleanup never ran): under the output lock no
-    other build writes here, so every one is stale, and would stay in the finished dataset."""
+def _remove_files(directory: Path, pattern: re.Pattern[str]) -> None:
+    """Delete the files of `directory` whose name matches `pattern` (callers hold the output lock)."""
     if directory.is_dir():
         for path in directory.iterdir():
-            if TEMP_FILE.match(path.name) and path.is_file():
+            if pattern.match(path.name) and path.is_file():
                 path.unlink()
 
 
+def _remove_temps(directory: Path) -> None:
+    """Temp files of a build killed mid-write (atomic_write's cleanup never ran): under the output lock no
+    other build writes here, so every one is stale, and would stay in the finished dataset."""
+    _remove_files(directory, TEMP_FILE)
+
+
+def _remove_run_files(directory: Path) -> None:
+    """Plan, progress and temp files beside a complete index.json: a build killed after writing index.json
+    and before removing them left them (verify would report them as unexpected files)."""
+    _remove_files(directory, RUN_FILE)
+
+
 def _remove_build_files(directory: Path) -> None:
-    for path in directory.iterdir():
-        if BUILD_FILE.match(path.name) and path.is_file():
-            path.unlink()
+    _remove_files(directory, BUILD_FILE)

@@ -25,17 +25,19 @@ from facedata.stages import BuildConfig, Stage
 LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 
 # Per-image status in the plan and progress tables.
-PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE, TRUNCATED = 0, 1, 2, 3, 4, 5
+PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE, TRUNCATED, TOO_LARGE = 0, 1, 2, 3, 4, 5, 6
 PLANNED = WRITTEN  # plan table: the image's records are in the plan file
 STATUS_NAME = {PENDING: "pending", UNREADABLE: "unreadable", MISSING: "missing", WRONG_SIZE: "wrong size",
-               TRUNCATED: "truncated"}
+               TRUNCATED: "truncated", TOO_LARGE: "too large"}
 STATUS_REASON = {
     UNREADABLE: "cannot be decoded",
     MISSING: "file not found",
     WRONG_SIZE: "decoded size differs from the manifest",
     TRUNCATED: "truncated file (not rendered)",
+    TOO_LARGE: "image too large (not decoded)",
 }
-_IMAGE_ERROR_STATUS = {imageio.MISSING: MISSING, imageio.UNREADABLE: UNREADABLE, imageio.TRUNCATED: TRUNCATED}
+_IMAGE_ERROR_STATUS = {imageio.MISSING: MISSING, imageio.UNREADABLE: UNREADABLE, imageio.TRUNCATED: TRUNCATED,
+                       imageio.TOO_LARGE: TOO_LARGE}
 
 
 def plan_dtype(counters: int) -> np.dtype:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from facedata import __version__
-from facedata.buildoptions import Number, check_iou_order, check_values
+from facedata.buildoptions import Number, check_iou_order, check_values, root_folder
 from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
 from facedata.optionnames import RenamingCommand
@@ -55,6 +55,13 @@ _survival_option = click.option(
     help="Survival table: a face is lost at an input size when its size there, its shorter side, is under PX.")
 
 
+def _image_roots(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Callback of every `--images [NAME=]DIR` option: each DIR must be an existing folder."""
+    for value in values:
+        root_folder(value)
+    return values
+
+
 def _note(quiet: bool, message: str) -> None:
     """Progress and notices go to stderr so stdout stays clean for results (e.g. stats --json)."""
     if not quiet:
@@ -76,7 +83,7 @@ def formats() -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--format", "format_name", metavar="NAME",
               help="Annotation format (default: sniffed; see `formats`).")
-@click.option("--images", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Image root: check and probe images, and check faces against the image size "
                    "(a folder SOURCE holds its images: default the folder).")
 @click.option("--split", help="Split name (default: from the file name, e.g. train/val/test).")
@@ -440,7 +447,7 @@ def detect(
 @click.option("--keypoints", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Keypoint manifest a topdown dataset was built from (build topdown records its hash, not "
               "its path).")
-@click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
+@click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR", callback=_image_roots,
               help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
 @click.option("--max-listed", default=20, show_default=True, type=click.IntRange(0),
               help="Label mismatches and pixel failures listed (all are counted).")
@@ -535,7 +542,7 @@ _STORE_OPTIONS = [  # output, parallelism and safety options of every build
                  help="Every random choice comes from (seed, image id)."),
     click.option("--shard-size", default="256MB", show_default=True,
                  help="Shard roll-over size (whole blocks of 1,024 samples, at least one block)."),
-    click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
+    click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR", callback=_image_roots,
                  help="Image root override (repeatable; NAME is the manifest's root name; DIR may be a file:// URL)."),
     click.option("--strict", is_flag=True,
                  help="Stop at the first unreadable image instead of skipping it."),
@@ -874,7 +881,7 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for index.html and stats.json (created if missing).")
-@click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR",
+@click.option("--images", "roots", multiple=True, metavar="[NAME=]DIR", callback=_image_roots,
               help="Image root for the random image grid (default: the roots recorded in the manifest).")
 @click.option("--grid", default=12, show_default=True, type=click.IntRange(0),
               help="Random images drawn with their faces (0: none).")

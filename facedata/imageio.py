@@ -10,6 +10,16 @@ Truncated files: libjpeg decodes a cut-off JPEG by filling the rest with grey an
 file's own structure is checked, cheaply, on the bytes already read: a JPEG must have an end-of-image
 marker (FF D9) after the start of its image data (trailing bytes after it are allowed), a PNG must have
 every chunk whole up to IEND. Other formats are left to the decoder.
+
+Pixel formats: every image becomes 3-channel 8-bit BGR, what the samplers expect. Grey images are
+repeated into the three channels, palette PNGs are expanded to their colours, an alpha channel is dropped
+(the colour channels as stored, not composited), and 16-bit samples v are scaled to round(v * 255 / 65535)
+(OpenCV's own 8-bit decode would drop the low byte: up to one level darker). Other sample types (float
+TIFF/EXR) are refused as unreadable.
+
+Size limit: the frame size declared in a JPEG, PNG or BMP header is checked against
+`facedata.imageprobe.max_image_pixels()` before decoding (a decompression bomb is refused as TOO_LARGE,
+without allocating anything); other formats are checked once decoded.
 """
 
 from __future__ import annotations
@@ -22,18 +32,20 @@ import cv2
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.imageprobe import header_size, too_large
 from facedata.paths import atomic_write
 
-DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# ANYDEPTH keeps 16-bit samples 16-bit, so that `_to_8bit` scales them with rounding.
+DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
 
-MISSING, UNREADABLE, TRUNCATED = "missing", "unreadable", "truncated"
+MISSING, UNREADABLE, TRUNCATED, TOO_LARGE = "missing", "unreadable", "truncated", "too large"
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length field
 
 
 class ImageError(FacedataError):
-    """A source image that cannot be used: `kind` is MISSING, UNREADABLE or TRUNCATED."""
+    """A source image that cannot be used: `kind` is MISSING, UNREADABLE, TRUNCATED or TOO_LARGE."""
 
     def __init__(self, path: str | os.PathLike[str], kind: str, detail: str) -> None:
         self.path, self.kind, self.detail = str(path), kind, detail
@@ -43,7 +55,7 @@ class ImageError(FacedataError):
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """The stored pixel array of an image file as BGR uint8 (H, W, 3), EXIF orientation ignored.
 
-    Raises ImageError for a missing, truncated or undecodable file.
+    Raises ImageError for a missing, empty, truncated, too large or undecodable file.
     """
     try:
         with open(path, "rb") as fh:
@@ -52,13 +64,34 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(path, MISSING, "file not found") from None
     except OSError as exc:
         raise ImageError(path, UNREADABLE, f"cannot read the file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageError(path, UNREADABLE, "empty file (0 bytes)")
+    size = header_size(data)
+    problem = None if size is None else too_large(size)
+    if problem is not None:
+        raise ImageError(path, TOO_LARGE, problem)
     problem = truncation(data)
     if problem is not None:
         raise ImageError(path, TRUNCATED, problem)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), DECODE_FLAGS)
+    except cv2.error as exc:  # OpenCV raises for some inputs (e.g. above its own CV_IO_MAX_IMAGE_PIXELS)
+        raise ImageError(path, UNREADABLE, f"OpenCV cannot decode it ({exc.err or exc})") from None
     if image is None:
         raise ImageError(path, UNREADABLE, "OpenCV cannot decode it (not an image, or corrupt)")
-    return image
+    problem = too_large((image.shape[1], image.shape[0])) if size is None else None
+    if problem is not None:
+        raise ImageError(path, TOO_LARGE, problem)
+    return _to_8bit(path, image)
+
+
+def _to_8bit(path: str | os.PathLike[str], image: np.ndarray) -> np.ndarray:
+    """8-bit BGR from what IMREAD_COLOR | IMREAD_ANYDEPTH returns (3 channels, 8 or 16 bits, rarely float)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    raise ImageError(path, UNREADABLE, f"unsupported sample type {image.dtype} (8- or 16-bit images only)")
 
 
 def truncation(data: bytes) -> str | None:

@@ -154,19 +154,22 @@ def image_grid(manifest: Manifest, roots: dict[str, str] | None, count: int, see
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(manifest.images))
     by_image = manifest.faces.groupby("image_id", sort=False)
-    cells, shown = [], []
+    cells, shown, unusable = [], [], []
     for k in order:
         if len(cells) == count:
             break
         try:  # the readers' decode (EXIF orientation ignored: boxes are in stored pixels)
             img = read_image(paths.iloc[k])
-        except ImageError:
+        except ImageError as exc:
+            unusable.append(str(exc))
             continue
         image_id = manifest.images["image_id"].iloc[k]
         faces = by_image.get_group(image_id) if image_id in by_image.groups else manifest.faces.iloc[:0]
         cells.append(_draw_image(img, faces))
         shown.append(str(manifest.images["rel_path"].iloc[k]))
     note = "" if len(cells) == min(count, len(order)) else f"{len(cells)} of {count} images found on disk"
+    if unusable:  # missing, truncated, corrupt or too large: named with the reason
+        note += ("; " if note else "") + f"{len(unusable)} image(s) not shown: " + "; ".join(unusable)
     return [image_tag(c, s) for c, s in zip(cells, shown, strict=True)], note
 
 

@@ -157,6 +157,10 @@ def _flip_byte(directory: Path, name: str) -> None:
         fh.write(bytes([byte[0] ^ 0x01]))
 
 
+# Where byte 20,000 of shard 1 lies (blocks of 64 samples; one row group per 1,024-sample shard).
+FLIPPED_PIECE = {"lmdb": "block 0 (samples 1,024-1,087)", "parquet": "row group 0 (samples 1,024-2,047)"}
+
+
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> None:
     clean = tmp_path / "clean"
@@ -165,7 +169,8 @@ def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> No
     size = (clean / one).stat().st_size
     faults: dict[str, tuple[Callable[[Path], None], str]] = {
         "flipped byte": (lambda d: _flip_byte(d, one),
-                         f"{one}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes)"),
+                         f"{one}: sha256 mismatch: the bytes changed since the build (same size, {size:,} bytes); "
+                         f"in {FLIPPED_PIECE[backend]}"),
         "truncated": (lambda d: os.truncate(d / one, 5000),
                       f"{one}: truncated: 5,000 bytes on disk, index.json says {size:,}"),
         "missing": (lambda d: (d / two).unlink(), f"{two}: missing (listed in index.json)"),
@@ -174,14 +179,14 @@ def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> No
         "shard count": (lambda d: _edit_index(d, lambda index: index["shards"][2].__setitem__("samples", 953)),
                         f"{two}: holds 952 samples, index.json says 953"),
         "unlisted shard": (lambda d: shutil.copy(d / one, d / f"shard-00003.{backend}"),
-                           f"shard-00003.{backend}: shard file not listed in index.json"),
+                           f"shard-00003.{backend}: unexpected shard file: not listed in index.json"),
     }
     assert verify_dataset(clean) == []
     for fault, (damage, line) in faults.items():
         damaged = tmp_path / fault.replace(" ", "_")
         shutil.copytree(clean, damaged)
         damage(damaged)
-        assert verify_dataset(damaged) == [line], fault
+        assert [str(p) for p in verify_dataset(damaged)] == [line], fault
 
 
 def test_index_cannot_point_outside_the_directory(tmp_path: Path) -> None:
@@ -191,7 +196,7 @@ def test_index_cannot_point_outside_the_directory(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text(json.dumps(index))
     with pytest.raises(FacedataError, match="refusing shard file name"):
         ShardedDataset(tmp_path)
-    assert verify_dataset(tmp_path)[0].startswith("index.json: ")
+    assert str(verify_dataset(tmp_path)[0]).startswith("index.json: ")
 
 
 def test_lmdb_layout(tmp_path: Path) -> None:
@@ -584,7 +589,7 @@ def test_blocks_of_large_samples_stay_small() -> None:
 def test_nonsense_index_values_are_one_line_errors(tmp_path: Path, key: str, edit: Callable[[dict], Any]) -> None:
     write_dataset(tmp_path, "lmdb", 300)
     _edit_index(tmp_path, edit)
-    problems = verify_dataset(tmp_path)
+    problems = [str(p) for p in verify_dataset(tmp_path)]
     assert len(problems) == 1 and problems[0].startswith("index.json: ") and key in problems[0], problems
     with pytest.raises(FacedataError, match=key):
         ShardedDataset(tmp_path)

@@ -35,11 +35,13 @@ import cv2
 import numpy as np
 
 from facedata.errors import FacedataError
+from facedata.imageprobe import probe_size, too_large
 from facedata.manifest import Manifest
 from facedata.oracle.geometry import rotate_about
 from facedata.samples import LABEL_NAMES, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 
-DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# Stored orientation; 16-bit samples kept so that `_decode` scales them to the nearest 8-bit level itself.
+DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
 INTERPOLATIONS = ("linear", "area")
 
 
@@ -296,9 +298,19 @@ def _decode(path: str, sizes: np.ndarray, image_index: int) -> np.ndarray | str:
     """The decoded image, or why it cannot be used (missing, undecodable, not the manifest's size)."""
     if not 0 <= image_index < len(sizes):
         return f"image row {image_index} is not in the manifest"
-    image = cv2.imread(path, DECODE_FLAGS)
+    size = probe_size(path)
+    if size is not None and too_large(size):  # a decompression bomb is never decoded (the build skipped it)
+        return f"source image declares {size[0]:,}x{size[1]:,} pixels, above the pixel limit"
+    try:
+        image = cv2.imread(path, DECODE_FLAGS)
+    except cv2.error:  # e.g. a frame above OpenCV's own pixel limit
+        image = None
     if image is None:
         return "cannot read or decode the source image"
+    if image.dtype == np.uint16:
+        image = np.rint(image / 257.0).astype(np.uint8)  # v * 255 / 65535, to the nearest level
+    elif image.dtype != np.uint8:
+        return f"source image has {image.dtype} samples"
     width, height = sizes[image_index]
     if np.isfinite(width) and (image.shape[1], image.shape[0]) != (width, height):
         return f"decoded size {image.shape[1]}x{image.shape[0]} differs from the manifest's {width:.0f}x{height:.0f}"

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from facedata.errors import FacedataError, InputError, Rejects
-from facedata.imageprobe import probe_size
+from facedata.imageprobe import probe_size, too_large
 from facedata.manifest import Manifest, ManifestBuilder, make_provenance
 from facedata.paths import normalise_rel_path, resolve_under
 from facedata.registry import Registry
@@ -332,6 +332,10 @@ class ImageChecker:
             self.rejects.reject(
                 self.source, line, "image", f"unreadable image file {target}", kind="unreadable image"
             )
+            return False, None, None
+        problem = too_large(size)
+        if problem is not None:
+            self.rejects.reject(self.source, line, "image", f"{target}: {problem}", kind="image too large")
             return False, None, None
         return True, size[0], size[1]
 

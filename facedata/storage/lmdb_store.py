@@ -23,7 +23,7 @@ import lmdb
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache
+from facedata.storage.base import BACKENDS, Backend, Piece, ShardSchema, in_page_cache
 from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
@@ -297,3 +297,18 @@ class LmdbBackend(Backend):
 
     def open_source(self, path: Path, schema: ShardSchema, samples: int) -> LmdbSource:
         return LmdbSource(path, schema, samples)
+
+    def pieces(self, path: Path, schema: ShardSchema, samples: int) -> list[Piece]:
+        """One piece per block value, from the B-tree pages (`value_extents`, plain preads)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            extents = value_extents(fd, b"blocks")
+        finally:
+            os.close(fd)
+        pieces = []
+        for key, (offset, length) in sorted(extents.items()):
+            block = int.from_bytes(key, "big")
+            first = block * schema.block_samples
+            pieces.append(Piece(f"block {block}", first, max(0, min(schema.block_samples, samples - first)),
+                                offset, length))
+        return pieces

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, read_into_page_cache
+from facedata.storage.base import BACKENDS, Backend, Piece, ShardSchema, in_page_cache, read_into_page_cache
 from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
@@ -377,3 +377,14 @@ class ParquetBackend(Backend):
 
     def open_source(self, path: Path, schema: ShardSchema, samples: int) -> ParquetSource:
         return ParquetSource(path, schema, samples)
+
+    def pieces(self, path: Path, schema: ShardSchema, samples: int) -> list[Piece]:
+        """One piece per row group, from the footer."""
+        meta = pq.read_metadata(path)
+        pieces, first = [], 0
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            start, stop = _span(group)
+            pieces.append(Piece(f"row group {g}", first, group.num_rows, start, stop - start))
+            first += group.num_rows
+        return pieces

@@ -12,6 +12,7 @@ directory, never in place.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import TracebackType
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
-from facedata.storage.base import BACKENDS, ShardSchema, ShardSink
+from facedata.storage.base import BACKENDS, ShardSchema, ShardSink, piece_digests
 from facedata.storage.codec import check_encoding
 from facedata.storage.index import (
     FORMAT_NAME,
@@ -35,6 +36,8 @@ from facedata.storage.index import (
     shard_file_name,
     write_json_atomic,
 )
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(-lock)?$")  # facedata.paths.atomic_write's temp files (and LMDB's lock)
 
 
 class DatasetWriter:
@@ -111,10 +114,14 @@ class DatasetWriter:
         return kept
 
     def _remove_shards(self, keep: int) -> None:
-        """Delete temp files and every shard file from number `keep` on (never index.json)."""
+        """Delete every shard file from number `keep` on (never index.json), and the temp files a killed
+        process left (a shard in progress, an `atomic_write` of the partial index: `.NAME.tmp-PID`), which
+        verify would report as unexpected files."""
         for path in self.out_dir.iterdir():
             match = SHARD_NAME.match(path.name)
-            stale_temp = path.name.startswith(".shard-") and ".tmp" in path.name
+            temp = _TEMP_NAME.match(path.name)
+            stale_temp = (path.name.startswith(".shard-") and ".tmp" in path.name) or (
+                temp is not None and int(temp.group(1)) != os.getpid())
             if (match and int(match.group(1)) >= keep) or stale_temp:
                 path.unlink()
 
@@ -178,6 +185,7 @@ class DatasetWriter:
             "bytes": temp.stat().st_size,
             "sha256": sha256_file(temp),
             "label_counts": _label_json(self._shard_labels),
+            "piece_sha256": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
         }
         os.replace(temp, final)
         self._shards.append(entry)
