@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from facedata import killpoint
 from facedata.paths import atomic_write
 
 RECORDS_NAME = "build-plan.rec"
@@ -78,6 +79,7 @@ class PlanFile:
         self.planned, self.records = hi, self.records + len(records)
         if time.monotonic() - self._saved_at >= self.save_seconds:
             self.save()
+        killpoint.step()
 
     def save(self) -> None:
         """Make the records durable, then the table that points into them."""
@@ -93,8 +95,10 @@ class PlanFile:
 
     def close(self) -> None:
         if not self._file.closed:
-            self.save()
-            self._file.close()
+            try:
+                self.save()
+            finally:  # closed even when the save fails (a full disk)
+                self._file.close()
 
     def remove(self) -> None:
         self.close()

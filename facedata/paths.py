@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+
+from facedata.errors import FacedataError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def normalise_rel_path(raw: str) -> str | None:
@@ -52,6 +57,18 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def full_disk_error(output: str | os.PathLike[str], outcome: str) -> Iterator[None]:
+    """A full disk or quota (ENOSPC, EDQUOT) met in the block becomes one clear line naming `output` and saying
+    what is left (`outcome`), instead of a traceback; writes are atomic, so nothing half-written is visible."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise FacedataError(f"{output}: {os.strerror(exc.errno)} while writing it; {outcome}") from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

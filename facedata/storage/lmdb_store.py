@@ -13,9 +13,11 @@ readahead=False and keep one read txn, so blocks are zero-copy numpy views of th
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +37,15 @@ def block_key(block: int) -> bytes:
     return int(block).to_bytes(8, "big")
 
 
+@contextmanager
+def _as_os_error(path: Path) -> Iterator[None]:
+    """LMDB reports a full disk as its own DiskError: raise it as the OSError (ENOSPC) every other writer raises."""
+    try:
+        yield
+    except lmdb.DiskError as exc:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})", str(path)) from None
+
+
 class LmdbSink:
     def __init__(self, target: Path, schema: ShardSchema) -> None:
         self.target = target
@@ -42,8 +53,9 @@ class LmdbSink:
         self.work = target.with_name(target.name + ".work")
         self._remove_work()
         shard_bytes = schema.samples_per_shard * schema.bytes_per_sample
-        self.env = lmdb.open(str(self.work), subdir=False, map_size=2 * shard_bytes + (64 << 20), lock=False,
-                             sync=False, metasync=False, max_dbs=2, readahead=False)
+        with _as_os_error(self.work):
+            self.env = lmdb.open(str(self.work), subdir=False, map_size=2 * shard_bytes + (64 << 20), lock=False,
+                                 sync=False, metasync=False, max_dbs=2, readahead=False)
         self.blocks_db = self.env.open_db(b"blocks")
         self.meta_db = self.env.open_db(b"__meta__")
         self.txn = self.env.begin(write=True)
@@ -60,13 +72,14 @@ class LmdbSink:
             ends = np.cumsum([len(b) for b in images], dtype=np.uint64).astype("<u4")
             value = b"".join([np.uint32(len(images)).astype("<u4").tobytes(), ends.tobytes(), *images,
                               records.tobytes()])
-        if not self.txn.put(block_key(self.block), value, append=True, db=self.blocks_db):
-            raise FacedataError(f"{self.target.name}: LMDB refused block {self.block} (key order)")
-        self.block += 1
-        self.samples += len(records)
-        if self.block % self.commit_every == 0:  # a function of the block number only: deterministic bytes
-            self.txn.commit()
-            self.txn = self.env.begin(write=True)
+        with _as_os_error(self.work):
+            if not self.txn.put(block_key(self.block), value, append=True, db=self.blocks_db):
+                raise FacedataError(f"{self.target.name}: LMDB refused block {self.block} (key order)")
+            self.block += 1
+            self.samples += len(records)
+            if self.block % self.commit_every == 0:  # a function of the block number only: deterministic bytes
+                self.txn.commit()
+                self.txn = self.env.begin(write=True)
 
     def finish(self) -> None:
         meta = {
@@ -78,26 +91,30 @@ class LmdbSink:
             "block_samples": self.schema.block_samples,
             "samples": self.samples,
         }
-        self.txn.put(_META_KEY, canonical_json(meta).encode(), db=self.meta_db)
-        self.txn.commit()
-        self.txn = None
         try:
-            with open(self.target, "wb") as fh:
-                self.env.copyfd(fh.fileno(), compact=True)
-                fh.flush()
-                os.fsync(fh.fileno())
+            with _as_os_error(self.target):
+                self.txn.put(_META_KEY, canonical_json(meta).encode(), db=self.meta_db)
+                self.txn.commit()
+                self.txn = None
+                with open(self.target, "wb") as fh:
+                    self.env.copyfd(fh.fileno(), compact=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
         finally:
+            self.txn = None
             self.env.close()
             self._remove_work()
 
     def abort(self) -> None:
-        if self.txn is not None:
-            self.txn.abort()
-            self.txn = None
-        self.env.close()
-        self._remove_work()
-        if self.target.exists():
-            self.target.unlink()
+        """Drop the shard in progress (also after a failed `finish`): no work env or temp file stays."""
+        try:
+            if self.txn is not None:
+                self.txn.abort()
+                self.txn = None
+            self.env.close()
+        finally:
+            self._remove_work()
+            self.target.unlink(missing_ok=True)
 
     def _remove_work(self) -> None:
         for path in (self.work, self.work.with_name(self.work.name + "-lock")):

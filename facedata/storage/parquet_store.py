@@ -97,9 +97,11 @@ class ParquetSink:
         self.writer.close()
 
     def abort(self) -> None:
-        self.writer.close()
-        if self.target.exists():
-            self.target.unlink()
+        """Drop the shard in progress; closing may fail again on a full disk, the temp file goes anyway."""
+        try:
+            self.writer.close()
+        finally:
+            self.target.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
