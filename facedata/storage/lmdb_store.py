@@ -25,7 +25,7 @@ import lmdb
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, pinned_path
 from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
@@ -188,8 +188,15 @@ def _leaves(fd: int, psize: int, size: int, root: int) -> dict[bytes, tuple[int,
 _OPEN: dict[str, tuple[int, lmdb.Environment, object, int]] = {}
 
 
-def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
-    key = str(path.resolve())
+def _file_key(path: Path, fd: int | None) -> str:
+    """Which file: device and inode, so that a dataset swapped in at the same path is never given the env of the
+    one it replaced."""
+    stat = os.fstat(fd) if fd is not None else os.stat(path)
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _acquire(path: Path, fd: int | None = None) -> tuple[lmdb.Environment, object]:
+    key = _file_key(path, fd)
     held = _OPEN.get(key)
     if held is not None and held[0] == os.getpid():
         _OPEN[key] = (held[0], held[1], held[2], held[3] + 1)
@@ -201,12 +208,12 @@ def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
         held[1].close()
         del _OPEN[key]
     try:
-        env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, max_spare_txns=1,
-                        max_dbs=2)
+        env = lmdb.open(pinned_path(path, fd), subdir=False, readonly=True, lock=False, readahead=False,
+                        max_spare_txns=1, max_dbs=2)
     except lmdb.Error as exc:
         raise FacedataError(f"{path}: cannot open LMDB shard ({exc})") from None
     try:
-        _check_extent(path, env)  # before open_db: the main DB's root page is the last page of the file
+        _check_extent(path, env, fd)  # before open_db: the main DB's root page is the last page of the file
         blocks_db = env.open_db(b"blocks", create=False)
     except lmdb.Error as exc:
         env.close()
@@ -218,17 +225,16 @@ def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
     return env, blocks_db
 
 
-def _check_extent(path: Path, env: lmdb.Environment) -> None:
+def _check_extent(path: Path, env: lmdb.Environment, fd: int | None) -> None:
     """The pages the meta page says are in use must lie inside the file: a page past the end of a
     memory-mapped file is a SIGBUS on first touch, not an error."""
     used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    size = path.stat().st_size
+    size = (os.fstat(fd) if fd is not None else path.stat()).st_size
     if size < used:
         raise FacedataError(f"{path}: truncated LMDB shard: its pages need {used:,} bytes, the file has {size:,}")
 
 
-def _release(path: Path) -> None:
-    key = str(path.resolve())
+def _release(key: str) -> None:
     held = _OPEN.get(key)
     if held is None or held[0] != os.getpid():
         return
@@ -240,13 +246,14 @@ def _release(path: Path) -> None:
 
 
 class LmdbSource:
-    def __init__(self, path: Path, schema: ShardSchema, samples: int) -> None:
+    def __init__(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> None:
         self.path = path
         self.schema = schema
         self.samples = samples
-        self.env, self.blocks_db = _acquire(path)
+        self.key = _file_key(path, fd)
+        self.env, self.blocks_db = _acquire(path, fd)
         self.txn = self.env.begin(db=self.blocks_db, buffers=True)
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(pinned_path(path, fd), os.O_RDONLY)
         try:
             self.extents = value_extents(self.fd, b"blocks")
         except (OSError, ValueError, struct.error):  # only a read-ahead hint is lost; reads do not depend on it
@@ -300,7 +307,7 @@ class LmdbSource:
     def close(self) -> None:
         os.close(self.fd)
         self.txn.abort()
-        _release(self.path)
+        _release(self.key)
 
 
 @BACKENDS.register("lmdb")
@@ -312,5 +319,5 @@ class LmdbBackend(Backend):
     def open_sink(self, target: Path, schema: ShardSchema) -> LmdbSink:
         return LmdbSink(target, schema)
 
-    def open_source(self, path: Path, schema: ShardSchema, samples: int) -> LmdbSource:
-        return LmdbSource(path, schema, samples)
+    def open_source(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> LmdbSource:
+        return LmdbSource(path, schema, samples, fd)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, read_into_page_cache
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, in_page_cache, pinned_path, read_into_page_cache
 from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
@@ -115,12 +115,12 @@ class _ColumnLayout:
 
 
 class ParquetSource:
-    def __init__(self, path: Path, schema: ShardSchema, samples: int) -> None:
+    def __init__(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> None:
         self.path = path
         self.schema = schema
         try:
-            self.file = pq.ParquetFile(str(path), memory_map=True)
-            self.fd = os.open(path, os.O_RDONLY)
+            self.file = pq.ParquetFile(pinned_path(path, fd), memory_map=True)
+            self.fd = os.open(pinned_path(path, fd), os.O_RDONLY)
             self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise FacedataError(f"{path}: cannot open Parquet shard ({exc})") from None
@@ -377,5 +377,5 @@ class ParquetBackend(Backend):
     def open_sink(self, target: Path, schema: ShardSchema) -> ParquetSink:
         return ParquetSink(target, schema)
 
-    def open_source(self, path: Path, schema: ShardSchema, samples: int) -> ParquetSource:
-        return ParquetSource(path, schema, samples)
+    def open_source(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> ParquetSource:
+        return ParquetSource(path, schema, samples, fd)
