@@ -62,6 +62,7 @@ def reader_main(directory: str, expected_path: str, swapped_flag: str) -> None:
         seen[epoch(data, expected, k)] += 1
         data.close()
         k += 1
+        time.sleep(0.05)  # leave the builds some CPU
     assert epoch(held, expected, 99) == "old", "a dataset opened before the swap must keep reading the old set"
     for _ in range(EPOCHS_AFTER):
         data = ShardedDataset(directory)
