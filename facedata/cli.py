@@ -26,10 +26,10 @@ class _Group(click.Group):
         except FacedataError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except OSError as exc:  # a full disk where no output names it better (facedata.paths.full_disk_error)
+        except OSError as exc:  # a full disk that no command names better (facedata.paths.full_disk_error)
             if exc.errno not in DISK_FULL:
                 raise
-            click.echo(f"error: {exc.filename or 'output'}: {os.strerror(exc.errno)}", err=True)
+            click.echo(f"error: {exc.filename or 'an output'}: {os.strerror(exc.errno)}", err=True)
             sys.exit(2)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

@@ -54,6 +54,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:  # named by the output, not by the temp file or nothing
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -96,7 +96,8 @@ def test_readers_see_one_whole_set_while_builds_write_and_swap(corpus: dict, tmp
     (tmp_path / "expected.json").write_text(json.dumps(expected))
     live, flag = tmp_path / "live", tmp_path / "swapped"
     shutil.copytree(tmp_path / "old", live)
-    code = (f"import sys; sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]; import test_concurrent_readers as t; "
+    code = (f"import sys; sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]; "
+            "import test_concurrent_readers as t; "
             f"t.reader_main({str(live)!r}, {str(tmp_path / 'expected.json')!r}, {str(flag)!r})")
     readers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for _ in range(READERS)]

@@ -97,30 +97,33 @@ def test_a_build_on_a_full_disk_stops_cleanly_and_resumes_byte_identical(
     assert output_digest(out) == corpus["references"][backend]
 
 
-MANIFEST_COMMANDS = {
-    "ingest": lambda c, out: ["ingest", c["corpus"].cuhk_annotations, "--images", c["corpus"].cuhk_images, "-o", out],
-    "filter": lambda c, out: ["filter", c["root"] / "det.parquet", "--min-size", "10", "-o", out],
-    "fuse": lambda c, out: ["fuse", c["root"] / "lmk.parquet", "--to", "mtcnn5", "-o", out],
-    "export coco": lambda c, out: ["export", "coco", c["root"] / "det.parquet", "-o", out],
-    "export voc": lambda c, out: ["export", "voc", c["root"] / "det.parquet", "-o", out],
+OUTPUT_COMMANDS = {
+    "ingest": lambda c, out: ["ingest", c["corpus"].cuhk_annotations, "--images", c["corpus"].cuhk_images, "-o", out,
+                              "-q"],
+    "filter": lambda c, out: ["filter", c["root"] / "det.parquet", "--min-size", "10", "-o", out, "-q"],
+    "fuse": lambda c, out: ["fuse", c["root"] / "lmk.parquet", "--to", "mtcnn5", "-o", out, "-q"],
+    "export coco": lambda c, out: ["export", "coco", c["root"] / "det.parquet", "-o", out, "-q"],
+    "export voc": lambda c, out: ["export", "voc", c["root"] / "det.parquet", "-o", out, "-q"],
+    "report": lambda c, out: ["report", c["root"] / "det.parquet", "-o", out, "--grid", "2"],  # the CLI's catch-all
 }
 
 
 def tree(path: Path) -> dict[str, bytes]:
-    """Every file at or under `path` with its bytes."""
+    """Every file at or under `path` with its bytes (none if it does not exist)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return {str(p.relative_to(path.parent)): p.read_bytes() for p in files}
 
 
-@pytest.mark.parametrize("name", list(MANIFEST_COMMANDS))
+@pytest.mark.parametrize("name", list(OUTPUT_COMMANDS))
 def test_a_full_disk_leaves_the_old_output_as_it_was(corpus: dict, small_disk: Path, name: str) -> None:
-    out = small_disk / ("out" if name == "export voc" else "out.json" if name == "export coco" else "out.parquet")
-    command = MANIFEST_COMMANDS[name](corpus, out)
-    cli(*command, "--quiet")
+    suffix = {"export voc": "", "report": "", "export coco": ".json"}.get(name, ".parquet")
+    out = small_disk / f"out{suffix}"
+    command = OUTPUT_COMMANDS[name](corpus, out)
+    cli(*command)
     before = tree(out)
     fill(small_disk, 0)
-    one_line_error(cli(*command, "--overwrite", "--quiet", code=2), out)
+    one_line_error(cli(*command, "--overwrite", code=2), out)
     assert tree(out) == before and temp_files(small_disk) == []
-    fresh = small_disk / f"new-{out.name}"
-    one_line_error(cli(*MANIFEST_COMMANDS[name](corpus, fresh), "--quiet", code=2), fresh)
-    assert not fresh.exists() and temp_files(small_disk) == []
+    fresh = small_disk / f"new{suffix}"
+    one_line_error(cli(*OUTPUT_COMMANDS[name](corpus, fresh), code=2), fresh)
+    assert not tree(fresh) and temp_files(small_disk) == []
