@@ -1,7 +1,10 @@
 """ShardedDataset: vectorised random access to a shard directory, safe across fork().
 
-Shard handles are opened lazily and re-opened whenever the process id changes, so an instance created
-before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are grouped by unit
+Creating one pins the dataset: index.json and a descriptor of every shard file it lists, from one
+directory, so a build that swaps another dataset in at the same path (`--overwrite`) never mixes the two
+and the old files stay readable while pinned (one descriptor per shard, for the object's life). Shard
+handles are opened lazily from the pinned files and re-opened whenever the process id changes, so an
+instance created before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are grouped by unit
 (block / row group): each batch is one np.take per array, from its unit when it has only one, else from
 a stage that holds the small units of the current shuffle windows, else unit by unit.
 
