@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from build_fixtures import demo_manifests
 from build_runs import REPO, cli, start_cli, stop
+from shard_fixtures import synthetic, write_dataset
 
+from facedata.buildoutput import staging_dir, swap_in, trash_dir
 from facedata.storage import ShardedDataset
 
 READERS = 3
@@ -117,3 +119,23 @@ def test_readers_see_one_whole_set_while_builds_write_and_swap(corpus: dict, tmp
         seen = json.loads(out.strip().splitlines()[-1])
         assert seen["old"] + seen["new"] >= 1, seen
     assert expected_sums(live) == expected["new"]
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "parquet"])
+def test_a_dataset_opened_before_a_swap_reads_the_old_set_to_its_end(tmp_path: Path, backend: str) -> None:
+    """The same in one process, step by step: open, read one shard, swap (and delete the old set), read on."""
+    sets = {}
+    for seed in (0, 1):
+        write_dataset(tmp_path / f"set{seed}", backend, 3000, shard_samples=1024, seed=seed)
+        sets[seed] = synthetic(3000, seed)
+    live = tmp_path / "live"
+    shutil.copytree(tmp_path / "set0", live)
+    held = ShardedDataset(live)
+    held.read(np.arange(10))  # opens the first shard only
+    shutil.copytree(tmp_path / "set1", staging_dir(live))
+    swap_in(live, staging_dir(live))
+    assert not trash_dir(live).exists()  # the old files are deleted: only the pinned descriptors keep them
+    fresh = ShardedDataset(live)
+    for data, seed in ((held, 0), (fresh, 1)):
+        pixels, records = data.read_range(0, 3000)
+        assert np.array_equal(pixels, sets[seed][0]) and np.array_equal(records, sets[seed][1])

@@ -191,7 +191,10 @@ _OPEN: dict[str, tuple[int, lmdb.Environment, object, int]] = {}
 def _file_key(path: Path, fd: int | None) -> str:
     """Which file: device and inode, so that a dataset swapped in at the same path is never given the env of the
     one it replaced."""
-    stat = os.fstat(fd) if fd is not None else os.stat(path)
+    try:
+        stat = os.fstat(fd) if fd is not None else os.stat(path)
+    except OSError:
+        return str(path)  # lmdb.open says what is wrong with it
     return f"{stat.st_dev}:{stat.st_ino}"
 
 

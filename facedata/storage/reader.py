@@ -4,9 +4,9 @@ Creating one pins the dataset: index.json and a descriptor of every shard file i
 directory, so a build that swaps another dataset in at the same path (`--overwrite`) never mixes the two
 and the old files stay readable while pinned (one descriptor per shard, for the object's life). Shard
 handles are opened lazily from the pinned files and re-opened whenever the process id changes, so an
-instance created before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are grouped by unit
-(block / row group): each batch is one np.take per array, from its unit when it has only one, else from
-a stage that holds the small units of the current shuffle windows, else unit by unit.
+instance created before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are
+grouped by unit (block / row group): each batch is one np.take per array, from its unit when it has only
+one, else from a stage that holds the small units of the current shuffle windows, else unit by unit.
 
 The index is trusted only as far as it is checked: every shard's size is compared with index.json on
 open (a truncated memory-mapped shard would kill the process with SIGBUS on first touch), every unit's
@@ -95,8 +95,7 @@ class ShardedDataset:
                                         self._files[shard])
 
     def __del__(self) -> None:
-        for fd in getattr(self, "_files", ()):
-            os.close(fd)
+        _close_all(getattr(self, "_files", []))
 
     def _own_handles(self) -> None:
         """After a fork, start afresh: never touch the parent's handles."""
@@ -368,19 +367,29 @@ def _pin(path: Path) -> tuple[dict, list[int]]:
         files: list[int] = []
         try:
             index = load_index(path)
+            missing = None
             for entry in index["shards"]:
-                files.append(os.open(entry["file"], os.O_RDONLY, dir_fd=directory))
+                try:
+                    files.append(os.open(entry["file"], os.O_RDONLY, dir_fd=directory))
+                except FileNotFoundError:
+                    missing = entry["file"]
+                    break
             if _same_file(path, directory):
+                if missing is not None:
+                    raise FacedataError(f"{path / missing}: shard listed in index.json is missing")
                 return index, files
-        except FileNotFoundError:
-            if _same_file(path, directory):
-                raise FacedataError(f"{path / index['shards'][len(files)]['file']}: shard listed in index.json is "
-                                    "missing") from None
+        except BaseException:
+            _close_all(files)
+            raise
         finally:
             os.close(directory)
-        for fd in files:  # replaced meanwhile: pin again
-            os.close(fd)
+        _close_all(files)  # replaced meanwhile: pin again
     raise FacedataError(f"{path}: replaced {_PIN_TRIES} times while being opened; try again")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _same_file(path: Path, fd: int) -> bool:
