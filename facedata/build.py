@@ -72,6 +72,7 @@ from facedata.buildworker import Job
 from facedata.engines import Engine
 from facedata.errors import FacedataError
 from facedata.manifest import command_line
+from facedata.paths import full_disk_error
 from facedata.samplers.crops import CropRecipe
 from facedata.samplers.landmarks import LandmarkRecipe
 from facedata.samplers.mined import MiningRecipe
@@ -179,20 +180,22 @@ def build_dataset(
         runner = engine.runner(job, workers, progress)  # fork before any LMDB env exists in this process
         chunk = chunk_images or max(1, min(spec.chunk_images, -(-job.n // (runner.slots * 16))))
         ok = False
-        try:
-            summary = run_build(
-                runner, job, output.directory, backend=backend, mix_ratio=ratio if mix else None,
-                allow_repeat=allow_repeat, shard_bytes=shard_bytes, block_samples=block_samples,
-                provenance=provenance, progress=progress, strict=strict, chunk=chunk, on_write=on_write,
-                on_plan=on_plan, started=started, encoding=encoding,
-            )
-            ok = True
-        except FacedataError:
-            if not strict:  # a --strict stop keeps its plan for the retry once the image is mended
-                output.discard()
-            raise
-        finally:
-            runner.close(ok)
+        # a full disk keeps the finished shards (and the plan) for the rerun, once there is space again
+        with full_disk_error(output.target, "free some space and run the same command again: it resumes"):
+            try:
+                summary = run_build(
+                    runner, job, output.directory, backend=backend, mix_ratio=ratio if mix else None,
+                    allow_repeat=allow_repeat, shard_bytes=shard_bytes, block_samples=block_samples,
+                    provenance=provenance, progress=progress, strict=strict, chunk=chunk, on_write=on_write,
+                    on_plan=on_plan, started=started, encoding=encoding,
+                )
+                ok = True
+            except FacedataError:
+                if not strict:  # a --strict stop keeps its plan for the retry once the image is mended
+                    output.discard()
+                raise
+            finally:
+                runner.close(ok)
         output.commit()
         summary.update(seconds=round(time.perf_counter() - started, 3), engine=engine.name, workers=runner.slots,
                        out_dir=str(out_dir))

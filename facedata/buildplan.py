@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from facedata import killpoint
 from facedata.paths import atomic_write
 
 RECORDS_NAME = "build-plan.rec"
@@ -52,19 +53,12 @@ class PlanFile:
 
     def _recover(self) -> int:
         """Images already planned by an earlier run with this fingerprint (0 if none or unusable)."""
-        try:
-            meta = json.loads((self.out_dir / META_NAME).read_text(encoding="utf-8"))
-            table = np.load(self.out_dir / TABLE_NAME, allow_pickle=False)
-        except (OSError, ValueError):
+        saved = load_table(self.out_dir, TABLE_NAME, META_NAME, self.fingerprint, self.table.dtype, len(self.table))
+        if saved is None:
             return 0
+        table, meta = saved
         planned = meta.get("planned")
-        if (
-            meta.get("fingerprint") != self.fingerprint
-            or table.dtype != self.table.dtype
-            or table.shape != self.table.shape
-            or not isinstance(planned, int)
-            or not 0 <= planned <= len(table)
-        ):
+        if not isinstance(planned, int) or not 0 <= planned <= len(table):
             return 0
         size = self.path.stat().st_size if self.path.exists() else 0
         if int(table["records"][:planned].sum()) * self.record_dtype.itemsize > size:
@@ -85,18 +79,14 @@ class PlanFile:
         self.planned, self.records = hi, self.records + len(records)
         if time.monotonic() - self._saved_at >= self.save_seconds:
             self.save()
+        killpoint.step()
 
     def save(self) -> None:
         """Make the records durable, then the table that points into them."""
         self._file.flush()
         os.fsync(self._file.fileno())
-        buf = io.BytesIO()
-        np.save(buf, self.table, allow_pickle=False)
-        with atomic_write(self.out_dir / TABLE_NAME) as fh:
-            fh.write(buf.getvalue())
-        meta: dict[str, Any] = {"fingerprint": self.fingerprint, "images": len(self.table), "planned": self.planned}
-        with atomic_write(self.out_dir / META_NAME, "w") as fh:
-            json.dump(meta, fh)
+        meta = {"fingerprint": self.fingerprint, "images": len(self.table), "planned": self.planned}
+        save_table(self.out_dir, TABLE_NAME, META_NAME, self.table, meta)
         self._saved_at = time.monotonic()
 
     def offsets(self) -> np.ndarray:
@@ -105,13 +95,42 @@ class PlanFile:
 
     def close(self) -> None:
         if not self._file.closed:
-            self.save()
-            self._file.close()
+            try:
+                self.save()
+            finally:  # closed even when the save fails (a full disk)
+                self._file.close()
 
     def remove(self) -> None:
         self.close()
         for name in PLAN_FILES:
             (self.out_dir / name).unlink(missing_ok=True)
+
+
+def save_table(out_dir: Path, table_name: str, meta_name: str, table: np.ndarray, meta: dict[str, Any]) -> None:
+    """Save a build's per-image table (.npy, no pickle) and then its meta (JSON with the build's fingerprint),
+    each atomically: the plan and progress tables of an interrupted build, found again by `load_table`."""
+    buf = io.BytesIO()
+    np.save(buf, table, allow_pickle=False)
+    with atomic_write(out_dir / table_name) as fh:
+        fh.write(buf.getvalue())
+    with atomic_write(out_dir / meta_name, "w") as fh:
+        json.dump(meta, fh)
+
+
+def load_table(
+    out_dir: Path, table_name: str, meta_name: str, fingerprint: str, dtype: np.dtype, n: int
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """(table, meta) saved by `save_table` for this build (same fingerprint, dtype and n rows), else None."""
+    try:
+        meta = json.loads((out_dir / meta_name).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
+            return None
+        table = np.load(out_dir / table_name, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if table.dtype != dtype or table.shape != (n,):
+        return None
+    return table, meta
 
 
 def read_records(path: str | os.PathLike[str], dtype: np.dtype, start: int, stop: int) -> np.ndarray:

@@ -11,8 +11,6 @@ build completes.
 
 from __future__ import annotations
 
-import io
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from facedata.buildplan import PlanFile
+from facedata.buildplan import PlanFile, load_table, save_table
 from facedata.buildsummary import build_summary
 from facedata.buildworker import (
     LABEL_ORDER,
@@ -38,7 +36,6 @@ from facedata.buildworker import (
 )
 from facedata.engines import ChunkRunner
 from facedata.errors import FacedataError
-from facedata.paths import atomic_write
 from facedata.samplers.mixing import MixPlan, mixing_plan
 from facedata.samples import LABEL_NAMES
 from facedata.storage import DatasetWriter
@@ -60,27 +57,13 @@ def _write_reports(job: Job, plan: np.ndarray, out_dir: Path) -> None:
 
 
 def _save_progress(out_dir: Path, table: np.ndarray, fingerprint: str) -> None:
-    buf = io.BytesIO()
-    np.save(buf, table, allow_pickle=False)
-    with atomic_write(out_dir / PROGRESS_NAME) as fh:
-        fh.write(buf.getvalue())
-    with atomic_write(out_dir / PROGRESS_META_NAME, "w") as fh:
-        json.dump({"fingerprint": fingerprint, "images": len(table)}, fh)
+    save_table(out_dir, PROGRESS_NAME, PROGRESS_META_NAME, table, {"fingerprint": fingerprint, "images": len(table)})
 
 
 def _load_progress(out_dir: Path, fingerprint: str, n: int) -> np.ndarray | None:
     """The saved progress table if it belongs to this build, else None."""
-    try:
-        with open(out_dir / PROGRESS_META_NAME, encoding="utf-8") as fh:
-            meta = json.load(fh)
-        if meta.get("fingerprint") != fingerprint or meta.get("images") != n:
-            return None
-        table = np.load(out_dir / PROGRESS_NAME, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if table.dtype != PROGRESS_DTYPE or len(table) != n:
-        return None
-    return table
+    saved = load_table(out_dir, PROGRESS_NAME, PROGRESS_META_NAME, fingerprint, PROGRESS_DTYPE, n)
+    return None if saved is None else saved[0]
 
 
 def _resume_point(table: np.ndarray | None, done: int) -> tuple[int, int]:

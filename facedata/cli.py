@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from facedata.buildoptions import Number, check_iou_order, check_values, root_fo
 from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
 from facedata.optionnames import RenamingCommand
+from facedata.paths import DISK_FULL
 
 
 class _Group(click.Group):
@@ -24,6 +26,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except FacedataError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a full disk that no command names better (facedata.paths.full_disk_error)
+            if exc.errno not in DISK_FULL:
+                raise
+            click.echo(f"error: {exc.filename or 'an output'}: {os.strerror(exc.errno)}", err=True)
             sys.exit(2)
         except click.UsageError as exc:
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

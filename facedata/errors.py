@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 class FacedataError(Exception):
@@ -83,12 +82,12 @@ class Rejects:
 
     def write_csv(self, path: str | os.PathLike[str]) -> None:
         """Write every skipped item as file,line,field,reason,kind (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        from facedata.paths import atomic_write, full_disk_error  # (facedata.paths raises FacedataError)
+
+        with full_disk_error(path, "the manifest is written, its rejects report is not"), \
+                atomic_write(path, "w") as fh:
             writer = csv.writer(fh)
             writer.writerow(["file", "line", "field", "reason", "kind"])
             for item in self.items:
                 line = "" if item.line is None else item.line
                 writer.writerow([item.file, line, item.field, item.reason, item.kind])
-        os.replace(tmp, path)

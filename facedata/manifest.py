@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from facedata import __version__
 from facedata.errors import FacedataError
 from facedata.faces import degenerate
-from facedata.paths import atomic_write, sha256_file
+from facedata.paths import atomic_write, full_disk_error, sha256_file
 from facedata.schema import (
     ADDED_IN_4,
     BOX_ANNOTATED,
@@ -79,7 +79,7 @@ class Manifest:
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write atomically as one Parquet file (see schema.MANIFEST_SCHEMA)."""
         table = to_table(self)
-        with atomic_write(path) as fh:
+        with full_disk_error(path, "an existing file of that name is left as it was"), atomic_write(path) as fh:
             pq.write_table(table, fh, compression="zstd")
 
     @classmethod

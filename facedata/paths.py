@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
@@ -9,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from facedata.errors import FacedataError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def normalise_rel_path(raw: str) -> str | None:
@@ -76,9 +79,25 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:  # named by the output, not by the temp file or nothing
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def full_disk_error(output: str | os.PathLike[str], outcome: str) -> Iterator[None]:
+    """A full disk or quota (ENOSPC, EDQUOT) met in the block becomes one clear line naming `output` and saying
+    what is left (`outcome`), instead of a traceback; writes are atomic, so nothing half-written is visible."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise FacedataError(f"{output}: {os.strerror(exc.errno)} while writing it; {outcome}") from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

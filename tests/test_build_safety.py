@@ -4,7 +4,6 @@ Failed builds validate first and leave nothing that blocks the corrected retry."
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -15,15 +14,12 @@ from pathlib import Path
 
 import pytest
 from build_fixtures import demo_manifests
-from click.testing import CliRunner
+from build_runs import REPO, cli, contents, kill_when, same_files, snapshot, start_cli
 
 from facedata.buildoutput import output_lock, recover, staging_dir, swap_in, trash_dir
-from facedata.cli import main
 from facedata.errors import FacedataError
 from facedata.storage import verify_dataset
-from facedata.storage.index import load_index
 
-REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ["--workers", "1", "--shard-size", "100KB", "--quiet"]
 
 
@@ -39,46 +35,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {**corpus, "reference": references}
 
 
-def cli(*args: object, code: int = 0) -> str:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    return result.output
-
-
-def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
-    """Every file of a dataset directory: (mtime_ns, sha256) — any modification shows."""
-    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(directory.iterdir())}
-
-
-def contents(directory: Path) -> dict[str, str]:
-    """The dataset's shard hashes (what must equal a reference build)."""
-    return {entry["file"]: entry["sha256"] for entry in load_index(directory)["shards"]}
-
-
-def same_files(a: dict, b: dict) -> bool:
-    return {k: v[1] for k, v in a.items() if k.startswith("shard-")} == {
-        k: v[1] for k, v in b.items() if k.startswith("shard-")}
-
-
 def start_build(corpus: dict, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = "from facedata.cli import main; main()"
-    args = [sys.executable, "-c", code, "build", "pnet", *corpus["inputs"], "-o", str(out), *OPTIONS, *extra]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def kill_when(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 120) -> bool:
-    """SIGKILL the build as soon as `condition` holds; False if it ended first."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        if condition():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.002)
-    proc.wait()
-    return False
+    return start_cli("build", "pnet", *corpus["inputs"], "-o", out, *OPTIONS, *extra)
 
 
 def shards_in(directory: Path, n: int) -> Callable[[], bool]:

@@ -28,3 +28,13 @@ def test_oracle_imports_none_of_the_checked_code():
            if any(name == mod or name.startswith(mod + ".") for mod in CHECKED)]
     assert len(list(folder.glob("*.py"))) >= 5
     assert bad == []
+
+
+def test_oracle_modules_share_only_public_names():
+    """keypoints.py builds on labels.py and pixels.py through their public names, never their private ones."""
+    folder = Path(facedata.oracle.__file__).parent
+    private = [f"{path.name}: {node.module}.{alias.name}" for path in sorted(folder.glob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(), str(path)))
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("facedata")
+               for alias in node.names if alias.name.startswith("_") and alias.name != "__version__"]
+    assert private == []

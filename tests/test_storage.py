@@ -528,8 +528,9 @@ def test_shuffled_read_asks_the_kernel_for_units_ahead(
         monkeypatch.setattr(reader, "WHOLE_READ_RAM_SHARE", 0.0)
     whole_reads: list[str] = []
     read_file = reader._read_file_into_cache
-    monkeypatch.setattr(reader, "_read_file_into_cache",
-                        lambda path, size: (whole_reads.append(path.name), read_file(path, size)))
+    monkeypatch.setattr(reader, "_read_file_into_cache",  # given the shard's pinned descriptor
+                        lambda fd, size: (whole_reads.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name),
+                                          read_file(fd, size)))
     write_dataset(tmp_path, backend, 20_000, shard_samples=8192, chunk=5000)  # 3 shards of 4 MB at most
     shards = sorted(tmp_path.glob("shard-*"))
     drop_cached_pages(shards)

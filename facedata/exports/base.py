@@ -19,7 +19,7 @@ import pandas as pd
 
 from facedata.errors import FacedataError
 from facedata.manifest import Manifest
-from facedata.paths import atomic_write
+from facedata.paths import atomic_write, full_disk_error
 from facedata.registry import Registry
 from facedata.schema import BOX_DERIVED, FACE_ATTRIBUTES, UNKNOWN_ATTRIBUTE, VISIBILITY_HIDDEN
 
@@ -157,11 +157,12 @@ def export(manifest: Manifest, format_name: str, out: Path, *, source: str = "ma
     if out.is_dir():
         _check_replaceable(out, exporter)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if exporter.single_file:
-        exporter.write(manifest, out)
-    else:
-        with _atomic_folder(out) as tmp:
-            exporter.write(manifest, tmp)
+    with full_disk_error(out, "an existing output is left as it was"):
+        if exporter.single_file:
+            exporter.write(manifest, out)
+        else:
+            with _atomic_folder(out) as tmp:
+                exporter.write(manifest, tmp)
     return lost
 
 

@@ -5,7 +5,9 @@ It shares no code with facedata.samplers or facedata.detect: IoU, box offsets, l
 from the documented conventions, so "0 mismatches" means the samplers agree with the documentation,
 not with themselves. It reads only the manifests, the shards and the record layout (facedata.samples).
 pnet/rnet/onet builds: labels.py / pixels.py; pfld and topdown builds: keypoints.py (crop squares, projected
-points and masks, Euler angles through the augmentation, mmpose centre/scale and affine).
+points and masks, Euler angles through the augmentation, mmpose centre/scale and affine), built on the public
+helpers of the other two (labels: Checks, recorded_rules, face_check; pixels: ArraySource, all_records,
+sample_bilinear, decode_source, compare_pixels).
 """
 
 from facedata.oracle.dataset import (

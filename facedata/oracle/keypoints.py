@@ -53,18 +53,18 @@ from facedata.errors import FacedataError
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest
 from facedata.oracle.geometry import landmark_targets, usable
-from facedata.oracle.labels import FaceTable, _Checks, _pick, face_check
+from facedata.oracle.labels import Checks, FaceTable, face_check, recorded_rules
 from facedata.oracle.pixels import (
     TOLERANCE,
+    ArraySource,
     PixelReport,
     PixelResult,
     Tolerance,
-    _all_records,
-    _Arrays,
-    _compare,
-    _decode,
-    _sample_bilinear,
+    all_records,
+    compare_pixels,
+    decode_source,
     pick_samples,
+    sample_bilinear,
 )
 from facedata.samples import LABEL_LANDMARK, ORIGIN_DETECTIONS, ORIGIN_LANDMARKS
 
@@ -91,7 +91,7 @@ class PfldRules:
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> PfldRules:
         """The rules from index.json's `pfld_recipe`."""
-        return _pick(cls, recipe)
+        return recorded_rules(cls, recipe)
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class TopDownRules:
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> TopDownRules:
         """The rules from index.json's `topdown_recipe` (its `input` is a JSON list)."""
-        rules = _pick(cls, recipe)
+        rules = recorded_rules(cls, recipe)
         return replace(rules, input=tuple(rules.input))
 
     @property
@@ -113,7 +113,7 @@ class TopDownRules:
         return tuple(math.ceil(v * self.margin - 1e-9) for v in self.input)  # type: ignore[return-value]
 
 
-def _close_nan(checks: _Checks, rows: np.ndarray, name: str, expected: np.ndarray, atol: float) -> None:
+def _close_nan(checks: Checks, rows: np.ndarray, name: str, expected: np.ndarray, atol: float) -> None:
     """Flag rows whose field differs from `expected` by more than atol, or is NaN where it is not (and back)."""
     found = checks.records[name][rows].reshape(len(rows), -1).astype(np.float64)
     exp = np.asarray(expected, np.float64).reshape(len(rows), -1)
@@ -123,7 +123,7 @@ def _close_nan(checks: _Checks, rows: np.ndarray, name: str, expected: np.ndarra
                lambda k: f"expected {exp[k].round(5).tolist()}, found {found[k].round(5).tolist()}")
 
 
-def _fixed(checks: _Checks, rows: np.ndarray, name: str, value: int) -> None:
+def _fixed(checks: Checks, rows: np.ndarray, name: str, value: int) -> None:
     found = checks.records[name][rows]
     checks.add(name, rows, found != value, lambda k: f"expected {value}, found {int(found[k])}")
 
@@ -168,7 +168,7 @@ class PfldOracle:
         present = np.isfinite(self.table.points).all(axis=2)
         self.sampled = usable(self.table.boxes, self.table.flagged, 0.0) & (present.sum(axis=1) >= rules.min_points)
 
-    def check(self, checks: _Checks) -> None:
+    def check(self, checks: Checks) -> None:
         r = checks.records
         rows = np.arange(len(r))
         _fixed(checks, rows, "label", LABEL_LANDMARK)
@@ -200,7 +200,7 @@ class PfldOracle:
             low, high = np.nanmin(pts, axis=1), np.nanmax(pts, axis=1)
         return (low + high) / 2, (high - low).max(axis=1) * self.rules.expand
 
-    def _crops(self, checks: _Checks, rows: np.ndarray, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _crops(self, checks: Checks, rows: np.ndarray, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r, rules = checks.records, self.rules
         crop = r["crop"][rows].astype(np.float64)
         side = crop[:, 2] - crop[:, 0]
@@ -226,7 +226,7 @@ class PfldOracle:
             checks.add("mirror", rows, r["mirror"][rows] != 0, lambda k: "mirrored, but the recipe does not mirror")
         return rows[shape_ok], face[shape_ok]
 
-    def _euler(self, checks: _Checks, rows: np.ndarray, face: np.ndarray, angle: np.ndarray, mirror: np.ndarray
+    def _euler(self, checks: Checks, rows: np.ndarray, face: np.ndarray, angle: np.ndarray, mirror: np.ndarray
                ) -> None:
         r = checks.records
         source = r["pose_source"][rows].astype(np.int64)
@@ -252,7 +252,7 @@ class PfldOracle:
             checks.add("euler", rows[e], ~ok, lambda k: f"{got[k].round(4).tolist()} with pose_source {src[k]}: "
                        "expected NaN, or finite with |pitch|, |roll| <= 180 and |yaw| <= 90 when estimated")
 
-    def _face_fields(self, checks: _Checks, rows: np.ndarray, face: np.ndarray) -> None:
+    def _face_fields(self, checks: Checks, rows: np.ndarray, face: np.ndarray) -> None:
         flags = np.nan_to_num(self.attributes[face], nan=-1.0)
         checks.close(rows, "attributes", np.where(flags > 0, 1, 0), 0)
         checks.close(rows, "has_attributes", (flags >= 0).all(axis=1).astype(np.int64), 0)
@@ -301,7 +301,7 @@ class TopDownOracle:
         labelled = np.isfinite(self.points).all(axis=2).any(axis=1)
         self.sampled = usable(self.table.boxes, self.table.flagged, 0.0) & (labelled | rules.keep_unlabelled)
 
-    def check(self, checks: _Checks) -> None:
+    def check(self, checks: Checks) -> None:
         r, rules = checks.records, self.rules
         rows = np.arange(len(r))
         _fixed(checks, rows, "label", LABEL_LANDMARK)
@@ -342,7 +342,7 @@ def warp_through(image: np.ndarray, affine: np.ndarray, size: tuple[int, int]) -
     jj, ii = np.meshgrid(np.arange(size[1], dtype=np.float64), np.arange(size[0], dtype=np.float64), indexing="ij")
     sx = inv[0, 0] * ii + inv[0, 1] * jj + inv[0, 2]
     sy = inv[1, 0] * ii + inv[1, 1] * jj + inv[1, 2]
-    return np.clip(np.rint(_sample_bilinear(image, sx, sy)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(sample_bilinear(image, sx, sy)), 0, 255).astype(np.uint8)
 
 
 def verify_topdown_pixels(dataset: Any, manifest: Manifest, *, n: int, seed: int = 0,
@@ -350,13 +350,13 @@ def verify_topdown_pixels(dataset: Any, manifest: Manifest, *, n: int, seed: int
     """Re-cut `n` topdown samples through their stored affine and compare (dataset: a reader or a
     (pixels, records) pair)."""
     if isinstance(dataset, tuple):
-        dataset = _Arrays(*dataset)
+        dataset = ArraySource(*dataset)
     report = PixelReport(tolerance)
     if len(dataset) == 0:
         return report
     paths = manifest.image_paths(roots).tolist()
     sizes = manifest.images[["width", "height"]].to_numpy(np.float64, na_value=np.nan)
-    indices = pick_samples(_all_records(dataset), n, seed)
+    indices = pick_samples(all_records(dataset), n, seed)
     pixels, records = dataset.read(indices)
     decoded: tuple[int, Any] = (-1, None)
     for k in np.argsort(records["image_index"], kind="stable").tolist():
@@ -364,7 +364,7 @@ def verify_topdown_pixels(dataset: Any, manifest: Manifest, *, n: int, seed: int
         image_index = int(rec["image_index"])
         path = paths[image_index] if 0 <= image_index < len(paths) else f"<image {image_index}>"
         if decoded[0] != image_index:
-            decoded = (image_index, _decode(path, sizes, image_index))
+            decoded = (image_index, decode_source(path, sizes, image_index))
         image = decoded[1]
         result = dict(index=int(indices[k]), label=int(rec["label"]), origin=int(rec["origin"]), mirror=False,
                       angle=0.0, path=path)
@@ -374,7 +374,7 @@ def verify_topdown_pixels(dataset: Any, manifest: Manifest, *, n: int, seed: int
             report.results.append(PixelResult(**result, mean_diff=float("inf"), max_diff=255, problem=problem))
             continue
         mine = warp_through(image, affine, (pixels.shape[2], pixels.shape[1]))
-        report.results.append(PixelResult(**result, **_compare(pixels[k], mine, tolerance)))
+        report.results.append(PixelResult(**result, **compare_pixels(pixels[k], mine, tolerance)))
     report.results.sort(key=lambda r: r.index)
     return report
 

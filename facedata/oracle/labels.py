@@ -43,7 +43,7 @@ CHUNK = 1 << 16
 IGNORE_COLUMN = "ignore"  # optional bool face column: a face kept as an ignore region (e.g. by a filter)
 
 
-def _pick(cls: type, values: Mapping[str, Any] | Any | None) -> Any:
+def recorded_rules(cls: type, values: Mapping[str, Any] | Any | None) -> Any:
     """`cls` from the matching keys of a recorded recipe (a dict, or an object with to_dict())."""
     if values is None:
         return cls()
@@ -82,10 +82,10 @@ class DetectionRules:
     @classmethod
     def from_recipes(cls, crop: Mapping[str, Any] | Any | None, mining: Mapping[str, Any] | Any | None = None
                      ) -> DetectionRules:
-        rules = _pick(cls, crop)
+        rules = recorded_rules(cls, crop)
         if mining is None:
             return rules
-        mined = _pick(cls, mining)
+        mined = recorded_rules(cls, mining)
         return DetectionRules(
             rules.negative_iou, rules.part_iou, rules.positive_iou, rules.ignore_cover, rules.ignore_under,
             rules.face_side, rules.plus_one_iou, True, mined.min_size, mined.max_negatives_per_image, mined.pad_border,
@@ -113,7 +113,7 @@ class LandmarkRules:
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any] | Any | None) -> LandmarkRules:
         """The recipe's `draws: reference` keeps shifts on IoU with x2 - x1 + 1 widths (the reference's)."""
-        rules = _pick(cls, recipe)
+        rules = recorded_rules(cls, recipe)
         if recipe is not None and not isinstance(recipe, Mapping):
             recipe = recipe.to_dict()
         if recipe is not None and recipe.get("draws") == "reference":
@@ -224,7 +224,7 @@ def _codes(faces: Any, points: np.ndarray) -> np.ndarray:
     return codes
 
 
-class _Checks:
+class Checks:
     """Accumulates per-field bad masks of one chunk, then folds them into the report."""
 
     def __init__(self, records: np.ndarray, start: int) -> None:
@@ -290,7 +290,7 @@ def _by_image(images: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     yield from zip(unique.tolist(), np.split(order, starts[1:]), strict=True)
 
 
-def face_check(checks: _Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray, why: str) -> np.ndarray:
+def face_check(checks: Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray, why: str) -> np.ndarray:
     """Flag rows whose face_index is not a face of their image, or not one `ok` allows (`why` says which
     faces those are); returns the mask of good rows."""
     face = checks.records["face_index"][rows].astype(np.int64)
@@ -312,7 +312,7 @@ class _Oracle:
         det = self.tables[ORIGIN_DETECTIONS]
         self.negatives_seen = None if det is None else np.zeros(len(det.widths), np.int64)
 
-    def check(self, checks: _Checks) -> None:
+    def check(self, checks: Checks) -> None:
         r = checks.records
         rows = np.arange(len(r))
         labels, origins = r["label"].astype(np.int64), r["origin"].astype(np.int64)
@@ -341,7 +341,7 @@ class _Oracle:
                 selected = self._crop_geometry(checks, selected, self.tables[origin], origin)
                 check(checks, selected, self.tables[origin])
 
-    def _crop_geometry(self, checks: _Checks, rows: np.ndarray, table: FaceTable, origin: int) -> np.ndarray:
+    def _crop_geometry(self, checks: Checks, rows: np.ndarray, table: FaceTable, origin: int) -> np.ndarray:
         """Flag crops that are not whole pixels, empty, outside the image or (detections) not square;
         returns the rows whose crop is usable for the label checks."""
         crop = checks.records["crop"][rows].astype(np.float64)
@@ -369,10 +369,10 @@ class _Oracle:
                    f"{height[k]:.0f} image")
         return rows[shape_ok & placed]
 
-    def _face_check(self, checks: _Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray) -> np.ndarray:
+    def _face_check(self, checks: Checks, rows: np.ndarray, table: FaceTable, ok: np.ndarray) -> np.ndarray:
         return face_check(checks, rows, table, ok, "invalid, ignored, degenerate, too small or without every point")
 
-    def _detections(self, checks: _Checks, rows: np.ndarray, table: FaceTable) -> None:
+    def _detections(self, checks: Checks, rows: np.ndarray, table: FaceTable) -> None:
         r, rules = checks.records, self.det
         labels = r["label"][rows].astype(np.int64)
         angles = r["angle"][rows]
@@ -397,7 +397,7 @@ class _Oracle:
         if face_cut.any():
             self._face_samples(checks, rows[face_cut], table, can_sample, best[face_cut])
 
-    def _negatives(self, checks: _Checks, rows: np.ndarray, table: FaceTable, best: np.ndarray,
+    def _negatives(self, checks: Checks, rows: np.ndarray, table: FaceTable, best: np.ndarray,
                    cover: np.ndarray) -> None:
         rules = self.det
         checks.zeros(rows, "bbox")
@@ -420,7 +420,7 @@ class _Oracle:
             checks.add("label", rows, seen > cap,
                        lambda k: f"negative number {seen[k]} of image {image[k]} is over the cap of {cap}")
 
-    def _face_samples(self, checks: _Checks, rows: np.ndarray, table: FaceTable, can_sample: np.ndarray,
+    def _face_samples(self, checks: Checks, rows: np.ndarray, table: FaceTable, can_sample: np.ndarray,
                       best: np.ndarray) -> None:
         r, rules = checks.records, self.det
         good = self._face_check(checks, rows, table, can_sample)
@@ -436,7 +436,7 @@ class _Oracle:
                        lambda k: f"IoU {overlap[k]:.4f} with its face, but {best[k]:.4f} with another face")
         checks.close(rows, "bbox", box_offsets(crops, table.boxes[face], r["mirror"][rows] != 0), self.atol)
 
-    def _landmarks(self, checks: _Checks, rows: np.ndarray, table: FaceTable) -> None:
+    def _landmarks(self, checks: Checks, rows: np.ndarray, table: FaceTable) -> None:
         r, rules = checks.records, self.lmk
         checks.zeros(rows, "bbox")
         angles = r["angle"][rows].astype(np.float64)
@@ -490,7 +490,7 @@ def verify_labels(
     return run_checks(oracle.check, dataset, max_listed)
 
 
-def run_checks(check: Callable[[_Checks], None], dataset: Any, max_listed: int = 20) -> LabelReport:
+def run_checks(check: Callable[[Checks], None], dataset: Any, max_listed: int = 20) -> LabelReport:
     """Run a stage oracle's `check` over every record chunk of `dataset` (see verify_labels) and count."""
     report = LabelReport()
     start = 0
@@ -498,7 +498,7 @@ def run_checks(check: Callable[[_Checks], None], dataset: Any, max_listed: int =
         labels = records["label"].astype(np.int64)
         for label in np.unique(labels).tolist():
             report.by_label[label] = report.by_label.get(label, 0) + int((labels == label).sum())
-        checks = _Checks(records, start)
+        checks = Checks(records, start)
         check(checks)
         checks.fold(report, max_listed)
         report.checked += len(records)

@@ -127,7 +127,7 @@ def pick_samples(records: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def _sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """image (H, W, C) at pixel-index coordinates (x, y), bilinear, zero outside the image."""
     h, w = image.shape[:2]
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
@@ -147,7 +147,7 @@ def _rotated(image: np.ndarray, crop: np.ndarray, angle: float, xs: np.ndarray, 
     qx, qy = np.meshgrid(xs, ys)
     # the rotated image shows at q the source point that the rotation carried there: rotate q back
     sx, sy = rotate_about(qx, qy, (x1 + x2) / 2, (y1 + y2) / 2, -angle)
-    return _sample_bilinear(image, sx - 0.5, sy - 0.5)
+    return sample_bilinear(image, sx - 0.5, sy - 0.5)
 
 
 def _window(image: np.ndarray, crop: np.ndarray, angle: float) -> np.ndarray:
@@ -206,7 +206,7 @@ def recut(image: np.ndarray, crop: np.ndarray, angle: float, mirror: bool, size:
     return out[:, ::-1] if mirror else out
 
 
-class _Arrays:
+class ArraySource:
     """(pixels, records) arrays with the reader interface the pixel check needs."""
 
     def __init__(self, pixels: np.ndarray, records: np.ndarray) -> None:
@@ -222,7 +222,8 @@ class _Arrays:
         return self.pixels[start:stop], self.records[start:stop]
 
 
-def _all_records(dataset: Any) -> np.ndarray:
+def all_records(dataset: Any) -> np.ndarray:
+    """Every record of a reader (len, read_range), read in slices."""
     step = 1 << 16
     return np.concatenate([dataset.read_range(s, min(len(dataset), s + step))[1]
                            for s in range(0, len(dataset), step)])
@@ -245,7 +246,7 @@ def verify_pixels(
     (ORIGIN_DETECTIONS / ORIGIN_LANDMARKS) to the resize the build recorded ('linear' by default).
     """
     if isinstance(dataset, tuple):
-        dataset = _Arrays(*dataset)
+        dataset = ArraySource(*dataset)
     interpolation = {ORIGIN_DETECTIONS: "linear", ORIGIN_LANDMARKS: "linear", **(interpolation or {})}
     for mode in interpolation.values():
         if mode not in INTERPOLATIONS:
@@ -257,7 +258,7 @@ def verify_pixels(
     report = PixelReport(tolerance)
     if len(dataset) == 0:
         return report
-    indices = pick_samples(_all_records(dataset), n, seed)
+    indices = pick_samples(all_records(dataset), n, seed)
     pixels, records = dataset.read(indices)
     order = np.lexsort((records["image_index"], records["origin"]))  # decode each image once
     decoded: tuple[Any, Any] = (None, None)
@@ -270,7 +271,7 @@ def verify_pixels(
                                 if name else f"sample {indices[k]} has unknown origin {origin}")
         path = paths[origin][image_index] if 0 <= image_index < len(paths[origin]) else f"<image {image_index}>"
         if decoded[0] != (origin, image_index):
-            decoded = ((origin, image_index), _decode(path, sizes[origin], image_index))
+            decoded = ((origin, image_index), decode_source(path, sizes[origin], image_index))
         image = decoded[1]
         result = dict(index=int(indices[k]), label=int(rec["label"]), origin=origin, mirror=bool(rec["mirror"]),
                       angle=float(rec["angle"]), path=path)
@@ -280,12 +281,13 @@ def verify_pixels(
             continue
         mine = recut(image, rec["crop"], float(rec["angle"]), bool(rec["mirror"]), pixels.shape[1],
                      interpolation[origin])
-        report.results.append(PixelResult(**result, **_compare(pixels[k], mine, tolerance)))
+        report.results.append(PixelResult(**result, **compare_pixels(pixels[k], mine, tolerance)))
     report.results.sort(key=lambda r: r.index)
     return report
 
 
-def _compare(stored: np.ndarray, mine: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
+def compare_pixels(stored: np.ndarray, mine: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
+    """A PixelResult's difference fields: mean and max absolute difference, and the problem past `tolerance`."""
     diff = np.abs(stored.astype(np.int16) - mine.astype(np.int16))
     mean, worst = float(diff.mean()), int(diff.max())
     problem = None
@@ -294,7 +296,7 @@ def _compare(stored: np.ndarray, mine: np.ndarray, tolerance: Tolerance) -> dict
     return {"mean_diff": mean, "max_diff": worst, "problem": problem}
 
 
-def _decode(path: str, sizes: np.ndarray, image_index: int) -> np.ndarray | str:
+def decode_source(path: str, sizes: np.ndarray, image_index: int) -> np.ndarray | str:
     """The decoded image, or why it cannot be used (missing, undecodable, not the manifest's size)."""
     if not 0 <= image_index < len(sizes):
         return f"image row {image_index} is not in the manifest"

@@ -119,13 +119,22 @@ class Backend:
     def open_sink(self, target: Path, schema: ShardSchema) -> ShardSink:
         raise NotImplementedError
 
-    def open_source(self, path: Path, schema: ShardSchema, samples: int) -> ShardSource:
+    def open_source(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> ShardSource:
+        """A reader of the shard at `path`; with `fd`, of the file open there (see `pinned_path`)."""
         raise NotImplementedError
 
     def pieces(self, path: Path, schema: ShardSchema, samples: int) -> list[Piece]:
         """Where the samples lie in the file, in order, parsed from the file's own metadata without the
         backend's reader: on a damaged file this may raise, never crash (verify locates changed bytes with it)."""
         raise NotImplementedError
+
+
+def pinned_path(path: Path, fd: int | None) -> str:
+    """What to open to read the file a reader holds open as `fd` (/proc/self/fd/N: that very file, even after
+    `path` was renamed or deleted), else `path` (no fd, or no /proc). `path` still names it in messages."""
+    if fd is not None and os.path.isdir("/proc/self/fd"):
+        return f"/proc/self/fd/{fd}"
+    return str(path)
 
 
 BACKENDS: Registry[type[Backend]] = Registry("storage backend")

@@ -13,9 +13,11 @@ readahead=False and keep one read txn, so blocks are zero-copy numpy views of th
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import lmdb
 import numpy as np
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, Piece, ShardSchema, in_page_cache
+from facedata.storage.base import BACKENDS, Backend, Piece, ShardSchema, in_page_cache, pinned_path
 from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
@@ -35,6 +37,15 @@ def block_key(block: int) -> bytes:
     return int(block).to_bytes(8, "big")
 
 
+@contextmanager
+def _as_os_error(path: Path) -> Iterator[None]:
+    """LMDB reports a full disk as its own DiskError: raise it as the OSError (ENOSPC) every other writer raises."""
+    try:
+        yield
+    except lmdb.DiskError as exc:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})", str(path)) from None
+
+
 class LmdbSink:
     def __init__(self, target: Path, schema: ShardSchema) -> None:
         self.target = target
@@ -42,8 +53,9 @@ class LmdbSink:
         self.work = target.with_name(target.name + ".work")
         self._remove_work()
         shard_bytes = schema.samples_per_shard * schema.bytes_per_sample
-        self.env = lmdb.open(str(self.work), subdir=False, map_size=2 * shard_bytes + (64 << 20), lock=False,
-                             sync=False, metasync=False, max_dbs=2, readahead=False)
+        with _as_os_error(self.work):
+            self.env = lmdb.open(str(self.work), subdir=False, map_size=2 * shard_bytes + (64 << 20), lock=False,
+                                 sync=False, metasync=False, max_dbs=2, readahead=False)
         self.blocks_db = self.env.open_db(b"blocks")
         self.meta_db = self.env.open_db(b"__meta__")
         self.txn = self.env.begin(write=True)
@@ -60,13 +72,14 @@ class LmdbSink:
             ends = np.cumsum([len(b) for b in images], dtype=np.uint64).astype("<u4")
             value = b"".join([np.uint32(len(images)).astype("<u4").tobytes(), ends.tobytes(), *images,
                               records.tobytes()])
-        if not self.txn.put(block_key(self.block), value, append=True, db=self.blocks_db):
-            raise FacedataError(f"{self.target.name}: LMDB refused block {self.block} (key order)")
-        self.block += 1
-        self.samples += len(records)
-        if self.block % self.commit_every == 0:  # a function of the block number only: deterministic bytes
-            self.txn.commit()
-            self.txn = self.env.begin(write=True)
+        with _as_os_error(self.work):
+            if not self.txn.put(block_key(self.block), value, append=True, db=self.blocks_db):
+                raise FacedataError(f"{self.target.name}: LMDB refused block {self.block} (key order)")
+            self.block += 1
+            self.samples += len(records)
+            if self.block % self.commit_every == 0:  # a function of the block number only: deterministic bytes
+                self.txn.commit()
+                self.txn = self.env.begin(write=True)
 
     def finish(self) -> None:
         meta = {
@@ -78,26 +91,30 @@ class LmdbSink:
             "block_samples": self.schema.block_samples,
             "samples": self.samples,
         }
-        self.txn.put(_META_KEY, canonical_json(meta).encode(), db=self.meta_db)
-        self.txn.commit()
-        self.txn = None
         try:
-            with open(self.target, "wb") as fh:
-                self.env.copyfd(fh.fileno(), compact=True)
-                fh.flush()
-                os.fsync(fh.fileno())
+            with _as_os_error(self.target):
+                self.txn.put(_META_KEY, canonical_json(meta).encode(), db=self.meta_db)
+                self.txn.commit()
+                self.txn = None
+                with open(self.target, "wb") as fh:
+                    self.env.copyfd(fh.fileno(), compact=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
         finally:
+            self.txn = None
             self.env.close()
             self._remove_work()
 
     def abort(self) -> None:
-        if self.txn is not None:
-            self.txn.abort()
-            self.txn = None
-        self.env.close()
-        self._remove_work()
-        if self.target.exists():
-            self.target.unlink()
+        """Drop the shard in progress (also after a failed `finish`): no work env or temp file stays."""
+        try:
+            if self.txn is not None:
+                self.txn.abort()
+                self.txn = None
+            self.env.close()
+        finally:
+            self._remove_work()
+            self.target.unlink(missing_ok=True)
 
     def _remove_work(self) -> None:
         for path in (self.work, self.work.with_name(self.work.name + "-lock")):
@@ -171,8 +188,18 @@ def _leaves(fd: int, psize: int, size: int, root: int) -> dict[bytes, tuple[int,
 _OPEN: dict[str, tuple[int, lmdb.Environment, object, int]] = {}
 
 
-def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
-    key = str(path.resolve())
+def _file_key(path: Path, fd: int | None) -> str:
+    """Which file: device and inode, so that a dataset swapped in at the same path is never given the env of the
+    one it replaced."""
+    try:
+        stat = os.fstat(fd) if fd is not None else os.stat(path)
+    except OSError:
+        return str(path)  # lmdb.open says what is wrong with it
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _acquire(path: Path, fd: int | None = None) -> tuple[lmdb.Environment, object]:
+    key = _file_key(path, fd)
     held = _OPEN.get(key)
     if held is not None and held[0] == os.getpid():
         _OPEN[key] = (held[0], held[1], held[2], held[3] + 1)
@@ -184,12 +211,12 @@ def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
         held[1].close()
         del _OPEN[key]
     try:
-        env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, max_spare_txns=1,
-                        max_dbs=2)
+        env = lmdb.open(pinned_path(path, fd), subdir=False, readonly=True, lock=False, readahead=False,
+                        max_spare_txns=1, max_dbs=2)
     except lmdb.Error as exc:
         raise FacedataError(f"{path}: cannot open LMDB shard ({exc})") from None
     try:
-        _check_extent(path, env)  # before open_db: the main DB's root page is the last page of the file
+        _check_extent(path, env, fd)  # before open_db: the main DB's root page is the last page of the file
         blocks_db = env.open_db(b"blocks", create=False)
     except lmdb.Error as exc:
         env.close()
@@ -201,17 +228,16 @@ def _acquire(path: Path) -> tuple[lmdb.Environment, object]:
     return env, blocks_db
 
 
-def _check_extent(path: Path, env: lmdb.Environment) -> None:
+def _check_extent(path: Path, env: lmdb.Environment, fd: int | None) -> None:
     """The pages the meta page says are in use must lie inside the file: a page past the end of a
     memory-mapped file is a SIGBUS on first touch, not an error."""
     used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    size = path.stat().st_size
+    size = (os.fstat(fd) if fd is not None else path.stat()).st_size
     if size < used:
         raise FacedataError(f"{path}: truncated LMDB shard: its pages need {used:,} bytes, the file has {size:,}")
 
 
-def _release(path: Path) -> None:
-    key = str(path.resolve())
+def _release(key: str) -> None:
     held = _OPEN.get(key)
     if held is None or held[0] != os.getpid():
         return
@@ -223,13 +249,14 @@ def _release(path: Path) -> None:
 
 
 class LmdbSource:
-    def __init__(self, path: Path, schema: ShardSchema, samples: int) -> None:
+    def __init__(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> None:
         self.path = path
         self.schema = schema
         self.samples = samples
-        self.env, self.blocks_db = _acquire(path)
+        self.key = _file_key(path, fd)
+        self.env, self.blocks_db = _acquire(path, fd)
         self.txn = self.env.begin(db=self.blocks_db, buffers=True)
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(pinned_path(path, fd), os.O_RDONLY)
         try:
             self.extents = value_extents(self.fd, b"blocks")
         except (OSError, ValueError, struct.error):  # only a read-ahead hint is lost; reads do not depend on it
@@ -283,7 +310,7 @@ class LmdbSource:
     def close(self) -> None:
         os.close(self.fd)
         self.txn.abort()
-        _release(self.path)
+        _release(self.key)
 
 
 @BACKENDS.register("lmdb")
@@ -295,8 +322,8 @@ class LmdbBackend(Backend):
     def open_sink(self, target: Path, schema: ShardSchema) -> LmdbSink:
         return LmdbSink(target, schema)
 
-    def open_source(self, path: Path, schema: ShardSchema, samples: int) -> LmdbSource:
-        return LmdbSource(path, schema, samples)
+    def open_source(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> LmdbSource:
+        return LmdbSource(path, schema, samples, fd)
 
     def pieces(self, path: Path, schema: ShardSchema, samples: int) -> list[Piece]:
         """One piece per block value, from the B-tree pages (`value_extents`, plain preads)."""

@@ -29,7 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facedata.errors import FacedataError
-from facedata.storage.base import BACKENDS, Backend, Piece, ShardSchema, in_page_cache, read_into_page_cache
+from facedata.storage.base import (
+    BACKENDS,
+    Backend,
+    Piece,
+    ShardSchema,
+    in_page_cache,
+    pinned_path,
+    read_into_page_cache,
+)
 from facedata.storage.codec import RAW, decode_images, encode_images
 from facedata.storage.index import FORMAT_NAME, FORMAT_VERSION, canonical_json, dtype_to_json
 
@@ -97,9 +105,11 @@ class ParquetSink:
         self.writer.close()
 
     def abort(self) -> None:
-        self.writer.close()
-        if self.target.exists():
-            self.target.unlink()
+        """Drop the shard in progress; closing may fail again on a full disk, the temp file goes anyway."""
+        try:
+            self.writer.close()
+        finally:
+            self.target.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -113,12 +123,12 @@ class _ColumnLayout:
 
 
 class ParquetSource:
-    def __init__(self, path: Path, schema: ShardSchema, samples: int) -> None:
+    def __init__(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> None:
         self.path = path
         self.schema = schema
         try:
-            self.file = pq.ParquetFile(str(path), memory_map=True)
-            self.fd = os.open(path, os.O_RDONLY)
+            self.file = pq.ParquetFile(pinned_path(path, fd), memory_map=True)
+            self.fd = os.open(pinned_path(path, fd), os.O_RDONLY)
             self.map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise FacedataError(f"{path}: cannot open Parquet shard ({exc})") from None
@@ -375,8 +385,8 @@ class ParquetBackend(Backend):
     def open_sink(self, target: Path, schema: ShardSchema) -> ParquetSink:
         return ParquetSink(target, schema)
 
-    def open_source(self, path: Path, schema: ShardSchema, samples: int) -> ParquetSource:
-        return ParquetSource(path, schema, samples)
+    def open_source(self, path: Path, schema: ShardSchema, samples: int, fd: int | None = None) -> ParquetSource:
+        return ParquetSource(path, schema, samples, fd)
 
     def pieces(self, path: Path, schema: ShardSchema, samples: int) -> list[Piece]:
         """One piece per row group, from the footer."""

@@ -1,9 +1,12 @@
 """ShardedDataset: vectorised random access to a shard directory, safe across fork().
 
-Shard handles are opened lazily and re-opened whenever the process id changes, so an instance created
-before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are grouped by unit
-(block / row group): each batch is one np.take per array, from its unit when it has only one, else from
-a stage that holds the small units of the current shuffle windows, else unit by unit.
+Creating one pins the dataset: index.json and a descriptor of every shard file it lists, from one
+directory, so a build that swaps another dataset in at the same path (`--overwrite`) never mixes the two
+and the old files stay readable while pinned (one descriptor per shard, for the object's life). Shard
+handles are opened lazily from the pinned files and re-opened whenever the process id changes, so an
+instance created before DataLoader/MindSpore workers fork never shares an LMDB env with them. Reads are
+grouped by unit (block / row group): each batch is one np.take per array, from its unit when it has only
+one, else from a stage that holds the small units of the current shuffle windows, else unit by unit.
 
 The index is trusted only as far as it is checked: every shard's size is compared with index.json on
 open (a truncated memory-mapped shard would kill the process with SIGBUS on first touch), every unit's
@@ -33,6 +36,7 @@ Allocator = Callable[[int], tuple[np.ndarray, np.ndarray]]
 PREFETCH_SAMPLES = 2 * WINDOW_SAMPLES  # how far ahead in the order the helper thread decodes
 DECODED_CACHE_BYTES = 96 << 20  # units cached per process when shards hold encoded images (decoded copies)
 READAHEAD_BYTES = 64 << 20  # how far ahead in the order (at least 2 units) the shards are asked to start reading
+_PIN_TRIES = 5  # a directory replaced this many times while a reader opens it is an error
 WHOLE_READ_RAM_SHARE = 0.25  # an epoch over most units of a set this small (share of RAM) reads the files whole
 
 
@@ -41,7 +45,7 @@ class ShardedDataset:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.index = load_index(self.path)
+        self.index, self._files = _pin(self.path)
         self.backend: Backend = BACKENDS.get(self.index["backend"])()
         self.image_shape: tuple[int, int, int] = tuple(int(x) for x in self.index["image_shape"])  # type: ignore[assignment]
         self.record_dtype = dtype_from_json(self.index["record_dtype"])
@@ -50,8 +54,8 @@ class ShardedDataset:
         self._units_per_shard = self.schema.samples_per_shard // self.unit_samples
         self._n = int(self.index["samples"])
         self._check_shard_counts()
-        for entry in self.index["shards"]:
-            self._check_shard_file(entry)
+        for shard in range(len(self.index["shards"])):
+            self._check_shard_file(shard)
         unit_bytes = self.unit_samples * self.schema.bytes_per_sample
         cache_bytes = self.backend.cache_bytes if self.schema.encoding == "raw" else DECODED_CACHE_BYTES
         self._cache_units = max(4, min(4096, cache_bytes // unit_bytes))  # decoded units are process memory
@@ -74,17 +78,24 @@ class ShardedDataset:
         if listed != self._n:
             raise FacedataError(f"{self.path / 'index.json'}: its shards hold {listed} samples but it says {self._n}")
 
-    def _check_shard_file(self, entry: dict) -> None:
-        """The shard exists with the size index.json records (checked before anything maps it)."""
+    def _check_shard_file(self, shard: int) -> None:
+        """The shard has the size index.json records (checked before anything maps it)."""
+        entry = self.index["shards"][shard]
         file = self.path / entry["file"]
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
-            raise FacedataError(f"{file}: shard listed in index.json is missing") from None
+        size = os.fstat(self._files[shard]).st_size
         if size != entry["bytes"]:
             state = "truncated" if size < entry["bytes"] else "longer than recorded"
             raise FacedataError(f"{file}: {state}: {size:,} bytes on disk, index.json says {entry['bytes']:,} "
                                 f"(run `facedata verify {self.path}`)")
+
+    def _open_source(self, shard: int) -> ShardSource:
+        """A source reading the pinned file of `shard` (the one index.json was read with)."""
+        entry = self.index["shards"][shard]
+        return self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]),
+                                        self._files[shard])
+
+    def __del__(self) -> None:
+        _close_all(getattr(self, "_files", []))
 
     def _own_handles(self) -> None:
         """After a fork, start afresh: never touch the parent's handles."""
@@ -147,9 +158,8 @@ class ShardedDataset:
         if source is None:
             if shard >= len(self.index["shards"]):
                 raise FacedataError(f"{self.path}: unit {unit} is past the last shard")
-            entry = self.index["shards"][shard]
-            self._check_shard_file(entry)  # again: the file may have changed since __init__
-            source = self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]))
+            self._check_shard_file(shard)  # again: the file may have changed since __init__
+            source = self._open_source(shard)
             self._sources[shard] = source
         return source, local
 
@@ -191,7 +201,7 @@ class ShardedDataset:
         first_use[(order // self.schema.samples_per_shard)[::-1]] = np.arange(len(order) - 1, -1, -1)  # last wins
         for shard in np.argsort(first_use, kind="stable")[: int((first_use < len(order)).sum())].tolist():
             entry = shards[shard]
-            advisor.submit(_read_file_into_cache, self.path / entry["file"], int(entry["bytes"]))
+            advisor.submit(_read_file_into_cache, self._files[shard], int(entry["bytes"]))
         return True
 
     def _prefetch(self, pool: ThreadPoolExecutor, unit: int) -> None:
@@ -303,8 +313,8 @@ class ShardedDataset:
         kept for the life of this object (its process), never written anywhere."""
         if self._labels is None:
             parts = []
-            for entry in self.index["shards"]:
-                source = self.backend.open_source(self.path / entry["file"], self.schema, int(entry["samples"]))
+            for shard in range(len(self.index["shards"])):
+                source = self._open_source(shard)
                 try:
                     parts.append(np.asarray(source.labels(), np.int8))
                 finally:
@@ -340,6 +350,54 @@ class ShardedDataset:
                                 batch_mix=batch_mix).worker(epoch, rank, worker, num_workers)
         batches = self.iter_order(order, batch_size, out)
         return batches if channels == "bgr" else ((to_channels(p, channels), r) for p, r in batches)
+
+
+def _pin(path: Path) -> tuple[dict, list[int]]:
+    """index.json and an open descriptor of every shard it lists, all from one directory.
+
+    A build with --overwrite swaps a new dataset in at `path` and deletes the old one (facedata.buildoutput):
+    a dataset pinned before the swap keeps reading the old files, which live on while open, and one pinned
+    during it retries until index and shards come from the same directory, never a mix of two datasets."""
+    for _ in range(_PIN_TRIES):
+        try:
+            directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            load_index(path)  # the clear error: no directory, no index.json
+            raise
+        files: list[int] = []
+        try:
+            index = load_index(path)
+            missing = None
+            for entry in index["shards"]:
+                try:
+                    files.append(os.open(entry["file"], os.O_RDONLY, dir_fd=directory))
+                except FileNotFoundError:
+                    missing = entry["file"]
+                    break
+            if _same_file(path, directory):
+                if missing is not None:
+                    raise FacedataError(f"{path / missing}: shard listed in index.json is missing")
+                return index, files
+        except BaseException:
+            _close_all(files)
+            raise
+        finally:
+            os.close(directory)
+        _close_all(files)  # replaced meanwhile: pin again
+    raise FacedataError(f"{path}: replaced {_PIN_TRIES} times while being opened; try again")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class _Stage:
@@ -379,13 +437,9 @@ class _Stage:
         self.slot_of[unit] = slot
 
 
-def _read_file_into_cache(path: Path, size: int) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if not in_page_cache(fd, 0, size):
-            read_into_page_cache(fd, 0, size)
-    finally:
-        os.close(fd)
+def _read_file_into_cache(fd: int, size: int) -> None:
+    if not in_page_cache(fd, 0, size):
+        read_into_page_cache(fd, 0, size)
 
 
 def _run_all(calls: list[Callable[[], None]]) -> None:

@@ -1,12 +1,12 @@
 """DatasetWriter: streams fixed-width samples into checksummed shards that roll over deterministically.
 
 Shard k always holds global samples [kM, (k+1)M) with M = samples_per_shard, so shard bytes depend
-only on the sample stream. Each complete shard is written under a temp name, hashed and renamed, then
-listed in `index.partial.json`; a rerun with the same provenance fingerprint keeps the leading shards
-whose hashes verify and tells the producer (`samples_done`) how many samples to skip, so an
-interrupted build ends byte-identical to an uninterrupted one. A directory holding a complete dataset
-(`index.json`) is refused: replacing one is the build's job (facedata.buildoutput), through a staging
-directory, never in place.
+only on the sample stream. Each complete shard is written under a temp name, hashed, listed in
+`index.partial.json`, then renamed (so a file under a shard's name is always a finished one); a rerun
+with the same provenance fingerprint keeps the leading shards whose hashes verify and tells the
+producer (`samples_done`) how many samples to skip, so an interrupted build ends byte-identical to an
+uninterrupted one. A directory holding a complete dataset (`index.json`) is refused: replacing one is
+the build's job (facedata.buildoutput), through a staging directory, never in place.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from types import TracebackType
 
 import numpy as np
 
+from facedata import killpoint
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.storage.base import BACKENDS, ShardSchema, ShardSink, piece_digests
@@ -166,6 +167,7 @@ class DatasetWriter:
         self._fill = 0
         if self._shard_samples == self.schema.samples_per_shard:
             self._finish_shard()
+        killpoint.step()
 
     def _temp_path(self) -> Path:
         name = shard_file_name(len(self._shards), self.backend.suffix)
@@ -178,20 +180,24 @@ class DatasetWriter:
         self._sink = None
         k = len(self._shards)
         final = self.out_dir / shard_file_name(k, self.backend.suffix)
-        entry = {
-            "file": final.name,
-            "samples": self._shard_samples,
-            "first_index": k * self.schema.samples_per_shard,
-            "bytes": temp.stat().st_size,
-            "sha256": sha256_file(temp),
-            "label_counts": _label_json(self._shard_labels),
-            "piece_sha256": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
-        }
+        try:
+            entry = {
+                "file": final.name,
+                "samples": self._shard_samples,
+                "first_index": k * self.schema.samples_per_shard,
+                "bytes": temp.stat().st_size,
+                "sha256": sha256_file(temp),
+                "label_counts": _label_json(self._shard_labels),
+                "piece_sha256": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
+            }
+            self._shards.append(entry)
+            self._write_partial()  # listed first: a file under a shard's name is always a finished, listed shard
+        except BaseException:
+            temp.unlink(missing_ok=True)  # e.g. the disk filled up: the temp goes, the rerun redoes this shard
+            raise
         os.replace(temp, final)
-        self._shards.append(entry)
         self._shard_samples = 0
         self._shard_labels = {}
-        self._write_partial()
 
     def _index(self, complete: bool) -> dict:
         totals: dict[int, int] = {}

@@ -1,0 +1,28 @@
+"""A test hook that SIGKILLs a build at a chosen write step, so the crash tests stop builds at reproducible points.
+
+With FACEDATA_KILL_AT_STEP=N in the environment, the N-th write step of the process (a planned chunk appended
+to the plan file, a block written into a shard, whichever comes N-th) kills it with SIGKILL, as the OOM
+killer or a lost machine would: no handler, no cleanup. Unset, as always outside tests, a step only counts.
+tests/test_crash.py draws N from a seeded RNG within the step count of an uninterrupted build (`steps()`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_KILL_AT = int(os.environ.get("FACEDATA_KILL_AT_STEP") or 0)
+_steps = 0
+
+
+def step() -> None:
+    """One write step done; the armed one kills the process."""
+    global _steps
+    _steps += 1
+    if _steps == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def steps() -> int:
+    """Write steps this process has made so far."""
+    return _steps
