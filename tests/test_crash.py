@@ -6,7 +6,8 @@ subprocess, killed by the FACEDATA_KILL_AT_STEP hook of facedata.killpoint, no c
 no index.json, every visible shard a finished one. Kills at arbitrary instants (by time) of reruns and
 --overwrite runs: tests/test_build_safety.py.
 
-To add an engine (e.g. Dask), add its build options to ENGINES: each case runs the same command twice."""
+The engines are the local pool with 1 and 2 workers and a 2-process Dask LocalCluster (`--engine dask-local`): the
+kill hook fires in the build process, which writes every shard on both engines. Each case runs the same command twice."""
 
 from __future__ import annotations
 
@@ -26,16 +27,17 @@ from facedata.errors import FacedataError
 from facedata.storage import ShardedDataset
 
 SEED = int(os.environ.get("FACEDATA_CRASH_SEED", "12"))  # every kill point derives from it: set it to explore others
-ENGINES = {"local-1": ["--workers", "1"], "local-2": ["--workers", "2"]}
+ENGINES = {"local-1": ["--workers", "1"], "local-2": ["--workers", "2"],
+           "dask-local-2": ["--engine", "dask-local", "--workers", "2", "--scheduler-timeout", "60"]}
 # Each stage's build on the small corpus, chosen so that most cases span several shards (the CLI's smallest shard
 # is one block: 1,024 cascade crops, 222 PFLD crops, 36 top-down crops); pnet and onet mix (two passes: the plan
 # file, then rendering), rnet keeps every sample (one pass), onet runs the detector while planning.
 STAGES: dict[str, Callable[[dict], list[object]]] = {
     "pnet": lambda c: ["pnet", *c["inputs"]],
     "rnet": lambda c: ["rnet", "--detections", c["root"] / "det_small.parquet", "--landmarks",
-                       c["root"] / "lmk.parquet", "--pnet", c["pnet"], "--min-face", "40", "--ratio", "all"],
+                       c["root"] / "lmk.parquet", "--pnet", c["pnet"], "--pyramid-min-face", "40", "--ratio", "all"],
     "onet": lambda c: ["onet", "--detections", c["root"] / "det_small.parquet", "--landmarks",
-                       c["root"] / "lmk.parquet", "--pnet", c["pnet"], "--rnet", c["rnet"], "--min-face", "40"],
+                       c["root"] / "lmk.parquet", "--pnet", c["pnet"], "--rnet", c["rnet"], "--pyramid-min-face", "40"],
     "pfld": lambda c: ["pfld", "--landmarks", c["root"] / "lmk.parquet", "--variants", "6"],
     "topdown": lambda c: ["topdown", "--keypoints", c["root"] / "lmk.parquet"],
 }
