@@ -6,8 +6,8 @@ subprocess, killed by the FACEDATA_KILL_AT_STEP hook of facedata.killpoint, no c
 no index.json, every visible shard a finished one. Kills at arbitrary instants (by time) of reruns and
 --overwrite runs: tests/test_build_safety.py.
 
-The engines are the local pool with 1 and 2 workers and a 2-process Dask LocalCluster (`--engine dask-local`): the
-kill hook fires in the build process, which writes every shard on both engines. Each case runs the same command twice."""
+The engines are the local pool with 1 and 2 workers and a 2-process Dask LocalCluster (`--engine dask-local`):
+the kill hook fires in the build process, which writes every shard on both engines."""
 
 from __future__ import annotations
 
