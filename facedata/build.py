@@ -59,6 +59,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import pyarrow as pa
 
 from facedata import __version__
@@ -155,6 +156,8 @@ def build_dataset(
     provenance: dict[str, Any] = {
         "builder": "facedata.build",
         "facedata_version": __version__,
+        # OpenCV 4.x rounds warpAffine's source points to 1/32 px, 5.x does not: rotated crops differ between them
+        "opencv_version": cv2.__version__,
         "stage": spec.name,
         "size": spec.size,
         "backend": backend,

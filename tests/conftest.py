@@ -1,6 +1,8 @@
 """Shared fixtures and guards: the real-data folder (skip when absent, fail under CI's
-FACEDATA_REQUIRE_REALDATA) and the optional frameworks (skip when absent, fail under CI's
-FACEDATA_REQUIRE_FRAMEWORKS)."""
+FACEDATA_REQUIRE_REALDATA) and the optional frameworks (skip when absent, fail when CI's
+FACEDATA_REQUIRE_FRAMEWORKS names them: CI's core environment requires PyTorch, its MindSpore one MindSpore).
+Tests that need MindSpore are marked `mindspore`: MindSpore 2.9 needs numpy < 2, so they run in their own
+environment (`make test-mindspore`, `pytest -m mindspore`) and skip in the core one."""
 
 from __future__ import annotations
 
@@ -19,17 +21,33 @@ os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 from facedata.realdata import realdata_dir
 
+MINDSPORE_ELSEWHERE = "MindSpore 2.9 needs numpy < 2: its tests run in their own environment (make test-mindspore)"
+
+
+def required_frameworks() -> set[str]:
+    """The top-level names in FACEDATA_REQUIRE_FRAMEWORKS (comma-separated, e.g. `torch,facenet_pytorch`)."""
+    return {name.strip() for name in os.environ.get("FACEDATA_REQUIRE_FRAMEWORKS", "").split(",") if name.strip()}
+
 
 def require_framework(name: str, *, load: bool = True) -> ModuleType | None:
     """Import `name` (or, with load=False, only check it is installed); when it is missing, skip the
-    calling test or module, or fail it when FACEDATA_REQUIRE_FRAMEWORKS is set (CI must not pass by
-    skipping the PyTorch/MindSpore tests)."""
-    if importlib.util.find_spec(name.partition(".")[0]) is None:
+    calling test or module, or fail it when FACEDATA_REQUIRE_FRAMEWORKS names its top-level package (CI must
+    not pass by skipping the tests of a framework its environment is meant to have)."""
+    top = name.partition(".")[0]
+    if importlib.util.find_spec(top) is None:
         message = f"{name} is not installed"
-        if os.environ.get("FACEDATA_REQUIRE_FRAMEWORKS"):
-            pytest.fail(f"{message} but FACEDATA_REQUIRE_FRAMEWORKS is set (CI requires the framework tests)")
-        pytest.skip(message, allow_module_level=True)
+        if top in required_frameworks():
+            pytest.fail(f"{message} but FACEDATA_REQUIRE_FRAMEWORKS names {top} (CI requires its tests)")
+        pytest.skip(f"{message}; {MINDSPORE_ELSEWHERE}" if top == "mindspore" else message,
+                    allow_module_level=True)
     return importlib.import_module(name) if load else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked `mindspore` needs MindSpore's dataset engine: skip or fail before its fixtures are built."""
+    if item.get_closest_marker("mindspore"):
+        require_framework("mindspore.dataset", load=False)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ Failed builds validate first and leave nothing that blocks the corrected retry."
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from build_runs import REPO, cli, contents, kill_when, same_files, snapshot, sta
 from facedata.buildoutput import output_lock, recover, staging_dir, swap_in, trash_dir
 from facedata.errors import FacedataError
 from facedata.storage import verify_dataset
+from facedata.storage.index import load_index
 
 OPTIONS = ["--workers", "1", "--shard-size", "100KB", "--quiet"]
 
@@ -158,6 +161,32 @@ def test_an_interrupted_build_of_other_options_is_named_and_replaced_only_with_o
         build_dataset(paths["detections"], paths["landmarks"], out, seed=1, **options)
     build_dataset(paths["detections"], paths["landmarks"], out, seed=1, overwrite=True, **options)
     assert contents(out) == contents(corpus["root"] / "reference1")
+
+
+def test_an_interrupted_build_resumes_only_under_the_same_opencv(corpus: dict, tmp_path: Path, monkeypatch) -> None:
+    """OpenCV 5's warpAffine reads source points exactly where 4.x rounds them to 1/32 px, so rotated crops
+    differ between the two (numpy < 2 environments, MindSpore's, get OpenCV 4.11): a build records the OpenCV
+    version and a resume under another one is refused, naming it, instead of mixing both in one dataset."""
+    import cv2
+
+    from facedata.build import build_dataset
+
+    out = tmp_path / "out"
+    paths = (corpus["root"] / "det.parquet", corpus["root"] / "lmk.parquet")
+    options = {"workers": 1, "progress": False, "shard_bytes": 100_000}
+
+    def stop(position: int) -> None:
+        if position > 2000:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(cv2, "__version__", "4.0.0-other")
+        build_dataset(*paths, out, on_write=stop, **options)
+    assert json.loads((out / "index.partial.json").read_text())["provenance"]["opencv_version"] == "4.0.0-other"
+    with pytest.raises(FacedataError, match=rf'opencv_version: "4.0.0-other" -> "{re.escape(cv2.__version__)}"'):
+        build_dataset(*paths, out, **options)
+    build_dataset(*paths, out, overwrite=True, **options)
+    assert load_index(out)["provenance"]["opencv_version"] == cv2.__version__
 
 
 def test_interrupted_swaps_recover_deterministically(corpus: dict, tmp_path: Path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import require_framework
 
 from facedata.cli import main
 from facedata.errors import FacedataError
@@ -72,7 +73,7 @@ def test_pfld_png_is_bit_exact_and_jpeg_close(pfld_builds: dict[tuple[str, str],
 
 
 def test_the_torch_reader_decodes_like_the_numpy_reader(pfld_builds: dict[tuple[str, str], Path]) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_framework("torch")
     from facedata.readers.torch import ShardIterableDataset
 
     raw = pfld_builds["parquet", "raw"]
@@ -163,8 +164,8 @@ def test_topdown_png_round_trips(pfld_builds: dict[tuple[str, str], Path], tmp_p
     assert np.array_equal(png[0], raw[0]) and png[1].tobytes() == raw[1].tobytes()
 
 
+@pytest.mark.mindspore
 def test_mindspore_reader_decodes_like_the_numpy_reader(pfld_builds: dict[tuple[str, str], Path]) -> None:
-    pytest.importorskip("mindspore.dataset")
     from facedata.readers.mindspore import MindSporeBatchSource
 
     path = pfld_builds["parquet", "jpeg"]

@@ -270,31 +270,47 @@ def test_a_missing_image_is_skipped_and_named(dots: Path, tmp_path: Path) -> Non
     assert result.exit_code != 0 and "b.png" in result.output and "Traceback" not in result.output
 
 
-def test_every_reader_returns_every_pfld_field_in_one_order(dots: Path, tmp_path: Path) -> None:
-    """numpy, PyTorch and MindSpore give the same fields (the record's, in its order) with the same values
-    for the same seed; MindSpore's label is int32 and PyTorch's int64 (their losses' types), the rest as stored."""
+def assert_reader_fields(columns: dict, pixels: np.ndarray, recs: np.ndarray) -> None:
+    """The reader's columns are the image and the record's fields, in its order, with the numpy reader's values
+    and stored dtypes (the label's aside: each framework's loss type)."""
+    assert list(columns) == ["image", *recs.dtype.names]
+    assert np.array_equal(columns["image"], pixels)
+    for name in recs.dtype.names:
+        assert np.array_equal(columns[name], recs[name], equal_nan=recs[name].dtype.kind == "f"), name
+        assert name == "label" or columns[name].dtype == recs[name].dtype, name
+
+
+@pytest.fixture()
+def pfld_dots(dots: Path, tmp_path: Path) -> Path:
+    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 6).exit_code == 0
+    fields = set(ShardedDataset(tmp_path / "o").record_dtype.names)
+    assert {"landmarks", "mask", "euler", "attributes", "has_attributes", "ear", "weight", "corpus"} <= fields
+    return tmp_path / "o"
+
+
+def test_the_torch_reader_returns_every_pfld_field_in_one_order(pfld_dots: Path) -> None:
+    """PyTorch gives the numpy reader's fields, in the record's order, for the same seed; its label is int64."""
     torch = require_framework("torch")
-    require_framework("mindspore.dataset", load=False)
-    from facedata.readers.mindspore import MindSporeBatchSource
     from facedata.readers.torch import ShardIterableDataset
 
-    assert run("build", "pfld", "--landmarks", dots, "-o", tmp_path / "o", "-q", "--variants", 6).exit_code == 0
-    data = ShardedDataset(tmp_path / "o")
-    fields = list(data.record_dtype.names)
-    assert {"landmarks", "mask", "euler", "attributes", "has_attributes", "ear", "weight", "corpus"} <= set(fields)
-    pixels, recs = next(data.iter_batches(8, seed=3))
-    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(tmp_path / "o", batch_size=8, seed=3),
+    pixels, recs = next(ShardedDataset(pfld_dots).iter_batches(8, seed=3))
+    batch = next(iter(torch.utils.data.DataLoader(ShardIterableDataset(pfld_dots, batch_size=8, seed=3),
                                                   batch_size=None, num_workers=0)))
-    source = MindSporeBatchSource(tmp_path / "o", 8, seed=3)
-    columns = dict(zip(source.column_names, source[0], strict=True))
-    assert list(batch) == list(columns) == ["image", *fields]
-    assert np.array_equal(batch["image"].numpy(), pixels) and np.array_equal(columns["image"], pixels)
-    for name in fields:
-        for got in (batch[name].numpy(), columns[name]):
-            assert np.array_equal(got, recs[name], equal_nan=got.dtype.kind == "f"), name
-            assert name == "label" or got.dtype == recs[name].dtype, name
-    assert batch["label"].dtype == torch.int64 and columns["label"].dtype == np.int32
+    assert_reader_fields({name: value.numpy() for name, value in batch.items()}, pixels, recs)
+    assert batch["label"].dtype == torch.int64
     assert batch["mask"].dtype == torch.uint8 and batch["landmarks"].shape == (8, 10)
+
+
+@pytest.mark.mindspore
+def test_the_mindspore_reader_returns_every_pfld_field_in_one_order(pfld_dots: Path) -> None:
+    """MindSpore gives the numpy reader's fields, in the record's order, for the same seed; its label is int32."""
+    from facedata.readers.mindspore import MindSporeBatchSource
+
+    pixels, recs = next(ShardedDataset(pfld_dots).iter_batches(8, seed=3))
+    source = MindSporeBatchSource(pfld_dots, 8, seed=3)
+    columns = dict(zip(source.column_names, source[0], strict=True))
+    assert_reader_fields(columns, pixels, recs)
+    assert columns["label"].dtype == np.int32
 
 
 def test_batch_mix_is_refused_on_pfld_shards(dots: Path, tmp_path: Path) -> None:

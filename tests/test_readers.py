@@ -244,17 +244,20 @@ def test_units_larger_than_the_shuffle_window(tmp_path: Path, backend: str, bloc
 
 
 def test_framework_tests_fail_instead_of_skipping_under_ci(tmp_path: Path) -> None:
-    """`.ci/run` sets FACEDATA_REQUIRE_FRAMEWORKS: a framework test module whose import guard misses its
-    framework must then fail the run, where a developer's run skips it."""
-    assert "export FACEDATA_REQUIRE_FRAMEWORKS=1" in (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    """`.ci/run` names the frameworks each environment must have in FACEDATA_REQUIRE_FRAMEWORKS: a test whose
+    import guard misses a named framework fails the run, where a developer's run (or a framework the variable
+    does not name: MindSpore in the core environment) skips it."""
     module = tmp_path / "test_needs_framework.py"
     module.write_text("from conftest import require_framework\n\nrequire_framework('facedata_no_such_framework')\n\n\n"
                       "def test_uses_it():\n    pass\n")
     env = {k: v for k, v in os.environ.items() if k != "FACEDATA_REQUIRE_FRAMEWORKS"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)]
-    skipped = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert skipped.returncode == 5 and "1 skipped" in skipped.stdout, skipped.stdout  # 5: no test ran
-    failed = subprocess.run(command, capture_output=True, text=True, env={**env, "FACEDATA_REQUIRE_FRAMEWORKS": "1"},
-                            cwd=tmp_path, timeout=120)
-    assert failed.returncode != 0 and "FACEDATA_REQUIRE_FRAMEWORKS is set" in failed.stdout, failed.stdout
+    for required in (None, "torch,facedata_no_such_frameworks"):  # unset, or naming only other frameworks
+        run_env = env if required is None else {**env, "FACEDATA_REQUIRE_FRAMEWORKS": required}
+        skipped = subprocess.run(command, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=120)
+        assert skipped.returncode == 5 and "1 skipped" in skipped.stdout, (required, skipped.stdout)  # 5: none ran
+    failed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**env, "FACEDATA_REQUIRE_FRAMEWORKS": "torch, facedata_no_such_framework"})
+    assert failed.returncode != 0, failed.stdout
+    assert "FACEDATA_REQUIRE_FRAMEWORKS names facedata_no_such_framework" in failed.stdout, failed.stdout

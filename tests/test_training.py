@@ -164,9 +164,9 @@ os._exit(0)  # skip MindSpore's interpreter-exit teardown
 """
 
 
+@pytest.mark.mindspore
 def test_mindspore_model_train_two_epochs_on_the_shards(shards: Path) -> None:
     """Model.train(2, dataset) over one GeneratorDataset: two epochs, each in its own order, batch_mix on."""
-    require_framework("mindspore", load=False)  # not imported here: see above
     env = {**os.environ, "GLOG_v": "3", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)  # facedata sets it itself
     proc = subprocess.run([sys.executable, "-c", _MINDSPORE_TRAIN, str(shards)], capture_output=True,
@@ -322,10 +322,10 @@ os._exit(0)  # skip MindSpore's interpreter-exit teardown
 """
 
 
+@pytest.mark.mindspore
 def test_one_mindspore_epoch_trains_a_tiny_pfld_net(pfld_shards: Path) -> None:
     """A GeneratorDataset over the same pfld shards, a tiny net and TrainOneStepCell: one epoch of real steps
     on (image, landmarks, mask) with the masked points out of the loss."""
-    require_framework("mindspore", load=False)  # not imported here: see _MINDSPORE_TRAIN
     env = {**os.environ, "GLOG_v": "3", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
     proc = subprocess.run([sys.executable, "-c", _MINDSPORE_PFLD, str(pfld_shards)], capture_output=True,

@@ -13,11 +13,13 @@ sampling bilinearly at pixel index (sx - 0.5, sy - 0.5), zero outside the image.
 then mirrored. Images are decoded with EXIF orientation ignored (annotations index the stored pixel array).
 
 Tolerance: the renderer resizes with cv2.resize in 11-bit fixed point, and rotated crops come from
-cv2.warpAffine (INTER_LINEAR), which quantises source coordinates to 1/32 px; both round to uint8. So the
-exact re-cut differs by rounding (1 grey level) on plain crops and, on rotated ones, by up to 1/64 px times
-the local gradient: a few levels at the sharpest edges. Measured on ~600 rotated samples per build plus
-400 picked ones: real WIDER/CUHK photos mean abs diff <= 0.16, max 1; synthetic demo corpus mean <= 0.16,
-max 5 (both interpolations); only white noise, the worst case, comes near the bound (mean ~0.9, max 6).
+cv2.warpAffine (INTER_LINEAR), which in OpenCV 4.x quantises source coordinates to 1/32 px (5.x reads them
+exactly); both round to uint8. So the exact re-cut differs by rounding (1 grey level) on plain crops and, on
+rotated ones under OpenCV 4.x, by up to 1/64 px times the local gradient: a few levels at the sharpest edges
+(the figures below; OpenCV 5.0 warps within rounding: max 0.5 off exact bilinear on white noise).
+Measured on ~600 rotated samples per build plus 400 picked ones: real WIDER/CUHK photos mean abs diff
+<= 0.16, max 1; synthetic demo corpus mean <= 0.16, max 5 (both interpolations); only white noise, the
+worst case, comes near the bound (mean ~0.9, max 6).
 A sample fails when its mean absolute difference exceeds TOLERANCE.mean = 0.5 or any value differs by
 more than TOLERANCE.max = 10 (the quantisation bound for a full 0-255 step within one pixel, plus
 rounding); a mirrored, shifted or wrong-image crop is typically tens of levels off on average (and a rotated
