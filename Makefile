@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check facedata tests benchmarks
 
 test-core: $(STAMP)
-	FACEDATA_REQUIRE_FRAMEWORKS=torch,facenet_pytorch FACEDATA_REQUIRE_CURRENT_DEPS=1 $(BIN)/python -m pytest -q
+	FACEDATA_REQUIRE_FRAMEWORKS=torch,facenet_pytorch,distributed FACEDATA_REQUIRE_CURRENT_DEPS=1 $(BIN)/python -m pytest -q
 
 test-mindspore: $(MINDSPORE_STAMP)
 	FACEDATA_REQUIRE_FRAMEWORKS=mindspore $(MINDSPORE_BIN)/python -m pytest -q -m mindspore

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from build_fixtures import demo_manifests
 from click.testing import CliRunner
+from conftest import require_framework
 from onnx_models import mtcnn_pnet, mtcnn_rnet
 
 from facedata.build import CascadeFactory, build_dataset
@@ -27,7 +28,7 @@ from facedata.errors import FacedataError
 from facedata.samplers.mined import MiningRecipe
 from facedata.storage import verify_dataset
 
-distributed = pytest.importorskip("distributed")
+distributed = require_framework("distributed")
 
 SMALL = {"shard_bytes": 256 * 552, "block_samples": 128}  # several shards from the demo corpus
 RUN_FIELDS = ("seconds", "resumed_from_sample", "resumed_from_image", "resumed_plan_from_image")

@@ -22,6 +22,7 @@ import lmdb
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import require_framework
 from shard_fixtures import write_dataset
 
 from facedata.cli import main
@@ -177,7 +178,7 @@ def test_readers_refuse_a_truncated_shard_in_one_line(clean: tuple[str, Path], t
     """Cut to a third (and, with `recorded`, index.json updated to the cut file's size and hash, so only the
     shard's own header can tell): the reader process exits 1 with one FacedataError naming the shard."""
     if reader == "torch":
-        pytest.importorskip("torch")
+        require_framework("torch")
     backend, _ = clean
     shard = f"shard-00001.{backend}"
 

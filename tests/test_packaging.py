@@ -37,13 +37,13 @@ def test_the_core_environment_runs_current_numpy_and_pyarrow() -> None:
 
 
 def test_make_test_runs_each_environment_with_its_frameworks_required() -> None:
-    """`make test` (what .ci/run runs): the core suite with PyTorch required and current numpy/pyarrow checked,
+    """`make test` (what .ci/run runs): the core suite with PyTorch and Dask required and current numpy/pyarrow checked,
     then the MindSpore tests in their own environment with MindSpore required (a skip there would hide them)."""
     stamps = [arg for stamp in (".venv/.installed", ".venv-mindspore/.installed") for arg in ("-o", stamp)]
     dry = subprocess.run(["make", "-n", *stamps, "test"], cwd=ROOT, capture_output=True, text=True, check=True)
     runs = [shlex.split(line) for line in dry.stdout.splitlines() if "pytest" in line]
     mindspore = ["FACEDATA_REQUIRE_FRAMEWORKS=mindspore", ".venv-mindspore/bin/python", "-m", "pytest", "-q"]
-    core = ["FACEDATA_REQUIRE_FRAMEWORKS=torch,facenet_pytorch", "FACEDATA_REQUIRE_CURRENT_DEPS=1", ".venv/bin/python",
+    core = ["FACEDATA_REQUIRE_FRAMEWORKS=torch,facenet_pytorch,distributed", "FACEDATA_REQUIRE_CURRENT_DEPS=1", ".venv/bin/python",
             "-m", "pytest", "-q"]
     assert runs == [[*mindspore, "-m", "mindspore"], core], dry.stdout  # the core run deselects nothing
     assert "make test" in (ROOT / ".ci" / "run").read_text()
