@@ -43,7 +43,7 @@ def test_make_test_runs_each_environment_with_its_frameworks_required() -> None:
     dry = subprocess.run(["make", "-n", *stamps, "test"], cwd=ROOT, capture_output=True, text=True, check=True)
     runs = [shlex.split(line) for line in dry.stdout.splitlines() if "pytest" in line]
     mindspore = ["FACEDATA_REQUIRE_FRAMEWORKS=mindspore", ".venv-mindspore/bin/python", "-m", "pytest", "-q"]
-    core = ["FACEDATA_REQUIRE_FRAMEWORKS=torch,facenet_pytorch,distributed", "FACEDATA_REQUIRE_CURRENT_DEPS=1", ".venv/bin/python",
-            "-m", "pytest", "-q"]
+    core = ["FACEDATA_REQUIRE_FRAMEWORKS=torch,facenet_pytorch,distributed", "FACEDATA_REQUIRE_CURRENT_DEPS=1",
+            ".venv/bin/python", "-m", "pytest", "-q"]
     assert runs == [[*mindspore, "-m", "mindspore"], core], dry.stdout  # the core run deselects nothing
     assert "make test" in (ROOT / ".ci" / "run").read_text()
