@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from facedata import console
 from facedata.errors import FacedataError
 from facedata.filters import MinSize, apply_filters
 from facedata.manifest import Manifest
@@ -242,7 +242,7 @@ def build_demo_corpus(
         cuhk_images=root / "cuhk",
     )
     corpus.wider_annotations.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=wider_images + cuhk_images, desc="demo corpus", unit="img", disable=not progress)
+    bar = console.progress(wider_images + cuhk_images, "demo corpus", "img", enabled=progress)
     lines: list[str] = []
     for index in range(wider_images):
         event, filename, width, height, sizes, special = _wider_image(seed, index)
