@@ -231,7 +231,7 @@ def _survival(
     note = None
     if n_known < len(manifest.faces):
         note = (
-            f"image size unknown for {len(manifest.faces) - n_known} of {len(manifest.faces)} faces"
+            f"image size unknown for {number(len(manifest.faces) - n_known)} of {number(len(manifest.faces))} faces"
             " (ingest with --images to probe sizes); those faces are not in the table"
         )
     return {
@@ -299,11 +299,11 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
         table([label, "images", "faces"], [[k, v["images"], v["faces"]] for k, v in stats[key].items()])
     per = stats["faces_per_image"]
     heading("Faces per image")
-    table(["faces", "images"], [[k, v] for k, v in per["buckets"].items()])
+    table(["faces", "images"], [[_bucket_text(k), v] for k, v in per["buckets"].items()])
     out.append(f"max {number(per['max'])}, mean {per['mean']:,.2f}, median {number(per['median'])}")
     size = stats["face_size"]
     heading("Face size")
-    table(["max(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
+    table(["max(w,h) px", "faces"], [[_bucket_text(k), v] for k, v in size["buckets"].items()])
     out.append(f"{size['measure']}; median {number(size['median'])}")
     flags = stats["flags"]
     heading("Flags")
@@ -361,6 +361,11 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
 
 def _numeric(text: str) -> bool:
     return text == "n/a" or bool(_NUMBER.fullmatch(text))
+
+
+def _bucket_text(key: str) -> str:
+    """A bucket key of the JSON ("512-1024", ">=1024") with its bounds written as every number is (512-1,024)."""
+    return re.sub(r"\d+", lambda bound: number(int(bound[0])), key)
 
 
 def _cell(value: Any) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facedata.console import labels_text, number
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.storage.base import BACKENDS, Backend, ShardSchema
@@ -33,18 +34,21 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[str]:
         name = entry["file"]
         listed.add(name)
         if entry.get("first_index") != k * schema.samples_per_shard:
-            problems.append(f"{name}: first_index {entry.get('first_index')}, expected "
-                            f"{k * schema.samples_per_shard} (shard {k} of {schema.samples_per_shard} samples each)")
+            problems.append(f"{name}: first_index {number(entry.get('first_index'))}, expected "
+                            f"{number(k * schema.samples_per_shard)} (shard {k} of "
+                            f"{number(schema.samples_per_shard)} samples each)")
         if k < len(index["shards"]) - 1 and entry.get("samples") != schema.samples_per_shard:
-            problems.append(f"{name}: {entry.get('samples')} samples, expected {schema.samples_per_shard}")
+            problems.append(f"{name}: {number(entry.get('samples'))} samples, expected "
+                            f"{number(schema.samples_per_shard)}")
         total += int(entry.get("samples", 0))
         for label, count in entry.get("label_counts", {}).items():
             totals[label] = totals.get(label, 0) + count
         problems.extend(_check_shard(path / name, entry, backend, schema))
     if total != index["samples"] and not any(" samples" in p for p in problems):  # else a shard line says why
-        problems.append(f"{INDEX_NAME}: says {index['samples']} samples but its shards list {total}")
+        problems.append(f"{INDEX_NAME}: says {number(index['samples'])} samples but its shards list {number(total)}")
     if totals != index.get("label_counts", {}):
-        problems.append(f"{INDEX_NAME}: label counts {index.get('label_counts')} != sum over shards {totals}")
+        problems.append(f"{INDEX_NAME}: label counts {labels_text(index.get('label_counts', {}))} != sum over shards "
+                        f"{labels_text(totals)}")
     for file in sorted(path.iterdir()):
         if SHARD_NAME.match(file.name) and file.name not in listed:
             problems.append(f"{file.name}: shard file not listed in {INDEX_NAME}")
@@ -72,10 +76,10 @@ def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema)
     except Exception as exc:  # a corrupt shard can fail inside LMDB/Arrow in many ways; report, don't crash
         return [f"{name}: unreadable ({exc.__class__.__name__}: {exc})"]
     if len(labels) != entry["samples"]:
-        return [f"{name}: holds {len(labels)} samples, {INDEX_NAME} says {entry['samples']}"]
+        return [f"{name}: holds {number(len(labels))} samples, {INDEX_NAME} says {number(entry['samples'])}"]
     values, counts = np.unique(labels, return_counts=True)
     found = {str(v): c for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
     expected = {str(k): v for k, v in entry.get("label_counts", {}).items()}
     if found != expected:
-        return [f"{name}: label counts {found} differ from {INDEX_NAME}'s {expected}"]
+        return [f"{name}: label counts {labels_text(found)} differ from {INDEX_NAME}'s {labels_text(expected)}"]
     return []
