@@ -170,6 +170,7 @@ def test_inspect_aligns_keys_and_names_labels(built: dict, tmp_path: Path) -> No
         assert re.search(r"\d\.\d{6,}", text) is None, text  # no 16-digit floats
         assert re.search(r"^labels +negative \d[\d,]*, positive \d+, part \d+, landmark \d[\d,]*$", text, re.M)
     assert re.search(r"^ +keep +negative 1, positive 1, part 0\.3113, landmark 0\.02096$", text, re.M), text
+    assert re.search(r"^ +anchor +positive$", text, re.M), text
 
 
 def test_inspect_json_is_the_index(built: dict) -> None:

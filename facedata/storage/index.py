@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from facedata.console import key_value_lines, labels_text, number
+from facedata.console import key_value_lines, label_name, labels_text, number
 from facedata.errors import FacedataError
 from facedata.paths import atomic_write
 
@@ -185,6 +185,14 @@ def _check_counts(entry: dict, keys: tuple[str, ...], where: str | Path) -> None
             raise FacedataError(f"{where}: {key} {entry.get(key)!r} is not a non-negative integer")
 
 
+def _named_anchor(summary: dict) -> dict:
+    """The mix's anchor class by name, as every other label is shown (index.json keeps its code)."""
+    mixing = summary.get("mixing")
+    if not isinstance(mixing, dict) or "anchor" not in mixing:
+        return summary
+    return {**summary, "mixing": {**mixing, "anchor": label_name(mixing["anchor"])}}
+
+
 def describe(index: dict) -> str:
     """A human summary of an index: layout, counts per label, shards, bytes, provenance highlights, the
     build summary; aligned keys, label names in class order, numbers as facedata.console prints them."""
@@ -202,7 +210,7 @@ def describe(index: dict) -> str:
         ("read unit", f"{number(index['unit_samples'])} samples (block {number(index['block_samples'])})"),
         ("labels", labels_text(index.get("label_counts", {}))),
         *((key, provenance[key]) for key in ("facedata_version", "seed", "command_line") if key in provenance),
-        ("summary", index.get("summary", {})),
+        ("summary", _named_anchor(index.get("summary", {}))),
     ]
     lines = key_value_lines(rows)
     lines.append(f"shards ({number(len(shards))})")
