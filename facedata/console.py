@@ -56,7 +56,7 @@ def labels_text(counts: Mapping[Any, Any]) -> str:
 def is_label_mapping(mapping: Mapping[Any, Any]) -> bool:
     """Keyed by label names or codes only (index.json's label counts and mixing tables)."""
     names = set(LABEL_NAMES.values())
-    return bool(mapping) and all(label_name(key) in names and str(key).lstrip("-").isalnum() for key in mapping)
+    return bool(mapping) and all(label_name(key) in names for key in mapping)
 
 
 def value_text(value: Any) -> str:

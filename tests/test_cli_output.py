@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import html
+import io
 import json
 import os
 import pty
@@ -20,10 +21,13 @@ import termios
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from facedata import console
 from facedata.cli import main
+from facedata.console import labels_text, number
 
 LABELS = ("negative", "positive", "part", "landmark")
 FACEDATA = [sys.executable, "-c", "from facedata.cli import main; main()"]
@@ -116,6 +120,26 @@ def page_text(index: Path) -> str:
     page = re.sub(r"</tr>|<br>|</p>|</h\d>|</li>", "\n", page)
     page = re.sub(r"<t[dh][^>]*>", " | ", page)
     return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_one_number_format_and_class_order() -> None:
+    assert [number(v) for v in (2641, np.int64(12880), 12.0, 0.020963472736897828, 1234.5678, 0.5, True, "n/a")] == [
+        "2,641", "12,880", "12", "0.02096", "1,234.6", "0.5", "True", "n/a"]
+    assert labels_text({"-2": 9445, "-1": 318, "0": 240, "1": 99}) == (
+        "negative 240, positive 99, part 318, landmark 9,445")
+    assert labels_text({"landmark": 3, "positive": 1}) == "negative 0, positive 1, part 0, landmark 3"
+
+
+def test_plain_progress_lines_every_tenth_and_at_the_end() -> None:
+    stream = io.StringIO()
+    bar = console.progress(2000, "render", "img", initial=400, stream=stream)  # a StringIO is no terminal
+    for _ in range(16):
+        bar.update(100)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit(", ", 1)[0] for line in lines] == [
+        f"render: {n:,}/2,000 img ({n // 20}%)" for n in range(600, 2001, 200)]
+    assert console.progress(10, "x", "img", enabled=False, stream=stream).disable
 
 
 def test_checkers_catch_what_they_look_for() -> None:
