@@ -106,7 +106,7 @@ def parse_ratio(text: str) -> dict[int, float] | None:
     if values[1] == 0:
         raise FacedataError(f"Invalid value for '--ratio': the positive share must be > 0 (the mix is anchored "
                             f"on the positives), got {text!r}")
-    from facedata.buildworker import LABEL_ORDER  # not at import: the CLI imports this module for every command
+    from facedata.samples import LABEL_ORDER  # not at import: the CLI imports this module for every command
 
     return dict(zip(LABEL_ORDER, values, strict=True))
 

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from facedata import console
 from facedata.buildplan import PlanFile, load_table, save_table
 from facedata.buildsummary import build_summary
 from facedata.buildworker import (
-    LABEL_ORDER,
     PENDING,
     PLANNED,
     PROGRESS_DTYPE,
@@ -37,7 +36,7 @@ from facedata.buildworker import (
 from facedata.engines import ChunkRunner
 from facedata.errors import FacedataError
 from facedata.samplers.mixing import MixPlan, mixing_plan
-from facedata.samples import LABEL_NAMES
+from facedata.samples import LABEL_NAMES, LABEL_ORDER
 from facedata.storage import DatasetWriter
 
 PROGRESS_NAME = "build-progress.npy"
@@ -193,7 +192,7 @@ def _render_pass(
     offsets = plan.offsets()
     todo = list(_chunks(lo, hi, chunk))
     jobs = ((a, b, plan.table[a:b], int(offsets[a]), mix) for a, b in todo)
-    bar = tqdm(total=hi - lo, desc="render", unit="img", disable=not progress)
+    bar = console.progress(hi - lo, "render", "img", enabled=progress)
     for (a, b), result in zip(todo, runner.ordered(render_chunk, jobs), strict=True):
         output.consume(a, b, result)
         bar.update(b - a)
@@ -209,7 +208,7 @@ def _plan_pass(
     (which sees their status; their details wait in `output.notes`); `strict` stops here already."""
     n = job.n
     todo = list(_chunks(plan.planned, n, chunk))
-    bar = tqdm(total=n, initial=plan.planned, desc=job.stage.verb, unit="img", disable=not progress)
+    bar = console.progress(n, job.stage.verb, "img", enabled=progress, initial=plan.planned)
     jobs = ((a, b, single_pass) for a, b in todo)
     for (lo, hi), result in zip(todo, runner.ordered(plan_chunk, jobs), strict=True):
         plan.append(lo, hi, result.rows, result.records)

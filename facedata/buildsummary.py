@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from facedata.buildworker import LABEL_ORDER, PLANNED, Job
+from facedata.buildworker import PLANNED, Job
+from facedata.console import in_class_order, labels_text, number
 from facedata.samplers.mixing import MixPlan
-from facedata.samples import LABEL_NAMES, ORIGIN_DETECTIONS
+from facedata.samples import LABEL_NAMES, LABEL_ORDER, ORIGIN_DETECTIONS
 from facedata.stages import STAGES
 
 
@@ -49,38 +50,42 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("already_complete"):
         checked = "shards re-hashed" if summary["verified"] else "shard sizes checked; --verify re-hashes"
         return (f"{summary['out_dir']}: already complete with these inputs and options "
-                f"({summary['samples']:,} samples in {summary['shards']} shard(s), {checked}); nothing written")
+                f"({number(summary['samples'])} samples in {number(summary['shards'])} shard(s), {checked}); "
+                "nothing written")
     lines = [f"{summary['stage']} shards ({summary['size']} px) in {summary.get('out_dir', '?')}", ""]
     lines.append(f"{'label':<10} {'samples':>12}")
-    for name in ("negative", "positive", "part", "landmark"):
-        lines.append(f"{name:<10} {summary['label_counts'].get(name, 0):>12,}")
-    lines.append(f"{'total':<10} {summary['samples']:>12,}")
+    for name, count in in_class_order(summary["label_counts"]):
+        lines.append(f"{name:<10} {number(count):>12}")
+    lines.append(f"{'total':<10} {number(summary['samples']):>12}")
     planned = summary.get("planned")
     if planned:
         mixing = summary.get("mixing")
         ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
         mixed = "mixed at " + ":".join(f"{ratio.get(str(lab), 0):g}" for lab in LABEL_ORDER) if ratio else "no mixing"
-        lines.append("planned before mixing: " + ", ".join(f"{k} {v:,}" for k, v in planned.items()) + f" ({mixed})")
+        lines.append(f"planned before mixing: {labels_text(planned)} ({mixed})")
     lines.append("")
-    mb = summary["bytes"] / 1e6
     engine = "" if summary.get("engine", "local") == "local" else f" on {summary['engine']}"
-    lines.append(
-        f"shards {summary['shards']}, {mb:,.1f} MB, {summary['seconds']:.1f} s"
-        f" with {summary['workers']} worker(s){engine}"
-    )
+    lines.append(f"shards {number(summary['shards'])}, {number(round(summary['bytes'] / 1e6, 1))} MB, "
+                 f"{summary['seconds']:.1f} s with {summary['workers']} worker(s){engine}")
     images = summary["images"]
-    lines.append(f"images: {images['detections']:,} detection, {images['landmarks']:,} landmark, "
-                 f"{images['skipped']:,} skipped")
+    lines.append(f"images: {number(images['detections'])} detection, {number(images['landmarks'])} landmark, "
+                 f"{number(images['skipped'])} skipped")
     stage = STAGES.get(summary["stage"])
     if summary.get("resumed_plan_from_image"):
-        lines.append(f"resumed: {summary['resumed_plan_from_image']:,} images already {stage.verb} were not redone")
+        lines.append(f"resumed: {number(summary['resumed_plan_from_image'])} images already {stage.verb} "
+                     "were not redone")
     if summary.get("resumed_from_sample"):
-        lines.append(f"resumed after {summary['resumed_from_sample']:,} samples already in complete shards")
+        lines.append(f"resumed after {number(summary['resumed_from_sample'])} samples already in complete shards")
     lines.extend(stage.summary_lines(summary))
-    for text in summary["shortages"]:
-        lines.append(f"shortage: {text}")
-    for item in summary["skipped"][:20]:
-        lines.append(f"skipped {item['path']}: {item['reason']}")
-    if len(summary["skipped"]) > 20:
-        lines.append(f"... and {len(summary['skipped']) - 20} more skipped images (see index.json summary)")
-    return "\n".join(lines)
+    return "\n".join(lines + summary_warnings(summary))
+
+
+def summary_warnings(summary: dict[str, Any]) -> list[str]:
+    """What a build could not do as asked (shortages, skipped images): the end of the table, and all that
+    `--quiet` prints."""
+    lines = [f"shortage: {text}" for text in summary.get("shortages", [])]
+    skipped = summary.get("skipped", [])
+    lines += [f"skipped {item['path']}: {item['reason']}" for item in skipped[:20]]
+    if len(skipped) > 20:
+        lines.append(f"... and {number(len(skipped) - 20)} more skipped images (see index.json summary)")
+    return lines

@@ -18,11 +18,8 @@ from facedata import imageio
 from facedata.buildplan import read_records
 from facedata.samplers.mixing import MixPlan, select
 from facedata.samplers.tasks import ImageTask, TaskTable
-from facedata.samples import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from facedata.samples import LABEL_ORDER
 from facedata.stages import BuildConfig, Stage
-
-# Column order of every per-label count table of the build.
-LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 
 # Per-image status in the plan and progress tables.
 PENDING, WRITTEN, UNREADABLE, MISSING, WRONG_SIZE, TRUNCATED, TOO_LARGE = 0, 1, 2, 3, 4, 5, 6

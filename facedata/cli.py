@@ -6,11 +6,13 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
 from facedata import __version__
 from facedata.buildoptions import Number, check_iou_order, check_values, root_folder
+from facedata.console import number
 from facedata.detect.settings import DETECTION_THRESHOLDS, LANDMARK_LAYOUTS, MINING_THRESHOLDS
 from facedata.errors import FacedataError
 from facedata.optionnames import RenamingCommand
@@ -76,8 +78,9 @@ def _note(quiet: bool, message: str) -> None:
 
 
 @main.command()
-def formats() -> None:
-    """List the annotation formats `ingest` understands."""
+@_quiet_option
+def formats(quiet: bool) -> None:
+    """List the annotation formats `ingest` understands (the list is the requested output: --quiet keeps it)."""
     from facedata.parsers import FORMATS
 
     items = list(FORMATS)
@@ -137,7 +140,7 @@ def ingest(
     confidence = None if format_name else sniff_confidence(source, fmt)
     how = " (sniffed)" if confidence is None else f" (sniffed, {confidence:.0%} of its head fits)"
     how = "" if format_name else how
-    counts = f"{len(manifest.images)} images, {len(manifest.faces)} faces"
+    counts = f"{number(len(manifest.images))} images, {number(len(manifest.faces))} faces"
     _note(quiet, f"format {fmt}{how}: wrote {counts} to {output}")
     for warning in format_warnings(manifest, rejects, fmt):
         click.echo(f"warning: {warning}", err=True)
@@ -215,8 +218,9 @@ def filter_command(
         _note(quiet, line)
     if subset is not None:
         found = result.provenance["wider_subset"]
-        _note(quiet, f"wider {wider_subset} subset: {found['subset_faces_found']:,} of its {found['subset_faces']:,} "
-                     f"faces found in the manifest ({found['faces_kept']:,} distinct faces kept)")
+        _note(quiet, f"wider {wider_subset} subset: {number(found['subset_faces_found'])} of its "
+                     f"{number(found['subset_faces'])} faces found in the manifest "
+                     f"({number(found['faces_kept'])} distinct faces kept)")
     _note(quiet, f"wrote {output}")
 
 
@@ -249,7 +253,8 @@ def export_command(format_name: str, source: Path, output: Path, strict: bool, o
     lost = export(manifest, format_name, output, source=str(source), strict=strict, overwrite=overwrite)
     for loss in lost:
         click.echo(f"warning: {format_name} cannot hold {loss}: not exported", err=True)
-    _note(quiet, f"wrote {len(manifest.images):,} images, {len(manifest.faces):,} faces as {format_name} to {output}")
+    _note(quiet, f"wrote {number(len(manifest.images))} images, {number(len(manifest.faces))} faces as {format_name} "
+                 f"to {output}")
 
 
 @main.command()
@@ -275,8 +280,11 @@ def card(source: Path, output: Path, overwrite: bool, quiet: bool) -> None:
 @_survival_option
 @click.option("--resize", type=click.Choice(["fit", "stretch"]), default="fit", show_default=True,
               help="fit: keep aspect, scale = min(tw/W, th/H); stretch: scale x and y separately.")
-def stats(source: Path, as_json: bool, markdown: bool, inputs: str, survival_px: float, resize: str) -> None:
-    """Corpus statistics: counts, sizes, attributes, landmarks, input-resolution survival."""
+@_quiet_option
+def stats(source: Path, as_json: bool, markdown: bool, inputs: str, survival_px: float, resize: str,
+          quiet: bool) -> None:
+    """Corpus statistics: counts, sizes, attributes, landmarks, input-resolution survival (the tables are the
+    requested output: --quiet keeps them)."""
     from facedata.manifest import Manifest
     from facedata.stats import compute_stats, parse_inputs, render_json, render_markdown, render_text
 
@@ -410,12 +418,13 @@ def make_cascade(pnet, rnet, onet, threads, **options):
               "facedata or the reference's data); xxyy = x1..x5 y1..y5 (the original Caffe MTCNN and most "
               "converted models, e.g. facenet-pytorch's).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the detections as JSON on stdout (boxes, scores, 5 points per face).")
+              help="Print the detections as JSON on stdout (boxes, scores, 5 points per face), nothing else.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image with boxes (and landmarks) drawn on it.")
+@_quiet_option
 def detect(
     image: Path, pnet: Path, rnet: Path | None, onet: Path | None, as_json: bool, output: Path | None,
-    **options,
+    quiet: bool, **options,
 ) -> None:
     """Run the cascade on one image: list what it finds (--json for scripts) and optionally draw it
     (check a model and its contract options before a long mining run)."""
@@ -430,7 +439,7 @@ def detect(
         for box, score in zip(dets.boxes, dets.scores, strict=True):
             click.echo(f"  {score:.3f}  " + " ".join(f"{v:.1f}" for v in box))
     if output is not None:
-        click.echo(f"wrote {output}", err=as_json)
+        _note(quiet, f"wrote {output}")
 
 
 # --- issue 3: shard store (verify, inspect) ----------------------------------------------------------
@@ -458,9 +467,14 @@ def detect(
               help="Image root override for --pixels (repeatable; NAME is the manifest's root name).")
 @click.option("--max-listed", default=20, show_default=True, type=click.IntRange(0),
               help="Label mismatches and pixel failures listed (all are counted).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the checks run and their verdicts as one JSON object on stdout, nothing else (the exit "
+              "code is the same: 1 when a check fails).")
+@_quiet_option
 def verify(
     directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,
-    landmarks: tuple[Path, ...], keypoints: Path | None, roots: tuple[str, ...], max_listed: int,
+    landmarks: tuple[Path, ...], keypoints: Path | None, roots: tuple[str, ...], max_listed: int, as_json: bool,
+    quiet: bool,
 ) -> None:
     """Re-hash every shard of DIRECTORY and check its sample and label counts against index.json.
 
@@ -468,44 +482,82 @@ def verify(
     samplers (pnet/rnet/onet, pfld and topdown builds); the manifests are the ones index.json records unless
     --detections/--landmarks/--keypoints say otherwise.
     """
+    checks, warnings = _verify_checks(directory, labels, n_pixels, seed, detections, landmarks, keypoints, roots,
+                                      max_listed)
+    ok = all(check.verdict["ok"] for check in checks)
+    if as_json:
+        import json
+
+        verdicts = {check.name: check.verdict for check in checks}
+        click.echo(json.dumps({"directory": str(directory), "ok": ok, "checks": verdicts, "warnings": warnings},
+                              indent=1))
+    else:
+        for check in checks:
+            passed = check.verdict["ok"]
+            if check.text and (not passed or not quiet):
+                click.echo(check.text)
+            if passed and check.done and not quiet:
+                click.echo(check.done)
+        problems = checks[0].verdict["problems"]
+        if problems:
+            click.echo(f"{number(len(problems))} problem(s) in {directory}", err=True)
+    if not ok:
+        sys.exit(1)
+
+
+class _Check(NamedTuple):
+    """One `verify` check: its verdict (JSON), its report text, and the line saying it passed."""
+
+    name: str
+    verdict: dict
+    text: str
+    done: str = ""
+
+
+def _verify_checks(directory: Path, labels: bool, n_pixels: int | None, seed: int, detections: Path | None,
+                   landmarks: tuple[Path, ...], keypoints: Path | None, roots: tuple[str, ...], max_listed: int,
+                   ) -> tuple[list[_Check], list[str]]:
+    """The checks `verify` asks for, in order (the samples only in sound shards), and the warnings (also
+    printed on stderr as they come)."""
     from facedata.storage import verify_dataset
 
-    problems = verify_dataset(directory)
-    for problem in problems:
-        click.echo(problem)
-    if problems:
-        click.echo(f"{len(problems)} problem(s) in {directory}", err=True)
-        sys.exit(1)
-    click.echo(f"{directory}: all shards verified")
-    failed = False
-    if labels or ((detections or landmarks or keypoints) and not n_pixels):
+    findings = verify_dataset(directory)
+    problems = [str(finding) for finding in findings]
+    verdict = {"ok": not findings, "problems": problems,
+               "findings": [{"kind": f.kind, "file": f.file, "detail": f.detail} for f in findings]}
+    checks = [_Check("shards", verdict, "\n".join(problems), f"{directory}: all shards verified")]
+    warnings: list[str] = []
+
+    def warn(notes: list[str]) -> None:
+        warnings.extend(notes)
+        for note in notes:
+            click.echo(f"warning: {note}", err=True)
+
+    if not problems and (labels or ((detections or landmarks or keypoints) and not n_pixels)):
         from facedata.oracle import verify_build_labels
 
         report, notes = verify_build_labels(directory, detections, landmarks, max_listed, keypoints=keypoints)
-        for note in notes:
-            click.echo(f"warning: {note}", err=True)
-        click.echo(report.summary())
-        failed |= not report.ok
-        if report.ok:
-            click.echo(f"{directory}: all labels re-derived, 0 mismatches")
-    if n_pixels:
+        warn(notes)
+        checks.append(_Check("labels", report.to_dict(), report.summary(),
+                             f"{directory}: all labels re-derived, 0 mismatches"))
+    if not problems and n_pixels:
         from facedata.oracle import verify_build_pixels
 
         pixel_report, notes = verify_build_pixels(directory, n_pixels, seed=seed, detections=detections,
                                                   landmarks=landmarks, images=roots, keypoints=keypoints)
-        for note in notes:
-            click.echo(f"warning: {note}", err=True)
-        click.echo(pixel_report.summary(max_listed))
-        failed |= not pixel_report.ok
-    if failed:
-        sys.exit(1)
+        warn(notes)
+        checks.append(_Check("pixels", pixel_report.to_dict(max_listed), pixel_report.summary(max_listed)))
+    return checks, warnings
 
 
 @main.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print index.json itself.")
-def inspect(directory: Path, as_json: bool) -> None:
-    """Print the summary of a shard directory's index (layout, counts per label, shards, provenance)."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the index itself (index.json, the machine-readable form of this summary) on stdout.")
+@_quiet_option
+def inspect(directory: Path, as_json: bool, quiet: bool) -> None:
+    """Print the summary of a shard directory's index (layout, counts per label, shards, provenance, the build's
+    summary); the summary is the requested output: --quiet keeps it."""
     import json
 
     from facedata.storage.index import describe, load_index
@@ -644,7 +696,7 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
     from dataclasses import replace
 
     extra["engine"].prepare(workers or os.cpu_count() or 1)  # e.g. the local pool's server imports meanwhile
-    from facedata.build import build_dataset, format_summary, parse_ratio, parse_roots, parse_size
+    from facedata.build import build_dataset, parse_ratio, parse_roots, parse_size
     from facedata.manifest import Manifest
     from facedata.paths import sha256_file
 
@@ -668,7 +720,18 @@ def _run_build(stage: str, detections: Path, landmarks: Path | None, output: Pat
         workers=workers, shard_bytes=parse_size(shard_size), roots=parse_roots(roots, root_names),
         progress=not quiet, strict=strict, extra_provenance=files, overwrite=overwrite, verify=verify, **extra,
     )
-    click.echo(format_summary(summary))
+    _print_summary(summary, quiet)
+
+
+def _print_summary(summary: dict, quiet: bool) -> None:
+    """The build's table on stdout; with --quiet only what it could not do as asked, as warnings."""
+    from facedata.buildsummary import format_summary, summary_warnings
+
+    if not quiet:
+        click.echo(format_summary(summary))
+        return
+    for line in summary_warnings(summary):
+        click.echo(f"warning: {line}", err=True)
 
 
 @main.group()
@@ -795,7 +858,7 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
                   **run_options) -> None:
     """Top-down keypoint crops (HRNet/Lite-HRNet/SimpleBaseline): one crop per person or face, mmpose's
     centre/scale (padding 1.25, 200 px unit); heatmaps are made at read time (facedata.readers.heatmaps)."""
-    from facedata.build import format_summary, parse_roots, parse_size
+    from facedata.build import parse_roots, parse_size
     from facedata.manifest import Manifest
     from facedata.stages.topdown import build_topdown as run
 
@@ -805,7 +868,7 @@ def build_topdown(keypoints: Path, input_size: str, margin: float, keep_unlabell
                   shard_bytes=parse_size(shard_size), roots=parse_roots(roots, Manifest.root_names(keypoints)),
                   progress=not quiet, strict=strict, overwrite=overwrite, verify=verify, encoding=encode,
                   **run_options)
-    click.echo(format_summary(summary))
+    _print_summary(summary, quiet)
 
 
 def _parse_wxh(text: str, option: str) -> tuple[int, int]:
@@ -849,7 +912,7 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
                roots: tuple[str, ...], interpolation: str, encode: str, strict: bool, overwrite: bool,
                verify: bool, quiet: bool, **run_options) -> None:
     """PFLD (112 px): landmark face crops with augmented variants, masks, Euler angles and attribute flags."""
-    from facedata.build import format_summary, parse_roots, parse_size
+    from facedata.build import parse_roots, parse_size
     from facedata.manifest import Manifest
     from facedata.stages.pfld import build_pfld as run
 
@@ -862,7 +925,7 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
     summary = run(list(landmarks), output, recipe, backend=backend, workers=workers, seed=seed,
                   shard_bytes=parse_size(shard_size), roots=parse_roots(roots, names), progress=not quiet,
                   strict=strict, overwrite=overwrite, verify=verify, encoding=encode, **run_options)
-    click.echo(format_summary(summary))
+    _print_summary(summary, quiet)
 
 
 @main.command()
@@ -874,14 +937,14 @@ def build_pfld(landmarks: tuple[Path, ...], size: int, expand: float, box: str, 
 @click.option("--columns", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--cell", default=96, show_default=True, type=click.IntRange(8), help="Pixels per (upscaled) crop.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-def preview(directory: Path, output: Path, per_label: int, columns: int, cell: int, seed: int) -> None:
+@_quiet_option
+def preview(directory: Path, output: Path, per_label: int, columns: int, cell: int, seed: int, quiet: bool) -> None:
     """Contact sheet of random samples per label with box offsets and landmarks drawn back on the crops."""
+    from facedata.console import labels_text
     from facedata.preview import write_preview
-    from facedata.samples import LABEL_NAMES
 
     shown = write_preview(directory, output, per_label=per_label, columns=columns, cell=cell, seed=seed)
-    counts = ", ".join(f"{LABEL_NAMES[k]} {v}" for k, v in shown.items())
-    click.echo(f"wrote {output} ({counts})")
+    _note(quiet, f"wrote {output} ({labels_text(shown)})")
 
 
 @main.command(cls=RenamingCommand)
@@ -901,8 +964,9 @@ def preview(directory: Path, output: Path, per_label: int, columns: int, cell: i
               help="The manifest before a filter or fusion: totals side by side, faces removed, images that lost "
               "all their faces.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in the folder.")
+@_quiet_option
 def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, survival_px: float, seed: int,
-           batch_size: int, other: Path | None, overwrite: bool) -> None:
+           batch_size: int, other: Path | None, overwrite: bool, quiet: bool) -> None:
     """Self-contained HTML report (index.html, plots and images inlined) plus stats.json for a manifest
     (.parquet) or a shard directory (the --images, --grid and --survival-px options are for manifests)."""
     from facedata.build import parse_roots
@@ -912,9 +976,10 @@ def report(source: Path, output: Path, roots: tuple[str, ...], grid: int, surviv
     if source.is_dir():
         if other is not None:
             raise click.UsageError("--compare works on manifests, not shard directories")
-        index = write_report(source, output, overwrite=overwrite, seed=seed, batch_size=batch_size)
+        index = write_report(source, output, overwrite=overwrite, seed=seed, batch_size=batch_size,
+                             progress=not quiet)
     else:
         index = write_report(source, output, overwrite=overwrite, compare=other, grid=grid, seed=seed,
                              survival_px=survival_px,
                              roots=parse_roots(roots, Manifest.root_names(source)) if roots else None)
-    click.echo(f"wrote {index} and {index.with_name('stats.json')}")
+    _note(quiet, f"wrote {index} and {index.with_name('stats.json')}")

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from facedata import console
 from facedata.errors import FacedataError
 from facedata.filters import MinSize, apply_filters
 from facedata.manifest import Manifest
@@ -242,7 +242,7 @@ def build_demo_corpus(
         cuhk_images=root / "cuhk",
     )
     corpus.wider_annotations.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=wider_images + cuhk_images, desc="demo corpus", unit="img", disable=not progress)
+    bar = console.progress(wider_images + cuhk_images, "demo corpus", "img", enabled=progress)
     lines: list[str] = []
     for index in range(wider_images):
         event, filename, width, height, sizes, special = _wider_image(seed, index)
@@ -365,7 +365,8 @@ def _step_corpus(ctx: DemoContext) -> str:
     ctx.corpus = build_demo_corpus(ctx.out_dir / "corpus", ctx.seed, progress=not ctx.quiet)
     c = ctx.corpus
     return (
-        f"{c.wider_images_count} WIDER images ({c.wider_faces} faces), {c.cuhk_images_count} CUHK images"
+        f"{console.number(c.wider_images_count)} WIDER images ({console.number(c.wider_faces)} faces), "
+        f"{console.number(c.cuhk_images_count)} CUHK images"
         f" in {c.root}"
     )
 
@@ -381,7 +382,8 @@ def _ingest(ctx: DemoContext, key: str, source: Path, images: Path, name: str) -
     if len(rejects):
         rejects.write_csv(out.with_suffix(".rejects.csv"))
     fmt = manifest.provenance.get("source_format", "?")
-    return manifest, f"{fmt}: {len(manifest.images)} images, {len(manifest.faces)} faces, {rejects.summary()}"
+    counts = f"{console.number(len(manifest.images))} images, {console.number(len(manifest.faces))} faces"
+    return manifest, f"{fmt}: {counts}, {rejects.summary()}"
 
 
 def _step_ingest_wider(ctx: DemoContext) -> str:
@@ -401,8 +403,8 @@ def _step_filter(ctx: DemoContext) -> str:
     ctx.manifests["detections"] = out
     step = report.steps[0]
     return (
-        f"{step.rule}: removed {step.faces_removed} faces -> {step.faces_left} faces,"
-        f" {step.images_left} images"
+        f"{step.rule}: removed {console.number(step.faces_removed)} faces -> {console.number(step.faces_left)} faces,"
+        f" {console.number(step.images_left)} images"
     )
 
 
@@ -440,8 +442,9 @@ def _step_build_pnet(ctx: DemoContext) -> str:
         overwrite=True,  # demo_out is the demo's own scratch directory: a rerun with another seed replaces it
     )
     ctx.outputs["pnet"] = out
-    counts = ", ".join(f"{name} {n}" for name, n in summary["label_counts"].items())
-    return f"{summary['samples']} samples ({counts}) in {summary['shards']} shard(s) at {out}"
+    counts = console.labels_text(summary["label_counts"])
+    shards = console.number(summary["shards"])
+    return f"{console.number(summary['samples'])} samples ({counts}) in {shards} shard(s) at {out}"
 
 
 def _step_verify(ctx: DemoContext) -> str:

@@ -69,15 +69,15 @@ class Rejects:
         """One line: the total and the count of each kind of skip."""
         if not self.items:
             return "no items skipped"
-        detail = ", ".join(f"{len(items)} {kind}" for kind, items in self.by_kind().items())
-        return f"skipped {len(self.items)} item(s) ({detail})"
+        detail = ", ".join(f"{len(items):,} {kind}" for kind, items in self.by_kind().items())
+        return f"skipped {len(self.items):,} item(s) ({detail})"
 
     def summary_lines(self) -> list[str]:
         """The summary, then per kind of skip its count and first example (file:line: field: reason)."""
         lines = [self.summary()]
         for kind, items in self.by_kind().items():
             first = items[0]
-            lines.append(f"  {len(items)} {kind}, first {first.where()}: {first.field}: {first.reason}")
+            lines.append(f"  {len(items):,} {kind}, first {first.where()}: {first.field}: {first.reason}")
         return lines
 
     def write_csv(self, path: str | os.PathLike[str]) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from facedata.console import number
 from facedata.errors import FacedataError
 from facedata.faces import face_boxes, flagged, large_enough
 from facedata.manifest import Manifest, command_line
@@ -185,14 +186,14 @@ class FilterReport:
 
     def lines(self) -> list[str]:
         how = {IGNORE: "; removed faces kept as ignore regions", DROP: "; removed faces dropped"}.get(self.removed, "")
-        out = [f"input: {self.images_in} images, {self.faces_in} faces{how}"]
+        out = [f"input: {number(self.images_in)} images, {number(self.faces_in)} faces{how}"]
         width = max((len(s.rule) for s in self.steps), default=0)
         for s in self.steps:
-            ignored = f" (+{s.faces_ignored} ignored)" if s.faces_ignored else ""
+            ignored = f" (+{number(s.faces_ignored)} ignored)" if s.faces_ignored else ""
             out.append(
-                f"{s.rule:<{width}}  removed {s.faces_removed} faces, {s.images_removed} images;"
-                f" {s.images_emptied} images lost all their faces"
-                f"  -> {s.images_left} images, {s.faces_left} faces{ignored}"
+                f"{s.rule:<{width}}  removed {number(s.faces_removed)} faces, {number(s.images_removed)} images;"
+                f" {number(s.images_emptied)} images lost all their faces"
+                f"  -> {number(s.images_left)} images, {number(s.faces_left)} faces{ignored}"
             )
         return out
 

@@ -20,7 +20,6 @@ import html
 import io
 import json
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,19 +30,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global figure state; savefig renders with Agg
 from matplotlib.patches import Rectangle
-from tqdm import tqdm
 
+from facedata import console
 from facedata.errors import FacedataError
 from facedata.imageio import ImageError, read_image
 from facedata.manifest import Manifest
 from facedata.paths import atomic_write
-from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from facedata.samples import LABEL_LANDMARK, LABEL_NAMES, LABEL_ORDER, LABEL_PART, LABEL_POSITIVE
 from facedata.stats import DEFAULT_INPUTS, DEFAULT_SURVIVAL_PX, compute_stats
 
 REPORT_INPUTS: tuple[tuple[int, int], ...] = (*DEFAULT_INPUTS, (1024, 768))
 _CELL = 256  # px per image in the random grid
 DEFAULT_BATCH = 384  # the MTCNN ports' usual batch size
-LABELS = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)  # neg:pos:part:landmark, as everywhere
 # Bins of 1/32: edges exact in binary, so a target on an edge falls in the same bin whoever recounts it.
 _OFFSET_EDGES = np.linspace(-1.0, 1.0, 65)  # box offsets, in crop sides
 _TARGET_EDGES = np.linspace(-0.5, 1.5, 65)  # landmark targets, in crop units (0..1 inside the crop)
@@ -205,11 +203,9 @@ def _fmt(value: Any) -> str:
     """Counts with thousands separators; the report's floats are shares, shown as percentages when in [0, 1]."""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.2%}" if 0 <= value <= 1 else f"{value:,.2f}"
-    return str(value)
+    if isinstance(value, float) and 0 <= value <= 1:
+        return f"{value:.2%}"
+    return console.number(value)
 
 
 def manifest_report(
@@ -339,7 +335,7 @@ def _side_by_side(before: dict[str, int], after: dict[str, int], title: str) -> 
 
 
 def shard_report(
-    path: str | os.PathLike[str], *, seed: int = 0, batch_size: int = DEFAULT_BATCH
+    path: str | os.PathLike[str], *, seed: int = 0, batch_size: int = DEFAULT_BATCH, progress: bool = True
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """(stats.json content, [(section title, HTML fragment)]) for a shard directory."""
     from facedata.preview import contact_sheet
@@ -347,7 +343,7 @@ def shard_report(
 
     dataset = ShardedDataset(path)
     try:
-        counted = _count_shards(dataset)
+        counted = _count_shards(dataset, progress)
         unit_samples = dataset.unit_samples
         provenance = dataset.index.get("provenance", {})
         summary = dataset.index.get("summary", {})
@@ -360,8 +356,8 @@ def shard_report(
                                                       summary.get("mixing")),
                              "provenance": provenance}
     sections = [("Samples per label per shard", _table(
-        ["shard", *(LABEL_NAMES[lab] for lab in LABELS), "samples"],
-        [[row["file"], *(row["labels"][LABEL_NAMES[lab]] for lab in LABELS), row["samples"]]
+        ["shard", *(LABEL_NAMES[lab] for lab in LABEL_ORDER), "samples"],
+        [[row["file"], *(row["labels"][LABEL_NAMES[lab]] for lab in LABEL_ORDER), row["samples"]]
          for row in stats["per_shard"]]))]
     mix = stats["mix"]
     sections.append(("Class mix: achieved against requested", _table(
@@ -381,13 +377,13 @@ def shard_report(
     return stats, sections
 
 
-def _count_shards(dataset: Any) -> dict[str, Any]:
+def _count_shards(dataset: Any, progress: bool) -> dict[str, Any]:
     """Labels per shard and target histograms, from the records read chunk by chunk."""
     names = dataset.record_dtype.names or ()
     labels = np.empty(len(dataset), np.int8)
     offsets = {c: np.zeros(len(_OFFSET_EDGES) - 1, np.int64) for c in ("x1", "y1", "x2", "y2")}
     targets = np.zeros(len(_TARGET_EDGES) - 1, np.int64)
-    bar = tqdm(total=len(dataset), desc="report", unit="sample", disable=not sys.stderr.isatty())
+    bar = console.progress(len(dataset), "report", "sample", enabled=progress)
     for start in range(0, len(dataset), _CHUNK):
         _, records = dataset.read_range(start, start + _CHUNK)
         bar.update(len(records))
@@ -405,7 +401,7 @@ def _count_shards(dataset: Any) -> dict[str, Any]:
         first, n = int(entry["first_index"]), int(entry["samples"])
         chunk = labels[first : first + n]
         per_shard.append({"file": entry["file"], "samples": n,
-                          "labels": {LABEL_NAMES[lab]: int((chunk == lab).sum()) for lab in LABELS}})
+                          "labels": {LABEL_NAMES[lab]: int((chunk == lab).sum()) for lab in LABEL_ORDER}})
     edges = [float(e) for e in _OFFSET_EDGES]
     return {
         "samples": int(len(labels)),
@@ -421,10 +417,10 @@ def _count_shards(dataset: Any) -> dict[str, Any]:
 def _mix(labels: np.ndarray, mixing: Any) -> dict[str, dict[str, Any]]:
     """Per label: the requested ratio and share (None when the build did not mix) and the achieved share."""
     ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
-    requested = {lab: float(ratio.get(str(lab), 0.0)) for lab in LABELS}
+    requested = {lab: float(ratio.get(str(lab), 0.0)) for lab in LABEL_ORDER}
     total_ratio = sum(requested.values())
     out = {}
-    for lab in LABELS:
+    for lab in LABEL_ORDER:
         n = int((labels == lab).sum())
         out[LABEL_NAMES[lab]] = {
             "requested_ratio": requested[lab] if ratio else None,
@@ -443,8 +439,8 @@ def _batch_shares(labels: np.ndarray, unit_samples: int, batch_size: int, seed: 
     from facedata.readers.order import ReadOrder
 
     ratio = mixing.get("ratio", {}) if isinstance(mixing, dict) else {}
-    wanted = [float(ratio.get(str(lab), 0)) for lab in LABELS] if ratio else [3.0, 1.0, 1.0, 2.0]
-    present = [bool((labels == lab).any()) for lab in LABELS]
+    wanted = [float(ratio.get(str(lab), 0)) for lab in LABEL_ORDER] if ratio else [3.0, 1.0, 1.0, 2.0]
+    present = [bool((labels == lab).any()) for lab in LABEL_ORDER]
     mix = ":".join(f"{r:g}" if here else "0" for r, here in zip(wanted, present, strict=True))  # absent: 0
     out: dict[str, Any] = {"batch_size": batch_size, "seed": seed, "mix_ratio": mix}
     for name, options in (("shuffle", {}), ("batch_mix", {"batch_mix": mix, "labels": labels})):
@@ -455,7 +451,7 @@ def _batch_shares(labels: np.ndarray, unit_samples: int, batch_size: int, seed: 
             continue
         full = len(order) // batch_size * batch_size  # the last, short batch is left out (drop_last)
         batches = labels[order[:full]].reshape(-1, batch_size)
-        out[name] = {LABEL_NAMES[lab]: _spread((batches == lab).mean(axis=1)) for lab in LABELS} if len(batches) \
+        out[name] = {LABEL_NAMES[lab]: _spread((batches == lab).mean(axis=1)) for lab in LABEL_ORDER} if len(batches) \
             else {"note": f"fewer than {batch_size} samples: no full batch"}
     return out
 
@@ -499,7 +495,8 @@ def _provenance(provenance: dict[str, Any]) -> str:
     for role, entry in (provenance.get("inputs") or {}).items():
         if isinstance(entry, dict):
             rows.append([f"input {role}", f"{entry.get('path', '')} (sha256 {str(entry.get('sha256', ''))[:16]}…, "
-                                          f"{entry.get('images', '?')} images, {entry.get('faces', '?')} faces)"])
+                                          f"{console.number(entry.get('images', '?'))} images, "
+                                          f"{console.number(entry.get('faces', '?'))} faces)"])
     table = _table(["", "value"], rows)
     full = html.escape(json.dumps(provenance, indent=1, sort_keys=True))
     return f"{table}<details><summary>full provenance</summary><pre>{full}</pre></details>"
@@ -507,10 +504,11 @@ def _provenance(provenance: dict[str, Any]) -> str:
 
 def write_report(
     source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False,
-    compare: str | os.PathLike[str] | None = None, **options: Any
+    compare: str | os.PathLike[str] | None = None, progress: bool = True, **options: Any
 ) -> Path:
     """Write `index.html` and `stats.json` for a manifest or a shard directory into out_dir (atomically;
-    existing files only with overwrite). `compare`: the manifest before (a filter, a fusion). Returns the index."""
+    existing files only with overwrite). `compare`: the manifest before (a filter, a fusion); `progress`: while
+    the shards are read. Returns the index."""
     out = Path(out_dir)
     index, stats_path = out / "index.html", out / "stats.json"
     existing = [p for p in (index, stats_path) if p.exists()]
@@ -518,7 +516,7 @@ def write_report(
         raise FacedataError(f"{existing[0]} exists; pass --overwrite to replace the report")
     if Path(source).is_dir():
         stats, sections = shard_report(source, seed=options.get("seed", 0),
-                                       batch_size=options.get("batch_size", DEFAULT_BATCH))
+                                       batch_size=options.get("batch_size", DEFAULT_BATCH), progress=progress)
     else:
         manifest = Manifest.read(source)
         stats, sections = manifest_report(manifest, **{k: v for k, v in options.items() if k != "batch_size"})

@@ -18,6 +18,8 @@ LABEL_NAMES: dict[int, str] = {
     LABEL_PART: "part",
     LABEL_LANDMARK: "landmark",
 }
+# The class order of every per-label table, summary and ratio (neg:pos:part:landmark, as --ratio reads).
+LABEL_ORDER = (LABEL_NEGATIVE, LABEL_POSITIVE, LABEL_PART, LABEL_LANDMARK)
 # Which manifest a sample's image_index / face_index refer to.
 ORIGIN_DETECTIONS, ORIGIN_LANDMARKS = 0, 1
 NO_FACE = -1

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from facedata.console import number
 from facedata.errors import FacedataError
 from facedata.faces import degenerate as is_degenerate
 from facedata.faces import face_boxes, face_size, flagged
@@ -46,7 +47,7 @@ _PER_IMAGE_BUCKETS: tuple[tuple[str, int, float], ...] = (
 _SIZE_EDGES: tuple[int, ...] = (0, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _POSE_EDGES: tuple[float, ...] = (-60, -30, -15, 15, 30, 60)  # degrees
 _EAR_EDGES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)  # PFPLD keeps closed eyes at EAR <= 0.1
-_NUMBER = re.compile(r"-?\d+(\.\d+)?%?")
+_NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?%?")
 
 
 def parse_inputs(text: str) -> list[tuple[int, int]]:
@@ -231,7 +232,7 @@ def _survival(
     note = None
     if n_known < len(manifest.faces):
         note = (
-            f"image size unknown for {len(manifest.faces) - n_known} of {len(manifest.faces)} faces"
+            f"image size unknown for {number(len(manifest.faces) - n_known)} of {number(len(manifest.faces))} faces"
             " (ingest with --images to probe sizes); those faces are not in the table"
         )
     return {
@@ -288,23 +289,23 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
 
     if title:
         out.append(f"# {title}" if markdown else title)
-    ignored = f" (+{stats['ignored_faces']} ignored)" if stats["ignored_faces"] else ""
+    ignored = f" (+{number(stats['ignored_faces'])} ignored)" if stats["ignored_faces"] else ""
     out.append(
-        f"{stats['images']} images, {stats['faces']} faces{ignored},"
-        f" {stats['images_without_faces']} images without faces,"
-        f" {stats['images_with_size']} images with known size"
+        f"{number(stats['images'])} images, {number(stats['faces'])} faces{ignored},"
+        f" {number(stats['images_without_faces'])} images without faces,"
+        f" {number(stats['images_with_size'])} images with known size"
     )
     for key, label in (("by_split", "split"), ("by_source", "source")):
         heading(f"By {label}")
         table([label, "images", "faces"], [[k, v["images"], v["faces"]] for k, v in stats[key].items()])
     per = stats["faces_per_image"]
     heading("Faces per image")
-    table(["faces", "images"], [[k, v] for k, v in per["buckets"].items()])
-    out.append(f"max {per['max']}, mean {per['mean']:.2f}, median {per['median']:g}")
+    table(["faces", "images"], [[_bucket_text(k), v] for k, v in per["buckets"].items()])
+    out.append(f"max {number(per['max'])}, mean {per['mean']:,.2f}, median {number(per['median'])}")
     size = stats["face_size"]
     heading("Face size")
-    table(["min(w,h) px", "faces"], [[k, v] for k, v in size["buckets"].items()])
-    out.append(f"{size['measure']}; median {size['median']}")
+    table(["min(w,h) px", "faces"], [[_bucket_text(k), v] for k, v in size["buckets"].items()])
+    out.append(f"{size['measure']}; median {number(size['median'])}")
     flags = stats["flags"]
     heading("Flags")
     table(["flag", "faces"], [[k, v] for k, v in flags.items()])
@@ -329,16 +330,16 @@ def _render(stats: dict[str, Any], title: str | None, markdown: bool) -> list[st
         + [["(none)", lm["faces_without_landmarks"], 0, 0]],
     )
     for scheme, info in lm["schemes"].items():
-        out.append(f"{scheme}: by source " + ", ".join(f"{k} {v}" for k, v in info["by_source"].items())
-                   + f"; boxes derived from the points: {info['box_derived']}")
+        out.append(f"{scheme}: by source " + ", ".join(f"{k} {number(v)}" for k, v in info["by_source"].items())
+                   + f"; boxes derived from the points: {number(info['box_derived'])}")
         if info["group_coverage"]:
             out.append("  points present per group: "
                        + ", ".join(f"{g} {100 * c:.1f}%" for g, c in info["group_coverage"].items()))
     if lm["pose_source"]:
-        out.append("pose source: " + ", ".join(f"{k} {v}" for k, v in lm["pose_source"].items()))
+        out.append("pose source: " + ", ".join(f"{k} {number(v)}" for k, v in lm["pose_source"].items()))
     for name, hist in [*lm["pose"].items(), ("ear_min", lm["ear_min"])]:
         if hist:
-            out.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in hist.items()))
+            out.append(f"{name}: " + ", ".join(f"{k} {number(v)}" for k, v in hist.items()))
     surv = stats["survival"]
     heading(f"Input-resolution survival (faces under {surv['survival_px']:g} px)")
     table(
@@ -363,8 +364,13 @@ def _numeric(text: str) -> bool:
     return text == "n/a" or bool(_NUMBER.fullmatch(text))
 
 
+def _bucket_text(key: str) -> str:
+    """A bucket key of the JSON ("512-1024", ">=1024") with its bounds written as every number is (512-1,024)."""
+    return re.sub(r"\d+", lambda bound: number(int(bound[0])), key)
+
+
 def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else number(value)
 
 
 def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:

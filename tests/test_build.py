@@ -396,7 +396,7 @@ def test_cli_build_verify_preview(corpus: dict, models: dict, tmp_path: Path) ->
     out = tmp_path / "pnet"
     result = runner.invoke(main, [
         "build", "pnet", "--detections", str(root / "det.parquet"), "--landmarks", str(root / "lmk.parquet"),
-        "-o", str(out), "--workers", "1", "--shard-size", "200KB", "--ratio", "3:1:1:1", "--quiet",
+        "-o", str(out), "--workers", "1", "--shard-size", "200KB", "--ratio", "3:1:1:1",
         "--negatives-per-image", "20", "--interpolation", "area", "--no-mirror",
     ])
     assert result.exit_code == 0, result.output
@@ -419,7 +419,7 @@ def test_cli_build_verify_preview(corpus: dict, models: dict, tmp_path: Path) ->
     result = runner.invoke(main, [
         "build", "rnet", "--detections", str(root / "det_small.parquet"), "-o", str(tmp_path / "rnet"),
         "--pnet", str(models["pnet"]), "--workers", "1", "--pyramid-min-face", "40", "--max-neg-per-image", "10",
-        "--pad-border", "--quiet",
+        "--pad-border",
     ])
     assert result.exit_code == 0, result.output
     assert "mined" in result.output

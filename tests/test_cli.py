@@ -66,7 +66,7 @@ def test_stats_text_and_markdown(val_manifest: Path) -> None:
     text = run("stats", val_manifest, "--inputs", "320x240,1280x960")
     assert text.exit_code == 0
     assert "1280x960" in text.stdout and "480x360" not in text.stdout
-    assert "image size unknown for 39703" in text.stdout
+    assert "image size unknown for 39,703" in text.stdout
     md = run("stats", val_manifest, "--markdown")
     assert md.exit_code == 0 and "| input | faces | under | share |" in md.stdout
 
@@ -90,7 +90,7 @@ def test_filter_prints_per_rule_counts(val_manifest: Path, val_file: Path, tmp_p
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert any(
-        line.startswith("min_size 10") and f"removed {small} faces, 0 images" in line for line in lines
+        line.startswith("min_size 10") and f"removed {small:,} faces, 0 images" in line for line in lines
     )
     assert any(line.startswith("where blur < 2") for line in lines)
     assert any(line.startswith("drop_empty_images") for line in lines)

@@ -200,7 +200,7 @@ def test_cli_ingest_and_wider_subset(realdata: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["ingest", str(realdata / RETINA), "-o", str(out / "val.parquet")])
     assert result.exit_code == 0, result.output
-    assert "format retinaface_txt (sniffed, 100% of its head fits): wrote 3222 images, 39703 faces" in result.output
+    assert "format retinaface_txt (sniffed, 100% of its head fits): wrote 3,222 images, 39,703 faces" in result.output
     result = runner.invoke(main, ["filter", str(out / "val.parquet"), "-o", str(out / "hard.parquet"),
                                   "--wider-subset", "hard", "--gt-dir", str(realdata / GT_DIR), "--removed", "drop"])
     assert result.exit_code == 0, result.output

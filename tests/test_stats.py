@@ -208,5 +208,5 @@ def test_ignored_faces_are_counted_apart(val: Manifest, raw) -> None:
     assert stats["faces"] == int(big.sum()) and stats["ignored_faces"] == int((~big).sum())
     assert stats["images_without_faces"] == len(names) - len(np.unique(owners[big]))
     assert sum(stats["face_size"]["buckets"].values()) == int((big & (w > 0) & (h > 0)).sum())
-    assert f"{int(big.sum())} faces (+{int((~big).sum())} ignored)" in render_text(stats)
+    assert f"{int(big.sum()):,} faces (+{int((~big).sum()):,} ignored)" in render_text(stats)
     assert compute_stats(val)["ignored_faces"] == 0

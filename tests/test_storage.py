@@ -175,7 +175,7 @@ def test_verify_names_each_fault_in_one_line(tmp_path: Path, backend: str) -> No
                       f"{one}: truncated: 5,000 bytes on disk, index.json says {size:,}"),
         "missing": (lambda d: (d / two).unlink(), f"{two}: missing (listed in index.json)"),
         "index total": (lambda d: _edit_index(d, lambda index: index.__setitem__("samples", N + 5)),
-                        "index.json: says 3005 samples but its shards list 3000"),
+                        "index.json: says 3,005 samples but its shards list 3,000"),
         "shard count": (lambda d: _edit_index(d, lambda index: index["shards"][2].__setitem__("samples", 953)),
                         f"{two}: holds 952 samples, index.json says 953"),
         "unlisted shard": (lambda d: shutil.copy(d / one, d / f"shard-00003.{backend}"),

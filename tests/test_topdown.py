@@ -84,7 +84,7 @@ def dotted(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dots.json").write_text(json.dumps(doc))
     run("ingest", str(root / "dots.json"), "--images", str(images), "-o", str(root / "dots.parquet"), "-q")
     summary = run("build", "topdown", "--keypoints", str(root / "dots.parquet"), "-o", str(root / "out"),
-                  "--workers", "1", "-q")
+                  "--workers", "1")  # not -q: the summary table is what is kept
     (root / "summary.txt").write_text(summary)
     return root
 

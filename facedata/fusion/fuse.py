@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from facedata import __version__
+from facedata import __version__, console
 from facedata.errors import FacedataError
 from facedata.filters import QUERY_COLUMNS, evaluate_rows, face_table
 from facedata.fusion.convert import conversion
@@ -86,7 +86,7 @@ class SourceReport:
         total, size = sum(self.present.values()), sum(self.group_sizes.values())
         groups = ", ".join(f"{g} {self.present[g]:.3g}/{n}" for g, n in self.group_sizes.items())
         route = self.route if "->" in self.route else "no map"
-        return (f"input {self.input} {self.source} ({self.scheme}, {route}): {self.faces} faces, "
+        return (f"input {self.input} {self.source} ({self.scheme}, {route}): {console.number(self.faces)} faces, "
                 f"{total:.3g}/{size} points per face ({size - total:.3g} masked): {groups}")
 
 
@@ -101,16 +101,17 @@ class FuseReport:
     faces_out: int = 0
 
     def lines(self) -> list[str]:
-        out = [f"target {self.target}: {self.faces_out} faces written"]
+        out = [f"target {self.target}: {console.number(self.faces_out)} faces written"]
         out += [s.line() for s in self.sources]
-        out += [f"{path}: {n} faces without landmarks kept as they are" for path, n in self.without_landmarks.items()]
+        out += [f"{path}: {console.number(n)} faces without landmarks kept as they are"
+                for path, n in self.without_landmarks.items()]
         if self.repeats:
-            out.append(f"{self.repeats['faces']} faces repeat a face of an earlier input (same image file, same "
-                       f"points; e.g. overlapping WFLW subsets), kept once: first {self.repeats['first']}")
-        out.append("pose: " + ", ".join(f"{n} {kind}" for kind, n in self.pose.items()))
+            out.append(f"{console.number(self.repeats['faces'])} faces repeat a face of an earlier input (same image "
+                       f"file, same points; e.g. overlapping WFLW subsets), kept once: first {self.repeats['first']}")
+        out.append("pose: " + ", ".join(f"{console.number(n)} {kind}" for kind, n in self.pose.items()))
         for rule in self.rules:
-            per = ", ".join(f"{k} {v}" for k, v in rule["by_source"].items()) or "none"
-            out.append(f"weight {rule['rule']}: {rule['faces']} faces ({per})")
+            per = ", ".join(f"{k} {console.number(v)}" for k, v in rule["by_source"].items()) or "none"
+            out.append(f"weight {rule['rule']}: {console.number(rule['faces'])} faces ({per})")
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from facedata.console import in_class_order, labels_text
 from facedata.errors import FacedataError
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest
@@ -147,12 +148,18 @@ class LabelReport:
         return self.mismatches == 0
 
     def summary(self) -> str:
-        labels = ", ".join(f"{LABEL_NAMES.get(k, k)} {v:,}" for k, v in sorted(self.by_label.items()))
+        labels = labels_text(self.by_label)
         head = f"checked {self.checked:,} samples ({labels}): {self.samples_with_mismatch:,} with mismatches"
         if self.ok:
             return head
         by_field = ", ".join(f"{k} {v:,}" for k, v in sorted(self.by_field.items()))
         return "\n".join([f"{head} ({by_field})", *(f"  {m}" for m in self.listed)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict for `verify --json`: counts per label (by name, in class order) and field, the listed."""
+        return {"ok": self.ok, "checked": self.checked, "samples_with_mismatch": self.samples_with_mismatch,
+                "mismatches": self.mismatches, "by_label": dict(in_class_order(self.by_label)),
+                "by_field": dict(sorted(self.by_field.items())), "listed": [str(m) for m in self.listed]}
 
 
 @dataclass(frozen=True, eq=False)

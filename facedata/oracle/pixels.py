@@ -102,10 +102,19 @@ class PixelReport:
         rotated = sum(r.angle != 0 for r in self.results)
         worst_mean = max((r.mean_diff for r in self.results), default=0.0)
         worst_max = max((r.max_diff for r in self.results), default=0)
-        head = (f"re-cut {n:,} samples ({mirrored} mirrored, {rotated} rotated) from their source images: "
-                f"{len(self.failures)} outside tolerance (mean abs diff <= {self.tolerance.mean}, max <= "
+        head = (f"re-cut {n:,} samples ({mirrored:,} mirrored, {rotated:,} rotated) from their source images: "
+                f"{len(self.failures):,} outside tolerance (mean abs diff <= {self.tolerance.mean}, max <= "
                 f"{self.tolerance.max}; worst seen: mean {worst_mean:.3f}, max {worst_max})")
         return "\n".join([head, *(f"  {r}" for r in self.failures[:max_listed])])
+
+    def to_dict(self, max_listed: int = 20) -> dict[str, Any]:
+        """The verdict for `verify --json`: samples re-cut, failures, tolerance, worst differences, the listed."""
+        return {"ok": self.ok, "checked": len(self.results), "mirrored": sum(r.mirror for r in self.results),
+                "rotated": sum(r.angle != 0 for r in self.results), "failures": len(self.failures),
+                "tolerance": {"mean": self.tolerance.mean, "max": self.tolerance.max},
+                "worst_mean_diff": max((r.mean_diff for r in self.results), default=0.0),
+                "worst_max_diff": max((r.max_diff for r in self.results), default=0),
+                "listed": [str(r) for r in self.failures[:max_listed]]}
 
 
 def pick_samples(records: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -145,11 +145,11 @@ class MinedStage(Stage):
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
         mining = summary["mining"]
         b, a = mining["before_cap"], mining["after_cap"]
-        hist = ", ".join(f"{k}: {v}" for k, v in mining["detections_per_image"].items())
+        hist = ", ".join(f"{k}: {v:,}" for k, v in mining["detections_per_image"].items())
         return [
             f"mined: {mining['images']:,} images, {mining['detections']['detections']:,} detections "
             f"(mean {mining['detections_per_image_mean']} per image)",
-            f"  before cap: pos {b['positive']:,} part {b['part']:,} neg {b['negative']:,}; "
+            f"  before cap: neg {b['negative']:,}, pos {b['positive']:,}, part {b['part']:,}; "
             f"after cap: neg {a['negative']:,} ({mining['negatives_per_positive']} per positive)",
             f"  detections per image: {hist} (each image: {mining['per_image_report']})",
         ]

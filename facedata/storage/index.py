@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from facedata.console import key_value_lines, label_name, labels_text, number
 from facedata.errors import FacedataError
 from facedata.paths import atomic_write
-from facedata.samples import LABEL_NAMES
 
 FORMAT_NAME = "facedata-shards"
 FORMAT_VERSION = 1
@@ -185,34 +185,37 @@ def _check_counts(entry: dict, keys: tuple[str, ...], where: str | Path) -> None
             raise FacedataError(f"{where}: {key} {entry.get(key)!r} is not a non-negative integer")
 
 
+def _named_anchor(summary: dict) -> dict:
+    """The mix's anchor class by name, as every other label is shown (index.json keeps its code)."""
+    mixing = summary.get("mixing")
+    if not isinstance(mixing, dict) or "anchor" not in mixing:
+        return summary
+    return {**summary, "mixing": {**mixing, "anchor": label_name(mixing["anchor"])}}
+
+
 def describe(index: dict) -> str:
-    """A human summary of an index: layout, counts per label, shards, bytes, provenance highlights."""
-    samples = int(index["samples"])
-    raw = int(index.get("bytes_per_sample", 0))
+    """A human summary of an index: layout, counts per label, shards, bytes, provenance highlights, the
+    build summary; aligned keys, label names in class order, numbers as facedata.console prints them."""
+    samples, shards = int(index["samples"]), index["shards"]
     per_sample = index.get("bytes", 0) / samples if samples else 0.0
-    lines = [
-        f"backend        {index['backend']}  (format {index['format']} v{index['version']})",
-        f"samples        {samples:,}  in {len(index['shards'])} shard(s)"
-        f" of up to {index['samples_per_shard']:,}",
-        f"image          {'x'.join(map(str, index['image_shape']))} uint8, stored "
-        f"{index.get('image_encoding', 'raw')}; record fields: "
-        + ", ".join(str(item[0]) for item in index["record_dtype"]),
-        f"bytes          {index.get('bytes', 0):,}  ({per_sample:.1f} per sample, raw {raw})",
-        f"read unit      {index['unit_samples']:,} samples (block {index['block_samples']:,})",
-        "labels         "
-        + ", ".join(
-            f"{LABEL_NAMES.get(int(label), label)} {count:,}"
-            for label, count in index.get("label_counts", {}).items()
-        ),
-    ]
     provenance = index.get("provenance", {})
-    for key in ("facedata_version", "seed", "command_line"):
-        if key in provenance:
-            lines.append(f"{key:<15}{provenance[key]}")
-    for key, value in index.get("summary", {}).items():
-        lines.append(f"summary.{key:<7}{value}")
-    lines.append("shards")
-    for entry in index["shards"]:
-        lines.append(f"  {entry['file']}  {entry['samples']:>9,} samples  {entry['bytes']:>13,} B  "
-                     f"sha256 {entry['sha256'][:16]}")
+    rows = [
+        ("backend", f"{index['backend']} (format {index['format']} v{index['version']})"),
+        ("samples", f"{number(samples)} in {number(len(shards))} shard(s) "
+                    f"of up to {number(index['samples_per_shard'])}"),
+        ("image", f"{'x'.join(map(str, index['image_shape']))} uint8, stored {index.get('image_encoding', 'raw')}"),
+        ("record fields", ", ".join(str(item[0]) for item in index["record_dtype"])),
+        ("bytes", f"{number(index.get('bytes', 0))} ({number(round(per_sample, 1))} per sample, "
+                  f"raw {number(int(index.get('bytes_per_sample', 0)))})"),
+        ("read unit", f"{number(index['unit_samples'])} samples (block {number(index['block_samples'])})"),
+        ("labels", labels_text(index.get("label_counts", {}))),
+        *((key, provenance[key]) for key in ("facedata_version", "seed", "command_line") if key in provenance),
+        ("summary", _named_anchor(index.get("summary", {}))),
+    ]
+    lines = key_value_lines(rows)
+    lines.append(f"shards ({number(len(shards))})")
+    table = [(e["file"], number(e["samples"]), number(e["bytes"]), e["sha256"][:16]) for e in shards]
+    widths = [max((len(row[k]) for row in table), default=0) for k in range(3)]
+    lines += [f"  {name:<{widths[0]}}  {n:>{widths[1]}} samples  {size:>{widths[2]}} B  sha256 {sha}"
+              for name, n, size, sha in table]
     return "\n".join(lines)

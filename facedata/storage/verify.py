@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facedata.console import labels_text, number
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
 from facedata.storage.base import BACKENDS, Backend, ShardSchema, piece_digests
@@ -56,20 +57,22 @@ def verify_dataset(path: str | os.PathLike[str]) -> list[Finding]:
         name = entry["file"]
         listed.add(name)
         if entry.get("first_index") != k * schema.samples_per_shard:
-            problems.append(Finding(COUNT, name, f"first_index {entry.get('first_index')}, expected "
-                            f"{k * schema.samples_per_shard} (shard {k} of {schema.samples_per_shard} samples each)"))
+            problems.append(Finding(COUNT, name, f"first_index {number(entry.get('first_index'))}, expected "
+                                    f"{number(k * schema.samples_per_shard)} (shard {k} of "
+                                    f"{number(schema.samples_per_shard)} samples each)"))
         if k < len(index["shards"]) - 1 and entry.get("samples") != schema.samples_per_shard:
-            problems.append(Finding(COUNT, name,
-                                    f"{entry.get('samples')} samples, expected {schema.samples_per_shard}"))
+            problems.append(Finding(COUNT, name, f"{number(entry.get('samples'))} samples, expected "
+                                    f"{number(schema.samples_per_shard)}"))
         total += int(entry.get("samples", 0))
         for label, count in entry.get("label_counts", {}).items():
             totals[label] = totals.get(label, 0) + count
         problems.extend(_check_shard(path / name, entry, backend, schema))
     if total != index["samples"] and not any(p.kind == COUNT for p in problems):  # else a shard line says why
-        problems.append(Finding(COUNT, INDEX_NAME, f"says {index['samples']} samples but its shards list {total}"))
+        problems.append(Finding(COUNT, INDEX_NAME,
+                                f"says {number(index['samples'])} samples but its shards list {number(total)}"))
     if totals != index.get("label_counts", {}):
-        problems.append(Finding(LABELS, INDEX_NAME,
-                                f"label counts {index.get('label_counts')} != sum over shards {totals}"))
+        problems.append(Finding(LABELS, INDEX_NAME, f"label counts {labels_text(index.get('label_counts', {}))} "
+                                f"!= sum over shards {labels_text(totals)}"))
     return problems + _unexpected_files(path, index, listed)
 
 
@@ -113,12 +116,14 @@ def _check_shard(file: Path, entry: dict, backend: Backend, schema: ShardSchema)
     except Exception as exc:  # a corrupt shard can fail inside LMDB/Arrow in many ways; report, don't crash
         return [Finding(UNREADABLE, name, f"unreadable ({exc.__class__.__name__}: {exc})")]
     if len(labels) != entry["samples"]:
-        return [Finding(COUNT, name, f"holds {len(labels)} samples, {INDEX_NAME} says {entry['samples']}")]
+        return [Finding(COUNT, name, f"holds {number(len(labels))} samples, {INDEX_NAME} says "
+                        f"{number(entry['samples'])}")]
     values, counts = np.unique(labels, return_counts=True)
     found = {str(v): c for v, c in zip(values.tolist(), counts.tolist(), strict=True)}
     expected = {str(k): v for k, v in entry.get("label_counts", {}).items()}
     if found != expected:
-        return [Finding(LABELS, name, f"label counts {found} differ from {INDEX_NAME}'s {expected}")]
+        return [Finding(LABELS, name, f"label counts {labels_text(found)} differ from {INDEX_NAME}'s "
+                        f"{labels_text(expected)}")]
     return []
 
 
