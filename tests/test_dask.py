@@ -100,9 +100,10 @@ def _stage_args(corpus: dict, stage: str) -> list[object]:
 def test_every_build_on_dask_is_byte_identical_to_the_local_engine(
     corpus: dict, dask: Engine, tmp_path: Path, stage: str
 ) -> None:
-    args = ["build", *_stage_args(corpus, stage), "-q"]
-    cli(*args, "-o", tmp_path / "local", "--workers", 1)
-    cli(*args, "-o", tmp_path / "dask", "--engine", "dask", "--scheduler", dask.scheduler, "--images-per-task", 2)
+    args = ["build", *_stage_args(corpus, stage)]
+    cli(*args, "-q", "-o", tmp_path / "local", "--workers", 1)
+    cli(*args, "-q", "-o", tmp_path / "dask", "--engine", "dask", "--scheduler", dask.scheduler,
+        "--images-per-task", 2)
     local = snapshot(tmp_path / "local")
     assert snapshot(tmp_path / "dask") == local
     assert verify_dataset(tmp_path / "dask") == []
