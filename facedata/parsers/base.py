@@ -9,13 +9,13 @@ belongs to which image) is walked in Python.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from xml.parsers import expat
 
 import numpy as np
 import pandas as pd
@@ -117,12 +117,35 @@ def head_lines(head: bytes, limit: int = 8) -> list[str]:
     return [line for line in out if line][:limit]
 
 
-def is_number(token: str) -> bool:
-    """A finite number (nan/inf are not coordinates)."""
+# The largest magnitude a number read from an annotation may have. Far beyond any pixel coordinate (OpenCV holds at
+# most 2^31 pixels in all), and small enough that x + w stays finite in the manifest's float32 columns: a larger value
+# (1e39, a 40-digit typo) is garbage, rejected like NaN instead of becoming inf.
+MAX_MAGNITUDE = 1e9
+
+
+def parse_xml(parser: Any, path: Path) -> None:
+    """Feed a whole file to an expat parser (pyexpat: no external entity is fetched, entity expansion is bounded);
+    malformed XML or an unknown encoding in the XML declaration is an InputError at its line, field "xml"."""
     try:
-        return math.isfinite(float(token))
+        parser.Parse(path.read_bytes(), True)
+    except expat.ExpatError as exc:
+        raise InputError(path, exc.lineno, "xml", f"malformed XML: {expat.ErrorString(exc.code)}") from None
+    except LookupError as exc:  # <?xml encoding="..."?> names no codec Python knows
+        raise InputError(path, 1, "xml", f"unreadable XML declaration: {exc}") from None
+
+
+def is_number(token: str) -> bool:
+    """A finite number of at most MAX_MAGNITUDE (nan/inf are not coordinates)."""
+    try:
+        return abs(float(token)) <= MAX_MAGNITUDE
     except ValueError:
         return False
+
+
+def finite_values(values: np.ndarray) -> np.ndarray:
+    """Element-wise: finite and at most MAX_MAGNITUDE (what `is_number` accepts)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(values) <= MAX_MAGNITUDE
 
 
 def looks_like_image_path(text: str) -> bool:
@@ -193,7 +216,7 @@ def parse_table(
             io.StringIO(joined), sep=" ", header=None, dtype=np.float64, engine="c", na_filter=False
         )
         values = frame.to_numpy()
-        if values.shape == (n, k) and np.isfinite(values).all():
+        if values.shape == (n, k) and finite_values(values).all():
             if not integer or (values == np.round(values)).all():
                 return values, np.ones(n, bool)
     except (ValueError, pd.errors.ParserError):
@@ -253,12 +276,12 @@ def to_numbers(
                     )
                     ok[i] = False
                     break
-    bad = ok & ~np.isfinite(values).all(axis=1)
+    bad = ok & ~finite_values(values).all(axis=1)
     if integer:
         bad |= ok & (values != np.round(values)).any(axis=1)
     for i in np.flatnonzero(bad):
-        j = int(np.flatnonzero(~np.isfinite(values[i]) | (integer & (values[i] != np.round(values[i]))))[0])
-        kind = "an integer" if integer else "a finite number"
+        j = int(np.flatnonzero(~finite_values(values[i]) | (integer & (values[i] != np.round(values[i]))))[0])
+        kind = "an integer" if integer else f"a finite number (at most {MAX_MAGNITUDE:g} in magnitude)"
         rejects.reject(path, lines[i], names[j], f"expected {kind}, got {rows[i][j]!r}", kind="bad number")
         ok[i] = False
     return values, ok

@@ -45,6 +45,7 @@ from facedata.parsers.base import (
     add_all_faces,
     check_images_and_faces,
     check_rel_path,
+    finite_values,
     image_id_for,
     image_order,
     infer_split,
@@ -296,7 +297,7 @@ def _keypoint_values(path: Path, collected: _Collected, count: int, ok: np.ndarr
         values[take] = flat[starts[take, None] + np.arange(3 * count)].reshape(-1, count, 3)
     v = values[..., 2]
     bad_v = (~np.isfinite(v) | (v < 0)) if collected.wholebody else ~np.isin(v, VISIBILITY)
-    bad_xy = ~np.isfinite(values[..., :2]).all(axis=2)
+    bad_xy = ~finite_values(values[..., :2]).all(axis=2)
     expected = "a number >= 0" if collected.wholebody else "0, 1 or 2"
     for i in np.flatnonzero(ok & (bad_v | bad_xy).any(axis=1)):
         j = int(np.flatnonzero(bad_v[i] | bad_xy[i])[0])
@@ -312,7 +313,7 @@ def _boxes(
     """(N, 4) x1 y1 x2 y2 from `[x, y, w, h]`, or the extent of the labelled points where there is no box
     (derived mask); a negative size, or neither a box nor a point, is rejected."""
     raw = np.frombuffer(collected.bbox, np.float64).reshape(-1, 4)
-    has_box = np.isfinite(raw).all(axis=1)
+    has_box = finite_values(raw).all(axis=1)
     for i in np.flatnonzero(ok & has_box & ((raw[:, 2] < 0) | (raw[:, 3] < 0))):
         _reject(path, collected, i, _box_key(collected, i), f"negative size w = {raw[i, 2]:g}, h = {raw[i, 3]:g}",
                 "bad box", rejects)

@@ -8,6 +8,7 @@ lines). A malformed cell rejects that image, named by event and file.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import scipy.io
 
 from facedata.errors import InputError
 from facedata.manifest import Manifest
-from facedata.parsers.base import ParseOptions, check_rel_path, register
+from facedata.parsers.base import ParseOptions, check_rel_path, finite_values, register
 from facedata.parsers.wider_txt import (
     WIDER_COLUMNS,
     WiderImage,
@@ -27,6 +28,10 @@ from facedata.parsers.wider_txt import (
 from facedata.schema import WIDER_ATTRIBUTES
 
 MAT_MAGIC = b"MATLAB 5.0 MAT-file"
+MAT_HEADER = 128  # text, subsystem offset, version, endian indicator ("IM" little-endian, "MI" big-endian)
+# scipy's reader raises whatever its decoding step meets on a damaged file (zlib.error, IndexError, struct.error,
+# UnicodeDecodeError, NotImplementedError for v7.3 HDF5 files, ...): each is an unreadable file, never a crash
+MAT_ERRORS = Exception
 LABEL_KEYS = {name: f"{name}_label_list" for name in WIDER_ATTRIBUTES}
 
 
@@ -36,18 +41,46 @@ def mat_variables(path: Path, head: bytes) -> set[str]:
         return set()
     try:
         return {name for name, _, _ in scipy.io.whosmat(str(path))}
-    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError):
+    except MAT_ERRORS:
         return set()
 
 
+def mat_truncation(path: Path) -> str | None:
+    """Why a MATLAB v5 file is cut short, or None: each top-level element's tag (type, byte count) must fit in the
+    file. scipy stops quietly at a cut element, so without this check a truncated file looks like one whose
+    variables are missing."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header = fh.read(MAT_HEADER)
+        if not header.startswith(MAT_MAGIC):
+            return None  # not a v5 file: loadmat says what it is
+        endian = {b"IM": "<", b"MI": ">"}.get(header[126:128])
+        if len(header) < MAT_HEADER or endian is None:
+            return f"{size} bytes, the 128-byte MATLAB v5 header is cut"
+        position = MAT_HEADER
+        while position < size:
+            fh.seek(position)
+            tag = fh.read(8)
+            kind, count = struct.unpack(endian + "II", tag) if len(tag) == 8 else (0, 8)
+            end = position + 8 + (0 if kind >> 16 else count)  # a small element holds its data in the tag
+            if end > size:
+                return f"the variable at byte {position} needs {end - position} bytes, the file ends at byte {size}"
+            position = end
+    return None
+
+
 def load_mat(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
-    """Load the named variables; an empty or unreadable file or a missing key is an InputError."""
+    """Load the named variables; an empty, truncated or unreadable file or a missing key is an InputError."""
     if path.stat().st_size == 0:
         raise InputError(path, None, "file", "empty file; expected a MATLAB v5 .mat file")
+    cut = mat_truncation(path)
+    if cut is not None:
+        raise InputError(path, None, "file", f"truncated MATLAB v5 .mat file: {cut}")
     try:
         data = scipy.io.loadmat(str(path), variable_names=keys)
-    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError) as exc:
-        raise InputError(path, None, "file", f"not a readable MATLAB v5 .mat file ({exc})") from None
+    except MAT_ERRORS as exc:
+        raise InputError(path, None, "file", f"not a readable MATLAB v5 .mat file ({type(exc).__name__}: {exc})"
+                         ) from None
     missing = [k for k in keys if k not in data]
     if missing:
         raise InputError(path, None, "file", f"missing variable(s) {missing}; expected {keys}")
@@ -70,6 +103,12 @@ def events_and_files(path: Path, data: dict[str, np.ndarray]) -> list[tuple[int,
         (e, cell_text(events[e]), [cell_text(c) for c in np.asarray(files[e]).ravel()])
         for e in range(len(events))
     ]
+
+
+def event_cells(variable: np.ndarray, e: int) -> np.ndarray:
+    """The cells of event e of a per-event list; none when the list is shorter (each image is then rejected)."""
+    events = np.asarray(variable).ravel()
+    return np.asarray(events[e]).ravel() if e < len(events) else np.empty(0, object)
 
 
 def _regular_event(
@@ -135,8 +174,8 @@ class WiderMat:
             return True
 
         for e, event, files in events_and_files(path, data):
-            boxes_of = np.asarray(data["face_bbx_list"].ravel()[e]).ravel()
-            labels_of = {name: np.asarray(data[key].ravel()[e]).ravel() for name, key in LABEL_KEYS.items()}
+            boxes_of = event_cells(data["face_bbx_list"], e)
+            labels_of = {name: event_cells(data[key], e) for name, key in LABEL_KEYS.items()}
             regular = _regular_event(boxes_of, labels_of, len(files))
             if regular is not None:
                 sizes, values = regular
@@ -178,7 +217,7 @@ class WiderMat:
                     )
         owner = np.repeat(np.arange(len(images)), np.concatenate(counts) if counts else np.zeros(0, np.int64))
         values = np.concatenate(blocks) if blocks else np.empty((0, len(WIDER_COLUMNS)))
-        ok = np.isfinite(values).all(axis=1)
+        ok = finite_values(values).all(axis=1)
         validate_attributes(
             path, values, None, ok, rejects, lambda i: f"image {images[owner[i]].rel_path!r} dropped"
         )
