@@ -146,7 +146,7 @@ def choose_scheme(path: Path, requested: str | None, count: int, categories: lis
             raise FacedataError(f"--scheme {requested}: has {scheme.num_points} points, the annotations of {path} "
                                 f"have {count}")
         return requested
-    names = [tuple(c.get("keypoints") or ()) for c in categories if isinstance(c, dict)]
+    names = [tuple(c["keypoints"]) for c in categories if isinstance(c, dict) and isinstance(c.get("keypoints"), list)]
     for name, scheme in SCHEMES:
         if scheme.point_names in names:
             return name
@@ -383,7 +383,7 @@ class CocoKeypoints:
         k = faces.points.shape[1]
         checked = check_images_and_faces(
             path, options, [(rel, None) for rel in images.rels], owner, faces.boxes[rows],
-            same=np.column_stack([faces.boxes[rows], faces.points[rows].reshape(len(rows), -1)]), lines=None,
+            same=np.column_stack([faces.boxes[rows], faces.points[rows].reshape(len(rows), 2 * k)]), lines=None,
             points=faces.points[rows], point_names=point_names(k),
         )
         keep_image = checked.keep_image & self._same_size(path, options, images, checked)

@@ -29,7 +29,7 @@ from facedata.parsers.base import (
     infer_split,
     to_numbers,
 )
-from facedata.parsers.wider_mat import MAT_MAGIC, load_mat, mat_variables
+from facedata.parsers.matfile import MAT_MAGIC, load_mat, mat_variables
 
 POINT_FIELDS = ("x", "y")
 SNIFF_MAT_FILES = 20  # .mat files a folder sniff tries before it gives up (whosmat reads headers, not data)

@@ -1,4 +1,4 @@
-"""WIDER Face `wider_face_{train,val}.mat` (MATLAB v5, read with scipy.io.loadmat — no pickle).
+"""WIDER Face `wider_face_{train,val}.mat` (MATLAB v5, read by facedata.parsers.matfile — no pickle).
 
 Keys: event_list (E), file_list (E cells of names without .jpg), face_bbx_list (x y w h per face)
 and one *_label_list per attribute. The result is identical to the bbx_gt.txt of the same split
@@ -8,15 +8,14 @@ lines). A malformed cell rejects that image, named by event and file.
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from facedata.errors import InputError
 from facedata.manifest import Manifest
 from facedata.parsers.base import ParseOptions, check_rel_path, finite_values, register
+from facedata.parsers.matfile import load_mat, mat_variables
 from facedata.parsers.wider_txt import (
     WIDER_COLUMNS,
     WiderImage,
@@ -27,64 +26,7 @@ from facedata.parsers.wider_txt import (
 )
 from facedata.schema import WIDER_ATTRIBUTES
 
-MAT_MAGIC = b"MATLAB 5.0 MAT-file"
-MAT_HEADER = 128  # text, subsystem offset, version, endian indicator ("IM" little-endian, "MI" big-endian)
-# scipy's reader raises whatever its decoding step meets on a damaged file (zlib.error, IndexError, struct.error,
-# UnicodeDecodeError, NotImplementedError for v7.3 HDF5 files, ...): each is an unreadable file, never a crash
-MAT_ERRORS = Exception
 LABEL_KEYS = {name: f"{name}_label_list" for name in WIDER_ATTRIBUTES}
-
-
-def mat_variables(path: Path, head: bytes) -> set[str]:
-    """Variable names of a MATLAB v5 file (empty set if it is not one)."""
-    if not head.startswith(MAT_MAGIC):
-        return set()
-    try:
-        return {name for name, _, _ in scipy.io.whosmat(str(path))}
-    except MAT_ERRORS:
-        return set()
-
-
-def mat_truncation(path: Path) -> str | None:
-    """Why a MATLAB v5 file is cut short, or None: each top-level element's tag (type, byte count) must fit in the
-    file. scipy stops quietly at a cut element, so without this check a truncated file looks like one whose
-    variables are missing."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        header = fh.read(MAT_HEADER)
-        if not header.startswith(MAT_MAGIC):
-            return None  # not a v5 file: loadmat says what it is
-        endian = {b"IM": "<", b"MI": ">"}.get(header[126:128])
-        if len(header) < MAT_HEADER or endian is None:
-            return f"{size} bytes, the 128-byte MATLAB v5 header is cut"
-        position = MAT_HEADER
-        while position < size:
-            fh.seek(position)
-            tag = fh.read(8)
-            kind, count = struct.unpack(endian + "II", tag) if len(tag) == 8 else (0, 8)
-            end = position + 8 + (0 if kind >> 16 else count)  # a small element holds its data in the tag
-            if end > size:
-                return f"the variable at byte {position} needs {end - position} bytes, the file ends at byte {size}"
-            position = end
-    return None
-
-
-def load_mat(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
-    """Load the named variables; an empty, truncated or unreadable file or a missing key is an InputError."""
-    if path.stat().st_size == 0:
-        raise InputError(path, None, "file", "empty file; expected a MATLAB v5 .mat file")
-    cut = mat_truncation(path)
-    if cut is not None:
-        raise InputError(path, None, "file", f"truncated MATLAB v5 .mat file: {cut}")
-    try:
-        data = scipy.io.loadmat(str(path), variable_names=keys)
-    except MAT_ERRORS as exc:
-        raise InputError(path, None, "file", f"not a readable MATLAB v5 .mat file ({type(exc).__name__}: {exc})"
-                         ) from None
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise InputError(path, None, "file", f"missing variable(s) {missing}; expected {keys}")
-    return data
 
 
 def cell_text(cell: np.ndarray) -> str:
