@@ -23,14 +23,13 @@ import pandas as pd
 from facedata.errors import FacedataError, InputError, Rejects
 from facedata.imageprobe import probe_size
 from facedata.manifest import Manifest, ManifestBuilder, make_provenance
-from facedata.paths import normalise_rel_path, resolve_under
+from facedata.paths import is_normal_rel_path, normalise_rel_path, resolve_under
 from facedata.registry import Registry
 
 HEAD_BYTES = 1 << 16
 MISSING_IMAGE = "missing image"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _SPLIT_RE = re.compile(r"(train|val|test)")
-_PLAIN_PATH = re.compile(r"[^/\\:\s.][^/\\:]*(?:/[^/\\:]+)*(?<=[^\s/])")
 
 
 @dataclass
@@ -180,8 +179,8 @@ def image_order(owner: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def check_rel_path(raw: str, rejects: Rejects, path: Path, line: int | None) -> str | None:
     """Normalised relative path, or None after rejecting an absolute or `..` path."""
     text = raw.replace("\\", "/")
-    if _PLAIN_PATH.fullmatch(text) and not {".", ".."} & set(text.split("/")):
-        return text  # already normal: no drive, empty, `.` or `..` part (the common case, fast)
+    if is_normal_rel_path(text):
+        return text
     rel = normalise_rel_path(raw)
     if rel is None:
         rejects.reject(
