@@ -22,7 +22,12 @@ import json
 import os
 import re
 import shutil
+import struct
+import subprocess
+import sys
+import tracemalloc
 import xml.etree.ElementTree as ET
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +43,7 @@ from hypothesis import strategies as st
 from facedata.errors import FacedataError, InputError
 from facedata.parsers.base import FORMATS, ingest, sniff_format
 
-EXAMPLES = int(os.environ.get("FACEDATA_FUZZ_EXAMPLES", "400"))  # mutated real files, per format
+EXAMPLES = int(os.environ.get("FACEDATA_FUZZ_EXAMPLES", "425"))  # mutated real files per format (18 formats)
 GARBAGE = max(EXAMPLES // 3, 1)  # generated garbage, per format
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -550,3 +555,169 @@ def test_generated_garbage(fmt: str, seeds: dict[str, list[Seed]], tmp_path: Pat
                            data: st.DataObject) -> None:
     seed, files = data.draw(garbage_case(seeds[fmt]))
     check_case(seed, files, tmp_path, fuzz_cases)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the fuzzer found, one plain regression test each (each failed before its fix)
+
+
+def test_numbers_beyond_float32_are_rejected_not_stored_as_inf(realdata: Path, tmp_path: Path) -> None:
+    """1e39 is a finite float64 but inf in the manifest's float32 columns: rejected like NaN, naming the field."""
+    lines = (realdata / "wider_face/aittsmd_wider_face_val_colmajor_xywh.txt").read_text().splitlines()[:2]
+    path = tmp_path / "wider_face_val.txt"
+    path.write_text(lines[0].replace(" 345 ", " 1e39 ", 1) + "\n" + lines[1] + "\n")
+    manifest, rejects = ingest(path, format="aittsmd_colmajor")
+    assert np.isfinite(manifest.faces[["x1", "y1", "x2", "y2"]].to_numpy()).all() and len(manifest.images) == 1
+    (item,) = rejects.items
+    assert item.line == 1 and "1e39" in item.reason and "at most 1e+09" in item.reason
+    xml = tmp_path / "training.xml"
+    huge = b"left='" + b"9" * 40 + b"'"
+    xml.write_bytes((realdata / "dlib_faces/training.xml").read_bytes().replace(b"left='194'", huge))
+    with pytest.raises(InputError, match=r"training.xml:8: left: <box> left: expected an integer of at most 1e\+09"):
+        ingest(xml, format="dlib_xml", strict=True)
+
+
+def test_dlib_xml_without_boxes(tmp_path: Path) -> None:
+    path = tmp_path / "training.xml"
+    path.write_text("<dataset><images><image file='a.jpg'/><image file='b.jpg'></image></images></dataset>")
+    manifest, rejects = ingest(path, format="dlib_xml", strict=True)
+    assert list(manifest.images["rel_path"]) == ["a.jpg", "b.jpg"] and len(manifest.faces) == 0 and not rejects.items
+
+
+def test_coco_without_a_valid_annotation_and_with_odd_categories(realdata: Path, tmp_path: Path) -> None:
+    document = json.loads((realdata / "coco_val2017/mmpose/test_coco.json").read_text())
+    document["categories"][0]["keypoints"] = 17  # not a list of names
+    path = tmp_path / "test_coco.json"
+    path.write_text(json.dumps(document))
+    manifest, _ = ingest(path, format="coco_keypoints")
+    assert len(manifest.faces) == 14
+    for annotation in document["annotations"]:
+        annotation["keypoints"] = "x"
+    path.write_text(json.dumps(document))
+    manifest, rejects = ingest(path, format="coco_keypoints", format_options={"scheme": "coco17"})
+    assert len(manifest.faces) == 0 and len(rejects.items) == 14
+    with pytest.raises(InputError, match=r"test_coco.json: keypoints: "):
+        ingest(path, format="coco_keypoints", format_options={"scheme": "coco17"}, strict=True)
+
+
+@pytest.mark.parametrize("encoding", ["ISOnan-1", "utf-99"])
+def test_xml_declaring_an_unknown_encoding(realdata: Path, tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "training.xml"
+    path.write_bytes((realdata / "dlib_faces/training.xml").read_bytes().replace(b"ISO-8859-1", encoding.encode()))
+    with pytest.raises(InputError, match=rf"training.xml:1: xml: unreadable XML declaration: .*{encoding}"):
+        ingest(path, format="dlib_xml")
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    for xml in (realdata / "wider_face_libfacedetection/WIDER_FACE_rect/annotations").glob("*.xml"):
+        shutil.copy(xml, voc)
+    bad = sorted(voc.glob("*.xml"))[0]
+    bad.write_bytes(b"<?xml version='1.0' encoding='%s'?>\n" % encoding.encode() + bad.read_bytes().split(b"?>", 1)[-1]
+                    if bad.read_bytes().startswith(b"<?xml") else
+                    b"<?xml version='1.0' encoding='%s'?>\n" % encoding.encode() + bad.read_bytes())
+    manifest, rejects = ingest(voc, format="voc_xml")
+    assert len(manifest.images) == 1 and [(Path(r.file), r.line, r.field) for r in rejects.items] == [(bad, 1, "xml")]
+
+
+def _wider_val_mat(realdata: Path) -> dict[str, np.ndarray]:
+    data = scipy.io.loadmat(str(realdata / "wider_face/wider_face_val.mat"))
+    return {k: v[:2] if k.endswith("_list") else v for k, v in data.items() if not k.startswith("__")}
+
+
+def test_wider_mat_with_a_list_shorter_than_event_list(realdata: Path, tmp_path: Path) -> None:
+    data = _wider_val_mat(realdata)
+    data["blur_label_list"] = data["blur_label_list"][:1]  # no blur labels for the second event
+    path = tmp_path / "wider_face_val.mat"
+    scipy.io.savemat(path, data)
+    manifest, rejects = ingest(path, format="wider_mat")
+    second = data["event_list"][1, 0][0]
+    assert len(manifest.images) == len(data["file_list"][0, 0]) and not manifest.images["event"].eq(second).any()
+    assert rejects.items and all(r.field == "blur_label_list" and second in r.reason for r in rejects.items)
+
+
+def _flip_type(data: bytes) -> bytes:
+    """The first miDOUBLE data tag (type 9, little-endian) given an unknown type: scipy 1.17 segfaulted on it."""
+    at = data.index(struct.pack("<I", 9), 128)
+    return data[:at] + struct.pack("<I", 0x2809) + data[at + 4:]
+
+
+def test_damaged_mat_files_are_named_not_crashed_on(realdata: Path, tmp_path: Path) -> None:
+    """Each damage is an InputError naming the file: run in a child process, since the unguarded failure was a
+    segmentation fault of the whole process (which no pytest.raises can catch)."""
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {k: v for k, v in scipy.io.loadmat(realdata / "300w_lp/IBUG/IBUG_image_008_1_0.mat").items()
+                           if not k.startswith("__")})
+    plain = buf.getvalue()
+    bomb = io.BytesIO()
+    scipy.io.savemat(bomb, {"pt2d": np.zeros((1, 1))}, do_compression=True)
+    header = bomb.getvalue()[:128]
+    inflating = zlib.compress(struct.pack("<II", 14, 1 << 31) + bytes(2 << 20), 9)  # the child allows 1 MiB
+    cases = {
+        "type.mat": (_flip_type(plain), "damaged MATLAB v5 .mat file: .* unknown data type 10249"),
+        "cut.mat": (plain[:2000], "truncated MATLAB v5 .mat file: the variable at byte"),
+        "header.mat": (plain[:100], "truncated MATLAB v5 .mat file: 100 bytes"),
+        "bomb.mat": (header + struct.pack("<II", 15, len(inflating)) + inflating, "damaged MATLAB v5 .mat file: .*inflates beyond 1 MiB"),
+        "dims.mat": (_huge_cell(), "damaged MATLAB v5 .mat file: .*array of 100000x100000 elements stored in"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    child = (
+        "import sys, json\nfrom pathlib import Path\nfrom facedata.parsers import matfile\n"
+        "from facedata.parsers.matfile import load_mat\nmatfile.MAX_INFLATED = 1 << 20\n"
+        "from facedata.errors import InputError\nout = {}\n"
+        "for name in sys.argv[2:]:\n"
+        "    try:\n        load_mat(Path(sys.argv[1]) / name, ['pt2d'])\n        out[name] = 'loaded'\n"
+        "    except InputError as exc:\n        out[name] = str(exc)\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", child, str(tmp_path), *cases], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    messages = json.loads(run.stdout)
+    for name, (_, pattern) in cases.items():
+        assert re.search(rf"{name}: file: {pattern}", messages[name]), messages[name]
+
+
+def _huge_cell() -> bytes:
+    """A cell array declaring 100000 x 100000 cells in a few bytes (scipy would allocate 80 GB of pointers)."""
+    buf = io.BytesIO()
+    cells = np.empty((1, 1), object)
+    cells[0, 0] = np.zeros((1, 1))
+    scipy.io.savemat(buf, {"pt2d": cells})
+    data = buf.getvalue()
+    dims = data.index(struct.pack("<IIii", 5, 8, 1, 1))
+    return data[:dims] + struct.pack("<IIii", 5, 8, 100000, 100000) + data[dims + 16:]
+
+
+@pytest.mark.parametrize("fmt, text", [
+    ("wider_bbx_gt", "0--Parade/a.jpg\n999999999\n1 2 3 4 0 0 0 0 0 0\n"),
+    ("retinaface_txt", "# 0--Parade/a.jpg\n" + "1 2 3 4\n" * 3),
+])
+def test_declared_counts_do_not_allocate(tmp_path: Path, fmt: str, text: str) -> None:
+    """A face count of 999999999 is checked against the lines that follow, never used to size an array."""
+    path = tmp_path / "labels.txt"
+    path.write_text(text)
+    tracemalloc.start()
+    try:
+        ingest(path, format=fmt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20, f"{peak / 2**20:.0f} MiB for a {len(text)}-byte file"
+
+
+def test_folder_count_lines_do_not_allocate(tmp_path: Path) -> None:
+    lapa = tmp_path / "lapa"
+    (lapa / "landmarks").mkdir(parents=True)
+    (lapa / "images").mkdir()
+    (lapa / "landmarks" / "a.txt").write_text("999999999\n1 2\n")
+    (tmp_path / "pts").mkdir()
+    (tmp_path / "pts" / "a.pts").write_text("version: 1\nn_points: 999999999\n{\n1 2\n}\n")
+    tracemalloc.start()
+    try:
+        for folder in (lapa, tmp_path / "pts"):
+            manifest, rejects = ingest(folder)
+            assert len(manifest.faces) == 0 and "999999999" in rejects.items[0].reason
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20

@@ -280,8 +280,10 @@ def to_numbers(
         bad |= ok & (values != np.round(values)).any(axis=1)
     for i in np.flatnonzero(bad):
         j = int(np.flatnonzero(~finite_values(values[i]) | (integer & (values[i] != np.round(values[i]))))[0])
-        kind = "an integer" if integer else f"a finite number (at most {MAX_MAGNITUDE:g} in magnitude)"
-        rejects.reject(path, lines[i], names[j], f"expected {kind}, got {rows[i][j]!r}", kind="bad number")
+        kind = "an integer" if integer else "a finite number"
+        huge = f" (at most {MAX_MAGNITUDE:g} in magnitude)" if np.isfinite(values[i, j]) and not finite_values(
+            values[i, j]) else ""
+        rejects.reject(path, lines[i], names[j], f"expected {kind}, got {rows[i][j]!r}{huge}", kind="bad number")
         ok[i] = False
     return values, ok
 
