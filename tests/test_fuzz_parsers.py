@@ -253,18 +253,12 @@ def _text_op(draw: Callable, data: bytes) -> bytes:
         i, j = _at(draw, len(lines)), _at(draw, len(lines))
         lines[i], lines[j] = lines[j], lines[i]
         return b"".join(lines)
-    if op == "number":
-        found = list(NUMBER.finditer(data))
+    if op in ("number", "path"):  # a number made nan / inf / huge / not a number, or a path made hostile
+        pattern, choices = (NUMBER, BAD_NUMBERS) if op == "number" else (PATHLIKE, BAD_PATHS)
+        found = list(pattern.finditer(data))
         if found:
             match = found[_at(draw, len(found))]
-            new = draw(st.sampled_from(BAD_NUMBERS)).encode()
-            return data[: match.start()] + new + data[match.end():]
-    if op == "path":
-        found = list(PATHLIKE.finditer(data))
-        if found:
-            match = found[_at(draw, len(found))]
-            new = draw(st.sampled_from(BAD_PATHS)).encode()
-            return data[: match.start()] + new + data[match.end():]
+            return data[: match.start()] + draw(st.sampled_from(choices)).encode() + data[match.end():]
     if op == "token":  # remove or add a whitespace-separated field on one line
         i = _at(draw, len(lines))
         tokens = lines[i].split()
@@ -655,7 +649,8 @@ def test_damaged_mat_files_are_named_not_crashed_on(realdata: Path, tmp_path: Pa
         "type.mat": (_flip_type(plain), "damaged MATLAB v5 .mat file: .* unknown data type 10249"),
         "cut.mat": (plain[:2000], "truncated MATLAB v5 .mat file: the variable at byte"),
         "header.mat": (plain[:100], "truncated MATLAB v5 .mat file: 100 bytes"),
-        "bomb.mat": (header + struct.pack("<II", 15, len(inflating)) + inflating, "damaged MATLAB v5 .mat file: .*inflates beyond 1 MiB"),
+        "bomb.mat": (header + struct.pack("<II", 15, len(inflating)) + inflating,
+                     "damaged MATLAB v5 .mat file: .*inflates beyond 1 MiB"),
         "dims.mat": (_huge_cell(), "damaged MATLAB v5 .mat file: .*array of 100000x100000 elements stored in"),
     }
     for name, (data, _) in cases.items():
