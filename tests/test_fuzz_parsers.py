@@ -583,8 +583,11 @@ def test_coco_without_a_valid_annotation_and_with_odd_categories(realdata: Path,
     document["categories"][0]["keypoints"] = 17  # not a list of names
     path = tmp_path / "test_coco.json"
     path.write_text(json.dumps(document))
-    manifest, _ = ingest(path, format="coco_keypoints")
-    assert len(manifest.faces) == 14
+    document["annotations"][0]["image_id"] = [document["annotations"][0]["image_id"]]  # a list: not hashable
+    path.write_text(json.dumps(document))
+    manifest, rejects = ingest(path, format="coco_keypoints")
+    assert len(manifest.faces) == 13 and [(r.field, r.kind) for r in rejects.items] == [("image_id", "unknown image")]
+    document["annotations"][0]["image_id"] = document["annotations"][0]["image_id"][0]
     for annotation in document["annotations"]:
         annotation["keypoints"] = "x"
     path.write_text(json.dumps(document))

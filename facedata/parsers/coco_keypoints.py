@@ -234,7 +234,7 @@ def check_annotations(path: Path, collected: _Collected, images: _Images, reject
         elif ann in seen:
             rejects.reject(path, None, "id", f"{where}: duplicate annotation id (first in image id {seen[ann]}); "
                            "this one skipped", kind="duplicate id")
-        elif image in images.rejected:
+        elif _is_int(image) and image in images.rejected:  # a list as image_id is not hashable
             seen[ann] = image
         elif not _is_int(image) or image not in images.ids:
             seen[ann] = image
