@@ -406,7 +406,7 @@ def mutated_case(draw: Callable, seeds: list[Seed]) -> tuple[Seed, dict[str, byt
 
 def _json_garbage() -> st.SearchStrategy[Any]:
     return st.recursive(SCALARS, lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(JSON_KEYS), inner, max_size=5)), max_leaves=30)
+        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(JSON_KEYS), inner, max_size=5)), max_leaves=15)
 
 
 @st.composite
@@ -416,7 +416,7 @@ def _xml_garbage(draw: Callable) -> bytes:
                           draw(st.dictionaries(st.sampled_from(XML_ATTRS), st.sampled_from(BAD_NUMBERS + BAD_PATHS),
                                                max_size=4)))
         node.text = draw(st.sampled_from(["", "1", "-5", "nan", "x.jpg", "999999999"]))
-        for _ in range(draw(st.integers(0, 3)) if depth < 4 else 0):
+        for _ in range(draw(st.integers(0, 3)) if depth < 3 else 0):
             node.append(element(depth + 1))
         return node
 
@@ -436,7 +436,7 @@ def _mat_garbage(draw: Callable) -> bytes:
 def garbage_bytes(kind: str) -> st.SearchStrategy[bytes]:
     soup = st.builds(
         lambda tokens, sep: sep.join(tokens).encode("utf-8", "surrogatepass"),
-        st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=6)), max_size=120),
+        st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=6)), max_size=80),
         st.sampled_from([" ", "\n", "\r\n", "\t", " \n"]),
     )
     structured = {"json": _json_garbage().map(lambda v: json.dumps(v).encode()), "xml": _xml_garbage(),
