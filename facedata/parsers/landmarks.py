@@ -32,7 +32,7 @@ from facedata.parsers.base import (
 from facedata.parsers.matfile import MAT_MAGIC, load_mat, mat_variables
 
 POINT_FIELDS = ("x", "y")
-SNIFF_MAT_FILES = 20  # .mat files a folder sniff tries before it gives up (whosmat reads headers, not data)
+SNIFF_MAT_FILES = 20  # .mat files a folder sniff tries before it gives up (each is walked by matfile, then listed)
 
 
 def points_extent(points: np.ndarray) -> np.ndarray:
