@@ -131,15 +131,6 @@ class Manifest:
         return self.images["root"].map(known) + "/" + self.images["rel_path"]
 
 
-def _check_rel_paths(path: str | os.PathLike[str], images: pd.DataFrame) -> None:
-    """Refuse a manifest whose image paths are absolute or climb out with `..` (ingest never writes one: an edited
-    or hostile file), before build, export or report joins them to a root or an output folder."""
-    bad = images.loc[~images["rel_path"].map(is_normal_rel_path).astype(bool)]
-    if len(bad):
-        raise FacedataError(f"{path}: image {bad['image_id'].iloc[0]!r}: rel_path {bad['rel_path'].iloc[0]!r} is not a "
-                            f"path relative to its root without '..' ({len(bad):,} such image(s)); refusing it")
-
-
 def to_table(manifest: Manifest) -> pa.Table:
     images = manifest.images[IMAGE_COLUMNS]
     faces = with_defaults(manifest.faces)[FACE_COLUMNS]
@@ -169,6 +160,15 @@ def with_defaults(faces: pd.DataFrame) -> pd.DataFrame:
     missing = {name: default for name, default in ADDED_IN_4.items() if name not in faces.columns}
     return _typed(faces.assign(**{k: pd.Series([v] * len(faces), index=faces.index, dtype=object)
                                   for k, v in missing.items()})) if missing else faces
+
+
+def _check_rel_paths(path: str | os.PathLike[str], images: pd.DataFrame) -> None:
+    """Refuse a manifest whose image paths are absolute or climb out with `..` (ingest never writes one: an edited
+    or hostile file), before build, export or report joins them to a root or an output folder."""
+    bad = images.loc[~images["rel_path"].map(is_normal_rel_path).astype(bool)]
+    if len(bad):
+        raise FacedataError(f"{path}: image {bad['image_id'].iloc[0]!r}: rel_path {bad['rel_path'].iloc[0]!r} is not a "
+                            f"path relative to its root without '..' ({len(bad):,} such image(s)); refusing it")
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
