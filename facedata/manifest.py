@@ -308,8 +308,8 @@ class ManifestBuilder:
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         columns["pose_source"] = np.where(np.isfinite(pose).any(axis=1), POSE_ANNOTATED, None)
         columns["degenerate"] = degenerate(np.stack([columns[k] for k in ("x1", "y1", "x2", "y2")], axis=1))
-        columns.update({name: np.full(total, default, object) for name, default in ADDED_IN_4.items()
-                        if name not in columns})
+        columns.update({name: np.full(total, default, np.float32 if _PANDAS_DTYPES[name] == "float32" else object)
+                        for name, default in ADDED_IN_4.items() if name not in columns})
         faces = _typed(pd.DataFrame(columns))
         return Manifest(images, faces[FACE_COLUMNS], provenance)
 
