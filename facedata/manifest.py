@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from facedata import __version__
 from facedata.errors import FacedataError
 from facedata.faces import degenerate
-from facedata.paths import atomic_write, full_disk_error, sha256_file
+from facedata.paths import atomic_write, first_outside, full_disk_error, is_normal_rel_path, sha256_file
 from facedata.schema import (
     ADDED_IN_4,
     BOX_ANNOTATED,
@@ -98,7 +98,9 @@ class Manifest:
             if name in table.column_names:
                 continue
             table = table.append_column(name, pa.array([default] * len(table), MANIFEST_SCHEMA.field(name).type))
-        return from_table(table, info.get("provenance", {}))
+        manifest = from_table(table, info.get("provenance", {}))
+        _check_rel_paths(path, manifest.images)
+        return manifest
 
     @staticmethod
     def root_names(path: str | os.PathLike[str]) -> list[str]:
@@ -110,13 +112,19 @@ class Manifest:
         return sorted({str(r) for r in column.unique().to_pylist() if r is not None})
 
     def image_paths(self, roots: dict[str, str] | None = None) -> pd.Series:
-        """Absolute image paths, using `roots` (name -> dir) over provenance["roots"]."""
+        """Absolute image paths, using `roots` (name -> dir) over provenance["roots"]; an image that resolves outside
+        its root (a symlink out of it) is an error."""
         known = {
             name: path for name, path in {**self.provenance.get("roots", {}), **(roots or {})}.items() if path
         }
         missing = sorted(set(self.images["root"]) - set(known))
         if missing:
             raise FacedataError(f"no directory known for image root(s) {missing}; pass --images")
+        for name, rel_paths in self.images.groupby("root")["rel_path"]:
+            outside = first_outside(known[name], rel_paths)
+            if outside is not None:
+                raise FacedataError(f"image {outside!r} resolves outside its image root {known[name]} (a symlink?); "
+                                    "refusing to read it")
         return self.images["root"].map(known) + "/" + self.images["rel_path"]
 
 
@@ -168,13 +176,29 @@ def with_defaults(faces: pd.DataFrame) -> pd.DataFrame:
                                   for k, v in missing.items()})) if missing else faces
 
 
+def _check_rel_paths(path: str | os.PathLike[str], images: pd.DataFrame) -> None:
+    """Refuse a manifest whose image paths are absolute or climb out with `..` (ingest never writes one: an edited
+    or hostile file), before build, export or report joins them to a root or an output folder."""
+    bad = images.loc[~images["rel_path"].map(is_normal_rel_path).astype(bool)]
+    if len(bad):
+        raise FacedataError(f"{path}: image {bad['image_id'].iloc[0]!r}: rel_path {bad['rel_path'].iloc[0]!r} is not a "
+                            f"path relative to its root without '..' ({len(bad):,} such image(s)); refusing it")
+
+
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    dtypes = {k: v for k, v in _PANDAS_DTYPES.items() if k in frame.columns}
-    return frame.astype(dtypes)
+    """The frame with the schema's pandas dtypes (columns already of their dtype are not converted again: each
+    astype costs about 0.1 ms, and small files are ingested in their thousands by the fuzz tests)."""
+    dtypes = {k: v for k, v in _PANDAS_DTYPES.items() if k in frame.columns and frame[k].dtype != v}
+    if not dtypes:
+        return frame
+    return frame.assign(**{k: frame[k].astype(v) for k, v in dtypes.items()})  # astype(dict) copies every column
 
 
 def empty_faces() -> pd.DataFrame:
-    return _typed(pd.DataFrame({c: pd.Series([], dtype=object) for c in FACE_COLUMNS}))
+    return _EMPTY_FACES.copy()
+
+
+_EMPTY_FACES = _typed(pd.DataFrame({c: pd.Series([], dtype=object) for c in FACE_COLUMNS}))
 
 
 class ManifestBuilder:
@@ -298,7 +322,9 @@ class ManifestBuilder:
         columns["yaw"], columns["pitch"], columns["roll"] = pose[:, 0], pose[:, 1], pose[:, 2]
         columns["pose_source"] = np.where(np.isfinite(pose).any(axis=1), POSE_ANNOTATED, None)
         columns["degenerate"] = degenerate(np.stack([columns[k] for k in ("x1", "y1", "x2", "y2")], axis=1))
-        faces = with_defaults(pd.DataFrame(columns))
+        columns.update({name: np.full(total, default, np.float32 if _PANDAS_DTYPES[name] == "float32" else object)
+                        for name, default in ADDED_IN_4.items() if name not in columns})
+        faces = _typed(pd.DataFrame(columns))
         return Manifest(images, faces[FACE_COLUMNS], provenance)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -106,3 +107,25 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# the common form of a normalised relative path (no leading separator, drive, backslash, empty part or trailing space)
+PLAIN_REL_PATH = re.compile(r"[^/\\:\s.][^/\\:]*(?:/[^/\\:]+)*(?<=[^\s/])")
+
+
+def is_normal_rel_path(text: str) -> bool:
+    """Whether `text` is already what `normalise_rel_path` makes of it (relative, `/`-separated, no `.` or `..`)."""
+    if PLAIN_REL_PATH.fullmatch(text):
+        return not {".", ".."} & set(text.split("/"))
+    return normalise_rel_path(text) == text
+
+
+def first_outside(root: str, rel_paths: Iterable[str]) -> str | None:
+    """The first path that resolves (after symlinks) outside `root`, or None. Run where images are read (build,
+    verify, report), not only at ingest: a link may be planted under the root later."""
+    real_root = os.path.realpath(root)
+    prefix = real_root.rstrip(os.sep) + os.sep
+    for rel in rel_paths:
+        if not os.path.realpath(os.path.join(real_root, rel)).startswith(prefix):
+            return rel
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -58,3 +59,19 @@ def realdata() -> Path:
             pytest.fail("real-data folder missing (FACEDATA_REALDATA, ../shared/realdata) but CI requires it")
         pytest.skip("real-data folder not found: set FACEDATA_REALDATA or place ../shared/realdata")
     return path
+
+
+FUZZ_CASES = pytest.StashKey[Counter]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases(request: pytest.FixtureRequest) -> Counter:
+    """Generated fuzz cases per format (tests/test_fuzz_parsers.py), printed in the terminal summary."""
+    return request.config.stash.setdefault(FUZZ_CASES, Counter())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    counts = config.stash.get(FUZZ_CASES, None)
+    if counts:
+        detail = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        terminalreporter.write_line(f"fuzz: {sum(counts.values()):,} generated parser cases ({detail})")

@@ -208,7 +208,7 @@ def test_wrong_input_size(tmp_path):
     with pytest.raises(FacedataError, match="model not found"):
         load_stage(tmp_path / "nope.onnx", "pnet")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(FacedataError, match="onnxruntime cannot load it"):
+    with pytest.raises(FacedataError, match="--onet .*junk.onnx: not an ONNX model onnxruntime can load"):
         load_stage(tmp_path / "junk.onnx", "onet")
 
 

@@ -278,7 +278,7 @@ def test_wider_mat_bad_cells(tmp_path: Path) -> None:
 
     broken = tmp_path / "broken.mat"
     broken.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(InputError, match=r"broken.mat: file: not a readable MATLAB v5 .mat file"):
+    with pytest.raises(InputError, match=r"broken.mat: file: truncated MATLAB v5 .mat file"):
         ingest(broken, format="wider_mat")
 
 

@@ -253,7 +253,8 @@ def test_300w_lp_stale_points_of_a_rotated_copy(realdata: Path, tmp_path: Path) 
 
 MAT_DEFECTS = [  # (name, writer(folder, realdata) -> bad file, field, kind, reason fragment)
     ("empty", lambda f, r: _touch(f / "IBUG/IBUG_x_0.mat"), "file", "unreadable file", "empty file"),
-    ("not a mat", lambda f, r: _text(f / "IBUG/IBUG_x_0.mat", "hello"), "file", "unreadable file", "not a readable"),
+    ("not a mat", lambda f, r: _text(f / "IBUG/IBUG_x_0.mat", "hello"), "file", "unreadable file",
+     "not a MATLAB v5 .mat file"),
     ("missing key", lambda f, r: _mat(f, r, drop="Pose_Para"), "file", "unreadable file", "missing variable"),
     ("transposed", lambda f, r: _mat(f, r, pt2d=lp_sample(r)[0].T), "pt2d", "wrong shape", "expected a 2x68 numeric"),
     ("21 points", lambda f, r: _mat(f, r, pt2d=np.ones((2, 21))), "pt2d", "wrong shape", "got 2x21"),

@@ -196,8 +196,10 @@ class OnnxStage:
                 return ort.InferenceSession(candidate, opts, providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
                 error = exc
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise FacedataError(
-            f"{_STAGE_NAME[self.stage]} model {self.path}: onnxruntime cannot load it: {error}"
+            f"--{self.stage} {self.path}: not an ONNX model onnxruntime can load ({reason}); facedata loads "
+            f"{_STAGE_NAME[self.stage]} models only as ONNX, never a pickle (export PyTorch with torch.onnx.export)"
         ) from error
 
     def describe(self) -> str:

@@ -9,13 +9,13 @@ belongs to which image) is walked in Python.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from xml.parsers import expat
 
 import numpy as np
 import pandas as pd
@@ -23,14 +23,13 @@ import pandas as pd
 from facedata.errors import FacedataError, InputError, Rejects
 from facedata.imageprobe import probe_size, too_large
 from facedata.manifest import Manifest, ManifestBuilder, make_provenance
-from facedata.paths import normalise_rel_path, resolve_under
+from facedata.paths import is_normal_rel_path, normalise_rel_path, resolve_under
 from facedata.registry import Registry
 
 HEAD_BYTES = 1 << 16
 MISSING_IMAGE = "missing image"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _SPLIT_RE = re.compile(r"(train|val|test)")
-_PLAIN_PATH = re.compile(r"[^/\\:\s.][^/\\:]*(?:/[^/\\:]+)*(?<=[^\s/])")
 
 
 @dataclass
@@ -117,12 +116,35 @@ def head_lines(head: bytes, limit: int = 8) -> list[str]:
     return [line for line in out if line][:limit]
 
 
-def is_number(token: str) -> bool:
-    """A finite number (nan/inf are not coordinates)."""
+# The largest magnitude a number read from an annotation may have. Far beyond any pixel coordinate (OpenCV holds at
+# most 2^31 pixels in all), and small enough that x + w stays finite in the manifest's float32 columns: a larger value
+# (1e39, a 40-digit typo) is garbage, rejected like NaN instead of becoming inf.
+MAX_MAGNITUDE = 1e9
+
+
+def parse_xml(parser: Any, path: Path) -> None:
+    """Feed a whole file to an expat parser (pyexpat: no external entity is fetched, entity expansion is bounded);
+    malformed XML or an unknown encoding in the XML declaration is an InputError at its line, field "xml"."""
     try:
-        return math.isfinite(float(token))
+        parser.Parse(path.read_bytes(), True)
+    except expat.ExpatError as exc:
+        raise InputError(path, exc.lineno, "xml", f"malformed XML: {expat.ErrorString(exc.code)}") from None
+    except LookupError as exc:  # <?xml encoding="..."?> names no codec Python knows
+        raise InputError(path, 1, "xml", f"unreadable XML declaration: {exc}") from None
+
+
+def is_number(token: str) -> bool:
+    """A finite number of at most MAX_MAGNITUDE (nan/inf are not coordinates)."""
+    try:
+        return abs(float(token)) <= MAX_MAGNITUDE
     except ValueError:
         return False
+
+
+def finite_values(values: np.ndarray) -> np.ndarray:
+    """Element-wise: finite and at most MAX_MAGNITUDE (what `is_number` accepts)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(values) <= MAX_MAGNITUDE
 
 
 def looks_like_image_path(text: str) -> bool:
@@ -157,8 +179,8 @@ def image_order(owner: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def check_rel_path(raw: str, rejects: Rejects, path: Path, line: int | None) -> str | None:
     """Normalised relative path, or None after rejecting an absolute or `..` path."""
     text = raw.replace("\\", "/")
-    if _PLAIN_PATH.fullmatch(text) and not {".", ".."} & set(text.split("/")):
-        return text  # already normal: no drive, empty, `.` or `..` part (the common case, fast)
+    if is_normal_rel_path(text):
+        return text
     rel = normalise_rel_path(raw)
     if rel is None:
         rejects.reject(
@@ -193,7 +215,7 @@ def parse_table(
             io.StringIO(joined), sep=" ", header=None, dtype=np.float64, engine="c", na_filter=False
         )
         values = frame.to_numpy()
-        if values.shape == (n, k) and np.isfinite(values).all():
+        if values.shape == (n, k) and finite_values(values).all():
             if not integer or (values == np.round(values)).all():
                 return values, np.ones(n, bool)
     except (ValueError, pd.errors.ParserError):
@@ -253,13 +275,15 @@ def to_numbers(
                     )
                     ok[i] = False
                     break
-    bad = ok & ~np.isfinite(values).all(axis=1)
+    bad = ok & ~finite_values(values).all(axis=1)
     if integer:
         bad |= ok & (values != np.round(values)).any(axis=1)
     for i in np.flatnonzero(bad):
-        j = int(np.flatnonzero(~np.isfinite(values[i]) | (integer & (values[i] != np.round(values[i]))))[0])
+        j = int(np.flatnonzero(~finite_values(values[i]) | (integer & (values[i] != np.round(values[i]))))[0])
         kind = "an integer" if integer else "a finite number"
-        rejects.reject(path, lines[i], names[j], f"expected {kind}, got {rows[i][j]!r}", kind="bad number")
+        huge = f" (at most {MAX_MAGNITUDE:g} in magnitude)" if np.isfinite(values[i, j]) and not finite_values(
+            values[i, j]) else ""
+        rejects.reject(path, lines[i], names[j], f"expected {kind}, got {rows[i][j]!r}{huge}", kind="bad number")
         ok[i] = False
     return values, ok
 

@@ -45,6 +45,7 @@ from facedata.parsers.base import (
     add_all_faces,
     check_images_and_faces,
     check_rel_path,
+    finite_values,
     image_id_for,
     image_order,
     infer_split,
@@ -145,7 +146,7 @@ def choose_scheme(path: Path, requested: str | None, count: int, categories: lis
             raise FacedataError(f"--scheme {requested}: has {scheme.num_points} points, the annotations of {path} "
                                 f"have {count}")
         return requested
-    names = [tuple(c.get("keypoints") or ()) for c in categories if isinstance(c, dict)]
+    names = [tuple(c["keypoints"]) for c in categories if isinstance(c, dict) and isinstance(c.get("keypoints"), list)]
     for name, scheme in SCHEMES:
         if scheme.point_names in names:
             return name
@@ -233,7 +234,7 @@ def check_annotations(path: Path, collected: _Collected, images: _Images, reject
         elif ann in seen:
             rejects.reject(path, None, "id", f"{where}: duplicate annotation id (first in image id {seen[ann]}); "
                            "this one skipped", kind="duplicate id")
-        elif image in images.rejected:
+        elif _is_int(image) and image in images.rejected:  # a list as image_id is not hashable
             seen[ann] = image
         elif not _is_int(image) or image not in images.ids:
             seen[ann] = image
@@ -296,7 +297,7 @@ def _keypoint_values(path: Path, collected: _Collected, count: int, ok: np.ndarr
         values[take] = flat[starts[take, None] + np.arange(3 * count)].reshape(-1, count, 3)
     v = values[..., 2]
     bad_v = (~np.isfinite(v) | (v < 0)) if collected.wholebody else ~np.isin(v, VISIBILITY)
-    bad_xy = ~np.isfinite(values[..., :2]).all(axis=2)
+    bad_xy = ~finite_values(values[..., :2]).all(axis=2)
     expected = "a number >= 0" if collected.wholebody else "0, 1 or 2"
     for i in np.flatnonzero(ok & (bad_v | bad_xy).any(axis=1)):
         j = int(np.flatnonzero(bad_v[i] | bad_xy[i])[0])
@@ -312,7 +313,7 @@ def _boxes(
     """(N, 4) x1 y1 x2 y2 from `[x, y, w, h]`, or the extent of the labelled points where there is no box
     (derived mask); a negative size, or neither a box nor a point, is rejected."""
     raw = np.frombuffer(collected.bbox, np.float64).reshape(-1, 4)
-    has_box = np.isfinite(raw).all(axis=1)
+    has_box = finite_values(raw).all(axis=1)
     for i in np.flatnonzero(ok & has_box & ((raw[:, 2] < 0) | (raw[:, 3] < 0))):
         _reject(path, collected, i, _box_key(collected, i), f"negative size w = {raw[i, 2]:g}, h = {raw[i, 3]:g}",
                 "bad box", rejects)
@@ -382,7 +383,7 @@ class CocoKeypoints:
         k = faces.points.shape[1]
         checked = check_images_and_faces(
             path, options, [(rel, None) for rel in images.rels], owner, faces.boxes[rows],
-            same=np.column_stack([faces.boxes[rows], faces.points[rows].reshape(len(rows), -1)]), lines=None,
+            same=np.column_stack([faces.boxes[rows], faces.points[rows].reshape(len(rows), 2 * k)]), lines=None,
             points=faces.points[rows], point_names=point_names(k),
         )
         keep_image = checked.keep_image & self._same_size(path, options, images, checked)

@@ -22,7 +22,6 @@ beyond the image tolerance, or (probing) an image whose size is not the `<image>
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,12 +33,15 @@ import numpy as np
 from facedata.errors import InputError, Rejects
 from facedata.manifest import Manifest, ManifestBuilder
 from facedata.parsers.base import (
+    MAX_MAGNITUDE,
     CheckedImages,
     ParseOptions,
     check_images_and_faces,
     check_rel_path,
     image_id_for,
     infer_split,
+    is_number,
+    parse_xml,
     provenance,
     register,
 )
@@ -127,9 +129,10 @@ class _Reader:
         values = []
         for name in BOX_FIELDS:
             raw = attrs.get(name)
-            if raw is None or not _INTEGER.fullmatch(raw.strip()):
+            if raw is None or not _INTEGER.fullmatch(raw.strip()) or not is_number(raw):
                 got = "missing" if raw is None else repr(raw)
-                return self.reject(name, f"<box> {name}: expected an integer, got {got}", "bad number")
+                return self.reject(name, f"<box> {name}: expected an integer of at most {MAX_MAGNITUDE:g} in "
+                                   f"magnitude, got {got}", "bad number")
             values.append(int(raw))
         ignore = attrs.get("ignore", "0").strip()
         if ignore not in ("0", "1"):
@@ -149,23 +152,15 @@ class _Reader:
             return self.reject("name", f"<part> name {name!r}: {why}", "bad part")
         xy = []
         for axis in "xy":
-            try:
-                value = float(attrs[axis])
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
+            if not is_number(attrs[axis]):
                 return self.reject(axis, f"<part> {name} {axis}: expected a finite number, got {attrs[axis]!r}",
                                    "bad number")
-            xy.append(value)
+            xy.append(float(attrs[axis]))
         parts[int(name)] = (xy[0], xy[1])
         return None
 
     def read(self) -> None:
-        try:
-            with open(self.path, "rb") as fh:
-                self.parser.ParseFile(fh)
-        except expat.ExpatError as exc:
-            raise InputError(self.path, exc.lineno, "xml", f"malformed XML: {expat.ErrorString(exc.code)}") from None
+        parse_xml(self.parser, self.path)
         for image in self.images:
             for box in image.boxes:
                 if box.parts and len(box.parts) != POINTS and image.rel is not None:
@@ -222,7 +217,7 @@ class DlibXml:
         owner, boxes, ignore, lines, points, has_parts = _faces(images)
         checked = check_images_and_faces(
             path, options, [(image.rel, image.line) for image in images], owner, boxes,  # type: ignore[misc]
-            same=np.column_stack([boxes, ignore, points.reshape(len(boxes), -1)]), lines=lines,
+            same=np.column_stack([boxes, ignore, points.reshape(len(boxes), 2 * POINTS)]), lines=lines,
             points=points if has_parts else None, point_names=point_names(POINTS) if has_parts else (),
         )
         _check_declared_sizes(path, images, checked, owner, options.rejects)

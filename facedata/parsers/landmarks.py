@@ -24,14 +24,15 @@ from facedata.parsers.base import (
     IMAGE_EXTENSIONS,
     ParseOptions,
     check_images_and_faces,
+    finite_values,
     image_id_for,
     infer_split,
     to_numbers,
 )
-from facedata.parsers.wider_mat import MAT_MAGIC, load_mat, mat_variables
+from facedata.parsers.matfile import MAT_MAGIC, load_mat, mat_variables
 
 POINT_FIELDS = ("x", "y")
-SNIFF_MAT_FILES = 20  # .mat files a folder sniff tries before it gives up (whosmat reads headers, not data)
+SNIFF_MAT_FILES = 20  # .mat files a folder sniff tries before it gives up (each is walked by matfile, then listed)
 
 
 def points_extent(points: np.ndarray) -> np.ndarray:
@@ -110,8 +111,8 @@ def read_mat(path: Path, shapes: dict[str, tuple[int, int]], rejects: Rejects) -
                            f"{'x'.join(map(str, value.shape)) or 'a scalar'} of {value.dtype}", kind="wrong shape")
             return None
         value = value.astype(np.float64)
-        if not np.isfinite(value).all():
-            rejects.reject(path, None, key, f"expected finite numbers, got {value[~np.isfinite(value)][0]}",
+        if not finite_values(value).all():
+            rejects.reject(path, None, key, f"expected finite numbers, got {value[~finite_values(value)][0]}",
                            kind="bad number")
             return None
         out[key] = value

@@ -28,9 +28,17 @@ from xml.parsers import expat
 
 import numpy as np
 
-from facedata.errors import Rejects
+from facedata.errors import InputError, Rejects
 from facedata.manifest import Manifest
-from facedata.parsers.base import ParseOptions, check_rel_path, image_id_for, is_number, register, replay
+from facedata.parsers.base import (
+    ParseOptions,
+    check_rel_path,
+    image_id_for,
+    is_number,
+    parse_xml,
+    register,
+    replay,
+)
 from facedata.parsers.retinaface_txt import HashBlock, block_manifest, header_size
 
 BOX = ("xmin", "ymin", "xmax", "ymax")
@@ -53,7 +61,7 @@ class VocFile:
 
 
 def read_voc(file: Path) -> VocFile:
-    """The leaves of one VOC file that facedata reads (expat; raises expat.ExpatError on malformed XML)."""
+    """The leaves of one VOC file that facedata reads (expat; raises InputError on malformed XML)."""
     out = VocFile()
     stack: list[str] = []
     text: list[str] = []
@@ -82,7 +90,7 @@ def read_voc(file: Path) -> VocFile:
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = text.append
-    parser.Parse(file.read_bytes(), True)
+    parse_xml(parser, file)
     return out
 
 
@@ -151,8 +159,8 @@ class VocXml:
         for file in files:
             try:
                 voc = read_voc(file)
-            except expat.ExpatError as exc:
-                rejects.reject(file, exc.lineno, "xml", f"malformed XML: {expat.ErrorString(exc.code)}")
+            except InputError as exc:
+                rejects.reject(exc.file, exc.line, exc.field, exc.message)
                 continue
             if voc.root != "annotation" or not voc.filename:
                 rejects.reject(file, 1, "filename", "expected an <annotation> with a <filename>")

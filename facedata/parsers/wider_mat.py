@@ -1,4 +1,4 @@
-"""WIDER Face `wider_face_{train,val}.mat` (MATLAB v5, read with scipy.io.loadmat — no pickle).
+"""WIDER Face `wider_face_{train,val}.mat` (MATLAB v5, read by facedata.parsers.matfile — no pickle).
 
 Keys: event_list (E), file_list (E cells of names without .jpg), face_bbx_list (x y w h per face)
 and one *_label_list per attribute. The result is identical to the bbx_gt.txt of the same split
@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from facedata.errors import InputError
 from facedata.manifest import Manifest
-from facedata.parsers.base import ParseOptions, check_rel_path, register
+from facedata.parsers.base import ParseOptions, check_rel_path, finite_values, register
+from facedata.parsers.matfile import load_mat, mat_variables
 from facedata.parsers.wider_txt import (
     WIDER_COLUMNS,
     WiderImage,
@@ -26,32 +26,7 @@ from facedata.parsers.wider_txt import (
 )
 from facedata.schema import WIDER_ATTRIBUTES
 
-MAT_MAGIC = b"MATLAB 5.0 MAT-file"
 LABEL_KEYS = {name: f"{name}_label_list" for name in WIDER_ATTRIBUTES}
-
-
-def mat_variables(path: Path, head: bytes) -> set[str]:
-    """Variable names of a MATLAB v5 file (empty set if it is not one)."""
-    if not head.startswith(MAT_MAGIC):
-        return set()
-    try:
-        return {name for name, _, _ in scipy.io.whosmat(str(path))}
-    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError):
-        return set()
-
-
-def load_mat(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
-    """Load the named variables; an empty or unreadable file or a missing key is an InputError."""
-    if path.stat().st_size == 0:
-        raise InputError(path, None, "file", "empty file; expected a MATLAB v5 .mat file")
-    try:
-        data = scipy.io.loadmat(str(path), variable_names=keys)
-    except (ValueError, OSError, TypeError, scipy.io.matlab.MatReadError) as exc:
-        raise InputError(path, None, "file", f"not a readable MATLAB v5 .mat file ({exc})") from None
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise InputError(path, None, "file", f"missing variable(s) {missing}; expected {keys}")
-    return data
 
 
 def cell_text(cell: np.ndarray) -> str:
@@ -70,6 +45,12 @@ def events_and_files(path: Path, data: dict[str, np.ndarray]) -> list[tuple[int,
         (e, cell_text(events[e]), [cell_text(c) for c in np.asarray(files[e]).ravel()])
         for e in range(len(events))
     ]
+
+
+def event_cells(variable: np.ndarray, e: int) -> np.ndarray:
+    """The cells of event e of a per-event list; none when the list is shorter (each image is then rejected)."""
+    events = np.asarray(variable).ravel()
+    return np.asarray(events[e]).ravel() if e < len(events) else np.empty(0, object)
 
 
 def _regular_event(
@@ -135,8 +116,8 @@ class WiderMat:
             return True
 
         for e, event, files in events_and_files(path, data):
-            boxes_of = np.asarray(data["face_bbx_list"].ravel()[e]).ravel()
-            labels_of = {name: np.asarray(data[key].ravel()[e]).ravel() for name, key in LABEL_KEYS.items()}
+            boxes_of = event_cells(data["face_bbx_list"], e)
+            labels_of = {name: event_cells(data[key], e) for name, key in LABEL_KEYS.items()}
             regular = _regular_event(boxes_of, labels_of, len(files))
             if regular is not None:
                 sizes, values = regular
@@ -178,7 +159,7 @@ class WiderMat:
                     )
         owner = np.repeat(np.arange(len(images)), np.concatenate(counts) if counts else np.zeros(0, np.int64))
         values = np.concatenate(blocks) if blocks else np.empty((0, len(WIDER_COLUMNS)))
-        ok = np.isfinite(values).all(axis=1)
+        ok = finite_values(values).all(axis=1)
         validate_attributes(
             path, values, None, ok, rejects, lambda i: f"image {images[owner[i]].rel_path!r} dropped"
         )

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from facedata.errors import FacedataError, InputError
-from facedata.parsers.wider_mat import events_and_files, load_mat
+from facedata.parsers.matfile import load_mat
+from facedata.parsers.wider_mat import events_and_files
 from facedata.parsers.wider_txt import xywh_to_xyxy
 
 LEVELS = ("easy", "medium", "hard")

@@ -19,7 +19,8 @@ from facedata.parsers.base import (
     read_lines,
     register,
 )
-from facedata.parsers.wider_mat import events_and_files, load_mat, mat_variables
+from facedata.parsers.matfile import load_mat, mat_variables
+from facedata.parsers.wider_mat import events_and_files
 from facedata.parsers.wider_txt import SOURCE
 
 
