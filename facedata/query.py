@@ -19,6 +19,7 @@ import ast
 import io
 import operator
 import tokenize
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,9 @@ def parse_query(text: str, columns: Collection[str]) -> Query:
     if len(text) > MAX_LENGTH:
         raise QueryError(f"expression longer than {MAX_LENGTH} characters")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # e.g. "1or 2": the parser's warning becomes a SyntaxError, not stderr noise
+            warnings.simplefilter("error", SyntaxWarning)
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         if _has_at_sign(text):
             raise QueryError(f"'@' (local variables) not allowed; {_ALLOWED}") from None

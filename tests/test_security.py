@@ -356,3 +356,17 @@ def test_a_pickled_model_is_never_unpickled(tmp_path: Path, suffix: str) -> None
     output = _one_line_error(*_run("detect", image, "--pnet", model))
     assert "--pnet" in output and "ONNX" in output
     assert not sentinel.exists()
+
+
+def test_a_number_run_into_a_keyword_is_a_query_error_not_a_warning_on_stderr() -> None:
+    """`blur < 1or 2`: Python's parser accepts it with a warning on stderr ("invalid decimal literal"); the query
+    language refuses it, silently."""
+    import warnings
+
+    from facedata.query import QueryError, parse_query
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(QueryError, match="invalid decimal literal"):
+            parse_query("blur < 1or blur > 2", ["blur"])
+    assert not caught
