@@ -15,6 +15,7 @@ from tqdm import tqdm
 from facedata.samples import LABEL_NAMES, LABEL_ORDER
 
 PROGRESS_EVERY_SECONDS = 60.0  # a log gets a progress line at least this often (and at every 10%)
+PROGRESS_GAP_SECONDS = 5.0  # ... but never sooner than this after the last one: a pass of a second gets one line
 LISTED = 10  # items of a list of records shown by key_value_lines
 
 
@@ -100,7 +101,8 @@ def progress(total: int, desc: str, unit: str, *, enabled: bool = True, initial:
 
 
 class PlainProgress:
-    """Progress for logs: one line at every 10% done, at least every PROGRESS_EVERY_SECONDS, and at the end."""
+    """Progress for logs: one line at every 10% done (at most one per PROGRESS_GAP_SECONDS), at least every
+    PROGRESS_EVERY_SECONDS, and at the end."""
 
     def __init__(self, total: int, desc: str, unit: str, initial: int, stream: TextIO) -> None:
         self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
@@ -110,7 +112,9 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if self._tenth(self.n) > self._tenth(self._shown) or now - self._last >= PROGRESS_EVERY_SECONDS:
+        since = now - self._last
+        if (self._tenth(self.n) > self._tenth(self._shown) and since >= PROGRESS_GAP_SECONDS) or (
+                since >= PROGRESS_EVERY_SECONDS):
             self._line(now)
 
     def close(self) -> None:

@@ -136,7 +136,8 @@ def test_one_number_format_and_class_order() -> None:
     assert labels_text({"landmark": 3, "positive": 1}) == "negative 0, positive 1, part 0, landmark 3"
 
 
-def test_plain_progress_lines_every_tenth_and_at_the_end() -> None:
+def test_plain_progress_lines_every_tenth_and_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "PROGRESS_GAP_SECONDS", 0.0)  # a slow pass: every tenth is worth a line
     stream = io.StringIO()
     bar = console.progress(2000, "render", "img", initial=400, stream=stream)  # a StringIO is no terminal
     for _ in range(16):
@@ -146,6 +147,17 @@ def test_plain_progress_lines_every_tenth_and_at_the_end() -> None:
     assert [line.rsplit(", ", 1)[0] for line in lines] == [
         f"render: {n:,}/2,000 img ({n // 20}%)" for n in range(600, 2001, 200)]
     assert console.progress(10, "x", "img", enabled=False, stream=stream).disable
+
+
+def test_plain_progress_of_a_fast_pass_is_one_line() -> None:
+    """A pass of a second in a log: its final line only, not ten lines within a second."""
+    stream = io.StringIO()
+    bar = console.progress(40, "planned", "img", stream=stream)
+    for _ in range(40):
+        bar.update(1)
+    bar.close()
+    [line] = stream.getvalue().splitlines()
+    assert line.startswith("planned: 40/40 img (100%), ")
 
 
 def test_checkers_catch_what_they_look_for() -> None:
