@@ -4,8 +4,8 @@ The card follows the corpus cards in `data_cards/` (what it is, licence, counts,
 what only this manifest can say: its computed statistics and its provenance. Every figure comes from the code
 that computes it for `facedata stats` (`compute_stats`, which `report` uses too) and `filter` (the faces under
 10 px are what `filter --min-size 10` removes); nothing is counted a second way. Licences and known quirks are
-read from the corpus card of each source corpus, so they are written once. The corpus cards are found in
-`data_cards/` beside the package (a source checkout); without them a card names the sources but not their terms.
+read from the corpus card of each source corpus, so they are written once. The corpus cards ship inside the package
+(`facedata/data_cards/`, which the repository's top-level `data_cards/` links to), so a wheel install has them too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from facedata.manifest import Manifest, read_metadata
 from facedata.paths import atomic_write, same_file, sha256_file
 from facedata.stats import DEFAULT_INPUTS, compute_stats
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "data_cards"  # the corpus cards, beside the package
+CARDS_DIR = Path(__file__).resolve().parent / "data_cards"  # the corpus cards, shipped in the package
 SMALL_FACE = 10.0  # px: the Ultra-Light-Fast recipe's minimum face side (filter --min-size 10)
 # Manifest `source` (the corpus a parser tags its images with) -> its corpus card in data_cards/.
 CORPUS_CARDS = {
@@ -54,7 +54,7 @@ class CorpusCard:
 
 
 def corpus_card(source: str) -> CorpusCard | None:
-    """The shipped card of a source corpus, or None for an unknown source or when data_cards/ is not installed."""
+    """The shipped card of a source corpus, or None for an unknown source."""
     name = CORPUS_CARDS.get(source)
     path = CARDS_DIR / name if name else None
     if path is None or not path.is_file():

@@ -14,14 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from facedata.card import CORPUS_CARDS, corpus_card, write_card
+import facedata
+from facedata.card import CARDS_DIR, CORPUS_CARDS, corpus_card, write_card
 from facedata.cli import main
 from facedata.errors import FacedataError
 from facedata.filters import apply_filters, rules_from_options
 from facedata.fusion.fuse import fuse_files
 from facedata.parsers import ingest
 
-CORPUS_CARDS_DIR = Path(__file__).resolve().parent.parent / "data_cards"
+CORPUS_CARDS_DIR = Path(__file__).resolve().parent.parent / "data_cards"  # the top-level link to facedata/data_cards
 WFLW98_CONTOUR = range(0, 33)  # wflw98 points 0-32 (data_cards/wflw.md)
 
 
@@ -146,7 +147,7 @@ def test_every_parser_source_has_a_corpus_card() -> None:
     """A source corpus a parser tags images with links to its shipped card (with a licence and quirks)."""
     for source in CORPUS_CARDS:
         card = corpus_card(source)
-        assert card is not None and card.path.parent == CORPUS_CARDS_DIR, source
+        assert card is not None and card.path.parent == CORPUS_CARDS_DIR.resolve(), source
         assert card.licence != "not stated" and card.quirks, source
     assert corpus_card("my_own_corpus") is None
 
@@ -172,3 +173,16 @@ def test_cli_refuses_to_replace_a_card_quiet_and_help(tmp_path: Path, wider: Pat
         write_card(wider, tmp_path, overwrite=True)
     helped = runner.invoke(main, ["card", "-h"])
     assert helped.exit_code == 0 and "--overwrite" in helped.output and "--quiet" in helped.output
+
+
+def test_corpus_cards_ship_in_the_package() -> None:
+    """A wheel install has the corpus cards (licences, quirks): they live in the package and pyproject declares
+    them as package data; the top-level data_cards/ is a link to them."""
+    import tomllib
+
+    package = Path(facedata.__file__).resolve().parent
+    assert CARDS_DIR.is_relative_to(package)
+    assert all((CARDS_DIR / name).is_file() for name in CORPUS_CARDS.values())
+    assert CORPUS_CARDS_DIR.resolve() == CARDS_DIR
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    assert "data_cards/*.md" in pyproject["tool"]["setuptools"]["package-data"]["facedata"]
