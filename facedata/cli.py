@@ -734,7 +734,35 @@ def _print_summary(summary: dict, quiet: bool) -> None:
         click.echo(f"warning: {line}", err=True)
 
 
-@main.group()
+# What every build shares (its inputs, where it writes, where and how it runs): `--help` lists these first, then
+# the stage's own options.
+_BUILD_INPUTS = ("detections", "landmarks", "keypoints", "pnet", "rnet")
+_BUILD_COMMON = {*_BUILD_INPUTS, "output", "backend", "workers", "engine", "scheduler", "scheduler_timeout",
+                 "chunk_images", "seed", "shard_size", "roots", "strict", "overwrite", "verify", "quiet"}
+
+
+class _BuildCommand(RenamingCommand):
+    """A build command whose help lists the common options first and the stage options after."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Options": [], "Stage options": []}
+        params = sorted(self.get_params(ctx), key=lambda param: param.name not in _BUILD_INPUTS)  # inputs first
+        for param in params:
+            record = param.get_help_record(ctx)
+            if record is not None:
+                common = param.name in _BUILD_COMMON or "--help" in param.opts
+                sections["Options" if common else "Stage options"].append(record)
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class _BuildGroup(click.Group):
+    command_class = _BuildCommand
+
+
+@main.group(cls=_BuildGroup)
 def build() -> None:
     """Build sharded training data: a cascade stage (pnet, rnet, onet), PFLD landmark crops (pfld) or top-down
     keypoint crops (topdown)."""
@@ -750,7 +778,7 @@ def _given(**options: tuple[str, object]) -> dict[str, object]:
             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
 
 
-@build.command(name="pnet", cls=RenamingCommand)
+@build.command(name="pnet")
 @_build_options
 @click.option("--recipe", type=click.Choice(["fixed", "reference"]), default="fixed", show_default=True,
               help="Recipe preset: facedata's fixed recipe, or the reference generator's conventions (+1 px "
@@ -815,7 +843,7 @@ def _mining_options(func):
     return func
 
 
-@build.command(name="rnet", cls=RenamingCommand)
+@build.command(name="rnet")
 @_build_options
 @click.option("--pnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trained PNet (ONNX).")
@@ -826,7 +854,7 @@ def build_rnet(**options) -> None:
     _mining_build("rnet", rnet=None, **options)
 
 
-@build.command(name="onet", cls=RenamingCommand)
+@build.command(name="onet")
 @_build_options
 @click.option("--pnet", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trained PNet (ONNX).")

@@ -389,3 +389,18 @@ def test_manifest_outputs_are_replaced_only_with_overwrite(val_manifest: Path, t
         assert out.read_bytes() == b"an earlier result"
         assert run(*args, "-o", out, "--overwrite").exit_code == 0
         out.write_bytes(b"an earlier result")
+
+
+@pytest.mark.parametrize("stage, own", [("pnet", "--ratio"), ("rnet", "--pyramid-min-face"), ("onet", "--pos-iou"),
+                                        ("pfld", "--size"), ("topdown", "--margin")])
+def test_build_help_lists_the_common_options_first(stage: str, own: str) -> None:
+    """Every build's --help: inputs, output, where and how it runs first; the stage's own options after."""
+    text = CliRunner().invoke(main, ["build", stage, "-h"]).output
+    common, _, stage_part = text.partition("\nStage options:\n")
+    assert stage_part, text
+    for option in ("-o, --output", "--format", "--workers", "--engine", "--seed", "--images", "--overwrite",
+                   "-q, --quiet", "-h, --help"):
+        assert option in common and option not in stage_part, option
+    assert own in stage_part and own not in common
+    first = common.split("Options:\n", 1)[1].split()[0]
+    assert first in ("--detections", "--landmarks", "--keypoints"), first
