@@ -38,6 +38,9 @@ def resolve_under(root: str | os.PathLike[str], rel_path: str) -> Path | None:
     return candidate
 
 
+LOCAL_PROTOCOLS = ("file", "local")  # fsspec's names of the local file system
+
+
 def local_path(value: str | os.PathLike[str], option: str) -> Path:
     """A path, or the URL of a local fsspec file system (file://...), as a local path.
 
@@ -48,18 +51,17 @@ def local_path(value: str | os.PathLike[str], option: str) -> Path:
     text = os.fspath(value)
     if "://" not in text:
         return Path(text)
+    if text.partition("://")[0].lower() not in LOCAL_PROTOCOLS:  # before fsspec: it would ask for s3fs etc.
+        raise FacedataError(f"{option} {text}: not a local file system; shards (LMDB) and images need a POSIX "
+                            "path every worker sees (NFS, or a bucket mounted with s3fs/gcsfuse)")
     try:
         from fsspec.core import url_to_fs
-        from fsspec.implementations.local import LocalFileSystem
     except ImportError:
         raise FacedataError(f"{option} {text}: URLs need fsspec (pip install 'facedata[dask]')") from None
     try:
-        fs, path = url_to_fs(text)
-    except (ImportError, ValueError) as exc:  # an unknown protocol, or its package is missing
+        _, path = url_to_fs(text)
+    except ValueError as exc:
         raise FacedataError(f"{option} {text}: {exc}") from None
-    if not isinstance(fs, LocalFileSystem):
-        raise FacedataError(f"{option} {text}: not a local file system; shards (LMDB) and images need a POSIX "
-                            "path every worker sees (NFS, or a bucket mounted with s3fs/gcsfuse)")
     return Path(path)
 
 

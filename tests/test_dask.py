@@ -274,6 +274,7 @@ def test_output_and_image_roots_may_be_local_fsspec_urls(corpus: dict, dask: Eng
          "--scheduler tcp://127.0.0.1:9: no Dask scheduler answered within 0.5 s"),
         (["--engine", "dask", "--scheduler", "nonsense"], "--scheduler nonsense: not a Dask address"),
         (["-o", "memory://bucket/out"], "--output memory://bucket/out: not a local file system"),
+        (["-o", "s3://bucket/out"], "--output s3://bucket/out: not a local file system"),  # not "install s3fs"
         (["--images", "memory://bucket/images"], "--images memory://bucket/images: not a local file system"),
     ],
 )
