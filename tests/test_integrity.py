@@ -82,6 +82,26 @@ def block_offset(shard: Path, backend: str, piece: int) -> int:
     return column.data_page_offset + 1000
 
 
+def test_index_records_the_file_and_block_digests(clean: tuple[str, Path]) -> None:
+    """index.json's sha256 of each shard is the file's, and (LMDB) each block's digest is the sha256 prefix of
+    that block value's bytes as LMDB itself returns them: recomputed here with hashlib, not facedata."""
+    import hashlib
+
+    backend, out = clean
+    for entry in json.loads((out / "index.json").read_text())["shards"]:
+        shard = out / entry["file"]
+        assert entry["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
+        if backend != "lmdb":
+            continue
+        env = lmdb.open(str(shard), subdir=False, readonly=True, lock=False, max_dbs=2)
+        try:
+            with env.begin() as txn:
+                values = [bytes(value) for _, value in txn.cursor(db=env.open_db(b"blocks", txn=txn))]
+        finally:
+            env.close()
+        assert entry["piece_sha256"] == [hashlib.sha256(value).hexdigest()[:16] for value in values]
+
+
 def test_a_flipped_byte_names_the_shard_block_and_samples(clean: tuple[str, Path], tmp_path: Path) -> None:
     backend, _ = clean
     shard = f"shard-00001.{backend}"

@@ -15,7 +15,7 @@ import numpy as np
 from facedata.console import labels_text, number
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
-from facedata.storage.base import BACKENDS, Backend, ShardSchema, piece_digests
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, file_digests
 from facedata.storage.index import INDEX_NAME, PARTIAL_INDEX_NAME, SHARD_NAME, load_index
 
 # Finding kinds. INDEX: index.json itself (unreadable, inconsistent, or not written yet).
@@ -135,7 +135,7 @@ def _where_changed(file: Path, entry: dict, backend: Backend, schema: ShardSchem
         return ""
     try:
         pieces = backend.pieces(file, schema, int(entry["samples"]))
-        current = piece_digests(file, pieces)
+        current = file_digests(file, pieces)[1]
     except Exception as exc:  # the changed bytes broke the file's own block table or footer
         return f"; its {backend.name} metadata is damaged too ({exc.__class__.__name__}: {exc})"
     if len(current) != len(recorded):

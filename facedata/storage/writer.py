@@ -21,7 +21,7 @@ import numpy as np
 from facedata import killpoint
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
-from facedata.storage.base import BACKENDS, ShardSchema, ShardSink, piece_digests
+from facedata.storage.base import BACKENDS, ShardSchema, ShardSink, file_digests
 from facedata.storage.codec import check_encoding
 from facedata.storage.index import (
     FORMAT_NAME,
@@ -181,14 +181,15 @@ class DatasetWriter:
         k = len(self._shards)
         final = self.out_dir / shard_file_name(k, self.backend.suffix)
         try:
+            sha256, pieces = file_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples))
             entry = {
                 "file": final.name,
                 "samples": self._shard_samples,
                 "first_index": k * self.schema.samples_per_shard,
                 "bytes": temp.stat().st_size,
-                "sha256": sha256_file(temp),
+                "sha256": sha256,
                 "label_counts": _label_json(self._shard_labels),
-                "piece_sha256": piece_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples)),
+                "piece_sha256": pieces,
             }
             self._shards.append(entry)
             self._write_partial()  # listed first: a file under a shard's name is always a finished, listed shard
