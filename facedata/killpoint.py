@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import signal
 
-_KILL_AT = int(os.environ.get("FACEDATA_KILL_AT_STEP") or 0)
+_ARMED = os.environ.get("FACEDATA_KILL_AT_STEP", "").strip()
+_KILL_AT = int(_ARMED) if _ARMED.isdigit() else 0  # anything but a step number leaves the hook unarmed
 _steps = 0
 
 
