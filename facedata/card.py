@@ -22,7 +22,7 @@ from facedata.filters import MinSize, apply_filters
 from facedata.fusion.schemes import SCHEMES
 from facedata.manifest import Manifest, read_metadata
 from facedata.paths import atomic_write, same_file, sha256_file
-from facedata.stats import DEFAULT_INPUTS, compute_stats
+from facedata.stats import DEFAULT_INPUTS, compute_stats, markdown_table
 
 CARDS_DIR = Path(__file__).resolve().parent / "data_cards"  # the corpus cards, shipped in the package
 SMALL_FACE = 10.0  # px: the Ultra-Light-Fast recipe's minimum face side (filter --min-size 10)
@@ -319,6 +319,4 @@ def _percent(share: float | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [[f"{c:,}" if isinstance(c, int) else str(c) for c in row] for row in rows]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(row) + " |" for row in cells)]
+    return markdown_table(header, [[f"{c:,}" if isinstance(c, int) else str(c) for c in row] for row in rows])

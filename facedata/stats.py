@@ -373,11 +373,15 @@ def _cell(value: Any) -> str:
     return "" if value is None else number(value)
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table of text cells (also the data card's)."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
     if markdown:
-        lines = ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return [*lines, ""]
+        return ["", *markdown_table(header, rows), ""]
     columns = list(zip(header, *rows, strict=True))
     widths = [max(len(c) for c in col) for col in columns]
     right = [bool(rows) and all(_numeric(c) for c in col[1:]) for col in columns]
