@@ -438,7 +438,7 @@ class _Stage:
 
 
 def _read_file_into_cache(fd: int, size: int) -> None:
-    if not in_page_cache(fd, 0, size):
+    if not in_page_cache(fd, 0, size, probes=17):
         read_into_page_cache(fd, 0, size)
 
 
