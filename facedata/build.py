@@ -21,15 +21,17 @@ Two passes, the same for every stage:
    with `allow_repeat`; `mix=False` keeps everything); each worker reads its chunk's records from the
    plan file, `select`s, decodes each image once (cv2.imread, IMREAD_COLOR) and renders the kept crops;
    the parent writes results in image order.
-Without mixing (`mix=False`, CLI `--ratio all`) every planned sample is written, so both passes are one:
+Without mixing (`mix=False`, CLI `--ratio all`) every planned sample is written, so on the local engine
+both passes are one:
 each worker renders what it has just planned, from the image it has just decoded (mined images are
 decoded once, not twice) and the samples go straight to the writer; the plan file is still kept for
 resuming and for the mining report.
 
-The chunks run on an engine (facedata.engines): the local process pool, or a Dask cluster whose tasks run
-the same worker functions and return their results here, to be written in image order: the same bytes on
-every engine. Local workers are started with forkserver (spawn off Linux): a plain fork of a process
-whose OpenCV thread pool has run can deadlock. As with any spawn-style pool, scripts calling
+The chunks run on an engine (facedata.engines): the local process pool, whose results are written here in
+image order, or a Dask cluster whose tasks run the same worker functions and write whole shards themselves,
+cut at the same samples (facedata.shardedrender): the same bytes on every engine. Local workers are
+started with forkserver (spawn off Linux): a plain fork of a process whose OpenCV thread pool has run can
+deadlock. As with any spawn-style pool, scripts calling
 build_dataset with workers > 1 need an `if __name__ == "__main__":` guard, and a `detector` factory must
 be picklable (CascadeFactory is; live in-process models need workers=1).
 
@@ -46,7 +48,8 @@ only once the new one is complete. Unreadable or missing images are skipped and 
 
 Modules: this one (the entry point), facedata.stages (what each stage plans and renders),
 facedata.buildrun (the passes, resume), facedata.buildworker (what workers run), facedata.engines (where
-they run: facedata.workerpool, the process pool; facedata.daskrunner, Dask), facedata.buildplan (the
+they run: facedata.workerpool, the process pool; facedata.daskrunner, Dask), facedata.shardedrender and
+facedata.shardworker (the render pass when workers write the shards), facedata.buildplan (the
 plan file), facedata.buildoutput (the output directory), facedata.buildprovenance (input hashes),
 facedata.buildsummary (the summary), facedata.buildoptions (option values).
 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,10 +33,11 @@ from facedata.buildworker import (
     plan_chunk,
     render_chunk,
 )
-from facedata.engines import ChunkRunner
+from facedata.engines import ChunkRunner, ShardRunner
 from facedata.errors import FacedataError
 from facedata.samplers.mixing import MixPlan, mixing_plan
 from facedata.samples import LABEL_NAMES, LABEL_ORDER
+from facedata.shardedrender import render_into_shards
 from facedata.storage import DatasetWriter
 
 PROGRESS_NAME = "build-progress.npy"
@@ -105,8 +106,10 @@ def run_build(
     with writer:
         plan = PlanFile(out_dir, writer.fingerprint, job.plan_dtype, job.record_dtype, n)
         resumed_plan = plan.planned
-        output = _Output(writer, out_dir, n, skip, on_write)
-        single_pass = mix_ratio is None
+        output = Output(writer, out_dir, n, skip, on_write)
+        # one pass where every planned sample is written, unless the workers write the shards: they need to
+        # know where each image's samples go before rendering (facedata.shardedrender)
+        single_pass = mix_ratio is None and not runner.writes_shards
         output.begin(plan.planned if single_pass else n)
         resumed_from = output.start
         try:
@@ -117,10 +120,13 @@ def run_build(
             plan.close()
         _write_reports(job, plan.table, out_dir)
         mix = None
-        if not single_pass:
+        if mix_ratio is not None:
             totals = plan.table["labels"][plan.table["status"] == PLANNED].sum(axis=0)
             counts = {lab: int(c) for lab, c in zip(LABEL_ORDER, totals.tolist(), strict=True)}
             mix = mixing_plan(counts, mix_ratio, allow_repeat)
+        if runner.writes_shards:
+            render_into_shards(cast(ShardRunner, runner), job, plan, output, mix, chunk, progress)
+        elif not single_pass:
             _render_pass(runner, job, plan, output, output.start, n, mix, chunk, progress)
         summary = build_summary(job, plan.table, output.table, skipped, mix)
         summary.update(resumed_from_sample=output.done, resumed_from_image=resumed_from,
@@ -139,7 +145,7 @@ def run_build(
     return summary
 
 
-class _Output:
+class Output:
     """The sample stream into the writer: per-image progress, resume point, dropping what is durable."""
 
     def __init__(
@@ -149,11 +155,15 @@ class _Output:
         self.writer, self.out_dir, self.skip, self.on_write = writer, out_dir, skip, on_write
         self.table = np.zeros(n, PROGRESS_DTYPE)
         self.done = self.last_saved = writer.samples_done
-        saved = _load_progress(out_dir, writer.fingerprint, n) if self.done else None
-        if saved is not None:
-            self.table[:] = saved
-        self.start, self.position = _resume_point(self.table if saved is not None else None, self.done)
+        self.saved = _load_progress(out_dir, writer.fingerprint, n) if self.done else None  # as the last run left it
+        if self.saved is not None:
+            self.table[:] = self.saved
+        self.start, self.position = _resume_point(self.table if self.saved is not None else None, self.done)
         self.notes: dict[int, str] = {}  # details of images that failed while planning (two passes)
+
+    def save(self) -> None:
+        """The progress table, atomically (a rerun resumes from it)."""
+        _save_progress(self.out_dir, self.table, self.writer.fingerprint)
 
     def begin(self, limit: int) -> None:
         """Regenerate the stream from the resume point, or from image `limit` if that is earlier (images
@@ -176,14 +186,14 @@ class _Output:
             self.writer.add(result.pixels[drop:], result.records[drop:])
         self.position += k
         if self.writer.samples_done > self.last_saved:
-            _save_progress(self.out_dir, self.table, self.writer.fingerprint)
+            self.save()
             self.last_saved = self.writer.samples_done
         if self.on_write is not None:
             self.on_write(self.position)
 
 
 def _render_pass(
-    runner: ChunkRunner, job: Job, plan: PlanFile, output: _Output, lo: int, hi: int, mix: MixPlan | None,
+    runner: ChunkRunner, job: Job, plan: PlanFile, output: Output, lo: int, hi: int, mix: MixPlan | None,
     chunk: int, progress: bool,
 ) -> None:
     """Pass 2 over planned images [lo, hi): mix, decode, render, write."""
@@ -200,7 +210,7 @@ def _render_pass(
 
 
 def _plan_pass(
-    runner: ChunkRunner, job: Job, plan: PlanFile, output: _Output, single_pass: bool, chunk: int, progress: bool,
+    runner: ChunkRunner, job: Job, plan: PlanFile, output: Output, single_pass: bool, chunk: int, progress: bool,
     strict: bool, skip: Callable[..., None], on_plan: Callable[[int], None] | None,
 ) -> None:
     """Pass 1 from where an earlier run left off: every image's records into the plan file, in order;

@@ -7,7 +7,9 @@ every worker is smaller. A stage's per-worker model (e.g. onnxruntime sessions) 
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +137,26 @@ def init_worker(job: Job | None, limit_threads: bool = False) -> None:
     _JOB, _MODEL = job, None
     if limit_threads:
         cv2.setNumThreads(1)  # one process per core already
+        reuse_freed_memory()
+
+
+def reuse_freed_memory() -> None:
+    """Let glibc's malloc keep freed image-sized blocks for the next image (Linux; elsewhere nothing).
+
+    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins the mmap threshold at its
+    128 KB default: every decoded photo (2 MB for 1024x700) is then a fresh mmap whose pages fault in, and
+    decoding took twice as long in a Dask worker as in a plain process (measured: 0.25 s against 0.12 s per 300
+    JPEGs). Blocks up to 32 MB come from the heap again, which keeps up to 128 MB free at its top; a worker
+    process started by the local pool gets the same settings (they are glibc's dynamic ones, made fixed)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def use_job(job: Job) -> None:
@@ -147,6 +169,12 @@ def forget_job(job: Job) -> None:
     """Drop `job` and its model if it is this process's job."""
     if _JOB is job:
         init_worker(None)
+
+
+def current_job() -> Job:
+    """The job installed in this process (by init_worker or use_job)."""
+    assert _JOB is not None, "no build job is installed in this process"
+    return _JOB
 
 
 def _model() -> Any:
@@ -205,15 +233,22 @@ class PlanResult:
     rendered: ChunkResult | None = None  # single pass: the same records with their pixels
 
 
-class _Samples:
-    """Accumulates one chunk's rendered samples and per-image progress."""
+class Samples:
+    """One chunk's per-image progress and its rendered samples, kept for the result or handed image by image
+    to `sink` (a Dask piece keeps only the samples of its shard's range)."""
 
-    def __init__(self, job: Job, lo: int, hi: int) -> None:
+    def __init__(self, job: Job, lo: int, hi: int, sink: Callable[[np.ndarray, np.ndarray], None] | None = None
+                 ) -> None:
         self.job, self.lo = job, lo
         self.progress = np.zeros(hi - lo, PROGRESS_DTYPE)
         self.pixels: list[np.ndarray] = []
         self.records: list[np.ndarray] = []
         self.notes: dict[int, str] = {}
+        self.sink = sink or self._keep  # where each image's (pixels, records) go: kept for the result by default
+
+    def _keep(self, pixels: np.ndarray, records: np.ndarray) -> None:
+        self.pixels.append(pixels)
+        self.records.append(records)
 
     def add(self, j: int, records: np.ndarray, image: np.ndarray | None) -> None:
         """Render image j's kept records (decoding it unless `image` is given; not at all if none kept)."""
@@ -226,9 +261,8 @@ class _Samples:
             if image is None:
                 self.fail(j, status, note)
                 return
-        self.pixels.append(job.stage.render(image, records, job.task(j).origin, job.config))
-        self.records.append(records)
         self.progress["counts"][row] = label_counts(records["label"])
+        self.sink(job.stage.render(image, records, job.task(j).origin, job.config), records)
 
     def fail(self, j: int, status: int, note: str | None) -> None:
         self.progress["status"][j - self.lo] = status
@@ -267,7 +301,7 @@ def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
     rows = np.zeros(hi - lo, job.plan_dtype)
     parts: list[np.ndarray] = []
     notes: dict[int, str] = {}
-    samples = _Samples(job, lo, hi) if single_pass else None
+    samples = Samples(job, lo, hi) if single_pass else None
     for row, j in enumerate(range(lo, hi)):
         records, status, note, image, counters = _plan_image(job, j)
         rows["status"][row] = status
@@ -288,20 +322,48 @@ def plan_chunk(lo: int, hi: int, single_pass: bool = False) -> PlanResult:
     return PlanResult(rows, records, notes, None if samples is None else samples.result())
 
 
+def mixed_records(
+    lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(stream image j, the records of j that the mix keeps, or None if j failed while planning) for the
+    images [lo, hi), whose plan table rows are `plan` and whose records start at `first` in the plan file."""
+    job = _JOB
+    assert job is not None
+    ends = np.cumsum(plan["records"])
+    planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]))
+    for row, j in enumerate(range(lo, hi)):
+        if plan["status"][row] != PLANNED:
+            yield j, None
+            continue
+        records = planned[ends[row] - plan["records"][row] : ends[row]]
+        yield j, records if mix is None else select(records, job.task(j).image_id, job.seed, mix)
+
+
+def render_images(samples: Samples, images: Iterator[tuple[int, np.ndarray | None]], plan: np.ndarray) -> None:
+    """Render each image's kept records into `samples`, each image decoded once; an image that failed
+    while planning keeps its status."""
+    for j, records in images:
+        if records is None:
+            samples.fail(j, int(plan["status"][j - samples.lo]), None)
+        else:
+            samples.add(j, records, None)
+
+
 def render_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None) -> ChunkResult:
     """Pass 2: mix and render stream images [lo, hi), each image decoded once. `plan` holds their
     plan table rows, `first` the position of image lo's records in the plan file."""
     job = _JOB
     assert job is not None
-    ends = np.cumsum(plan["records"])
-    planned = read_records(job.plan_path, job.record_dtype, first, first + int(ends[-1]))
-    samples = _Samples(job, lo, hi)
-    for row, j in enumerate(range(lo, hi)):
-        if plan["status"][row] != PLANNED:
-            samples.fail(j, int(plan["status"][row]), None)
-            continue
-        records = planned[ends[row] - plan["records"][row] : ends[row]]
-        if mix is not None:
-            records = select(records, job.task(j).image_id, job.seed, mix)
-        samples.add(j, records, None)
+    samples = Samples(job, lo, hi)
+    render_images(samples, mixed_records(lo, hi, plan, first, mix), plan)
     return samples.result()
+
+
+def count_chunk(lo: int, hi: int, plan: np.ndarray, first: int, mix: MixPlan | None) -> np.ndarray:
+    """The samples per label each stream image of [lo, hi) will contribute if it decodes (the mix's choice,
+    from the plan file alone): engines whose workers write the shards place them with these counts."""
+    counts = np.zeros((hi - lo, len(LABEL_ORDER)), np.int64)
+    for j, records in mixed_records(lo, hi, plan, first, mix):
+        if records is not None:
+            counts[j - lo] = label_counts(records["label"])
+    return counts

@@ -1,16 +1,18 @@
 """The Dask engines (`--engine dask|dask-local`): a build's chunk jobs as tasks on a Dask distributed cluster.
 
-A task runs the local pool's worker function (facedata.buildworker.plan_chunk / render_chunk) and returns
-its result to the build process, which writes the shards as it does for the local pool: same bytes. The
-job (task tables, recipes, the detector factory) reaches each worker once, in a WorkerPlugin that the
-scheduler also gives to workers that join or restart later; a worker builds its model (the ONNX sessions)
-on its first task and keeps it for the next ones.
+A task runs the local pool's worker functions: plan_chunk (its records come back to the build process's
+plan file), count_chunk, and render_shard (facedata.shardworker), which renders one whole shard and writes
+it to the output directory itself, returning only its index entry (facedata.shardedrender): the same
+shards, byte for byte, as the local pool's. The job (task tables, recipes, the detector factory) reaches
+each worker once, in a WorkerPlugin that the scheduler also gives to workers that join or restart later; a
+worker builds its model (the ONNX sessions) on its first task and keeps it for the next ones.
 
 A worker that dies takes its running tasks and held results with it; the scheduler reruns them on the
-other workers (up to `distributed.scheduler.allowed-failures` times per task). Results are consumed in
-stream order, so no sample is written twice or missed. Progress (plan file, progress table, complete
-shards) is recorded by the build process, so an interrupted Dask build resumes like a local one, on
-either engine. Workers read the images and the plan file (in the output directory): both must be on
+other workers (up to `distributed.scheduler.allowed-failures` times per task); a shard a dead worker left
+half-written stays under a temp name, which the build removes. Results are consumed in stream order, so no
+sample is written twice or missed. Progress (plan file, progress table, the list of complete shards) is
+recorded by the build process, so an interrupted Dask build resumes like a local one, on either engine.
+Workers read the images and the plan file and write the shards (in the output directory): both must be on
 storage every worker sees at the same path.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
 
 import facedata
+from facedata import killpoint
 from facedata.buildworker import Job, forget_job, use_job
 from facedata.engines import Engine
 from facedata.errors import FacedataError
@@ -40,9 +43,17 @@ _JOBS: dict[str, Job] = {}  # worker side: the jobs installed by _JobPlugin, by 
 
 @functools.cache
 def code_digest() -> str:
-    """sha256 of facedata's source files: a worker running other code would write other bytes."""
+    """sha256 of facedata's source files and the versions of the libraries that shape shard bytes (OpenCV
+    renders, numpy, LMDB and pyarrow write): a worker running other code would write other bytes."""
+    import cv2
+    import lmdb
+    import numpy
+    import pyarrow
+
     root = Path(__file__).parent
     digest = hashlib.sha256()
+    for module in (cv2, lmdb, numpy, pyarrow):
+        digest.update(f"{module.__name__} {module.__version__}\0".encode())
     for path in sorted(root.rglob("*.py")):
         digest.update(f"{path.relative_to(root)}\0".encode())
         digest.update(path.read_bytes())
@@ -57,9 +68,11 @@ class _JobPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         if code_digest() != self.code:
-            raise FacedataError(f"Dask worker {worker.address} runs another facedata (its source differs from the "
-                                f"build's, {facedata.__version__}): install the same version on every worker")
+            raise FacedataError(f"Dask worker {worker.address} runs another facedata (its source, or its OpenCV, "
+                                f"numpy, LMDB or pyarrow version, differs from the build's, facedata "
+                                f"{facedata.__version__}): install the same versions on every worker")
         _JOBS[self.name] = self.job
+        killpoint.disarm()  # a LocalCluster's workers inherit the crash tests' hook, which is the build process's
 
     def teardown(self, worker: Any) -> None:
         job = _JOBS.pop(self.name, None)
@@ -78,6 +91,8 @@ def _run(name: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 class DaskRunner:
     """Ordered results of chunk jobs run on a Dask cluster, at most `4 x slots` in flight."""
+
+    writes_shards = True  # workers on other machines write the shards to shared storage
 
     def __init__(self, client: Client, job: Job, cluster: LocalCluster | None = None) -> None:
         self.client, self.cluster = client, cluster
@@ -129,19 +144,43 @@ class DaskRunner:
         return runner
 
     def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]:
-        for args in jobs:
-            key = f"{fn.__name__}-{args[0]}-{uuid.uuid4().hex}"  # the dashboard groups tasks by the name
-            self.pending.append(self.client.submit(_run, self.name, fn, *args, key=key, pure=False))
-            if len(self.pending) >= self._window():
+        return self._ordered(lambda args: self._submit(fn, args), jobs, 4)
+
+    def ordered_parts(
+        self, part_fn: Callable[..., Any], fn: Callable[..., Any], jobs: Iterable[tuple[list[tuple], tuple]],
+        on_part: Callable[[tuple], None] | None = None,
+    ) -> Iterator[Any]:
+        """Results of `fn(*args, [part_fn(*p) for p in parts])` for each job (parts, args), in order. The parts
+        run as tasks of their own, anywhere; Dask moves their results to fn's worker (never to this process).
+        At most 2 x slots jobs are in flight: their parts' results wait in the workers' memory. `on_part(p)`
+        runs (in the client's thread) as each part finishes, for progress."""
+        def submit(job: tuple[list[tuple], tuple]) -> Any:
+            parts, args = job
+            futures = [self._submit(part_fn, p) for p in parts]
+            if on_part is not None:
+                for part, future in zip(parts, futures, strict=True):
+                    future.add_done_callback(functools.partial(_when_finished, on_part, part))
+            return self._submit(fn, (*args, futures))
+
+        return self._ordered(submit, jobs, 2)
+
+    def _submit(self, fn: Callable[..., Any], args: tuple) -> Any:
+        key = f"{fn.__name__}-{args[0]}-{uuid.uuid4().hex}"  # the dashboard groups tasks by the name
+        return self.client.submit(_run, self.name, fn, *args, key=key, pure=False)
+
+    def _ordered(self, submit: Callable[[Any], Any], jobs: Iterable[Any], per_slot: int) -> Iterator[Any]:
+        for job in jobs:
+            self.pending.append(submit(job))
+            if len(self.pending) >= per_slot * self._slots():
                 yield self._result()
         while self.pending:
             yield self._result()
 
-    def _window(self) -> int:
-        """4 x the cluster's threads, recounted every few seconds: workers may join or leave a running build."""
+    def _slots(self) -> int:
+        """The cluster's threads, recounted every few seconds: workers may join or leave a running build."""
         if time.monotonic() - self.counted >= 5.0:
             self.slots, self.counted = max(1, sum(self.client.nthreads().values())), time.monotonic()
-        return 4 * self.slots
+        return self.slots
 
     def _result(self) -> Any:
         future = self.pending.popleft()
@@ -167,6 +206,11 @@ class DaskRunner:
             self.client.close()
             if self.cluster is not None:
                 self.cluster.close()
+
+
+def _when_finished(call: Callable[[tuple], None], part: tuple, future: Any) -> None:
+    if future.status == "finished":
+        call(part)
 
 
 def _dashboard(client: Client) -> str:

@@ -1,9 +1,11 @@
 """Where a build's chunk jobs run: the local process pool, or a Dask distributed cluster.
 
-Every engine runs the same worker functions (facedata.buildworker) and hands their results, in order, to
-the build process, which writes the shards: the bytes never depend on the engine, and the engine is not
-part of the dataset's fingerprint (a dataset built on one is 'already complete' on the other, and a build
-interrupted on one resumes on the other).
+Every engine runs the same worker functions (facedata.buildworker). The local pool hands rendered samples,
+in order, to the build process, which writes the shards; on Dask each task writes a whole shard to the
+shared output directory (facedata.shardedrender) and hands back only its index entry. The shards are cut
+at the same samples either way: the bytes never depend on the engine, and the engine is not part of the
+dataset's fingerprint (a dataset built on one is 'already complete' on the other, and a build interrupted
+on one resumes on the other).
 
 - `local`: a process pool on this machine (`--workers N`, facedata.workerpool.Runner).
 - `dask`: a running Dask cluster (`--scheduler tcp://HOST:8786`); its size is the workers' business
@@ -24,13 +26,25 @@ ENGINE_NAMES = ("local", "dask", "dask-local")
 
 
 class ChunkRunner(Protocol):
-    """Ordered results of chunk jobs; `slots` jobs run at a time."""
+    """Ordered results of chunk jobs; `slots` jobs run at a time. `writes_shards`: the render pass runs one task
+    per shard, which writes it (workers on other machines), instead of streaming samples to this process."""
 
     slots: int
+    writes_shards: bool
 
     def ordered(self, fn: Callable[..., Any], jobs: Iterable[tuple]) -> Iterator[Any]: ...
 
     def close(self, ok: bool) -> None: ...
+
+
+class ShardRunner(ChunkRunner, Protocol):
+    """A runner whose workers write the shards (`writes_shards`): a shard's pieces render as tasks of their own,
+    and their results travel between workers to the task that writes the shard."""
+
+    def ordered_parts(
+        self, part_fn: Callable[..., Any], fn: Callable[..., Any], jobs: Iterable[tuple[list[tuple], tuple]],
+        on_part: Callable[[tuple], None] | None = None,
+    ) -> Iterator[Any]: ...
 
 
 @dataclass(frozen=True)

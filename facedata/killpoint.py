@@ -1,8 +1,10 @@
 """A test hook that SIGKILLs a build at a chosen write step, so the crash tests stop builds at reproducible points.
 
-With FACEDATA_KILL_AT_STEP=N in the environment, the N-th write step of the process (a planned chunk appended
-to the plan file, a block written into a shard, whichever comes N-th) kills it with SIGKILL, as the OOM
-killer or a lost machine would: no handler, no cleanup. Unset, as always outside tests, a step only counts.
+With FACEDATA_KILL_AT_STEP=N in the environment, the N-th write step of the build process (a planned chunk
+appended to the plan file, a block written into a shard or, on Dask, each block of a worker's shard as the
+build process lists it; whichever comes N-th) kills it with SIGKILL, as the OOM killer or a lost machine
+would: no handler, no cleanup. Dask workers disarm it (they inherit a LocalCluster's environment); tests kill
+them with a real signal instead. Unset, as always outside tests, a step only counts.
 tests/test_crash.py draws N from a seeded RNG within the step count of an uninterrupted build (`steps()`).
 """
 
@@ -22,6 +24,12 @@ def step() -> None:
     _steps += 1
     if _steps == _KILL_AT:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def disarm() -> None:
+    """Never kill this process (a Dask worker inherits the build's environment: the hook is the build's)."""
+    global _KILL_AT
+    _KILL_AT = 0
 
 
 def steps() -> int:

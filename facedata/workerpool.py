@@ -39,6 +39,8 @@ class Runner:
     ones finish (bounded by the window) or reports a broken pool.
     """
 
+    writes_shards = False  # one machine: the samples come back to the build process's writer
+
     def __init__(self, job: Any, workers: int) -> None:
         from facedata.buildworker import init_worker
 

@@ -7,7 +7,8 @@ no index.json, every visible shard a finished one. Kills at arbitrary instants (
 --overwrite runs: tests/test_build_safety.py.
 
 The engines are the local pool with 1 and 2 workers and a 2-process Dask LocalCluster (`--engine dask-local`):
-the kill hook fires in the build process, which writes every shard on both engines."""
+the kill hook fires in the build process, which writes every shard on the local engine and, on Dask, lists the
+shards the workers wrote (a step per block, as the local writer counts: kills land before and after a listing)."""
 
 from __future__ import annotations
 

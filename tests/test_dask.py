@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +142,7 @@ def test_workers_running_other_facedata_code_are_refused(
     import facedata.daskrunner
 
     monkeypatch.setattr(facedata.daskrunner, "code_digest", lambda: "the build's code differs")  # this side only
-    with pytest.raises(FacedataError, match="runs another facedata .* install the same version on every worker"):
+    with pytest.raises(FacedataError, match="runs another facedata .* install the same versions on every worker"):
         _pnet(corpus, tmp_path / "out", engine=dask)
     assert not (tmp_path / "out" / "index.json").exists()
 
@@ -159,31 +159,88 @@ def _rerun_keys(dask_scheduler) -> list[str]:
     return sorted(str(key) for key, n in sent.items() if n > 1)
 
 
+@pytest.mark.parametrize("phase", ["plan", "write"])
 def test_a_killed_worker_s_tasks_are_rerun_without_duplicates_or_gaps(
-    corpus: dict, dask: Engine, tmp_path: Path
+    corpus: dict, dask: Engine, tmp_path: Path, phase: str
 ) -> None:
+    """Killed while planning (its plan chunks are lost), or while the workers write shards (its running
+    shard and the finished ones it still holds are rendered again): the same bytes, no stray temp file."""
     _pnet(corpus, tmp_path / "reference", workers=1)
     with distributed.Client(dask.scheduler) as client:
         victim = next(iter(client.run(os.getpid).values()))
         killed: list[int] = []
 
-        def kill(images: int) -> None:  # tasks of the window are queued or running on both workers
+        def kill(count: int) -> None:  # tasks of the window are queued, running or held on both workers
             if not killed:
                 os.kill(victim, signal.SIGKILL)
-                killed.append(images)
+                killed.append(count)
 
-        summary = _pnet(corpus, tmp_path / "dask", engine=dask, chunk_images=1, on_plan=kill)
+        summary = _pnet(corpus, tmp_path / "dask", engine=dask, chunk_images=1, **{f"on_{phase}": kill})
         client.wait_for_workers(2, timeout=60)
         assert killed and victim not in client.run(os.getpid).values()
-        assert any(key.startswith("plan_chunk-") for key in client.run_on_scheduler(_rerun_keys))  # retried
+        tasks = {"plan": ("plan_chunk-",), "write": ("render_piece-", "write_shard-")}[phase]
+        assert any(key.startswith(tasks) for key in client.run_on_scheduler(_rerun_keys))  # retried
     assert summary["samples"] == _pnet(corpus, tmp_path / "reference", workers=1)["samples"]
     assert snapshot(tmp_path / "dask") == snapshot(tmp_path / "reference")
 
 
-@pytest.mark.parametrize("phase", ["plan", "write"])
-def test_a_stopped_dask_build_resumes_its_completed_tasks(
-    corpus: dict, dask: Engine, tmp_path: Path, phase: str
+def test_on_dask_the_workers_write_the_shards(
+    corpus: dict, dask: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The build process only lists the shards: it cannot write one here, and the run still succeeds."""
+    import facedata.storage.writer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the build process wrote a shard")
+
+    monkeypatch.setattr(facedata.storage.writer.ShardBuilder, "__init__", refuse)  # this process only
+    for options in ({}, {"mix": False}):  # two passes, and the one-pass build (planned, then rendered on Dask)
+        out = tmp_path / f"dask-{len(options)}"
+        summary = _pnet(corpus, out, engine=dask, **options)
+        assert summary["shards"] >= 3 and verify_dataset(out) == []
+    with pytest.raises(AssertionError, match="the build process wrote a shard"):
+        _pnet(corpus, tmp_path / "local", workers=1)
+
+
+def _broken_images(corpus: dict, root: Path, names: list[str]) -> Path:
+    """A copy of the demo WIDER images with `names` truncated (they plan from geometry: only rendering fails)."""
+    bad = root / "bad-images"
+    if not bad.exists():
+        shutil.copytree(corpus["corpus"].wider_images, bad)
+        for name in names:
+            path = next(bad.rglob(name))
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return bad
+
+
+def test_images_failing_only_at_render_move_the_shards_on_dask_as_locally(
+    corpus: dict, dask: Engine, tmp_path: Path
+) -> None:
+    """Truncated images early, in the middle and at the end of the stream: each task that meets one writes
+    nothing and the shards from there are placed again; the result is the local engine's, skip report too."""
+    names = sorted(p.name for p in Path(corpus["corpus"].wider_images).rglob("*.jpg"))
+    victims = [names[1], names[len(names) // 2], names[-1]]
+    bad = _broken_images(corpus, tmp_path, victims)
+    roots = {"wider_train": str(bad)}
+    local = _pnet(corpus, tmp_path / "local", workers=1, roots=roots)
+    summary = _pnet(corpus, tmp_path / "dask", engine=dask, chunk_images=1, roots=roots)
+    assert summary["shards"] == local["shards"] >= 4
+    assert snapshot(tmp_path / "dask") == snapshot(tmp_path / "local")
+    skipped = summary["skipped"]
+    assert sorted(Path(item["path"]).name for item in skipped) == sorted(victims)
+    assert all("truncated file" in item["reason"] for item in skipped)
+    assert not [p.name for p in (tmp_path / "dask").iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize(("phase", "first", "then"), [
+    ("plan", "dask", "dask"), ("write", "dask", "dask"), ("write", "dask", "local"), ("write", "local", "dask"),
+    ("write", "dask", "dask, progress table lost"), ("write", "local", "dask, progress table lost"),
+])
+def test_a_stopped_dask_build_resumes_its_completed_tasks(
+    corpus: dict, dask: Engine, tmp_path: Path, phase: str, first: str, then: str
+) -> None:
+    """Stopped on one engine and rerun on either: the listed shards are kept. Without the progress table
+    (where the shards' images are), the Dask rerun renders the listed shards again and checks their hashes."""
     total = _pnet(corpus, tmp_path / "reference", workers=1)["samples"]
 
     def stop(count: int) -> None:
@@ -191,9 +248,12 @@ def test_a_stopped_dask_build_resumes_its_completed_tasks(
             raise Interrupt
 
     out = tmp_path / "resumed"
+    engines = {"dask": {"engine": dask}, "local": {"workers": 2}}
     with pytest.raises(Interrupt):
-        _pnet(corpus, out, engine=dask, chunk_images=2, **{f"on_{phase}": stop})
-    summary = _pnet(corpus, out, engine=dask)
+        _pnet(corpus, out, chunk_images=2, **engines[first], **{f"on_{phase}": stop})
+    if then.endswith("lost"):
+        (out / "build-progress.npy").unlink()
+    summary = _pnet(corpus, out, **engines[then.split(",")[0]])
     if phase == "plan":
         assert summary["resumed_plan_from_image"] == 6
     else:
@@ -202,23 +262,22 @@ def test_a_stopped_dask_build_resumes_its_completed_tasks(
 
 
 def test_a_build_killed_on_dask_resumes_byte_identical(corpus: dict, dask: Engine, tmp_path: Path) -> None:
-    """SIGKILL of the build process itself (its cluster keeps running), then a rerun on Dask."""
+    """SIGKILL of the build process itself (its cluster keeps running) while it lists the shards the workers
+    wrote, then a rerun on Dask: the listed shards are kept, the rest rendered again, no stray file stays."""
     args = ["build", "pnet", "--detections", corpus["root"] / "det.parquet", "--landmarks",
             corpus["root"] / "lmk.parquet", "--shard-size", "60KB", "-q"]
     cli(*args, "-o", tmp_path / "reference", "--workers", 1)
+    reference = json.loads((tmp_path / "reference" / "index.json").read_text())
+    images = reference["summary"]["images"]
+    assert len(reference["shards"]) >= 2
+    # one write step per planned image (one image per task), then one per shard listed (a shard is one block)
+    kill_at = images["detections"] + images["landmarks"] + 2
     out = tmp_path / "killed"
     command = [sys.executable, "-c", "from facedata.cli import main; main()", *map(str, args), "-o", str(out),
                "--engine", "dask", "--scheduler", dask.scheduler, "--images-per-task", "1"]
-    build = subprocess.Popen(command)
-    try:
-        deadline = time.monotonic() + 120
-        while not _shards_done(out) and build.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert build.poll() is None, "the build ended before it could be killed"
-        os.kill(build.pid, signal.SIGKILL)
-    finally:
-        build.wait()
-    assert not (out / "index.json").exists()
+    build = subprocess.run(command, env={**os.environ, "FACEDATA_KILL_AT_STEP": str(kill_at)}, timeout=300)
+    assert build.returncode == -signal.SIGKILL
+    assert not (out / "index.json").exists() and _shards_done(out) == 1
     cli(*args, "-o", out, "--engine", "dask", "--scheduler", dask.scheduler)
     assert json.loads((out / "index.json").read_text())["summary"]["resumed_from_sample"] > 0
     assert snapshot(out) == snapshot(tmp_path / "reference")
@@ -308,3 +367,18 @@ def test_dask_local_starts_its_own_cluster_and_prints_the_dashboard(corpus: dict
     assert "dask: 2 workers, 2 threads" in result.output and "dashboard http" in result.output
     assert "with 2 worker(s) on dask-local" in result.output
     assert snapshot(tmp_path / "dask") == snapshot(tmp_path / "local")
+
+
+def test_the_render_bar_advances_as_pieces_finish_not_per_shard(
+    corpus: dict, dask: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """One shard holds the whole set, yet the log shows the render pass at several steps before it ends."""
+    from facedata import console
+
+    monkeypatch.setattr(console, "PROGRESS_GAP_SECONDS", 0.0)
+    summary = build_dataset(corpus["det"], corpus["lmk"], tmp_path / "out", engine=dask, chunk_images=1)
+    assert summary["shards"] == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("render: ")]
+    done = [int(line.split()[1].split("/")[0].replace(",", "")) for line in lines]
+    assert len(done) >= 4 and done == sorted(done) and lines[-1].split()[2:4] == ["img", "(100%),"], lines
+    assert done[-1] == summary["images"]["detections"] + summary["images"]["landmarks"]

@@ -80,14 +80,19 @@ def build(corpus: dict, out: Path, backend: str) -> list[object]:
     return ["build", "pnet", *corpus["inputs"], "-o", out, "--format", backend, "--shard-size", "1KB", "--quiet"]
 
 
+ENGINES = {"local": [], "dask-local": ["--engine", "dask-local", "--workers", "2", "--scheduler-timeout", "60"]}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("free", [200_000, 1_300_000], ids=["while planning", "while writing shards"])
 @pytest.mark.parametrize("backend", ["lmdb", "parquet"])
 def test_a_build_on_a_full_disk_stops_cleanly_and_resumes_byte_identical(
-    corpus: dict, small_disk: Path, backend: str, free: int
+    corpus: dict, small_disk: Path, backend: str, free: int, engine: str
 ) -> None:
+    """On Dask the workers write the shards: their ENOSPC reaches the build process, which says it in one line."""
     out = small_disk / "pnet"
     ballast = fill(small_disk, free)
-    one_line_error(cli(*build(corpus, out, backend), code=2), out)
+    one_line_error(cli(*build(corpus, out, backend), *ENGINES[engine], code=2), out)
     shards = check_interrupted(out)
     assert temp_files(small_disk) == []
     assert "holds an interrupted build" in cli("verify", out, code=1)  # not a dataset: no index.json

@@ -1,8 +1,9 @@
 """DatasetWriter: streams fixed-width samples into checksummed shards that roll over deterministically.
 
 Shard k always holds global samples [kM, (k+1)M) with M = samples_per_shard, so shard bytes depend
-only on the sample stream. Each complete shard is written under a temp name, hashed, listed in
-`index.partial.json`, then renamed (so a file under a shard's name is always a finished one); a rerun
+only on the sample stream. Each complete shard is written under a temp name (by a ShardBuilder: here, or
+in a Dask worker, whose shard the writer `adopt`s), hashed, listed in `index.partial.json`, then renamed
+(so a file under a shard's name is always a finished one); a rerun
 with the same provenance fingerprint keeps the leading shards whose hashes verify and tells the
 producer (`samples_done`) how many samples to skip, so an interrupted build ends byte-identical to an
 uninterrupted one. A directory holding a complete dataset (`index.json`) is refused: replacing one is
@@ -21,7 +22,7 @@ import numpy as np
 from facedata import killpoint
 from facedata.errors import FacedataError
 from facedata.paths import sha256_file
-from facedata.storage.base import BACKENDS, ShardSchema, ShardSink, file_digests
+from facedata.storage.base import BACKENDS, Backend, ShardSchema, ShardSink, file_digests
 from facedata.storage.codec import check_encoding
 from facedata.storage.index import (
     FORMAT_NAME,
@@ -67,12 +68,7 @@ class DatasetWriter:
         if not resume:  # start over: drop an interrupted build's partial index (a complete one is refused)
             (self.out_dir / PARTIAL_INDEX_NAME).unlink(missing_ok=True)
         self._shards: list[dict] = self._recover()
-        self._pixels = np.empty((self.schema.unit_samples, *self.schema.image_shape), np.uint8)
-        self._records = np.empty(self.schema.unit_samples, self.schema.record_dtype)
-        self._fill = 0  # samples buffered in the current unit
-        self._sink: ShardSink | None = None
-        self._shard_samples = 0
-        self._shard_labels: dict[int, int] = {}
+        self._shard: ShardBuilder | None = None
         self._closed = False
         self._write_partial()
 
@@ -80,6 +76,11 @@ class DatasetWriter:
     def samples_done(self) -> int:
         """Samples durable in complete shards; the producer skips this many leading samples."""
         return len(self._shards) * self.schema.samples_per_shard
+
+    @property
+    def shards(self) -> list[dict]:
+        """The index entries of the complete shards, in order."""
+        return list(self._shards)
 
     # -- resume ---------------------------------------------------------------------------------
     def _recover(self) -> list[dict]:
@@ -128,77 +129,57 @@ class DatasetWriter:
 
     # -- writing --------------------------------------------------------------------------------
     def add(self, pixels: np.ndarray, records: np.ndarray) -> None:
-        """Append samples; completes units and shards as they fill."""
+        """Append samples; completes shards as they fill."""
         if self._closed:
             raise FacedataError("DatasetWriter is closed")
-        pixels = np.asarray(pixels)
-        records = np.asarray(records)
-        if pixels.dtype != np.uint8 or pixels.shape[1:] != self.schema.image_shape:
-            raise FacedataError(
-                f"pixels must be uint8 of shape (N, {', '.join(map(str, self.schema.image_shape))}), "
-                f"got {pixels.dtype} {pixels.shape}"
-            )
-        if records.dtype != self.schema.record_dtype:
-            raise FacedataError(f"records dtype {records.dtype} differs from {self.schema.record_dtype}")
-        if len(pixels) != len(records):
-            raise FacedataError(f"{len(pixels)} images but {len(records)} records")
-        unit = self.schema.unit_samples
+        pixels, records = check_samples(self.schema, pixels, records)
         pos = 0
         while pos < len(records):
-            take = min(len(records) - pos, unit - self._fill)
-            self._pixels[self._fill : self._fill + take] = pixels[pos : pos + take]
-            self._records[self._fill : self._fill + take] = records[pos : pos + take]
-            self._fill += take
+            if self._shard is None:
+                self._shard = ShardBuilder(self.backend, self.schema, self._temp_path())
+            take = min(len(records) - pos, self._shard.room)
+            self._shard.add(pixels[pos : pos + take], records[pos : pos + take])
             pos += take
-            if self._fill == unit:
-                self._flush_unit()
-
-    def _flush_unit(self) -> None:
-        if self._fill == 0:
-            return
-        if self._sink is None:
-            self._sink = self.backend.open_sink(self._temp_path(), self.schema)
-        records = self._records[: self._fill]
-        self._sink.write(self._pixels[: self._fill], records)
-        labels, counts = np.unique(records["label"], return_counts=True)
-        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
-            self._shard_labels[label] = self._shard_labels.get(label, 0) + count
-        self._shard_samples += self._fill
-        self._fill = 0
-        if self._shard_samples == self.schema.samples_per_shard:
-            self._finish_shard()
-        killpoint.step()
+            if self._shard.room == 0:
+                self._finish_shard()
 
     def _temp_path(self) -> Path:
         name = shard_file_name(len(self._shards), self.backend.suffix)
         return self.out_dir / f".{name}.tmp-{os.getpid()}"
 
     def _finish_shard(self) -> None:
-        assert self._sink is not None
-        temp = self._temp_path()
-        self._sink.finish()
-        self._sink = None
+        assert self._shard is not None
+        shard, self._shard = self._shard, None
         k = len(self._shards)
-        final = self.out_dir / shard_file_name(k, self.backend.suffix)
+        entry = shard.finish(shard_file_name(k, self.backend.suffix), k * self.schema.samples_per_shard)
+        self._list(entry, shard.path)
+
+    def adopt(self, entry: dict, temp: Path, steps: int = 0) -> None:
+        """Take shard `entry` (the next one), finished at `temp` by another process (a Dask worker's
+        ShardBuilder): listed, then renamed, as the writer's own shards are. `steps` write steps count first
+        (facedata.killpoint: the units the worker wrote, so that a kill lands at comparable points)."""
+        k = len(self._shards)
+        expected = shard_file_name(k, self.backend.suffix)
+        if entry.get("file") != expected or entry.get("first_index") != k * self.schema.samples_per_shard:
+            raise FacedataError(f"shard {entry.get('file')!r} offered where {expected} belongs")
+        for _ in range(steps):
+            killpoint.step()
+        self._list(entry, temp)
+
+    def _list(self, entry: dict, temp: Path) -> None:
+        """Listed first: a file under a shard's name is always a finished, listed shard."""
+        self._shards.append(entry)
         try:
-            sha256, pieces = file_digests(temp, self.backend.pieces(temp, self.schema, self._shard_samples))
-            entry = {
-                "file": final.name,
-                "samples": self._shard_samples,
-                "first_index": k * self.schema.samples_per_shard,
-                "bytes": temp.stat().st_size,
-                "sha256": sha256,
-                "label_counts": _label_json(self._shard_labels),
-                "piece_sha256": pieces,
-            }
-            self._shards.append(entry)
-            self._write_partial()  # listed first: a file under a shard's name is always a finished, listed shard
+            self._write_partial()
         except BaseException:
+            self._shards.pop()
             temp.unlink(missing_ok=True)  # e.g. the disk filled up: the temp goes, the rerun redoes this shard
             raise
-        os.replace(temp, final)
-        self._shard_samples = 0
-        self._shard_labels = {}
+        os.replace(temp, self.out_dir / entry["file"])
+
+    def remove_temps(self) -> None:
+        """Delete the temp shards other processes left here (e.g. a Dask task whose worker died mid-shard)."""
+        self._remove_shards(keep=len(self._shards))
 
     def _index(self, complete: bool) -> dict:
         totals: dict[int, int] = {}
@@ -223,8 +204,7 @@ class DatasetWriter:
         """Flush the final partial shard, write `index.json` atomically and return the index."""
         if self._closed:
             raise FacedataError("DatasetWriter is already closed")
-        self._flush_unit()
-        if self._sink is not None:
+        if self._shard is not None:
             self._finish_shard()
         index = self._index(complete=True)
         if summary is not None:
@@ -236,9 +216,9 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Drop the shard in progress; complete shards and the partial index stay for resume."""
-        if self._sink is not None:
-            self._sink.abort()
-            self._sink = None
+        if self._shard is not None:
+            self._shard.abort()
+            self._shard = None
         self._closed = True
 
     def __enter__(self) -> DatasetWriter:
@@ -251,6 +231,97 @@ class DatasetWriter:
             self.abort()
         elif not self._closed:
             self.close()
+
+
+class ShardBuilder:
+    """One shard file, written unit by unit through the backend's sink, then hashed: its bytes depend only
+    on its samples and the schema, so the writer and a Dask worker (facedata.shardworker) write the same."""
+
+    def __init__(self, backend: Backend, schema: ShardSchema, path: Path) -> None:
+        self.backend, self.schema, self.path = backend, schema, path  # path: the temp file it writes
+        self._pixels = np.empty((schema.unit_samples, *schema.image_shape), np.uint8)
+        self._records = np.empty(schema.unit_samples, schema.record_dtype)
+        self._fill = 0  # samples buffered in the current unit
+        self._sink: ShardSink | None = None
+        self.samples = 0  # samples written to the sink
+        self.units = 0
+        self._labels: dict[int, int] = {}
+
+    @property
+    def room(self) -> int:
+        """Samples the shard still takes."""
+        return self.schema.samples_per_shard - self.samples - self._fill
+
+    def add(self, pixels: np.ndarray, records: np.ndarray) -> None:
+        """Append at most `room` samples (checked by `check_samples`)."""
+        if len(records) > self.room:
+            raise FacedataError(f"{self.path.name}: {len(records)} samples offered, room for {self.room}")
+        unit, pos = self.schema.unit_samples, 0
+        while pos < len(records):
+            take = min(len(records) - pos, unit - self._fill)
+            self._pixels[self._fill : self._fill + take] = pixels[pos : pos + take]
+            self._records[self._fill : self._fill + take] = records[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == unit:
+                self._flush_unit()
+
+    def _flush_unit(self) -> None:
+        if self._fill == 0:
+            return
+        if self._sink is None:
+            self._sink = self.backend.open_sink(self.path, self.schema)
+        records = self._records[: self._fill]
+        self._sink.write(self._pixels[: self._fill], records)
+        labels, counts = np.unique(records["label"], return_counts=True)
+        for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+            self._labels[label] = self._labels.get(label, 0) + count
+        self.samples += self._fill
+        self.units += 1
+        self._fill = 0
+        killpoint.step()
+
+    def finish(self, name: str, first_index: int) -> dict:
+        """Write the file and return its index entry (to be listed as `name`); a failure removes it."""
+        self._flush_unit()
+        assert self._sink is not None, "a shard holds at least one sample"
+        try:
+            self._sink.finish()
+            self._sink = None
+            sha256, pieces = file_digests(self.path, self.backend.pieces(self.path, self.schema, self.samples))
+            return {
+                "file": name,
+                "samples": self.samples,
+                "first_index": first_index,
+                "bytes": self.path.stat().st_size,
+                "sha256": sha256,
+                "label_counts": _label_json(self._labels),
+                "piece_sha256": pieces,
+            }
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
+        self.path.unlink(missing_ok=True)
+
+
+def check_samples(schema: ShardSchema, pixels: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The batch as arrays of the schema's image shape and record dtype, else one line saying what differs."""
+    pixels, records = np.asarray(pixels), np.asarray(records)
+    if pixels.dtype != np.uint8 or pixels.shape[1:] != schema.image_shape:
+        raise FacedataError(
+            f"pixels must be uint8 of shape (N, {', '.join(map(str, schema.image_shape))}), "
+            f"got {pixels.dtype} {pixels.shape}"
+        )
+    if records.dtype != schema.record_dtype:
+        raise FacedataError(f"records dtype {records.dtype} differs from {schema.record_dtype}")
+    if len(pixels) != len(records):
+        raise FacedataError(f"{len(pixels)} images but {len(records)} records")
+    return pixels, records
 
 
 BLOCK_BYTES = 8 << 20  # a block is at most this many raw bytes (and at most 1,024 samples)
