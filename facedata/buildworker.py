@@ -141,13 +141,16 @@ def init_worker(job: Job | None, limit_threads: bool = False) -> None:
 
 
 def reuse_freed_memory() -> None:
-    """Let glibc's malloc keep freed image-sized blocks for the next image (Linux; elsewhere nothing).
+    """Under a pinned MALLOC_TRIM_THRESHOLD_, let glibc's malloc keep freed image-sized blocks for the next
+    image (glibc only; elsewhere, or without the variable, nothing changes).
 
     Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins the mmap threshold at its
     128 KB default: every decoded photo (2 MB for 1024x700) is then a fresh mmap whose pages fault in, and
     decoding took twice as long in a Dask worker as in a plain process (measured: 0.25 s against 0.12 s per 300
-    JPEGs). Blocks up to 32 MB come from the heap again, which keeps up to 128 MB free at its top; a worker
-    process started by the local pool gets the same settings (they are glibc's dynamic ones, made fixed)."""
+    JPEGs). Blocks up to 32 MB come from the heap again, which keeps up to 128 MB free at its top: the limits
+    glibc's dynamic thresholds would reach by themselves, which a plain process (the local pool's) keeps."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -244,11 +247,8 @@ class Samples:
         self.pixels: list[np.ndarray] = []
         self.records: list[np.ndarray] = []
         self.notes: dict[int, str] = {}
-        self.sink = sink or self._keep  # where each image's (pixels, records) go: kept for the result by default
-
-    def _keep(self, pixels: np.ndarray, records: np.ndarray) -> None:
-        self.pixels.append(pixels)
-        self.records.append(records)
+        self.sink = sink  # where each image's (pixels, records) go; None: kept for the result (no bound method
+        # here: the cycle would keep a chunk's crops alive until the garbage collector ran, +100 MB per build)
 
     def add(self, j: int, records: np.ndarray, image: np.ndarray | None) -> None:
         """Render image j's kept records (decoding it unless `image` is given; not at all if none kept)."""
@@ -262,7 +262,12 @@ class Samples:
                 self.fail(j, status, note)
                 return
         self.progress["counts"][row] = label_counts(records["label"])
-        self.sink(job.stage.render(image, records, job.task(j).origin, job.config), records)
+        pixels = job.stage.render(image, records, job.task(j).origin, job.config)
+        if self.sink is None:
+            self.pixels.append(pixels)
+            self.records.append(records)
+        else:
+            self.sink(pixels, records)
 
     def fail(self, j: int, status: int, note: str | None) -> None:
         self.progress["status"][j - self.lo] = status
