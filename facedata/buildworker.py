@@ -129,14 +129,26 @@ class Job:
 
 _JOB: Job | None = None
 _MODEL: Any = None
+_THREADS_BEFORE: int | None = None  # OpenCV's thread count before a job was installed
 
 
 def init_worker(job: Job | None, limit_threads: bool = False) -> None:
-    """Install the job of this process (None: forget it)."""
-    global _JOB, _MODEL
+    """Install the job of this process (None: forget it). `limit_threads`: a process of its own (pool or Dask
+    worker), one per core.
+
+    Builds render on one OpenCV thread in every process, the build's own (workers=1) included, and forgetting
+    the job gives that process its thread count back: OpenCV 5.1's warpAffine gives other pixels on other
+    thread counts (1, 2 and 4 threads gave three different top-down shards of the same crops; 5.0 and 4.x did
+    not), so the bytes would depend on the worker count."""
+    global _JOB, _MODEL, _THREADS_BEFORE
     _JOB, _MODEL = job, None
+    if job is not None and _THREADS_BEFORE is None:
+        _THREADS_BEFORE = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+    elif job is None and _THREADS_BEFORE is not None:
+        cv2.setNumThreads(_THREADS_BEFORE)
+        _THREADS_BEFORE = None
     if limit_threads:
-        cv2.setNumThreads(1)  # one process per core already
         reuse_freed_memory()
 
 

@@ -430,3 +430,26 @@ def test_cli_build_verify_preview(corpus: dict, models: dict, tmp_path: Path) ->
     result = runner.invoke(main, ["build", "pnet", "--detections", str(root / "det.parquet"), "-o",
                                   str(tmp_path / "bad"), "--ratio", "1:2"])
     assert result.exit_code == 2 and "ratio" in result.output
+
+
+def test_a_build_renders_on_one_opencv_thread_and_gives_the_caller_its_threads_back(
+    corpus: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenCV 5.1's warpAffine gives other pixels on other thread counts, so an in-process build (workers=1)
+    renders on one thread, as pool and Dask workers do, whatever its caller set; the caller's setting returns."""
+    seen: list[int] = []
+    resize = cv2.resize
+
+    def counting_resize(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        return resize(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "resize", counting_resize)  # what the crop renderer calls
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        build_dataset(corpus["det"], corpus["lmk"], tmp_path / "out", workers=1, progress=False, **SMALL)
+        assert seen and set(seen) == {1}
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(previous)
