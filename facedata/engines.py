@@ -26,8 +26,8 @@ ENGINE_NAMES = ("local", "dask", "dask-local")
 
 
 class ChunkRunner(Protocol):
-    """Ordered results of chunk jobs; `slots` jobs run at a time. `writes_shards`: the render pass runs one task
-    per shard, which writes it (workers on other machines), instead of streaming samples to this process."""
+    """Ordered results of chunk jobs; `slots` jobs run at a time. `writes_shards`: the workers (maybe on other
+    machines) render and write whole shards (facedata.shardedrender) instead of streaming samples here."""
 
     slots: int
     writes_shards: bool
