@@ -249,18 +249,15 @@ class PlanResult:
 
 
 class Samples:
-    """One chunk's per-image progress and its rendered samples, kept for the result or handed image by image
-    to `sink` (a Dask piece keeps only the samples of its shard's range)."""
+    """One chunk's per-image progress and its rendered samples; `keep(n)` (a Dask piece: its shard's range)
+    says which of an image's n samples the result keeps, all by default."""
 
-    def __init__(self, job: Job, lo: int, hi: int, sink: Callable[[np.ndarray, np.ndarray], None] | None = None
-                 ) -> None:
-        self.job, self.lo = job, lo
+    def __init__(self, job: Job, lo: int, hi: int, keep: Callable[[int], slice] | None = None) -> None:
+        self.job, self.lo, self.keep = job, lo, keep
         self.progress = np.zeros(hi - lo, PROGRESS_DTYPE)
         self.pixels: list[np.ndarray] = []
         self.records: list[np.ndarray] = []
         self.notes: dict[int, str] = {}
-        self.sink = sink  # where each image's (pixels, records) go; None: kept for the result (no bound method
-        # here: the cycle would keep a chunk's crops alive until the garbage collector ran, +100 MB per build)
 
     def add(self, j: int, records: np.ndarray, image: np.ndarray | None) -> None:
         """Render image j's kept records (decoding it unless `image` is given; not at all if none kept)."""
@@ -274,12 +271,9 @@ class Samples:
                 self.fail(j, status, note)
                 return
         self.progress["counts"][row] = label_counts(records["label"])
-        pixels = job.stage.render(image, records, job.task(j).origin, job.config)
-        if self.sink is None:
-            self.pixels.append(pixels)
-            self.records.append(records)
-        else:
-            self.sink(pixels, records)
+        part = slice(None) if self.keep is None else self.keep(len(records))
+        self.pixels.append(job.stage.render(image, records, job.task(j).origin, job.config)[part])
+        self.records.append(records[part])
 
     def fail(self, j: int, status: int, note: str | None) -> None:
         self.progress["status"][j - self.lo] = status

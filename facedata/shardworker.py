@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facedata.buildworker import WRITTEN, Samples, current_job, mixed_records, render_images
+from facedata.buildworker import WRITTEN, ChunkResult, Samples, current_job, mixed_records, render_images
 from facedata.errors import FacedataError
 from facedata.samplers.mixing import MixPlan
 from facedata.storage.base import BACKENDS, ShardSchema
@@ -54,17 +54,6 @@ class ShardJob:
 
 
 @dataclass
-class Piece:
-    """A piece's rendered images: their progress rows, and their samples that fall in the shard."""
-
-    lo: int
-    progress: np.ndarray
-    notes: dict[int, str]
-    pixels: np.ndarray
-    records: np.ndarray
-
-
-@dataclass
 class ShardResult:
     shard: int
     lo: int  # the first image rendered
@@ -75,30 +64,23 @@ class ShardResult:
     units: int = 0  # units (blocks, row groups) written
 
 
-def render_piece(shard: int, spec: ShardJob, mix: MixPlan | None) -> Piece:
-    """Render a piece of shard `shard` (`spec`): its images' samples within the shard's range, kept in memory
-    until the shard's writer takes them (Dask moves them there, worker to worker)."""
-    pixels: list[np.ndarray] = []
-    records: list[np.ndarray] = []
-    at = spec.first_sample  # the stream position of the next sample rendered
+def render_piece(shard: int, spec: ShardJob, mix: MixPlan | None) -> ChunkResult:
+    """Render a piece of shard `shard` (`spec`): its images' progress, and their samples within the shard's
+    range, kept in memory until the shard's writer takes them (Dask moves them there, worker to worker)."""
+    at = spec.first_sample  # the stream position of the next image's first sample
 
-    def clip(image_pixels: np.ndarray, image_records: np.ndarray) -> None:
+    def in_shard(n: int) -> slice:
         nonlocal at
-        a, b = max(0, spec.begin - at), min(len(image_records), spec.end - at)
-        if b > a:
-            pixels.append(image_pixels[a:b])
-            records.append(image_records[a:b])
-        at += len(image_records)
+        part = slice(max(0, spec.begin - at), max(0, min(n, spec.end - at)))
+        at += n
+        return part
 
-    job = current_job()
-    samples = Samples(job, spec.lo, spec.hi, sink=clip)
+    samples = Samples(current_job(), spec.lo, spec.hi, keep=in_shard)
     render_images(samples, mixed_records(spec.lo, spec.hi, spec.plan, spec.first_record, mix), spec.plan)
-    return Piece(spec.lo, samples.progress, samples.notes,
-                 np.concatenate(pixels) if pixels else np.zeros((0, *job.image_shape), np.uint8),
-                 np.concatenate(records) if records else np.zeros(0, job.record_dtype))
+    return samples.result()
 
 
-def write_shard(shard: int, spec: ShardJob, out_dir: str, layout: dict, pieces: list[Piece]) -> ShardResult:
+def write_shard(shard: int, spec: ShardJob, out_dir: str, layout: dict, pieces: list[ChunkResult]) -> ShardResult:
     """Write shard `shard` from its rendered pieces into `out_dir` under a temp name; nothing if an image
     failed to decode (the samples after it lie elsewhere: the build process places them again)."""
     progress = np.concatenate([piece.progress for piece in pieces])
