@@ -30,7 +30,7 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
-from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin
+from distributed import Client, KilledWorker, LocalCluster, WorkerPlugin, wait
 
 import facedata
 from facedata import killpoint
@@ -194,6 +194,14 @@ class DaskRunner:
                                 "build") from None
         future.release()
         return result
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait (up to `timeout` s) for the tasks in flight to end, and drop them: after a failure, so that no
+        task is still writing into the output directory when the build cleans it."""
+        if self.pending:
+            with contextlib.suppress(TimeoutError):
+                wait(list(self.pending), timeout=timeout)
+            self.pending.clear()
 
     def close(self, ok: bool) -> None:
         """Cancel what is left, remove the job from the workers, disconnect (and stop a LocalCluster)."""

@@ -46,6 +46,9 @@ class ShardRunner(ChunkRunner, Protocol):
         on_part: Callable[[tuple], None] | None = None,
     ) -> Iterator[Any]: ...
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait for the tasks in flight to end, and drop them."""
+
 
 @dataclass(frozen=True)
 class Engine:

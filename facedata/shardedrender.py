@@ -35,6 +35,7 @@ from facedata.engines import ChunkRunner, ShardRunner
 from facedata.errors import FacedataError
 from facedata.samplers.mixing import MixPlan
 from facedata.shardworker import ShardJob, ShardResult, render_piece, write_shard
+from facedata.storage import DatasetWriter
 
 if TYPE_CHECKING:
     from facedata.buildrun import Output
@@ -47,10 +48,27 @@ def render_into_shards(
     skip reports and the shards."""
     placed = _Placement(job, plan, output, _planned_counts(runner, job, plan, mix, chunk))
     writer = output.writer
-    kept = writer.shards
-    first = placed.first_unknown_shard(len(kept))
     bar = _Progress(console.progress(job.n, "render", "img", enabled=progress), job.n)
     out_dir = str(Path(output.out_dir).resolve())
+    try:
+        _render_rounds(runner, placed, writer, mix, chunk, bar, out_dir)
+    except Exception:  # e.g. a worker's disk filled up: the other shards in flight must not stay half-written
+        runner.settle()
+        writer.remove_temps()
+        raise
+    placed.finish()
+    bar.close()
+    writer.remove_temps()  # of tasks whose worker died mid-shard (Dask ran them again elsewhere)
+
+
+def _render_rounds(
+    runner: ShardRunner, placed: _Placement, writer: DatasetWriter, mix: MixPlan | None, chunk: int,
+    bar: _Progress, out_dir: str,
+) -> None:
+    """Render and list the shards from the first one not trusted; after a failure at render, again from its
+    shard with the shards placed anew, until a round meets no new failure."""
+    kept = writer.shards
+    first = placed.first_unknown_shard(len(kept))
     while True:
         shards = placed.shard_count()
         lost: list[int] = []  # shards whose task met a new failure (first one: where to place again)
@@ -74,9 +92,6 @@ def render_into_shards(
             break
         first = lost[0]
         placed.place()
-    placed.finish()
-    bar.close()
-    writer.remove_temps()  # of tasks whose worker died mid-shard (Dask ran them again elsewhere)
 
 
 class _Progress:
